@@ -1,0 +1,35 @@
+//! The numerics app: tensor operations, statistics, linear algebra and the
+//! anomaly model, served over `platform.numerics.v1.NumericsService`.
+//!
+//! The library is the whole server, so tests start it in-process on port 0;
+//! `main.rs` only hands [`app`] to the shared runtime.
+
+mod api;
+mod config;
+
+use service_runtime::{AppMain, BuildInfo, Running, ServiceBuilder, StartError};
+
+pub use config::Config;
+
+/// This app's name and build, as reported by `--version` and ServiceInfo.
+pub const INFO: BuildInfo = BuildInfo::new("numerics");
+
+/// Binds the gRPC and admin listeners and starts serving.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    ServiceBuilder::new(INFO, config.common)
+        .grpc(config.grpc_addr)
+        .add_grpc_service(api::server())
+        .start()
+        .await
+}
+
+/// The app as the shared runtime's `main` (and the launcher) runs it.
+pub fn app() -> AppMain<Config> {
+    AppMain {
+        info: INFO,
+        env_prefix: Config::ENV_PREFIX,
+        load_config: Config::from_env,
+        common: |config| &config.common,
+        start: |config| Box::pin(start(config)),
+    }
+}

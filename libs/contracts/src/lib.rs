@@ -1,0 +1,43 @@
+//! The gRPC contracts between the platform's apps, generated from `proto/`.
+//!
+//! This crate is generated code and nothing else: it knows no app, holds no
+//! logic, and is the only place protobuf code is generated. Apps depend on it
+//! to serve or call each other; they never depend on each other.
+//!
+//! Every RPC in a generated server trait has a default body answering
+//! `UNIMPLEMENTED`, so an app registers its service first and fills in RPCs as
+//! its issues land.
+
+#![allow(missing_docs, clippy::all)] // generated code carries the .proto comments
+
+/// Build and process identity, served by every app through the runtime.
+pub mod service {
+    pub mod v1 {
+        tonic::include_proto!("platform.service.v1");
+    }
+}
+
+/// Readings, window results and the ingest pipeline.
+pub mod ingest {
+    pub mod v1 {
+        tonic::include_proto!("platform.ingest.v1");
+    }
+}
+
+/// Durable background jobs and queues.
+pub mod jobs {
+    pub mod v1 {
+        tonic::include_proto!("platform.jobs.v1");
+    }
+}
+
+/// Tensors, statistics, linear algebra and model scoring.
+pub mod numerics {
+    pub mod v1 {
+        tonic::include_proto!("platform.numerics.v1");
+    }
+}
+
+/// Encoded `FileDescriptorSet` of every contract, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/platform_descriptor.bin"));

@@ -1,0 +1,327 @@
+//! Typed configuration from environment variables with an app prefix.
+//!
+//! An app reads every setting through one [`EnvReader`]; each malformed value
+//! is recorded rather than returned, so [`EnvReader::finish`] reports every
+//! problem at once, each naming its variable, before any port is bound. A
+//! variable carrying the app's prefix that no setting reads is an error too:
+//! a typo must not silently fall back to a default.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::SocketAddr,
+    path::PathBuf,
+    time::Duration,
+};
+
+use telemetry::LogFormat;
+
+/// One problem with one variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Full variable name, e.g. `GATEWAY_HTTP_ADDR`.
+    pub variable: String,
+    /// What is wrong, e.g. `invalid socket address syntax`.
+    pub problem: String,
+}
+
+/// Every problem found in the environment, reported together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The problems, in variable-name order.
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration ({} problem", self.problems.len())?;
+        if self.problems.len() != 1 {
+            f.write_str("s")?;
+        }
+        f.write_str(")")?;
+        for p in &self.problems {
+            write!(f, "\n  {}: {}", p.variable, p.problem)?;
+        }
+        Ok(())
+    }
+}
+
+/// A value that can be read from one environment variable.
+pub trait EnvValue: Sized {
+    /// Parses the raw value, or says what is wrong with it.
+    fn parse_env(raw: &str) -> Result<Self, String>;
+}
+
+/// Reads an app's variables and collects every problem.
+#[derive(Debug)]
+pub struct EnvReader {
+    prefix: String,
+    vars: BTreeMap<String, String>,
+    read: BTreeSet<String>,
+    problems: Vec<ConfigProblem>,
+}
+
+impl EnvReader {
+    /// Reads the process environment for variables starting with `prefix`
+    /// (e.g. `"WORKER_"`).
+    pub fn from_process(prefix: &str) -> Self {
+        Self::from_vars(prefix, std::env::vars())
+    }
+
+    /// Reads the given variables, for tests and for the launcher.
+    pub fn from_vars(
+        prefix: &str,
+        vars: impl IntoIterator<Item = (impl Into<String>, impl Into<String>)>,
+    ) -> Self {
+        let vars = vars
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .filter(|(k, _)| k.starts_with(prefix))
+            .collect();
+        Self { prefix: prefix.to_owned(), vars, read: BTreeSet::new(), problems: Vec::new() }
+    }
+
+    /// The value of `<PREFIX><name>` parsed as `T`, or `default` when unset
+    /// or empty. A malformed value is recorded and `default` returned.
+    pub fn get_or<T: EnvValue>(&mut self, name: &str, default: T) -> T {
+        self.get(name).unwrap_or(default)
+    }
+
+    /// The value of `<PREFIX><name>` parsed as `T`, or `None` when unset,
+    /// empty or malformed (recorded).
+    pub fn get<T: EnvValue>(&mut self, name: &str) -> Option<T> {
+        let variable = format!("{}{name}", self.prefix);
+        self.read.insert(variable.clone());
+        let raw = self.vars.get(&variable)?.trim().to_owned();
+        if raw.is_empty() {
+            return None;
+        }
+        match T::parse_env(&raw) {
+            Ok(value) => Some(value),
+            Err(problem) => {
+                self.problems.push(ConfigProblem { variable, problem: format!("{problem} (got {raw:?})") });
+                None
+            }
+        }
+    }
+
+    /// Records a problem that spans settings (e.g. two ports that clash).
+    pub fn reject(&mut self, name: &str, problem: impl Into<String>) {
+        self.problems
+            .push(ConfigProblem { variable: format!("{}{name}", self.prefix), problem: problem.into() });
+    }
+
+    /// Ends reading: every problem, plus every prefixed variable no setting
+    /// read, or `Ok` when the environment is clean.
+    pub fn finish(mut self) -> Result<(), ConfigError> {
+        for variable in self.vars.keys() {
+            if !self.read.contains(variable) {
+                self.problems.push(ConfigProblem {
+                    variable: variable.clone(),
+                    problem: "unknown setting (check the spelling against the app's README)".into(),
+                });
+            }
+        }
+        self.problems.sort_by(|a, b| a.variable.cmp(&b.variable));
+        if self.problems.is_empty() { Ok(()) } else { Err(ConfigError { problems: self.problems }) }
+    }
+}
+
+impl EnvValue for String {
+    fn parse_env(raw: &str) -> Result<Self, String> {
+        Ok(raw.to_owned())
+    }
+}
+
+impl EnvValue for PathBuf {
+    fn parse_env(raw: &str) -> Result<Self, String> {
+        Ok(PathBuf::from(raw))
+    }
+}
+
+impl EnvValue for SocketAddr {
+    fn parse_env(raw: &str) -> Result<Self, String> {
+        raw.parse().map_err(|_| "expected a socket address such as 127.0.0.1:8080".to_owned())
+    }
+}
+
+impl EnvValue for bool {
+    fn parse_env(raw: &str) -> Result<Self, String> {
+        match raw.to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err("expected true or false".to_owned()),
+        }
+    }
+}
+
+macro_rules! env_integer {
+    ($($t:ty),*) => {$(
+        impl EnvValue for $t {
+            fn parse_env(raw: &str) -> Result<Self, String> {
+                raw.parse().map_err(|_| format!(
+                    "expected a whole number from {} to {}", <$t>::MIN, <$t>::MAX
+                ))
+            }
+        }
+    )*};
+}
+env_integer!(u16, u32, u64, usize);
+
+impl EnvValue for Duration {
+    /// Accepts `250ms`, `10s`, `5m`, `1h`; a bare number means seconds.
+    fn parse_env(raw: &str) -> Result<Self, String> {
+        let problem = || "expected a duration such as 250ms, 10s, 5m or 1h".to_owned();
+        let split = raw.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(raw.len());
+        let (number, unit) = raw.split_at(split);
+        let number: f64 = number.parse().map_err(|_| problem())?;
+        let seconds = match unit.trim() {
+            "" | "s" => number,
+            "ms" => number / 1_000.0,
+            "m" => number * 60.0,
+            "h" => number * 3_600.0,
+            _ => return Err(problem()),
+        };
+        Duration::try_from_secs_f64(seconds).map_err(|_| problem())
+    }
+}
+
+impl EnvValue for LogFormat {
+    fn parse_env(raw: &str) -> Result<Self, String> {
+        raw.parse()
+    }
+}
+
+/// An `http://host:port` address of another service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceUrl(String);
+
+impl ServiceUrl {
+    /// The URL as text, for tonic's endpoint builder.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ServiceUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl EnvValue for ServiceUrl {
+    fn parse_env(raw: &str) -> Result<Self, String> {
+        let rest = raw
+            .strip_prefix("http://")
+            .or_else(|| raw.strip_prefix("https://"))
+            .ok_or_else(|| "expected a URL starting with http:// or https://".to_owned())?;
+        let authority = rest.trim_end_matches('/');
+        if authority.is_empty() || authority.contains('/') || !authority.contains(':') {
+            return Err("expected a URL of the form http://host:port".to_owned());
+        }
+        Ok(Self(raw.trim_end_matches('/').to_owned()))
+    }
+}
+
+impl ServiceUrl {
+    /// A URL known to be well-formed, for defaults.
+    pub fn local(port: u16) -> Self {
+        Self(format!("http://127.0.0.1:{port}"))
+    }
+}
+
+/// Settings every app has, read with the app's prefix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommonConfig {
+    /// `<P>ADMIN_ADDR`: `/healthz`, `/readyz`, `/metrics`.
+    pub admin_addr: SocketAddr,
+    /// `<P>SHUTDOWN_GRACE`: how long in-flight work may drain.
+    pub shutdown_grace: Duration,
+    /// `<P>SHUTDOWN_DELAY`: how long to stay up but not ready before
+    /// closing listeners, so load balancers stop routing first.
+    pub shutdown_delay: Duration,
+    /// `<P>LOG_FORMAT`: `json` or `pretty`.
+    pub log_format: LogFormat,
+    /// `<P>GRPC_REFLECTION`: serve gRPC reflection (off by default).
+    pub grpc_reflection: bool,
+}
+
+impl CommonConfig {
+    /// Reads the common settings; `admin_port` is the app's default.
+    pub fn from_env(env: &mut EnvReader, admin_port: u16) -> Self {
+        let shutdown_grace = env.get_or("SHUTDOWN_GRACE", Duration::from_secs(10));
+        let shutdown_delay = env.get_or("SHUTDOWN_DELAY", Duration::ZERO);
+        if shutdown_delay >= shutdown_grace {
+            env.reject("SHUTDOWN_DELAY", "must be shorter than SHUTDOWN_GRACE");
+        }
+        Self {
+            admin_addr: env.get_or("ADMIN_ADDR", SocketAddr::from(([127, 0, 0, 1], admin_port))),
+            shutdown_grace,
+            shutdown_delay,
+            log_format: env.get_or("LOG_FORMAT", default_log_format()),
+            grpc_reflection: env.get_or("GRPC_REFLECTION", false),
+        }
+    }
+
+    /// Settings for tests: port 0 everywhere, short deadlines.
+    pub fn for_tests() -> Self {
+        Self {
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            shutdown_grace: Duration::from_secs(5),
+            shutdown_delay: Duration::ZERO,
+            log_format: LogFormat::Pretty,
+            grpc_reflection: true,
+        }
+    }
+}
+
+/// JSON when not attached to a terminal-ish environment (containers set
+/// none of these), readable text otherwise.
+fn default_log_format() -> LogFormat {
+    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() { LogFormat::Json } else { LogFormat::Pretty }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_reported_with_its_variable() {
+        let mut env = EnvReader::from_vars(
+            "GATEWAY_",
+            [("GATEWAY_HTTP_ADDR", "nonsense"), ("GATEWAY_SHUTDOWN_GRACE", "soon"), ("GATEWAY_TYPO", "1"), ("OTHER_X", "y")],
+        );
+        let _: SocketAddr = env.get_or("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let _ = CommonConfig::from_env(&mut env, 9181);
+        let error = env.finish().expect_err("three problems");
+        let variables: Vec<_> = error.problems.iter().map(|p| p.variable.as_str()).collect();
+        assert_eq!(variables, ["GATEWAY_HTTP_ADDR", "GATEWAY_SHUTDOWN_GRACE", "GATEWAY_TYPO"]);
+        let text = error.to_string();
+        assert!(text.contains("GATEWAY_HTTP_ADDR: expected a socket address"), "{text}");
+        assert!(text.contains("\"nonsense\""), "{text}");
+    }
+
+    #[test]
+    fn durations_accept_common_units() {
+        assert_eq!(Duration::parse_env("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(Duration::parse_env("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(Duration::parse_env("2m"), Ok(Duration::from_secs(120)));
+        assert!(Duration::parse_env("-1s").is_err());
+        assert!(Duration::parse_env("10 parsecs").is_err());
+    }
+
+    #[test]
+    fn service_urls_need_scheme_and_port() {
+        assert!(ServiceUrl::parse_env("http://127.0.0.1:50051").is_ok());
+        assert!(ServiceUrl::parse_env("127.0.0.1:50051").is_err());
+        assert!(ServiceUrl::parse_env("http://host/path").is_err());
+    }
+
+    #[test]
+    fn delay_must_be_shorter_than_grace() {
+        let mut env = EnvReader::from_vars("W_", [("W_SHUTDOWN_DELAY", "20s")]);
+        let _ = CommonConfig::from_env(&mut env, 1);
+        let error = env.finish().expect_err("delay too long");
+        assert_eq!(error.problems[0].variable, "W_SHUTDOWN_DELAY");
+    }
+}

@@ -1,0 +1,25 @@
+//! The start-up, serving and shutdown every platform app shares, as eShop's
+//! ServiceDefaults: typed config from prefixed environment variables checked
+//! before any port binds, `--version` and `--check-config`, gRPC health
+//! (`grpc.health.v1`), service info and optional reflection, an admin port
+//! with `/healthz`, `/readyz` and `/metrics`, and an orderly shutdown on
+//! SIGTERM or SIGINT (not ready, stop accepting, drain, flush telemetry).
+//!
+//! Architecture invariant: the runtime knows no app and no domain. Apps hand
+//! it their gRPC services, HTTP router, readiness checks and background tasks;
+//! it never looks inside them.
+
+mod admin;
+mod build_info;
+mod client;
+mod config;
+mod info;
+mod main_loop;
+mod serve;
+
+pub use build_info::{BuildInfo, instance_id};
+pub use client::{TracedChannel, traced_channel};
+pub use config::{CommonConfig, ConfigError, ConfigProblem, EnvReader, EnvValue, ServiceUrl};
+pub use main_loop::{AppMain, StandardArgs, load_config, run_main, run_with_args, shutdown_signal};
+pub use serve::{CheckFuture, Running, ServiceBuilder, ShutdownReport, StartError};
+pub use tokio_util::sync::CancellationToken;

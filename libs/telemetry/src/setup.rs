@@ -1,0 +1,161 @@
+//! Process-wide set-up and orderly shutdown of logs, traces and metrics.
+
+use std::{env, time::Duration};
+
+use opentelemetry::{KeyValue, global, trace::TracerProvider as _};
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::{
+    Resource, metrics::SdkMeterProvider, propagation::TraceContextPropagator,
+    trace::SdkTracerProvider,
+};
+use tracing_subscriber::{EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+
+use crate::prometheus::PrometheusReader;
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line, for log shippers in production.
+    Json,
+    /// Human-readable lines, for a developer's terminal.
+    Pretty,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "json" => Ok(Self::Json),
+            "pretty" => Ok(Self::Pretty),
+            other => Err(format!("expected \"json\" or \"pretty\", got {other:?}")),
+        }
+    }
+}
+
+/// Who is emitting telemetry; becomes the OpenTelemetry resource.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// `service.name`, e.g. "ingest".
+    pub service_name: &'static str,
+    /// `service.version`.
+    pub service_version: &'static str,
+    /// `service.instance.id`: unique per boot.
+    pub instance_id: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+}
+
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// `RUST_LOG` does not parse as a filter.
+    #[error("RUST_LOG is not a valid filter: {0}")]
+    InvalidFilter(String),
+    /// The OTLP exporter could not be built from the `OTEL_*` variables.
+    #[error("OTLP exporter for {signal}: {message}")]
+    Exporter {
+        /// "traces" or "metrics".
+        signal: &'static str,
+        /// What the exporter reported.
+        message: String,
+    },
+    /// A global subscriber was already installed in this process.
+    #[error("telemetry is already initialised in this process")]
+    AlreadyInitialised,
+}
+
+/// Owns the providers; [`Telemetry::shutdown`] flushes them in order.
+#[derive(Debug)]
+pub struct Telemetry {
+    tracer_provider: SdkTracerProvider,
+    meter_provider: SdkMeterProvider,
+    exporting: bool,
+}
+
+impl Telemetry {
+    /// Whether spans and metrics leave the process over OTLP.
+    pub fn is_exporting(&self) -> bool {
+        self.exporting
+    }
+
+    /// Flushes and stops exporters: traces first (they reference the
+    /// request that produced the last metrics), then metrics.
+    pub fn shutdown(self) {
+        if let Err(error) = self.tracer_provider.shutdown() {
+            tracing::warn!(%error, "flushing traces at shutdown failed");
+        }
+        if let Err(error) = self.meter_provider.shutdown() {
+            tracing::warn!(%error, "flushing metrics at shutdown failed");
+        }
+    }
+}
+
+/// Installs the global subscriber, tracer and meter providers and the W3C
+/// propagator. Call once, from a binary's `main`, before serving.
+pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
+    let resource = Resource::builder()
+        .with_service_name(config.service_name)
+        .with_attributes([
+            KeyValue::new("service.version", config.service_version),
+            KeyValue::new("service.instance.id", config.instance_id.clone()),
+        ])
+        .build();
+    let exporting = env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some_and(|v| !v.is_empty())
+        || env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some_and(|v| !v.is_empty());
+
+    let mut tracer_builder = SdkTracerProvider::builder().with_resource(resource.clone());
+    let mut meter_builder = SdkMeterProvider::builder()
+        .with_resource(resource)
+        .with_reader(PrometheusReader::install());
+    if exporting {
+        // The exporters read OTEL_EXPORTER_OTLP_* themselves (endpoint,
+        // headers, timeout, compression), so operators use standard names.
+        let spans = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+            .map_err(|e| TelemetryError::Exporter { signal: "traces", message: e.to_string() })?;
+        tracer_builder = tracer_builder.with_batch_exporter(spans);
+        let metrics = opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .with_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| TelemetryError::Exporter { signal: "metrics", message: e.to_string() })?;
+        meter_builder = meter_builder.with_periodic_exporter(metrics);
+    }
+    let tracer_provider = tracer_builder.build();
+    let meter_provider = meter_builder.build();
+
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|error| match env::var("RUST_LOG") {
+            Ok(_) => Err(TelemetryError::InvalidFilter(error.to_string())),
+            Err(_) => Ok(EnvFilter::new("info")),
+        })?;
+    let log_layer = match config.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    let otel_layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer_provider.tracer(config.service_name))
+        .with_tracked_inactivity(false);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(log_layer)
+        .with(otel_layer)
+        .try_init()
+        .map_err(|_| TelemetryError::AlreadyInitialised)?;
+
+    global::set_text_map_propagator(TraceContextPropagator::new());
+    global::set_tracer_provider(tracer_provider.clone());
+    global::set_meter_provider(meter_provider.clone());
+    Ok(Telemetry { tracer_provider, meter_provider, exporting })
+}
