@@ -15,18 +15,26 @@ fn main() {
         }
     }
     let revision = env::var("PLATFORM_GIT_REVISION").ok().or_else(git_revision);
-    println!("cargo:rustc-env=PLATFORM_GIT_REVISION={}", revision.as_deref().unwrap_or("unknown"));
+    println!(
+        "cargo:rustc-env=PLATFORM_GIT_REVISION={}",
+        revision.as_deref().unwrap_or("unknown")
+    );
     let epoch = env::var("SOURCE_DATE_EPOCH")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or_else(|| {
-            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
         });
     println!("cargo:rustc-env=PLATFORM_BUILD_TIME={}", rfc3339(epoch));
 }
 
 fn git_revision() -> Option<String> {
-    let output = Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).output().ok()?;
+    let output = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()?;
     let revision = String::from_utf8(output.stdout).ok()?.trim().to_owned();
     if !output.status.success() || revision.is_empty() {
         return None;
@@ -35,7 +43,11 @@ fn git_revision() -> Option<String> {
         .args(["status", "--porcelain", "--untracked-files=no"])
         .output()
         .is_ok_and(|o| !o.stdout.is_empty());
-    Some(if dirty { format!("{revision}-dirty") } else { revision })
+    Some(if dirty {
+        format!("{revision}-dirty")
+    } else {
+        revision
+    })
 }
 
 /// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days).

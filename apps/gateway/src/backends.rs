@@ -29,7 +29,11 @@ impl Backends {
     pub(crate) fn connect(config: &Config) -> Result<Self, tonic::transport::Error> {
         let connect_timeout = config.status_timeout;
         let backend = |name, url: &ServiceUrl| -> Result<Backend, tonic::transport::Error> {
-            Ok(Backend { name, url: url.clone(), channel: traced_channel(url, connect_timeout, REQUEST_TIMEOUT)? })
+            Ok(Backend {
+                name,
+                url: url.clone(),
+                channel: traced_channel(url, connect_timeout, REQUEST_TIMEOUT)?,
+            })
         };
         Ok(Self {
             all: vec![

@@ -24,8 +24,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         what: "backend channels",
         message: e.to_string(),
     })?;
-    let router = routes::router(routes::AppState { backends, status_timeout: config.status_timeout });
-    ServiceBuilder::new(INFO, config.common).http(config.http_addr, router).start().await
+    let router = routes::router(routes::AppState {
+        backends,
+        status_timeout: config.status_timeout,
+    });
+    ServiceBuilder::new(INFO, config.common)
+        .http(config.http_addr, router)
+        .start()
+        .await
 }
 
 /// The app as the shared runtime's `main` (and the launcher) runs it.

@@ -24,10 +24,17 @@ pub(crate) fn router(state: AppState) -> Router {
 /// 200 when every app serves, 503 otherwise; the body always says which.
 async fn status(State(state): State<AppState>) -> impl IntoResponse {
     let status = platform_status(&state.backends.all, state.status_timeout).await;
-    let code = if status.serving { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if status.serving {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(status))
 }
 
 async fn not_found() -> impl IntoResponse {
-    (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": "no such route" })))
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({ "error": "no such route" })),
+    )
 }

@@ -3,9 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use contracts::service::v1::{GetServiceInfoRequest, service_info_service_client::ServiceInfoServiceClient};
+use contracts::service::v1::{
+    GetServiceInfoRequest, service_info_service_client::ServiceInfoServiceClient,
+};
 use serde::Serialize;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 use crate::{INFO, backends::Backend};
 
@@ -35,7 +39,9 @@ pub(crate) struct PlatformStatus {
 
 /// Asks every backend at once; each answer is bounded by `timeout`.
 pub(crate) async fn platform_status(backends: &[Backend], timeout: Duration) -> PlatformStatus {
-    let checks = backends.iter().map(|backend| service_status(backend, timeout));
+    let checks = backends
+        .iter()
+        .map(|backend| service_status(backend, timeout));
     let mut services = vec![ServiceStatus {
         name: INFO.name,
         state: "serving",
@@ -58,7 +64,9 @@ async fn service_status(backend: &Backend, timeout: Duration) -> ServiceStatus {
     let mut info = ServiceInfoServiceClient::new(backend.channel.clone());
     let both = async {
         tokio::join!(
-            health.check(HealthCheckRequest { service: String::new() }),
+            health.check(HealthCheckRequest {
+                service: String::new()
+            }),
             info.get_service_info(GetServiceInfoRequest {}),
         )
     };
@@ -75,7 +83,9 @@ async fn service_status(backend: &Backend, timeout: Duration) -> ServiceStatus {
     };
     match tokio::time::timeout(timeout, both).await {
         Err(_) => status.error = Some(format!("no answer within {} ms", timeout.as_millis())),
-        Ok((Err(error), _)) => status.error = Some(format!("health check failed: {}", error.message())),
+        Ok((Err(error), _)) => {
+            status.error = Some(format!("health check failed: {}", error.message()))
+        }
         Ok((Ok(health), info)) => {
             status.state = match health.into_inner().status() {
                 ServingStatus::Serving => "serving",
@@ -89,7 +99,9 @@ async fn service_status(backend: &Backend, timeout: Duration) -> ServiceStatus {
                     status.instance_id = Some(info.instance_id);
                     status.uptime_seconds = info.uptime.map(|d| d.seconds);
                 }
-                Err(error) => status.error = Some(format!("service info failed: {}", error.message())),
+                Err(error) => {
+                    status.error = Some(format!("service info failed: {}", error.message()))
+                }
             }
         }
     }

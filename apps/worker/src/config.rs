@@ -27,6 +27,9 @@ impl Config {
 
     /// Port 0 everywhere, for tests that start the app in-process.
     pub fn for_tests() -> Self {
-        Self { grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)), common: CommonConfig::for_tests() }
+        Self {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            common: CommonConfig::for_tests(),
+        }
     }
 }

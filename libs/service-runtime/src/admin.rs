@@ -19,7 +19,9 @@ pub(crate) async fn serve(
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .with_state(readiness);
-    axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
 }
 
 async fn ready(State(readiness): State<Readiness>) -> impl IntoResponse {
@@ -36,13 +38,23 @@ async fn ready(State(readiness): State<Readiness>) -> impl IntoResponse {
             Err(error) => serde_json::json!({ "name": name, "ok": false, "error": error }),
         })
         .collect();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(serde_json::json!({ "ready": ready, "checks": checks })))
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({ "ready": ready, "checks": checks })),
+    )
 }
 
 async fn metrics() -> impl IntoResponse {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         telemetry::render_metrics(),
     )
 }

@@ -45,10 +45,16 @@ impl std::fmt::Display for BuildInfo {
 pub fn instance_id() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
     ID.get_or_init(|| {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned());
         // Hash-free and collision-safe enough: a pid is unique per host at a
         // given instant, and the boot time separates reused pids.
-        format!("{host}-{}-{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
+        format!(
+            "{host}-{}-{:x}",
+            std::process::id(),
+            nanos & 0xffff_ffff_ffff
+        )
     })
 }

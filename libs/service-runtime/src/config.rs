@@ -78,7 +78,12 @@ impl EnvReader {
             .map(|(k, v)| (k.into(), v.into()))
             .filter(|(k, _)| k.starts_with(prefix))
             .collect();
-        Self { prefix: prefix.to_owned(), vars, read: BTreeSet::new(), problems: Vec::new() }
+        Self {
+            prefix: prefix.to_owned(),
+            vars,
+            read: BTreeSet::new(),
+            problems: Vec::new(),
+        }
     }
 
     /// The value of `<PREFIX><name>` parsed as `T`, or `default` when unset
@@ -99,7 +104,10 @@ impl EnvReader {
         match T::parse_env(&raw) {
             Ok(value) => Some(value),
             Err(problem) => {
-                self.problems.push(ConfigProblem { variable, problem: format!("{problem} (got {raw:?})") });
+                self.problems.push(ConfigProblem {
+                    variable,
+                    problem: format!("{problem} (got {raw:?})"),
+                });
                 None
             }
         }
@@ -107,8 +115,10 @@ impl EnvReader {
 
     /// Records a problem that spans settings (e.g. two ports that clash).
     pub fn reject(&mut self, name: &str, problem: impl Into<String>) {
-        self.problems
-            .push(ConfigProblem { variable: format!("{}{name}", self.prefix), problem: problem.into() });
+        self.problems.push(ConfigProblem {
+            variable: format!("{}{name}", self.prefix),
+            problem: problem.into(),
+        });
     }
 
     /// Ends reading: every problem, plus every prefixed variable no setting
@@ -123,7 +133,13 @@ impl EnvReader {
             }
         }
         self.problems.sort_by(|a, b| a.variable.cmp(&b.variable));
-        if self.problems.is_empty() { Ok(()) } else { Err(ConfigError { problems: self.problems }) }
+        if self.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError {
+                problems: self.problems,
+            })
+        }
     }
 }
 
@@ -141,7 +157,8 @@ impl EnvValue for PathBuf {
 
 impl EnvValue for SocketAddr {
     fn parse_env(raw: &str) -> Result<Self, String> {
-        raw.parse().map_err(|_| "expected a socket address such as 127.0.0.1:8080".to_owned())
+        raw.parse()
+            .map_err(|_| "expected a socket address such as 127.0.0.1:8080".to_owned())
     }
 }
 
@@ -172,7 +189,9 @@ impl EnvValue for Duration {
     /// Accepts `250ms`, `10s`, `5m`, `1h`; a bare number means seconds.
     fn parse_env(raw: &str) -> Result<Self, String> {
         let problem = || "expected a duration such as 250ms, 10s, 5m or 1h".to_owned();
-        let split = raw.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(raw.len());
+        let split = raw
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(raw.len());
         let (number, unit) = raw.split_at(split);
         let number: f64 = number.parse().map_err(|_| problem())?;
         let seconds = match unit.trim() {
@@ -278,7 +297,11 @@ impl CommonConfig {
 /// JSON when not attached to a terminal-ish environment (containers set
 /// none of these), readable text otherwise.
 fn default_log_format() -> LogFormat {
-    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() { LogFormat::Json } else { LogFormat::Pretty }
+    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        LogFormat::Json
+    } else {
+        LogFormat::Pretty
+    }
 }
 
 #[cfg(test)]
@@ -289,15 +312,30 @@ mod tests {
     fn every_problem_is_reported_with_its_variable() {
         let mut env = EnvReader::from_vars(
             "GATEWAY_",
-            [("GATEWAY_HTTP_ADDR", "nonsense"), ("GATEWAY_SHUTDOWN_GRACE", "soon"), ("GATEWAY_TYPO", "1"), ("OTHER_X", "y")],
+            [
+                ("GATEWAY_HTTP_ADDR", "nonsense"),
+                ("GATEWAY_SHUTDOWN_GRACE", "soon"),
+                ("GATEWAY_TYPO", "1"),
+                ("OTHER_X", "y"),
+            ],
         );
         let _: SocketAddr = env.get_or("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)));
         let _ = CommonConfig::from_env(&mut env, 9181);
         let error = env.finish().expect_err("three problems");
         let variables: Vec<_> = error.problems.iter().map(|p| p.variable.as_str()).collect();
-        assert_eq!(variables, ["GATEWAY_HTTP_ADDR", "GATEWAY_SHUTDOWN_GRACE", "GATEWAY_TYPO"]);
+        assert_eq!(
+            variables,
+            [
+                "GATEWAY_HTTP_ADDR",
+                "GATEWAY_SHUTDOWN_GRACE",
+                "GATEWAY_TYPO"
+            ]
+        );
         let text = error.to_string();
-        assert!(text.contains("GATEWAY_HTTP_ADDR: expected a socket address"), "{text}");
+        assert!(
+            text.contains("GATEWAY_HTTP_ADDR: expected a socket address"),
+            "{text}"
+        );
         assert!(text.contains("\"nonsense\""), "{text}");
     }
 

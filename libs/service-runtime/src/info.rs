@@ -18,7 +18,10 @@ pub(crate) struct ServiceInfo {
 
 impl ServiceInfo {
     pub(crate) fn new(info: BuildInfo) -> Self {
-        Self { info, started: Instant::now() }
+        Self {
+            info,
+            started: Instant::now(),
+        }
     }
 }
 

@@ -16,10 +16,14 @@ mod config;
 mod info;
 mod main_loop;
 mod serve;
+pub mod testing;
 
 pub use build_info::{BuildInfo, instance_id};
 pub use client::{TracedChannel, traced_channel};
 pub use config::{CommonConfig, ConfigError, ConfigProblem, EnvReader, EnvValue, ServiceUrl};
-pub use main_loop::{AppMain, StandardArgs, load_config, run_main, run_with_args, shutdown_signal};
+pub use main_loop::{
+    AppMain, StandardArgs, StartFuture, load_config, load_config_from, run_main, run_with_args,
+    shutdown_signal,
+};
 pub use serve::{CheckFuture, Running, ServiceBuilder, ShutdownReport, StartError};
 pub use tokio_util::sync::CancellationToken;

@@ -22,6 +22,9 @@ pub struct StandardArgs {
     pub check_config: bool,
 }
 
+/// The future an app's `start` returns: its listeners bound and serving.
+pub type StartFuture = Pin<Box<dyn Future<Output = Result<Running, StartError>> + Send>>;
+
 /// An app as its binary sees it: how to read its config and start it.
 pub struct AppMain<C> {
     /// Name and build of the app.
@@ -33,12 +36,21 @@ pub struct AppMain<C> {
     /// The runtime settings inside the app's config.
     pub common: fn(&C) -> &CommonConfig,
     /// Binds and starts serving.
-    pub start: fn(C) -> Pin<Box<dyn Future<Output = Result<Running, StartError>> + Send>>,
+    pub start: fn(C) -> StartFuture,
 }
 
 /// Reads `<prefix>*` variables into the app's config, or every problem.
 pub fn load_config<C>(app: &AppMain<C>) -> Result<C, ConfigError> {
-    let mut env = EnvReader::from_process(app.env_prefix);
+    load_config_from(app, std::env::vars())
+}
+
+/// Reads the app's config from the given variables (the launcher validates
+/// each child's environment before starting any child).
+pub fn load_config_from<C>(
+    app: &AppMain<C>,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<C, ConfigError> {
+    let mut env = EnvReader::from_vars(app.env_prefix, vars);
     let config = (app.load_config)(&mut env);
     env.finish().map(|()| config)
 }
@@ -51,7 +63,11 @@ pub fn run_main<C: std::fmt::Debug + Send + 'static>(app: AppMain<C>) -> ExitCod
 
 /// [`run_main`] with already-parsed flags, for binaries that add their own
 /// subcommands around the standard ones.
-#[allow(clippy::print_stdout, clippy::print_stderr, reason = "the binary's own output")]
+#[allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "the binary's own output"
+)]
 pub fn run_with_args<C: std::fmt::Debug + Send + 'static>(
     app: AppMain<C>,
     args: &StandardArgs,
@@ -71,7 +87,10 @@ pub fn run_with_args<C: std::fmt::Debug + Send + 'static>(
         println!("{}: configuration is valid\n{config:#?}", app.info.name);
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("{}: cannot start the async runtime: {error}", app.info.name);

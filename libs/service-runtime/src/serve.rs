@@ -103,7 +103,14 @@ pub struct ServiceBuilder {
 impl ServiceBuilder {
     /// Starts describing the app identified by `info`.
     pub fn new(info: BuildInfo, common: CommonConfig) -> Self {
-        Self { info, common, grpc: None, http: None, checks: Vec::new(), tasks: Vec::new() }
+        Self {
+            info,
+            common,
+            grpc: None,
+            http: None,
+            checks: Vec::new(),
+            tasks: Vec::new(),
+        }
     }
 
     /// Serves gRPC on `addr` (port 0 picks a free port).
@@ -144,7 +151,10 @@ impl ServiceBuilder {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
-        self.checks.push(ReadinessCheck { name, check: Arc::new(move || Box::pin(check())) });
+        self.checks.push(ReadinessCheck {
+            name,
+            check: Arc::new(move || Box::pin(check())),
+        });
         self
     }
 
@@ -155,7 +165,8 @@ impl ServiceBuilder {
         F: FnOnce(CancellationToken) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.tasks.push((name, Box::new(move |token| Box::pin(task(token)))));
+        self.tasks
+            .push((name, Box::new(move |token| Box::pin(task(token)))));
         self
     }
 
@@ -208,10 +219,19 @@ impl ServiceBuilder {
                 failed.clone(),
             ));
             let refresher = tokio::spawn(
-                health_refresher(reporter.clone(), names.clone(), readiness.clone(), stop_serving.clone())
-                    .instrument(tracing::info_span!("health refresher")),
+                health_refresher(
+                    reporter.clone(),
+                    names.clone(),
+                    readiness.clone(),
+                    stop_serving.clone(),
+                )
+                .instrument(tracing::info_span!("health refresher")),
             );
-            health = Some((reporter, names, refresher));
+            health = Some(HealthPublisher {
+                reporter,
+                names,
+                refresher,
+            });
         }
         if let (Some((_, router)), Some(listener)) = (self.http, http_listener) {
             let router = router.layer(telemetry::ServerTraceLayer::new());
@@ -233,7 +253,10 @@ impl ServiceBuilder {
             .into_iter()
             .map(|(name, task)| {
                 let span = tracing::info_span!("background task", task = name);
-                (name, tokio::spawn(task(stop_serving.clone()).instrument(span)))
+                (
+                    name,
+                    tokio::spawn(task(stop_serving.clone()).instrument(span)),
+                )
             })
             .collect();
 
@@ -257,7 +280,13 @@ impl ServiceBuilder {
 }
 
 async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { listener, addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            listener,
+            addr,
+            source,
+        })
 }
 
 async fn serve_grpc(
@@ -292,7 +321,11 @@ fn spawn_server<E: std::fmt::Display>(
 async fn refresh_health(reporter: &HealthReporter, names: &[&'static str], readiness: &Readiness) {
     let healthy = readiness.accepting.load(Ordering::Acquire)
         && readiness.run_checks().await.iter().all(|(_, r)| r.is_ok());
-    let status = if healthy { ServingStatus::Serving } else { ServingStatus::NotServing };
+    let status = if healthy {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
     reporter.set_service_status("", status).await;
     for name in names {
         reporter.set_service_status(name, status).await;
@@ -313,6 +346,14 @@ async fn health_refresher(
     }
 }
 
+/// The gRPC health reporter, the service names it reports on, and the task
+/// that refreshes their status from the readiness checks.
+struct HealthPublisher {
+    reporter: HealthReporter,
+    names: Arc<Vec<&'static str>>,
+    refresher: JoinHandle<()>,
+}
+
 /// A serving app: its bound addresses and the handle to stop it.
 pub struct Running {
     info: BuildInfo,
@@ -325,7 +366,7 @@ pub struct Running {
     grace: Duration,
     delay: Duration,
     readiness: Readiness,
-    health: Option<(HealthReporter, Arc<Vec<&'static str>>, JoinHandle<()>)>,
+    health: Option<HealthPublisher>,
     stop_serving: CancellationToken,
     stop_admin: CancellationToken,
     failed: CancellationToken,
@@ -361,18 +402,30 @@ impl Running {
     pub async fn shutdown(self) -> ShutdownReport {
         let started = Instant::now();
         self.readiness.accepting.store(false, Ordering::Release);
-        if let Some((reporter, names, refresher)) = &self.health {
+        if let Some(HealthPublisher {
+            reporter,
+            names,
+            refresher,
+        }) = &self.health
+        {
             refresher.abort();
-            reporter.set_service_status("", ServingStatus::NotServing).await;
+            reporter
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
             for name in names.iter() {
-                reporter.set_service_status(name, ServingStatus::NotServing).await;
+                reporter
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
             }
         }
         tokio::time::sleep(self.delay).await;
         self.stop_serving.cancel();
 
         let deadline = started + self.grace;
-        let mut report = ShutdownReport { drained: Vec::new(), aborted: Vec::new() };
+        let mut report = ShutdownReport {
+            drained: Vec::new(),
+            aborted: Vec::new(),
+        };
         for (name, mut handle) in self.servers.into_iter().chain(self.background) {
             match tokio::time::timeout_at(deadline.into(), &mut handle).await {
                 Ok(_) => report.drained.push(name),

@@ -18,7 +18,7 @@ use opentelemetry::{
     propagation::{Extractor, Injector},
 };
 use tower::{Layer, Service};
-use tracing::{Span, field::Empty, instrument::Instrumented, Instrument as _};
+use tracing::{Instrument as _, Span, field::Empty, instrument::Instrumented};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// Buckets (seconds) fit for both sub-millisecond RPCs and slow requests.
@@ -47,15 +47,24 @@ impl Target {
                 && path.len() <= 128
                 && !method.contains('/')
             {
-                return Self::Grpc { service: service.to_owned(), method: method.to_owned() };
+                return Self::Grpc {
+                    service: service.to_owned(),
+                    method: method.to_owned(),
+                };
             }
-            return Self::Grpc { service: "unknown".into(), method: "unknown".into() };
+            return Self::Grpc {
+                service: "unknown".into(),
+                method: "unknown".into(),
+            };
         }
         let route = request
             .extensions()
             .get::<axum::extract::MatchedPath>()
             .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-        Self::Http { method: request.method().as_str().to_owned(), route }
+        Self::Http {
+            method: request.method().as_str().to_owned(),
+            route,
+        }
     }
 
     fn name(&self) -> String {
@@ -119,7 +128,9 @@ impl ServerTraceLayer {
     /// Creates the layer; instruments come from the global meter provider,
     /// so build it after [`crate::init`].
     pub fn new() -> Self {
-        Self { instruments: Instruments::new() }
+        Self {
+            instruments: Instruments::new(),
+        }
     }
 }
 
@@ -133,7 +144,10 @@ impl<S> Layer<S> for ServerTraceLayer {
     type Service = ServerTraceService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ServerTraceService { inner, instruments: Arc::clone(&self.instruments) }
+        ServerTraceService {
+            inner,
+            instruments: Arc::clone(&self.instruments),
+        }
     }
 }
 
@@ -178,7 +192,8 @@ where
                 otel.status_code = Empty,
             ),
         };
-        let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
+        let parent =
+            global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
         // A missing or malformed traceparent leaves the span as a new root.
         let _ = span.set_parent(parent);
         let observation = Observation {
@@ -188,7 +203,10 @@ where
             span: span.clone(),
             recorded: false,
         };
-        ServerFuture { inner: self.inner.call(request).instrument(span), observation: Some(observation) }
+        ServerFuture {
+            inner: self.inner.call(request).instrument(span),
+            observation: Some(observation),
+        }
     }
 }
 
@@ -223,7 +241,11 @@ where
                 };
                 let (parts, body) = response.into_parts();
                 let ended = body.is_end_stream();
-                let mut body = ObservedBody { inner: body, observation: Some(observation), status };
+                let mut body = ObservedBody {
+                    inner: body,
+                    observation: Some(observation),
+                    status,
+                };
                 if ended {
                     body.finish();
                 }
@@ -264,7 +286,10 @@ impl Observation {
                 self.instruments.rpc.record(elapsed, &attributes);
             }
             Target::Http { .. } => {
-                attributes.push(KeyValue::new("http.response.status_code", status.to_owned()));
+                attributes.push(KeyValue::new(
+                    "http.response.status_code",
+                    status.to_owned(),
+                ));
                 self.span.record("http.response.status_code", status);
                 if status.starts_with('5') || status == "error" {
                     self.span.record("otel.status_code", "ERROR");
@@ -322,10 +347,10 @@ impl<B: Body> Body for ObservedBody<B> {
             Some(Err(_)) => *this.status = Some("error".into()),
             None => {}
         }
-        if frame.is_none() || this.inner.is_end_stream() {
-            if let Some(mut observation) = this.observation.take() {
-                observation.record(this.status.as_deref().unwrap_or("2"));
-            }
+        if (frame.is_none() || this.inner.is_end_stream())
+            && let Some(mut observation) = this.observation.take()
+        {
+            observation.record(this.status.as_deref().unwrap_or("2"));
         }
         Poll::Ready(frame)
     }
@@ -340,7 +365,10 @@ impl<B: Body> Body for ObservedBody<B> {
 }
 
 fn grpc_status(headers: &HeaderMap) -> Option<String> {
-    headers.get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_owned)
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// Client side: opens a client span and injects its context as

@@ -29,7 +29,11 @@ impl PrometheusReader {
     /// Returns the process-wide reader, creating it on first use.
     pub(crate) fn install() -> Self {
         Self(Arc::clone(READER.get_or_init(|| {
-            Arc::new(ManualReader::builder().with_temporality(Temporality::Cumulative).build())
+            Arc::new(
+                ManualReader::builder()
+                    .with_temporality(Temporality::Cumulative)
+                    .build(),
+            )
         })))
     }
 }
@@ -95,7 +99,14 @@ fn render_data<T: Copy + Into<Number>>(
         MetricData::Gauge(gauge) => {
             header(out, name, help, "gauge");
             for point in gauge.data_points() {
-                sample(out, name, "", point.attributes(), None, point.value().into());
+                sample(
+                    out,
+                    name,
+                    "",
+                    point.attributes(),
+                    None,
+                    point.value().into(),
+                );
             }
         }
         MetricData::Sum(sum) => {
@@ -106,7 +117,14 @@ fn render_data<T: Copy + Into<Number>>(
             };
             header(out, &name, help, kind);
             for point in sum.data_points() {
-                sample(out, &name, "", point.attributes(), None, point.value().into());
+                sample(
+                    out,
+                    &name,
+                    "",
+                    point.attributes(),
+                    None,
+                    point.value().into(),
+                );
             }
         }
         MetricData::Histogram(histogram) => {
@@ -117,12 +135,40 @@ fn render_data<T: Copy + Into<Number>>(
                 for (bound, count) in point.bounds().zip(counts.iter()) {
                     cumulative += count;
                     let le = KeyValue::new("le", bound.to_string());
-                    sample(out, name, "_bucket", point.attributes(), Some(&le), Number::U(cumulative));
+                    sample(
+                        out,
+                        name,
+                        "_bucket",
+                        point.attributes(),
+                        Some(&le),
+                        Number::U(cumulative),
+                    );
                 }
                 let inf = KeyValue::new("le", "+Inf");
-                sample(out, name, "_bucket", point.attributes(), Some(&inf), Number::U(point.count()));
-                sample(out, name, "_sum", point.attributes(), None, point.sum().into());
-                sample(out, name, "_count", point.attributes(), None, Number::U(point.count()));
+                sample(
+                    out,
+                    name,
+                    "_bucket",
+                    point.attributes(),
+                    Some(&inf),
+                    Number::U(point.count()),
+                );
+                sample(
+                    out,
+                    name,
+                    "_sum",
+                    point.attributes(),
+                    None,
+                    point.sum().into(),
+                );
+                sample(
+                    out,
+                    name,
+                    "_count",
+                    point.attributes(),
+                    None,
+                    Number::U(point.count()),
+                );
             }
         }
         // Exponential histograms are not configured anywhere in the platform.
@@ -156,7 +202,11 @@ impl From<i64> for Number {
 
 fn header(out: &mut String, name: &str, help: &str, kind: &str) {
     if !help.is_empty() {
-        let _ = writeln!(out, "# HELP {name} {}", help.replace('\\', "\\\\").replace('\n', "\\n"));
+        let _ = writeln!(
+            out,
+            "# HELP {name} {}",
+            help.replace('\\', "\\\\").replace('\n', "\\n")
+        );
     }
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
@@ -177,7 +227,12 @@ fn sample<'a>(
             if i > 0 {
                 out.push(',');
             }
-            let _ = write!(out, "{}=\"{}\"", sanitize(label.key.as_str()), escape(&label.value));
+            let _ = write!(
+                out,
+                "{}=\"{}\"",
+                sanitize(label.key.as_str()),
+                escape(&label.value)
+            );
         }
         out.push('}');
     }
@@ -208,12 +263,22 @@ fn metric_name(name: &str, unit: &str) -> String {
 
 fn sanitize(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == ':' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
 fn escape(value: &Value) -> String {
-    value.as_str().replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    value
+        .as_str()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -222,7 +287,10 @@ mod tests {
 
     #[test]
     fn names_follow_prometheus_conventions() {
-        assert_eq!(metric_name("http.server.request.duration", "s"), "http_server_request_duration_seconds");
+        assert_eq!(
+            metric_name("http.server.request.duration", "s"),
+            "http_server_request_duration_seconds"
+        );
         assert_eq!(metric_name("queue_wait_seconds", "s"), "queue_wait_seconds");
         assert_eq!(metric_name("jobs.completed", "{job}"), "jobs_completed");
     }

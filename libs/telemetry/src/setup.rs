@@ -8,7 +8,9 @@ use opentelemetry_sdk::{
     Resource, metrics::SdkMeterProvider, propagation::TraceContextPropagator,
     trace::SdkTracerProvider,
 };
-use tracing_subscriber::{EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+use tracing_subscriber::{
+    EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
 
 use crate::prometheus::PrometheusReader;
 
@@ -114,23 +116,28 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         let spans = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()
-            .map_err(|e| TelemetryError::Exporter { signal: "traces", message: e.to_string() })?;
+            .map_err(|e| TelemetryError::Exporter {
+                signal: "traces",
+                message: e.to_string(),
+            })?;
         tracer_builder = tracer_builder.with_batch_exporter(spans);
         let metrics = opentelemetry_otlp::MetricExporter::builder()
             .with_tonic()
             .with_timeout(Duration::from_secs(10))
             .build()
-            .map_err(|e| TelemetryError::Exporter { signal: "metrics", message: e.to_string() })?;
+            .map_err(|e| TelemetryError::Exporter {
+                signal: "metrics",
+                message: e.to_string(),
+            })?;
         meter_builder = meter_builder.with_periodic_exporter(metrics);
     }
     let tracer_provider = tracer_builder.build();
     let meter_provider = meter_builder.build();
 
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|error| match env::var("RUST_LOG") {
-            Ok(_) => Err(TelemetryError::InvalidFilter(error.to_string())),
-            Err(_) => Ok(EnvFilter::new("info")),
-        })?;
+    let filter = EnvFilter::try_from_default_env().or_else(|error| match env::var("RUST_LOG") {
+        Ok(_) => Err(TelemetryError::InvalidFilter(error.to_string())),
+        Err(_) => Ok(EnvFilter::new("info")),
+    })?;
     let log_layer = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -157,5 +164,9 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     global::set_text_map_propagator(TraceContextPropagator::new());
     global::set_tracer_provider(tracer_provider.clone());
     global::set_meter_provider(meter_provider.clone());
-    Ok(Telemetry { tracer_provider, meter_provider, exporting })
+    Ok(Telemetry {
+        tracer_provider,
+        meter_provider,
+        exporting,
+    })
 }

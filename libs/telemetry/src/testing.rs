@@ -40,8 +40,9 @@ pub fn capture_spans() -> SpanCapture {
     CAPTURE
         .get_or_init(|| {
             let exporter = InMemorySpanExporter::default();
-            let provider =
-                SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+            let provider = SdkTracerProvider::builder()
+                .with_simple_exporter(exporter.clone())
+                .build();
             let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("tests"));
             // Another subscriber may already be installed by the test binary;
             // then spans are not captured and the caller's assertions say so.

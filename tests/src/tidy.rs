@@ -1,0 +1,611 @@
+//! The workspace rules, checked from `cargo metadata` and the files the
+//! rules name. [`check`] is pure so its verdicts are unit-tested on made-up
+//! workspaces; [`load`] reads the real one.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use serde::Deserialize;
+
+/// What a crate is, which decides what it may depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Under `apps/`: one deployable service.
+    App,
+    /// Under `libs/`: shared code.
+    Lib,
+    /// Declared with `[package.metadata.platform] role = "composer"`: may
+    /// depend on apps (the launcher, the cross-app tests); nothing may
+    /// depend on it.
+    Composer,
+}
+
+/// How a dependency is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DepKind {
+    /// `[dependencies]`.
+    Normal,
+    /// `[dev-dependencies]`.
+    Dev,
+    /// `[build-dependencies]`.
+    Build,
+}
+
+impl fmt::Display for DepKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Normal => "dependency",
+            Self::Dev => "dev-dependency",
+            Self::Build => "build-dependency",
+        })
+    }
+}
+
+/// One workspace member as the rules see it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Package name.
+    pub name: String,
+    /// Directory relative to the workspace root, e.g. `apps/worker`.
+    pub dir: String,
+    /// What the crate is.
+    pub role: Role,
+    /// Dependencies on other workspace members: (name, kind).
+    pub internal_deps: Vec<(String, DepKind)>,
+    /// `[lints] workspace = true` in its manifest.
+    pub inherits_lints: bool,
+    /// Crate roots (lib.rs, main.rs) that do not start with a `//!` doc.
+    pub undocumented_roots: Vec<String>,
+}
+
+/// The workspace and the files the rules read.
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    /// Every member.
+    pub members: Vec<Member>,
+    /// Contents of `CODEOWNERS`.
+    pub codeowners: String,
+    /// Contents of `docs/architecture.md`.
+    pub architecture: String,
+}
+
+/// A broken rule, naming what breaks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Violation {
+    /// An app depends on another app.
+    AppDependsOnApp {
+        /// The depending crate.
+        from: String,
+        /// The crate depended on.
+        to: String,
+        /// Which section the dependency is declared in.
+        kind: DepKind,
+    },
+    /// A lib depends on an app.
+    LibDependsOnApp {
+        /// The depending crate.
+        from: String,
+        /// The crate depended on.
+        to: String,
+        /// Which section the dependency is declared in.
+        kind: DepKind,
+    },
+    /// Something depends on a composer.
+    DependsOnComposer {
+        /// The depending crate.
+        from: String,
+        /// The crate depended on.
+        to: String,
+        /// Which section the dependency is declared in.
+        kind: DepKind,
+    },
+    /// A member does not inherit `[workspace.lints]`.
+    LintsNotInherited {
+        /// The crate.
+        crate_name: String,
+        /// Its directory, relative to the workspace root.
+        dir: String,
+    },
+    /// No CODEOWNERS line names the crate's directory.
+    NoOwner {
+        /// The crate.
+        crate_name: String,
+        /// Its directory, relative to the workspace root.
+        dir: String,
+    },
+    /// No heading in docs/architecture.md names the crate's directory.
+    NoArchitectureSection {
+        /// The crate.
+        crate_name: String,
+        /// Its directory, relative to the workspace root.
+        dir: String,
+    },
+    /// A crate root does not start with `//!`.
+    NoCrateDoc {
+        /// The crate.
+        crate_name: String,
+        /// The crate root, relative to the workspace root.
+        file: String,
+    },
+    /// A member outside `apps/` and `libs/` that is not a composer.
+    UnknownRole {
+        /// The crate.
+        crate_name: String,
+        /// Its directory, relative to the workspace root.
+        dir: String,
+    },
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AppDependsOnApp { from, to, kind } => write!(
+                f,
+                "app `{from}` has a {kind} on app `{to}`: apps meet only through proto/ (call it over gRPC)"
+            ),
+            Self::LibDependsOnApp { from, to, kind } => {
+                write!(
+                    f,
+                    "lib `{from}` has a {kind} on app `{to}`: libs never depend on apps"
+                )
+            }
+            Self::DependsOnComposer { from, to, kind } => write!(
+                f,
+                "`{from}` has a {kind} on `{to}`, which composes apps: nothing may depend on a composer"
+            ),
+            Self::LintsNotInherited { crate_name, dir } => {
+                write!(
+                    f,
+                    "`{crate_name}` ({dir}/Cargo.toml) lacks `[lints] workspace = true`"
+                )
+            }
+            Self::NoOwner { crate_name, dir } => {
+                write!(
+                    f,
+                    "`{crate_name}` has no owner: add a line for /{dir}/ to CODEOWNERS"
+                )
+            }
+            Self::NoArchitectureSection { crate_name, dir } => write!(
+                f,
+                "`{crate_name}` has no section in docs/architecture.md: add a heading naming `{dir}`"
+            ),
+            Self::NoCrateDoc { crate_name, file } => {
+                write!(
+                    f,
+                    "`{crate_name}`: {file} must start with a `//!` doc saying what the crate is for"
+                )
+            }
+            Self::UnknownRole { crate_name, dir } => write!(
+                f,
+                "`{crate_name}` ({dir}) is neither under apps/ or libs/ nor declared a composer"
+            ),
+        }
+    }
+}
+
+/// Every rule the workspace breaks; empty when it keeps them all.
+pub fn check(workspace: &Workspace) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    let role_of = |name: &str| {
+        workspace
+            .members
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.role)
+    };
+    for member in &workspace.members {
+        for (dep, kind) in &member.internal_deps {
+            let (from, to, kind) = (member.name.clone(), dep.clone(), *kind);
+            match (member.role, role_of(dep)) {
+                (Role::App, Some(Role::App)) => {
+                    violations.push(Violation::AppDependsOnApp { from, to, kind })
+                }
+                (Role::Lib, Some(Role::App)) => {
+                    violations.push(Violation::LibDependsOnApp { from, to, kind })
+                }
+                (_, Some(Role::Composer)) => {
+                    violations.push(Violation::DependsOnComposer { from, to, kind })
+                }
+                _ => {}
+            }
+        }
+        let (crate_name, dir) = (member.name.clone(), member.dir.clone());
+        if !member.inherits_lints {
+            violations.push(Violation::LintsNotInherited {
+                crate_name: crate_name.clone(),
+                dir: dir.clone(),
+            });
+        }
+        if !has_owner(&workspace.codeowners, &dir) {
+            violations.push(Violation::NoOwner {
+                crate_name: crate_name.clone(),
+                dir: dir.clone(),
+            });
+        }
+        if !has_section(&workspace.architecture, &dir) {
+            violations.push(Violation::NoArchitectureSection {
+                crate_name: crate_name.clone(),
+                dir: dir.clone(),
+            });
+        }
+        for file in &member.undocumented_roots {
+            violations.push(Violation::NoCrateDoc {
+                crate_name: crate_name.clone(),
+                file: file.clone(),
+            });
+        }
+    }
+    violations
+}
+
+/// A CODEOWNERS line whose pattern is exactly the crate's directory.
+fn has_owner(codeowners: &str, dir: &str) -> bool {
+    codeowners
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .any(|line| {
+            let mut words = line.split_whitespace();
+            let pattern = words.next().unwrap_or_default();
+            let owned = words.next().is_some();
+            owned && pattern.trim_matches('/') == dir
+        })
+}
+
+/// A markdown heading that names the crate's directory in backticks.
+fn has_section(architecture: &str, dir: &str) -> bool {
+    let needle = format!("`{dir}`");
+    architecture
+        .lines()
+        .any(|l| l.trim_start().starts_with('#') && l.contains(&needle))
+}
+
+/// Why the real workspace could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// `cargo metadata` failed to run or exited non-zero.
+    #[error("cargo metadata: {0}")]
+    Metadata(String),
+    /// A file the rules read is missing or unreadable.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A manifest or the metadata did not parse.
+    #[error("{what}: {message}")]
+    Parse {
+        /// What was being parsed.
+        what: String,
+        /// The parser's message.
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    packages: Vec<Package>,
+    workspace_members: Vec<String>,
+    workspace_root: PathBuf,
+}
+
+#[derive(Deserialize)]
+struct Package {
+    id: String,
+    name: String,
+    manifest_path: PathBuf,
+    dependencies: Vec<Dependency>,
+    targets: Vec<Target>,
+    #[serde(default)]
+    metadata: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct Dependency {
+    kind: Option<String>,
+    path: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct Target {
+    kind: Vec<String>,
+    src_path: PathBuf,
+}
+
+/// Reads the workspace that contains `manifest_dir` (any member's directory).
+pub fn load(manifest_dir: &Path) -> Result<Workspace, LoadError> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(manifest_dir)
+        .output()
+        .map_err(|e| LoadError::Metadata(e.to_string()))?;
+    if !output.status.success() {
+        return Err(LoadError::Metadata(
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ));
+    }
+    let metadata: Metadata =
+        serde_json::from_slice(&output.stdout).map_err(|e| LoadError::Parse {
+            what: "cargo metadata".into(),
+            message: e.to_string(),
+        })?;
+    let root = metadata.workspace_root.clone();
+    let read = |path: PathBuf| {
+        std::fs::read_to_string(&path).map_err(|source| LoadError::Read { path, source })
+    };
+    let members: Vec<&Package> = metadata
+        .packages
+        .iter()
+        .filter(|p| metadata.workspace_members.contains(&p.id))
+        .collect();
+    let member_dirs: Vec<(String, PathBuf)> = members
+        .iter()
+        .map(|p| {
+            (
+                p.name.clone(),
+                p.manifest_path
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+
+    let mut result = Vec::new();
+    for package in &members {
+        let dir_abs = package
+            .manifest_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let dir = dir_abs
+            .strip_prefix(&root)
+            .unwrap_or(&dir_abs)
+            .to_string_lossy()
+            .replace('\\', "/");
+        let manifest: toml::Table =
+            read(package.manifest_path.clone())?
+                .parse()
+                .map_err(|e: toml::de::Error| LoadError::Parse {
+                    what: dir.clone(),
+                    message: e.to_string(),
+                })?;
+        let inherits_lints = manifest
+            .get("lints")
+            .and_then(|l| l.get("workspace"))
+            .and_then(toml::Value::as_bool)
+            .unwrap_or(false);
+        let declared_composer = package
+            .metadata
+            .as_ref()
+            .and_then(|m| m.pointer("/platform/role"))
+            .and_then(serde_json::Value::as_str)
+            == Some("composer");
+        let role = if declared_composer {
+            Role::Composer
+        } else if dir.starts_with("apps/") {
+            Role::App
+        } else if dir.starts_with("libs/") {
+            Role::Lib
+        } else {
+            return Err(LoadError::Parse {
+                what: dir.clone(),
+                message: Violation::UnknownRole {
+                    crate_name: package.name.clone(),
+                    dir: dir.clone(),
+                }
+                .to_string(),
+            });
+        };
+        let internal_deps = package
+            .dependencies
+            .iter()
+            .filter_map(|d| {
+                let path = d.path.as_ref()?;
+                let (name, _) = member_dirs.iter().find(|(_, dir)| dir == path)?;
+                let kind = match d.kind.as_deref() {
+                    Some("dev") => DepKind::Dev,
+                    Some("build") => DepKind::Build,
+                    _ => DepKind::Normal,
+                };
+                Some((name.clone(), kind))
+            })
+            .collect();
+        let mut undocumented_roots = Vec::new();
+        for target in &package.targets {
+            if !target
+                .kind
+                .iter()
+                .any(|k| k == "lib" || k == "bin" || k == "proc-macro")
+            {
+                continue;
+            }
+            let text = read(target.src_path.clone())?;
+            let first = text
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or_default();
+            if !first.starts_with("//!") {
+                let file = target
+                    .src_path
+                    .strip_prefix(&root)
+                    .unwrap_or(&target.src_path);
+                undocumented_roots.push(file.to_string_lossy().into_owned());
+            }
+        }
+        result.push(Member {
+            name: package.name.clone(),
+            dir,
+            role,
+            internal_deps,
+            inherits_lints,
+            undocumented_roots,
+        });
+    }
+    Ok(Workspace {
+        members: result,
+        codeowners: read(root.join("CODEOWNERS"))?,
+        architecture: read(root.join("docs/architecture.md"))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, dir: &str, role: Role, deps: &[(&str, DepKind)]) -> Member {
+        Member {
+            name: name.into(),
+            dir: dir.into(),
+            role,
+            internal_deps: deps.iter().map(|(n, k)| ((*n).into(), *k)).collect(),
+            inherits_lints: true,
+            undocumented_roots: Vec::new(),
+        }
+    }
+
+    fn workspace(members: Vec<Member>) -> Workspace {
+        let codeowners = members
+            .iter()
+            .map(|m| format!("/{}/ @team\n", m.dir))
+            .collect();
+        let architecture = members
+            .iter()
+            .map(|m| format!("### `{}`\n\ntext\n", m.dir))
+            .collect();
+        Workspace {
+            members,
+            codeowners,
+            architecture,
+        }
+    }
+
+    fn platform(worker_deps: &[(&str, DepKind)]) -> Workspace {
+        workspace(vec![
+            member(
+                "ingest",
+                "apps/ingest",
+                Role::App,
+                &[("contracts", DepKind::Normal)],
+            ),
+            member("worker", "apps/worker", Role::App, worker_deps),
+            member("contracts", "libs/contracts", Role::Lib, &[]),
+            member(
+                "launcher",
+                "apps/launcher",
+                Role::Composer,
+                &[("ingest", DepKind::Normal)],
+            ),
+        ])
+    }
+
+    #[test]
+    fn a_clean_workspace_passes() {
+        assert_eq!(check(&platform(&[("contracts", DepKind::Normal)])), []);
+    }
+
+    #[test]
+    fn an_app_depending_on_an_app_is_named_with_its_edge() {
+        let violations = check(&platform(&[("ingest", DepKind::Normal)]));
+        assert_eq!(
+            violations,
+            [Violation::AppDependsOnApp {
+                from: "worker".into(),
+                to: "ingest".into(),
+                kind: DepKind::Normal
+            }]
+        );
+        assert_eq!(
+            violations[0].to_string(),
+            "app `worker` has a dependency on app `ingest`: apps meet only through proto/ (call it over gRPC)"
+        );
+    }
+
+    #[test]
+    fn dev_and_build_edges_between_apps_count_too() {
+        let violations = check(&platform(&[("ingest", DepKind::Dev)]));
+        assert!(matches!(
+            violations.as_slice(),
+            [Violation::AppDependsOnApp {
+                kind: DepKind::Dev,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn a_lib_depending_on_an_app_is_named() {
+        let mut ws = platform(&[]);
+        ws.members[2]
+            .internal_deps
+            .push(("worker".into(), DepKind::Normal));
+        let text: Vec<String> = check(&ws).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            ["lib `contracts` has a dependency on app `worker`: libs never depend on apps"]
+        );
+    }
+
+    #[test]
+    fn nothing_may_depend_on_a_composer() {
+        let violations = check(&platform(&[("launcher", DepKind::Normal)]));
+        assert!(
+            matches!(violations.as_slice(), [Violation::DependsOnComposer { from, .. }] if from == "worker")
+        );
+    }
+
+    #[test]
+    fn missing_owner_section_lints_and_docs_are_each_reported() {
+        let mut ws = platform(&[]);
+        ws.codeowners = ws.codeowners.replace("/apps/worker/ @team\n", "");
+        ws.architecture = ws.architecture.replace("### `apps/worker`", "### worker");
+        ws.members[0].inherits_lints = false;
+        ws.members[2]
+            .undocumented_roots
+            .push("libs/contracts/src/lib.rs".into());
+        let violations = check(&ws);
+        assert_eq!(
+            violations,
+            [
+                Violation::LintsNotInherited {
+                    crate_name: "ingest".into(),
+                    dir: "apps/ingest".into()
+                },
+                Violation::NoOwner {
+                    crate_name: "worker".into(),
+                    dir: "apps/worker".into()
+                },
+                Violation::NoArchitectureSection {
+                    crate_name: "worker".into(),
+                    dir: "apps/worker".into()
+                },
+                Violation::NoCrateDoc {
+                    crate_name: "contracts".into(),
+                    file: "libs/contracts/src/lib.rs".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn an_owner_line_must_name_an_owner() {
+        assert!(has_owner("/apps/worker/ @jobs-team", "apps/worker"));
+        assert!(has_owner("apps/worker @jobs-team", "apps/worker"));
+        assert!(!has_owner("/apps/worker/", "apps/worker"));
+        assert!(!has_owner("# /apps/worker/ @x", "apps/worker"));
+        assert!(!has_owner("/apps/worker-extra/ @x", "apps/worker"));
+    }
+}

@@ -1,0 +1,20 @@
+//! The workspace's rules, checked on the real workspace under `cargo test`.
+
+use platform_tests::tidy;
+
+#[test]
+fn workspace_keeps_its_rules() {
+    let workspace = tidy::load(env!("CARGO_MANIFEST_DIR").as_ref()).expect("read the workspace");
+    assert!(
+        workspace.members.len() >= 8,
+        "found only {} members",
+        workspace.members.len()
+    );
+    let violations = tidy::check(&workspace);
+    let report: Vec<String> = violations.iter().map(|v| format!("  - {v}")).collect();
+    assert!(
+        violations.is_empty(),
+        "workspace rules broken:\n{}",
+        report.join("\n")
+    );
+}
