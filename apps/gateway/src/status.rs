@@ -48,7 +48,7 @@ pub(crate) async fn platform_status(backends: &[Backend], timeout: Duration) -> 
         version: Some(INFO.version.to_owned()),
         git_revision: Some(INFO.git_revision.to_owned()),
         instance_id: Some(service_runtime::instance_id().to_owned()),
-        uptime_seconds: None,
+        uptime_seconds: i64::try_from(service_runtime::uptime().as_secs()).ok(),
         latency_ms: 0.0,
         address: None,
         error: None,

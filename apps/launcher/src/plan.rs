@@ -121,6 +121,14 @@ pub fn child_environment() -> Vec<(String, String)> {
             derived.push((url_var.to_owned(), format!("http://{host}:{}", addr.port())));
         }
     }
+    // Children write to a pipe the launcher relays; keep their colours
+    // when the launcher itself writes to a terminal.
+    {
+        use std::io::IsTerminal as _;
+        if std::io::stderr().is_terminal() && get("CLICOLOR_FORCE").is_none() {
+            derived.push(("CLICOLOR_FORCE".to_owned(), "1".to_owned()));
+        }
+    }
     env.extend(derived);
     env
 }

@@ -2,7 +2,7 @@
 
 use std::{
     sync::OnceLock,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 /// Version, revision and build time of the running binary.
@@ -57,4 +57,16 @@ pub fn instance_id() -> &'static str {
             nanos & 0xffff_ffff_ffff
         )
     })
+}
+
+static STARTED: OnceLock<Instant> = OnceLock::new();
+
+/// Marks the moment this process started serving (first call wins).
+pub(crate) fn mark_started() {
+    STARTED.get_or_init(Instant::now);
+}
+
+/// Time since this process started serving.
+pub fn uptime() -> Duration {
+    STARTED.get_or_init(Instant::now).elapsed()
 }

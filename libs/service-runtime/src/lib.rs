@@ -18,7 +18,7 @@ mod main_loop;
 mod serve;
 pub mod testing;
 
-pub use build_info::{BuildInfo, instance_id};
+pub use build_info::{BuildInfo, instance_id, uptime};
 pub use client::{TracedChannel, traced_channel};
 pub use config::{CommonConfig, ConfigError, ConfigProblem, EnvReader, EnvValue, ServiceUrl};
 pub use main_loop::{

@@ -173,6 +173,7 @@ impl ServiceBuilder {
     /// Binds every listener (failing before serving anything if one cannot
     /// bind), then serves them all.
     pub async fn start(self) -> Result<Running, StartError> {
+        crate::build_info::mark_started();
         let admin_listener = bind("admin", self.common.admin_addr).await?;
         let grpc_listener = match &self.grpc {
             Some((addr, ..)) => Some(bind("grpc", *addr).await?),

@@ -93,6 +93,17 @@ impl Telemetry {
     }
 }
 
+/// Colour when stderr is a terminal, or when a parent that relays our
+/// output to a terminal asks for it (`CLICOLOR_FORCE=1`); never with
+/// `NO_COLOR` set.
+fn use_colour() -> bool {
+    use std::io::IsTerminal as _;
+    if env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()) {
+        return false;
+    }
+    env::var_os("CLICOLOR_FORCE").is_some_and(|v| v != "0") || std::io::stderr().is_terminal()
+}
+
 /// Installs the global subscriber, tracer and meter providers and the W3C
 /// propagator. Call once, from a binary's `main`, before serving.
 pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
@@ -148,6 +159,7 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_target(false)
+            .with_ansi(use_colour())
             .with_writer(std::io::stderr)
             .boxed(),
     };

@@ -1,0 +1,76 @@
+//! The `gateway` binary as an operator runs it.
+
+use std::process::Command;
+
+fn gateway() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    // Only this test's variables reach the binary.
+    command.env_clear();
+    command
+}
+
+#[test]
+fn a_bad_value_stops_start_up_naming_the_variable_before_binding() {
+    // The admin port is taken by us; had the gateway tried to bind, it
+    // would report that instead of the config problem.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let output = gateway()
+        .env("GATEWAY_HTTP_ADDR", "nonsense")
+        .env("GATEWAY_STATUS_TIMEOUT", "forever")
+        .env("GATEWAY_ADMIN_ADDR", held.local_addr().unwrap().to_string())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("GATEWAY_HTTP_ADDR: expected a socket address"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("GATEWAY_STATUS_TIMEOUT: expected a duration"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("cannot listen"), "{stderr}");
+}
+
+#[test]
+fn an_unknown_prefixed_variable_is_an_error() {
+    let output = gateway()
+        .env("GATEWAY_HTTP_ADR", "127.0.0.1:1")
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("GATEWAY_HTTP_ADR: unknown setting"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_accepts_a_valid_environment() {
+    let output = gateway()
+        .env("GATEWAY_HTTP_ADDR", "0.0.0.0:9999")
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("configuration is valid"), "{stdout}");
+    assert!(stdout.contains("0.0.0.0:9999"), "{stdout}");
+}
+
+#[test]
+fn version_names_the_build() {
+    let output = gateway().arg("--version").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    let expected = format!("gateway {} (revision ", env!("CARGO_PKG_VERSION"));
+    assert!(stdout.starts_with(&expected), "{stdout}");
+    assert!(stdout.contains(", built 20"), "{stdout}");
+}

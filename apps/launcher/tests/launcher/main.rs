@@ -1,0 +1,153 @@
+//! `platform up` as a developer runs it: every app ready, a crashed app
+//! restarted, and everything stopped with exit 0 on SIGTERM.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use rustix::process::{Pid, Signal, kill_process};
+use service_runtime::testing::{free_local_addr, http_get};
+
+/// Upper bound for anything to happen; a hang guard, not a timing claim.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+struct Platform {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    gateway: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl Platform {
+    fn start() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("platform-launcher-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let gateway = free_local_addr().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_platform"));
+        command
+            .current_dir(&dir)
+            .env("GATEWAY_HTTP_ADDR", gateway.to_string());
+        for var in [
+            "GATEWAY_ADMIN_ADDR",
+            "INGEST_GRPC_ADDR",
+            "INGEST_ADMIN_ADDR",
+            "WORKER_GRPC_ADDR",
+            "WORKER_ADMIN_ADDR",
+            "NUMERICS_GRPC_ADDR",
+            "NUMERICS_ADMIN_ADDR",
+        ] {
+            command.env(var, free_local_addr().unwrap().to_string());
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            gateway,
+            dir,
+        }
+    }
+
+    fn wait_for_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("the launcher never printed {needle:?}");
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn status(gateway: SocketAddr) -> serde_json::Value {
+    let response = http_get(gateway, "/v1/status", &[]).await.unwrap();
+    serde_json::from_str(&response.body).unwrap()
+}
+
+fn instance_of(status: &serde_json::Value, app: &str) -> String {
+    let services = status["services"].as_array().unwrap();
+    let service = services.iter().find(|s| s["name"] == app).unwrap();
+    service["instance_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Instance ids are `<host>-<pid>-<boot>`.
+fn pid_in(instance_id: &str) -> i32 {
+    instance_id.rsplit('-').nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_restarts_a_crashed_app_and_stops_cleanly_on_sigterm() {
+    let mut platform = Platform::start();
+    platform.wait_for_line("all 4 apps ready");
+    assert!(
+        platform.dir.join("data").is_dir(),
+        "the embedded data directory exists"
+    );
+
+    let before = status(platform.gateway).await;
+    assert_eq!(before["serving"], true, "{before}");
+    let crashed = instance_of(&before, "ingest");
+
+    // kill -9 one app: the launcher restarts it and the platform serves again.
+    kill_process(Pid::from_raw(pid_in(&crashed)).unwrap(), Signal::KILL).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let after = loop {
+        let now = status(platform.gateway).await;
+        let instance = instance_of(&now, "ingest");
+        if now["serving"] == true && !instance.is_empty() && instance != crashed {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "ingest was not restarted: {now}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        instance_of(&after, "worker"),
+        instance_of(&before, "worker"),
+        "other apps kept running"
+    );
+
+    kill_process(
+        Pid::from_raw(platform.child.id() as i32).unwrap(),
+        Signal::TERM,
+    )
+    .unwrap();
+    platform.wait_for_line("platform: stopped");
+    let exit = platform.child.wait().unwrap();
+    assert!(exit.success(), "launcher exit: {exit}");
+    for app in ["ingest", "worker", "numerics", "gateway"] {
+        let pid = pid_in(&instance_of(&after, app));
+        assert!(
+            kill_process(Pid::from_raw(pid).unwrap(), Signal::TERM).is_err(),
+            "{app} (pid {pid}) is still running after the launcher stopped"
+        );
+    }
+}

@@ -1,0 +1,96 @@
+use std::time::Duration;
+
+use service_runtime::testing::http_get;
+use telemetry::testing::{CapturedSpan, capture_spans};
+
+use crate::support::{Backends, start_gateway, url_of};
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+/// Spans of one trace, waiting briefly for servers to close theirs.
+async fn spans_of(trace_id: &str, at_least: usize) -> Vec<CapturedSpan> {
+    let capture = capture_spans();
+    let mut spans = Vec::new();
+    for _ in 0..50 {
+        spans = capture
+            .finished_spans()
+            .into_iter()
+            .filter(|s| s.trace_id == trace_id)
+            .collect();
+        if spans.len() >= at_least {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    spans
+}
+
+#[tokio::test]
+async fn one_trace_spans_the_gateway_request_and_every_grpc_call_it_makes() {
+    capture_spans();
+    let backends = Backends::start().await;
+    let gateway = start_gateway(
+        url_of(&backends.ingest),
+        url_of(&backends.worker),
+        url_of(&backends.numerics),
+    )
+    .await;
+
+    let traceparent = format!("00-{TRACE_ID}-{CALLER_SPAN}-01");
+    let response = http_get(
+        gateway.http_addr.unwrap(),
+        "/v1/status",
+        &[("traceparent", &traceparent)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status, 200, "{}", response.body);
+
+    // 1 gateway server span, 6 client calls (health + info per backend), 6 backend server spans.
+    let spans = spans_of(TRACE_ID, 13).await;
+    let names: Vec<_> = spans
+        .iter()
+        .map(|s| (s.kind.as_str(), s.name.as_str()))
+        .collect();
+    let gateway_span = spans
+        .iter()
+        .find(|s| s.kind == "Server" && s.name == "GET /v1/status")
+        .unwrap_or_else(|| panic!("no gateway span in {names:?}"));
+    assert_eq!(
+        gateway_span.parent_span_id, CALLER_SPAN,
+        "the caller's traceparent is the parent"
+    );
+
+    let clients: Vec<_> = spans.iter().filter(|s| s.kind == "Client").collect();
+    let servers: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind == "Server" && s.name != "GET /v1/status")
+        .collect();
+    assert_eq!(clients.len(), 6, "{names:?}");
+    assert_eq!(servers.len(), 6, "{names:?}");
+    for client in &clients {
+        assert_eq!(
+            client.parent_span_id, gateway_span.span_id,
+            "client call under the request: {client:?}"
+        );
+    }
+    for server in &servers {
+        assert!(
+            clients.iter().any(|c| c.span_id == server.parent_span_id),
+            "backend span continues a gateway call: {server:?}"
+        );
+    }
+    for rpc in [
+        "grpc.health.v1.Health/Check",
+        "platform.service.v1.ServiceInfoService/GetServiceInfo",
+    ] {
+        assert_eq!(
+            servers.iter().filter(|s| s.name == rpc).count(),
+            3,
+            "{rpc} once per backend: {names:?}"
+        );
+    }
+    gateway.shutdown().await;
+    backends.shutdown().await;
+}
