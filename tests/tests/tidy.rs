@@ -1,5 +1,11 @@
 //! The workspace's rules, checked on the real workspace under `cargo test`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a panic is the test failure report"
+)]
+
 use platform_tests::tidy;
 
 #[test]

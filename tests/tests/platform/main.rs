@@ -1,6 +1,12 @@
 //! Cross-app tests: the apps started in-process on port 0, talking to each
 //! other over real gRPC on loopback.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a panic is the test failure report"
+)]
+
 mod status;
 mod support;
 mod trace;

@@ -1,5 +1,11 @@
 //! The `gateway` binary as an operator runs it.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a panic is the test failure report"
+)]
+
 use std::process::Command;
 
 fn gateway() -> Command {

@@ -1,6 +1,12 @@
 //! `platform up` as a developer runs it: every app ready, a crashed app
 //! restarted, and everything stopped with exit 0 on SIGTERM.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a panic is the test failure report"
+)]
+
 use std::{
     io::{BufRead as _, BufReader},
     net::SocketAddr,
