@@ -12,12 +12,14 @@
 //! It knows nothing about the apps, their config or their protocols beyond
 //! HTTP and gRPC framing.
 
+mod carrier;
 mod http_layer;
 mod prometheus;
 mod setup;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use carrier::{continue_trace, current_trace_carrier};
 pub use http_layer::{ClientTraceLayer, ClientTraceService, ServerTraceLayer, ServerTraceService};
 pub use prometheus::render_metrics;
 pub use setup::{LogFormat, Telemetry, TelemetryConfig, TelemetryError, init};

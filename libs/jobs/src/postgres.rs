@@ -1,0 +1,720 @@
+//! The production store: PostgreSQL, schema `jobs`.
+
+use std::{borrow::Cow, collections::HashMap, time::Duration};
+
+use chrono::{DateTime, Utc};
+use sqlx::{
+    PgConnection, PgPool, Row as _,
+    migrate::{Migration, MigrationType, Migrator},
+    postgres::{PgListener, PgRow},
+};
+use tokio::sync::broadcast;
+
+use crate::{
+    AttemptError, Inserted, Job, JobState, JobsError, NewJob,
+    store::{
+        Completion, JobStore, ListFilter, MAX_LIST, QueueCounts, Signal, outcome_error,
+        outcome_next_run, outcome_refunds_attempt, outcome_state,
+    },
+    unique::unique_key,
+};
+
+/// NOTIFY channel for inserts; the payload is the queue name. PostgreSQL
+/// folds identical notifications within one transaction into one, so a
+/// transaction that inserts a thousand jobs into a queue wakes nodes once.
+const INSERT_CHANNEL: &str = "jobs_insert";
+/// NOTIFY channel for cancellations (`cancel:<id>`) and pause changes
+/// (`queue:<name>`).
+const CONTROL_CHANNEL: &str = "jobs_control";
+
+/// Columns of a job row, in the order [`job_from_row`] reads them.
+const JOB_COLUMNS: &str = "id, state::text AS state, queue, kind, args, meta, tags, errors, priority, attempt, \
+     max_attempts, attempted_by, inserted_at, scheduled_at, attempted_at, finalized_at, cancel_requested_at";
+
+/// The engine's migrations, embedded. Versions are in the 100000 range and
+/// the migrator ignores versions it does not know, so other owners' sqlx
+/// migrations can share the database's `_sqlx_migrations` table.
+pub fn migrator() -> Migrator {
+    let migrations = vec![Migration::new(
+        100_001,
+        Cow::Borrowed("jobs"),
+        MigrationType::Simple,
+        Cow::Borrowed(include_str!("../migrations/postgres/100001_jobs.sql")),
+        false,
+    )];
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ignore_missing: true,
+        locking: true,
+        no_tx: false,
+    }
+}
+
+/// A [`JobStore`] on a PostgreSQL pool.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    signals: broadcast::Sender<Signal>,
+}
+
+impl PgStore {
+    /// Wraps a pool; a node LISTENs through it for wake-ups.
+    pub fn new(pool: PgPool) -> Self {
+        let (signals, _) = broadcast::channel(1024);
+        Self { pool, signals }
+    }
+
+    /// The pool, for callers that enqueue inside their own transactions.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// LISTENs for insert and control notifications until `stop`, turning
+    /// them into [`Signal`]s; reconnects after errors. Nodes also poll, so a
+    /// lost notification (or PgBouncer in transaction mode, where LISTEN does
+    /// not work) only costs latency.
+    async fn listen_until(&self, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            let session = async {
+                let mut listener = PgListener::connect_with(&self.pool).await?;
+                listener
+                    .listen_all([INSERT_CHANNEL, CONTROL_CHANNEL])
+                    .await?;
+                loop {
+                    let notification = listener.recv().await?;
+                    let payload = notification.payload();
+                    let signal = if notification.channel() == INSERT_CHANNEL {
+                        Signal::Inserted(payload.to_owned())
+                    } else if let Some(id) = payload
+                        .strip_prefix("cancel:")
+                        .and_then(|id| id.parse().ok())
+                    {
+                        Signal::CancelRequested(id)
+                    } else if let Some(queue) = payload.strip_prefix("queue:") {
+                        Signal::QueueChanged(queue.to_owned())
+                    } else {
+                        continue;
+                    };
+                    let _ = self.signals.send(signal);
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), sqlx::Error>(())
+            };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                result = session => {
+                    if let Err(error) = result {
+                        tracing::warn!(%error, "LISTEN connection lost; relying on polling until it is back");
+                    }
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
+/// Inserts jobs on `conn`, which may be inside the caller's transaction
+/// (`&mut *tx`): the jobs become visible, and nodes are notified, only when
+/// that transaction commits.
+pub async fn insert_many(
+    conn: &mut PgConnection,
+    jobs: &[NewJob],
+) -> Result<Vec<Inserted>, JobsError> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = Utc::now();
+    let mut kinds = Vec::with_capacity(jobs.len());
+    let mut queues = Vec::with_capacity(jobs.len());
+    let mut args = Vec::with_capacity(jobs.len());
+    let mut metas = Vec::with_capacity(jobs.len());
+    let mut tags = Vec::with_capacity(jobs.len());
+    let mut priorities = Vec::with_capacity(jobs.len());
+    let mut max_attempts = Vec::with_capacity(jobs.len());
+    let mut scheduled = Vec::with_capacity(jobs.len());
+    let mut keys: Vec<Option<Vec<u8>>> = Vec::with_capacity(jobs.len());
+    let mut masks = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        job.validate()?;
+        kinds.push(job.kind.as_str());
+        queues.push(job.queue.as_str());
+        args.push(job.args.to_string());
+        metas.push(crate::trace::meta_with_trace(&job.meta).to_string());
+        tags.push(serde_json::Value::from(job.tags.clone()).to_string());
+        priorities.push(job.priority);
+        max_attempts.push(job.max_attempts);
+        scheduled.push(job.scheduled_at);
+        keys.push(job.unique.as_ref().map(|u| unique_key(job, u, now)));
+        masks.push(job.unique.as_ref().map(crate::UniqueOpts::states_mask));
+    }
+    // Rows are inserted in input order, so identity values (and the
+    // returned rows sorted by id) follow it; duplicates are skipped by the
+    // partial unique index and resolved below.
+    let sql = format!(
+        "INSERT INTO jobs.job (kind, queue, args, meta, tags, priority, max_attempts, state, scheduled_at, \
+                               unique_key, unique_states)
+         SELECT kind, queue, args::jsonb, meta::jsonb,
+                ARRAY(SELECT jsonb_array_elements_text(tags::jsonb)), priority, max_attempts,
+                CASE WHEN scheduled_at > now() THEN 'scheduled' ELSE 'available' END::jobs.job_state,
+                COALESCE(scheduled_at, now()), unique_key, unique_states
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::smallint[],
+                     $7::integer[], $8::timestamptz[], $9::bytea[], $10::integer[])
+              WITH ORDINALITY AS input(kind, queue, args, meta, tags, priority, max_attempts, scheduled_at,
+                                       unique_key, unique_states, position)
+         ORDER BY position
+         ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND (unique_states & jobs.state_bit(state)) <> 0
+         DO NOTHING
+         RETURNING {JOB_COLUMNS}, unique_key"
+    );
+    let mut rows = sqlx::query(&sql)
+        .bind(&kinds)
+        .bind(&queues)
+        .bind(&args)
+        .bind(&metas)
+        .bind(&tags)
+        .bind(&priorities)
+        .bind(&max_attempts)
+        .bind(&scheduled)
+        .bind(&keys)
+        .bind(&masks)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.sort_by_key(|row| row.try_get::<i64, _>("id").unwrap_or_default());
+    let mut inserted_rows = rows.into_iter();
+
+    // Walk the input in order: a job without a key was inserted; a job with
+    // a key was inserted if it is the first of its key in this call and a
+    // returned row carries that key.
+    let mut by_key: HashMap<Vec<u8>, Job> = HashMap::new();
+    let mut results: Vec<Option<Inserted>> = Vec::with_capacity(jobs.len());
+    let mut pending_keys = Vec::new();
+    let mut peeked = inserted_rows.next();
+    for key in &keys {
+        let next_key = peeked.as_ref().and_then(|row| {
+            row.try_get::<Option<Vec<u8>>, _>("unique_key")
+                .ok()
+                .flatten()
+        });
+        let takes_row = match key {
+            None => true,
+            Some(key) => !by_key.contains_key(key) && next_key.as_ref() == Some(key),
+        };
+        if takes_row && let Some(row) = peeked.take() {
+            let job = job_from_row(&row)?;
+            if let Some(key) = key {
+                by_key.insert(key.clone(), job.clone());
+            }
+            results.push(Some(Inserted {
+                job,
+                duplicate: false,
+            }));
+            peeked = inserted_rows.next();
+        } else {
+            results.push(None);
+            if let Some(key) = key {
+                pending_keys.push(key.clone());
+            }
+        }
+    }
+    let missing: Vec<Vec<u8>> = pending_keys
+        .into_iter()
+        .filter(|k| !by_key.contains_key(k))
+        .collect();
+    if !missing.is_empty() {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS}, unique_key FROM jobs.job
+             WHERE unique_key = ANY($1) AND (unique_states & jobs.state_bit(state)) <> 0"
+        );
+        for row in sqlx::query(&sql)
+            .bind(&missing)
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            let key: Vec<u8> = row.try_get("unique_key")?;
+            by_key.insert(key, job_from_row(&row)?);
+        }
+    }
+    let mut out = Vec::with_capacity(jobs.len());
+    for (result, key) in results.into_iter().zip(&keys) {
+        match (result, key) {
+            (Some(inserted), _) => out.push(inserted),
+            (None, Some(key)) => match by_key.get(key) {
+                Some(job) => out.push(Inserted {
+                    job: job.clone(),
+                    duplicate: true,
+                }),
+                // The holder finished between our insert and our look-up:
+                // the caller may simply insert again.
+                None => {
+                    return Err(JobsError::Database(sqlx::Error::Protocol(
+                        "a unique job's holder changed state during insert; retry the insert"
+                            .into(),
+                    )));
+                }
+            },
+            (None, None) => {
+                return Err(JobsError::Corrupt(
+                    "an inserted job was not returned".into(),
+                ));
+            }
+        }
+    }
+    let woken: std::collections::BTreeSet<&str> = out
+        .iter()
+        .filter(|i| !i.duplicate && i.job.state == JobState::Available)
+        .map(|i| i.job.queue.as_str())
+        .collect();
+    if !woken.is_empty() {
+        let woken: Vec<&str> = woken.into_iter().collect();
+        sqlx::query("SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q")
+            .bind(INSERT_CHANNEL)
+            .bind(&woken)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(out)
+}
+
+/// Inserts one job on `conn` (see [`insert_many`]).
+pub async fn insert(conn: &mut PgConnection, job: &NewJob) -> Result<Inserted, JobsError> {
+    let mut inserted = insert_many(conn, std::slice::from_ref(job)).await?;
+    inserted
+        .pop()
+        .ok_or_else(|| JobsError::Corrupt("insert returned no row".into()))
+}
+
+fn job_from_row(row: &PgRow) -> Result<Job, JobsError> {
+    let state: String = row.try_get("state")?;
+    let errors: serde_json::Value = row.try_get("errors")?;
+    Ok(Job {
+        id: row.try_get("id")?,
+        state: state.parse().map_err(JobsError::Corrupt)?,
+        queue: row.try_get("queue")?,
+        kind: row.try_get("kind")?,
+        args: row.try_get("args")?,
+        meta: row.try_get("meta")?,
+        tags: row.try_get("tags")?,
+        errors: serde_json::from_value::<Vec<AttemptError>>(errors)
+            .map_err(|e| JobsError::Corrupt(e.to_string()))?,
+        priority: row.try_get("priority")?,
+        attempt: row.try_get("attempt")?,
+        max_attempts: row.try_get("max_attempts")?,
+        attempted_by: row.try_get("attempted_by")?,
+        inserted_at: row.try_get("inserted_at")?,
+        scheduled_at: row.try_get("scheduled_at")?,
+        attempted_at: row.try_get("attempted_at")?,
+        finalized_at: row.try_get("finalized_at")?,
+        cancel_requested_at: row.try_get("cancel_requested_at")?,
+    })
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+impl JobStore for PgStore {
+    async fn migrate(&self) -> Result<(), JobsError> {
+        migrator().run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn insert_many(&self, jobs: &[NewJob]) -> Result<Vec<Inserted>, JobsError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = insert_many(&mut tx, jobs).await?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn claim(
+        &self,
+        queue: &str,
+        limit: u32,
+        node: &str,
+        global_limit: Option<u32>,
+    ) -> Result<Vec<Job>, JobsError> {
+        let mut tx = self.pool.begin().await?;
+        let mut limit = i64::from(limit);
+        if let Some(global) = global_limit {
+            // Serialise claimers of this queue so two nodes cannot both see
+            // room under the global limit; held only for this transaction.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('jobs.queue.' || $1, 0))")
+                .bind(queue)
+                .execute(&mut *tx)
+                .await?;
+            let executing: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM jobs.job WHERE queue = $1 AND state = 'executing'",
+            )
+            .bind(queue)
+            .fetch_one(&mut *tx)
+            .await?;
+            limit = limit.min(i64::from(global) - executing).max(0);
+        }
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // MATERIALIZED: the CTE must run exactly once. Inlined into the
+        // UPDATE, the planner may re-evaluate the LIMIT ... SKIP LOCKED
+        // subquery (for instance as the inner side of a join), locking and
+        // claiming more rows than the limit, or different rows than it
+        // returns. Materialising fixes the set of locked ids first.
+        let sql = format!(
+            "WITH due AS MATERIALIZED (
+                SELECT id FROM jobs.job
+                WHERE queue = $1
+                  AND state IN ('available', 'scheduled', 'retryable')
+                  AND scheduled_at <= now()
+                  AND NOT EXISTS (SELECT 1 FROM jobs.queue q WHERE q.name = $1 AND q.paused)
+                ORDER BY priority, scheduled_at, id
+                LIMIT $2
+                FOR UPDATE SKIP LOCKED
+             )
+             UPDATE jobs.job j
+             SET state = 'executing', attempt = j.attempt + 1, attempted_at = now(), attempted_by = $3
+             FROM due WHERE j.id = due.id
+             RETURNING {}",
+            JOB_COLUMNS.replace("id, state::text", "j.id, j.state::text")
+        );
+        let rows = sqlx::query(&sql)
+            .bind(queue)
+            .bind(limit)
+            .bind(node)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut jobs = rows
+            .iter()
+            .map(job_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        jobs.sort_by_key(|j| (j.priority, j.scheduled_at, j.id));
+        Ok(jobs)
+    }
+
+    async fn complete_many(&self, completions: &[Completion]) -> Result<u64, JobsError> {
+        if completions.is_empty() {
+            return Ok(0);
+        }
+        let now = Utc::now();
+        let ids: Vec<i64> = completions.iter().map(|c| c.id).collect();
+        let attempts: Vec<i32> = completions.iter().map(|c| c.attempt).collect();
+        let states: Vec<&str> = completions
+            .iter()
+            .map(|c| outcome_state(&c.outcome).as_str())
+            .collect();
+        let next_runs: Vec<Option<DateTime<Utc>>> = completions
+            .iter()
+            .map(|c| outcome_next_run(&c.outcome))
+            .collect();
+        let errors: Vec<Option<String>> = completions
+            .iter()
+            .map(|c| {
+                outcome_error(&c.outcome).map(|error| {
+                    serde_json::json!([AttemptError {
+                        attempt: c.attempt,
+                        at: now,
+                        error: error.to_owned()
+                    }])
+                    .to_string()
+                })
+            })
+            .collect();
+        let refunds: Vec<i32> = completions
+            .iter()
+            .map(|c| i32::from(outcome_refunds_attempt(&c.outcome)))
+            .collect();
+        // One statement for the whole batch. The WHERE clause is the guard:
+        // only the attempt that is still executing can be ended, so a node
+        // that lost its job to rescue cannot overwrite the newer attempt.
+        let result = sqlx::query(
+            "UPDATE jobs.job j
+             SET state = u.state::jobs.job_state,
+                 finalized_at = CASE WHEN u.state IN ('completed', 'discarded', 'cancelled') THEN now() END,
+                 scheduled_at = COALESCE(u.next_run, j.scheduled_at),
+                 errors = CASE WHEN u.error IS NULL THEN j.errors ELSE j.errors || u.error::jsonb END,
+                 attempt = j.attempt - u.refund
+             FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::timestamptz[], $5::text[], $6::integer[])
+                  AS u(id, attempt, state, next_run, error, refund)
+             WHERE j.id = u.id AND j.state = 'executing' AND j.attempt = u.attempt",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&states)
+        .bind(&next_runs)
+        .bind(&errors)
+        .bind(&refunds)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn get(&self, id: i64) -> Result<Option<Job>, JobsError> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs.job WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<Job>, JobsError> {
+        let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs.job
+             WHERE (cardinality($1::text[]) = 0 OR state::text = ANY($1))
+               AND ($2::text IS NULL OR queue = $2)
+               AND ($3::text IS NULL OR kind = $3)
+               AND ($4::text IS NULL OR $4 = ANY(tags))
+               AND ($5::bigint IS NULL OR id < $5)
+             ORDER BY id DESC LIMIT $6"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(&states)
+            .bind(&filter.queue)
+            .bind(&filter.kind)
+            .bind(&filter.tag)
+            .bind(filter.before_id)
+            .bind(i64::from(filter.limit.clamp(1, MAX_LIST)))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn cancel(&self, id: i64) -> Result<Job, JobsError> {
+        let mut tx = self.pool.begin().await?;
+        let sql = format!(
+            "UPDATE jobs.job
+             SET state = CASE WHEN state = 'executing' THEN state ELSE 'cancelled' END,
+                 finalized_at = CASE WHEN state = 'executing' THEN NULL ELSE now() END,
+                 cancel_requested_at = CASE WHEN state = 'executing' THEN now() ELSE cancel_requested_at END
+             WHERE id = $1 AND state NOT IN ('completed', 'discarded', 'cancelled')
+             RETURNING {JOB_COLUMNS}"
+        );
+        let Some(row) = sqlx::query(&sql).bind(id).fetch_optional(&mut *tx).await? else {
+            drop(tx);
+            return match self.get(id).await? {
+                None => Err(JobsError::NotFound(id)),
+                Some(job) => Err(JobsError::WrongState {
+                    id,
+                    state: job.state,
+                    problem: "it has already finished",
+                }),
+            };
+        };
+        let job = job_from_row(&row)?;
+        if job.state == JobState::Executing {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CONTROL_CHANNEL)
+                .bind(format!("cancel:{id}"))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    async fn retry(&self, id: i64) -> Result<Job, JobsError> {
+        let sql = format!(
+            "UPDATE jobs.job
+             SET state = 'available', scheduled_at = now(), finalized_at = NULL, cancel_requested_at = NULL,
+                 max_attempts = GREATEST(max_attempts, attempt + 1)
+             WHERE id = $1 AND state IN ('discarded', 'cancelled', 'retryable', 'scheduled')
+             RETURNING {JOB_COLUMNS}"
+        );
+        let mut tx = self.pool.begin().await?;
+        let row = match sqlx::query(&sql).bind(id).fetch_optional(&mut *tx).await {
+            Ok(row) => row,
+            Err(error) if is_unique_violation(&error) => {
+                let state = self.get(id).await?.map_or(JobState::Discarded, |j| j.state);
+                return Err(JobsError::WrongState {
+                    id,
+                    state,
+                    problem: "a live job holds its unique key",
+                });
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let Some(row) = row else {
+            drop(tx);
+            return match self.get(id).await? {
+                None => Err(JobsError::NotFound(id)),
+                Some(job) => Err(JobsError::WrongState {
+                    id,
+                    state: job.state,
+                    problem: "only a discarded, cancelled, retryable or scheduled job can be retried",
+                }),
+            };
+        };
+        let job = job_from_row(&row)?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(INSERT_CHANNEL)
+            .bind(&job.queue)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    async fn queue_counts(&self) -> Result<Vec<QueueCounts>, JobsError> {
+        let rows = sqlx::query(
+            "SELECT coalesce(c.queue, q.name) AS queue, coalesce(q.paused, false) AS paused,
+                    c.state, coalesce(c.n, 0) AS n
+             FROM (SELECT queue, state::text AS state, count(*) AS n FROM jobs.job GROUP BY queue, state) c
+             FULL JOIN jobs.queue q ON q.name = c.queue
+             ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<QueueCounts> = Vec::new();
+        for row in rows {
+            let queue: String = row.try_get("queue")?;
+            if out.last().is_none_or(|q| q.queue != queue) {
+                out.push(QueueCounts {
+                    queue,
+                    paused: row.try_get("paused")?,
+                    counts: [0; 7],
+                });
+            }
+            if let (Some(state), Some(counts)) =
+                (row.try_get::<Option<String>, _>("state")?, out.last_mut())
+            {
+                let state: JobState = state.parse().map_err(JobsError::Corrupt)?;
+                counts.counts[state as usize] =
+                    u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), JobsError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO jobs.queue (name, paused, updated_at) VALUES ($1, $2, now())
+             ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = now()",
+        )
+        .bind(queue)
+        .bind(paused)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CONTROL_CHANNEL)
+            .bind(format!("queue:{queue}"))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn heartbeat(&self, node: &str) -> Result<(), JobsError> {
+        sqlx::query(
+            "INSERT INTO jobs.node (id) VALUES ($1) ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
+        )
+        .bind(node)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn remove_node(&self, node: &str) -> Result<(), JobsError> {
+        sqlx::query("DELETE FROM jobs.node WHERE id = $1")
+            .bind(node)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn cancel_requested(&self, ids: &[i64]) -> Result<Vec<i64>, JobsError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM jobs.job WHERE id = ANY($1) AND state = 'executing' AND cancel_requested_at IS NOT NULL",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn rescue(&self, lease: Duration) -> Result<Vec<i64>, JobsError> {
+        // An executing job whose node has not heartbeated within the lease
+        // (or is gone) is orphaned. The UPDATE re-checks `state` so a job
+        // that finished between the CTE and the update is left alone.
+        Ok(sqlx::query_scalar(
+            "WITH orphans AS MATERIALIZED (
+                SELECT j.id FROM jobs.job j
+                WHERE j.state = 'executing'
+                  AND NOT EXISTS (
+                    SELECT 1 FROM jobs.node n
+                    WHERE n.id = j.attempted_by AND n.heartbeat_at > now() - make_interval(secs => $1))
+                FOR UPDATE SKIP LOCKED
+             )
+             UPDATE jobs.job j
+             SET state = CASE
+                   WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                   WHEN j.attempt >= j.max_attempts THEN 'discarded'
+                   ELSE 'available' END::jobs.job_state,
+                 finalized_at = CASE
+                   WHEN j.cancel_requested_at IS NOT NULL OR j.attempt >= j.max_attempts THEN now() END,
+                 scheduled_at = now(),
+                 errors = j.errors || jsonb_build_array(jsonb_build_object(
+                   'attempt', j.attempt, 'at', now(),
+                   'error', 'rescued: node ' || j.attempted_by || ' stopped heartbeating'))
+             FROM orphans WHERE j.id = orphans.id AND j.state = 'executing'
+             RETURNING j.id",
+        )
+        .bind(lease.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn prune(&self, age: Duration, batch: u32) -> Result<u64, JobsError> {
+        let result = sqlx::query(
+            "DELETE FROM jobs.job WHERE id IN (
+                SELECT id FROM jobs.job
+                WHERE finalized_at < now() - make_interval(secs => $1)
+                ORDER BY finalized_at LIMIT $2)",
+        )
+        .bind(age.as_secs_f64())
+        .bind(i64::from(batch))
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("DELETE FROM jobs.node WHERE heartbeat_at < now() - interval '1 hour'")
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn try_lead(&self, name: &str, node: &str, ttl: Duration) -> Result<bool, JobsError> {
+        let holder: Option<String> = sqlx::query_scalar(
+            "INSERT INTO jobs.leader (name, node_id, expires_at)
+             VALUES ($1, $2, now() + make_interval(secs => $3))
+             ON CONFLICT (name) DO UPDATE SET node_id = excluded.node_id, expires_at = excluded.expires_at
+             WHERE jobs.leader.node_id = excluded.node_id OR jobs.leader.expires_at < now()
+             RETURNING node_id",
+        )
+        .bind(name)
+        .bind(node)
+        .bind(ttl.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(holder.as_deref() == Some(node))
+    }
+
+    async fn resign(&self, name: &str, node: &str) -> Result<(), JobsError> {
+        sqlx::query("DELETE FROM jobs.leader WHERE name = $1 AND node_id = $2")
+            .bind(name)
+            .bind(node)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    fn signals(&self) -> broadcast::Receiver<Signal> {
+        self.signals.subscribe()
+    }
+
+    async fn listen(&self, stop: tokio_util::sync::CancellationToken) {
+        self.listen_until(stop).await;
+    }
+}

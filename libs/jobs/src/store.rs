@@ -1,0 +1,241 @@
+//! The storage boundary: everything the engine asks of a database. One
+//! trait, two implementations ([`crate::PgStore`], [`crate::SqliteStore`]),
+//! and one behaviour test suite run against both.
+
+use std::{future::Future, time::Duration};
+
+use chrono::{DateTime, Utc};
+
+use crate::{Inserted, Job, JobState, JobsError, NewJob};
+
+/// How one attempt ended, as the engine records it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Done.
+    Completed,
+    /// Failed; runs again at `at` (the caller already checked attempts).
+    Retry {
+        /// When to run again.
+        at: DateTime<Utc>,
+        /// What went wrong.
+        error: String,
+    },
+    /// Failed for good.
+    Discard {
+        /// What went wrong.
+        error: String,
+    },
+    /// Run again at `until` without spending an attempt.
+    Snooze {
+        /// When to run again.
+        until: DateTime<Utc>,
+    },
+    /// Stopped on request (operator or handler).
+    Cancelled {
+        /// Why.
+        reason: String,
+    },
+    /// Not finished when its node shut down: available again now, without
+    /// spending the attempt.
+    Released,
+}
+
+/// The end of one attempt of one job. The store applies it only if the job
+/// is still executing that attempt, so a stale node can never overwrite a
+/// newer attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The job.
+    pub id: i64,
+    /// The attempt that ended.
+    pub attempt: i32,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// Filters for listing jobs; empty filters match everything.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListFilter {
+    /// Any of these states.
+    pub states: Vec<JobState>,
+    /// Exactly this queue.
+    pub queue: Option<String>,
+    /// Exactly this kind.
+    pub kind: Option<String>,
+    /// Carrying this tag.
+    pub tag: Option<String>,
+    /// Only ids below this (the cursor: newest first).
+    pub before_id: Option<i64>,
+    /// At most this many (capped at 500).
+    pub limit: u32,
+}
+
+/// Jobs per state in one queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Queue name.
+    pub queue: String,
+    /// Paused on every node.
+    pub paused: bool,
+    /// Count per state, in [`JobState::ALL`] order.
+    pub counts: [u64; 7],
+}
+
+impl QueueCounts {
+    /// The count of one state.
+    pub fn count(&self, state: JobState) -> u64 {
+        self.counts[state as usize]
+    }
+}
+
+/// A message from the database (or, embedded, from this process) that
+/// wakes a node up before its next poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// Jobs were inserted into this queue.
+    Inserted(String),
+    /// Cancellation was requested for this executing job.
+    CancelRequested(i64),
+    /// A queue was paused or resumed.
+    QueueChanged(String),
+}
+
+/// What the engine needs from a database.
+pub trait JobStore: Clone + Send + Sync + 'static {
+    /// Applies the engine's migrations (idempotent).
+    fn migrate(&self) -> impl Future<Output = Result<(), JobsError>> + Send;
+
+    /// Inserts jobs in one transaction, in order; unique jobs that already
+    /// exist are returned flagged as duplicates.
+    fn insert_many(
+        &self,
+        jobs: &[NewJob],
+    ) -> impl Future<Output = Result<Vec<Inserted>, JobsError>> + Send;
+
+    /// Claims up to `limit` runnable jobs of `queue` for `node`, first by
+    /// priority then by scheduled time; none while the queue is paused. With
+    /// a global limit, never more than that many execute across nodes.
+    fn claim(
+        &self,
+        queue: &str,
+        limit: u32,
+        node: &str,
+        global_limit: Option<u32>,
+    ) -> impl Future<Output = Result<Vec<Job>, JobsError>> + Send;
+
+    /// Records many attempts' ends in one statement; returns how many
+    /// applied (stale ones are skipped).
+    fn complete_many(
+        &self,
+        completions: &[Completion],
+    ) -> impl Future<Output = Result<u64, JobsError>> + Send;
+
+    /// One job.
+    fn get(&self, id: i64) -> impl Future<Output = Result<Option<Job>, JobsError>> + Send;
+
+    /// Jobs matching `filter`, newest first.
+    fn list(&self, filter: &ListFilter)
+    -> impl Future<Output = Result<Vec<Job>, JobsError>> + Send;
+
+    /// Cancels a job in any non-terminal state; an executing job is only
+    /// marked (its node stops the handler and records the cancellation).
+    fn cancel(&self, id: i64) -> impl Future<Output = Result<Job, JobsError>> + Send;
+
+    /// Makes a discarded, cancelled, retryable or scheduled job available
+    /// now, granting an attempt if it had none left.
+    fn retry(&self, id: i64) -> impl Future<Output = Result<Job, JobsError>> + Send;
+
+    /// Per-queue counts by state.
+    fn queue_counts(&self) -> impl Future<Output = Result<Vec<QueueCounts>, JobsError>> + Send;
+
+    /// Pauses or resumes a queue on every node.
+    fn set_paused(
+        &self,
+        queue: &str,
+        paused: bool,
+    ) -> impl Future<Output = Result<(), JobsError>> + Send;
+
+    /// Registers the node or refreshes its heartbeat.
+    fn heartbeat(&self, node: &str) -> impl Future<Output = Result<(), JobsError>> + Send;
+
+    /// Forgets a node that stopped cleanly.
+    fn remove_node(&self, node: &str) -> impl Future<Output = Result<(), JobsError>> + Send;
+
+    /// Ids among `ids` whose cancellation was requested (the polling
+    /// fallback for lost notifications).
+    fn cancel_requested(
+        &self,
+        ids: &[i64],
+    ) -> impl Future<Output = Result<Vec<i64>, JobsError>> + Send;
+
+    /// Returns executing jobs of nodes silent for longer than `lease` to
+    /// available (or discarded, or cancelled); never touches a job that
+    /// finished meanwhile. Returns the rescued ids.
+    fn rescue(&self, lease: Duration) -> impl Future<Output = Result<Vec<i64>, JobsError>> + Send;
+
+    /// Deletes up to `batch` finished jobs finalized more than `age` ago.
+    fn prune(
+        &self,
+        age: Duration,
+        batch: u32,
+    ) -> impl Future<Output = Result<u64, JobsError>> + Send;
+
+    /// Takes or extends the lease `name` for `node`; true while it holds it.
+    fn try_lead(
+        &self,
+        name: &str,
+        node: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, JobsError>> + Send;
+
+    /// Gives up the lease `name` if `node` holds it.
+    fn resign(&self, name: &str, node: &str) -> impl Future<Output = Result<(), JobsError>> + Send;
+
+    /// Subscribes to wake-up signals.
+    fn signals(&self) -> tokio::sync::broadcast::Receiver<Signal>;
+
+    /// Feeds [`JobStore::signals`] from the database until `stop` (a node
+    /// runs this for its whole life); returns at once for stores whose
+    /// signals are in-process only.
+    fn listen(&self, stop: tokio_util::sync::CancellationToken) -> impl Future<Output = ()> + Send;
+}
+
+/// Most rows one list call returns.
+pub const MAX_LIST: u32 = 500;
+
+/// The state a finished attempt moves its job to.
+pub(crate) fn outcome_state(outcome: &Outcome) -> JobState {
+    match outcome {
+        Outcome::Completed => JobState::Completed,
+        Outcome::Retry { .. } => JobState::Retryable,
+        Outcome::Discard { .. } => JobState::Discarded,
+        Outcome::Snooze { .. } => JobState::Scheduled,
+        Outcome::Cancelled { .. } => JobState::Cancelled,
+        Outcome::Released => JobState::Available,
+    }
+}
+
+/// The error text an outcome records, if any.
+pub(crate) fn outcome_error(outcome: &Outcome) -> Option<&str> {
+    match outcome {
+        Outcome::Retry { error, .. } | Outcome::Discard { error } => Some(error),
+        Outcome::Cancelled { reason } => Some(reason),
+        Outcome::Released => Some("released at shutdown before it finished"),
+        Outcome::Completed | Outcome::Snooze { .. } => None,
+    }
+}
+
+/// When an outcome runs the job next, if it does.
+pub(crate) fn outcome_next_run(outcome: &Outcome) -> Option<DateTime<Utc>> {
+    match outcome {
+        Outcome::Retry { at, .. } => Some(*at),
+        Outcome::Snooze { until } => Some(*until),
+        Outcome::Released => Some(Utc::now()),
+        _ => None,
+    }
+}
+
+/// Whether an outcome gives the attempt back.
+pub(crate) fn outcome_refunds_attempt(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Snooze { .. } | Outcome::Released)
+}

@@ -1,0 +1,16 @@
+//! The engine's behaviour, run against PostgreSQL (one database per test,
+//! when `DATABASE_URL` is set) and SQLite (one file per test, always).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a panic is the test failure report"
+)]
+
+mod support;
+
+mod insert;
+mod lifecycle;
+mod maintenance;
+mod node;
+mod unique;
