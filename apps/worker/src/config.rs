@@ -1,35 +1,207 @@
-//! The worker app's settings, read from `WORKER_*` environment variables.
+//! The worker's settings, read from `WORKER_*` environment variables.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
-use service_runtime::{CommonConfig, EnvReader};
+use jobs::QueueConfig;
+use service_runtime::{CommonConfig, EnvReader, EnvValue};
 
-/// Everything the worker app can be told at start-up.
+/// Everything the worker can be told at start-up.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// `WORKER_GRPC_ADDR`: where the gRPC API listens.
+    /// `WORKER_GRPC_ADDR`: where the jobs gRPC API listens.
     pub grpc_addr: SocketAddr,
+    /// `WORKER_DATABASE_URL`: `postgres://...` in production, or
+    /// `sqlite://path` (the embedded default, `sqlite://data/platform.db`).
+    pub database_url: DatabaseUrl,
+    /// `WORKER_DATABASE_POOL`: connections to the database.
+    pub database_pool: u32,
+    /// `WORKER_QUEUES`: `name=local[/global],...`, e.g. `default=10,webhooks=20/50`.
+    pub queues: Queues,
+    /// `WORKER_RUN_JOBS`: run jobs on this node (false: API only).
+    pub run_jobs: bool,
+    /// `WORKER_POLL_INTERVAL`: longest wait for jobs without a wake-up.
+    pub poll_interval: Duration,
+    /// `WORKER_LEASE`: silence after which a node's jobs are rescued.
+    pub lease: Duration,
+    /// `WORKER_PRUNE_AGE`: finished jobs older than this are deleted.
+    pub prune_age: Duration,
+    /// `WORKER_WEBHOOK_SECRET`: key for signing webhook bodies.
+    pub webhook_secret: Secret,
+    /// `WORKER_WEBHOOK_TIMEOUT`: longest one webhook request may take.
+    pub webhook_timeout: Duration,
     /// Admin port, shutdown and logging settings.
     pub common: CommonConfig,
 }
 
+/// A database URL, checked for a supported scheme.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// True for `postgres://` and `postgresql://`.
+    pub fn is_postgres(&self) -> bool {
+        self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")
+    }
+}
+
+impl EnvValue for DatabaseUrl {
+    fn parse_env(raw: &str) -> Result<Self, String> {
+        if raw.starts_with("postgres://")
+            || raw.starts_with("postgresql://")
+            || raw.starts_with("sqlite:")
+        {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err("expected a postgres:// or sqlite:// URL".to_owned())
+        }
+    }
+}
+
+/// A secret that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret's bytes, for signing.
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(\"***\")")
+    }
+}
+
+impl EnvValue for Secret {
+    fn parse_env(raw: &str) -> Result<Self, String> {
+        if raw.len() < 16 {
+            return Err("must be at least 16 characters".to_owned());
+        }
+        Ok(Self(raw.to_owned()))
+    }
+}
+
+/// The queues this node runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queues(pub Vec<QueueConfig>);
+
+impl EnvValue for Queues {
+    fn parse_env(raw: &str) -> Result<Self, String> {
+        let mut queues = Vec::new();
+        for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let problem = || {
+                format!(
+                    "entry {entry:?}: expected name=local or name=local/global with numbers >= 1"
+                )
+            };
+            let (name, limits) = entry.split_once('=').ok_or_else(problem)?;
+            let (local, global) = match limits.split_once('/') {
+                Some((local, global)) => (local, Some(global)),
+                None => (limits, None),
+            };
+            let local: u32 = local.trim().parse().map_err(|_| problem())?;
+            let global: Option<u32> = global
+                .map(|g| g.trim().parse())
+                .transpose()
+                .map_err(|_| problem())?;
+            if name.trim().is_empty() || local == 0 || global == Some(0) {
+                return Err(problem());
+            }
+            if queues.iter().any(|q: &QueueConfig| q.name == name.trim()) {
+                return Err(format!("queue {:?} is listed twice", name.trim()));
+            }
+            queues.push(QueueConfig {
+                name: name.trim().to_owned(),
+                local_limit: local,
+                global_limit: global,
+            });
+        }
+        if queues.is_empty() {
+            return Err("expected at least one queue".to_owned());
+        }
+        Ok(Self(queues))
+    }
+}
+
 impl Config {
-    /// Prefix of every variable this app reads.
+    /// Prefix of every variable the worker reads.
     pub const ENV_PREFIX: &'static str = "WORKER_";
 
     /// Reads the settings, recording every problem in `env`.
     pub fn from_env(env: &mut EnvReader) -> Self {
+        let default_queues = Queues(vec![
+            QueueConfig::new("default", 10),
+            QueueConfig::new("webhooks", 20),
+        ]);
         Self {
             grpc_addr: env.get_or("GRPC_ADDR", SocketAddr::from(([127, 0, 0, 1], 50052))),
+            database_url: env.get_or(
+                "DATABASE_URL",
+                DatabaseUrl("sqlite://data/platform.db".to_owned()),
+            ),
+            database_pool: env.get_or("DATABASE_POOL", 10),
+            queues: env.get_or("QUEUES", default_queues),
+            run_jobs: env.get_or("RUN_JOBS", true),
+            poll_interval: env.get_or("POLL_INTERVAL", Duration::from_secs(1)),
+            lease: env.get_or("LEASE", Duration::from_secs(30)),
+            prune_age: env.get_or("PRUNE_AGE", Duration::from_secs(7 * 86_400)),
+            webhook_secret: env.get_or(
+                "WEBHOOK_SECRET",
+                Secret("local-development-webhook-secret".to_owned()),
+            ),
+            webhook_timeout: env.get_or("WEBHOOK_TIMEOUT", Duration::from_secs(10)),
             common: CommonConfig::from_env(env, 9183),
         }
     }
 
-    /// Port 0 everywhere, for tests that start the app in-process.
-    pub fn for_tests() -> Self {
-        Self {
-            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            common: CommonConfig::for_tests(),
-        }
+    /// Port 0 everywhere and the given database, for in-process tests.
+    pub fn for_tests(database_url: &str) -> Self {
+        let mut env = EnvReader::from_vars("WORKER_", [("WORKER_DATABASE_URL", database_url)]);
+        let mut config = Self::from_env(&mut env);
+        config.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.poll_interval = Duration::from_millis(100);
+        config.common = CommonConfig::for_tests();
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_parse_with_optional_global_limits() {
+        let queues = Queues::parse_env("default=10, webhooks=20/50").unwrap().0;
+        assert_eq!(
+            queues[1],
+            QueueConfig {
+                name: "webhooks".into(),
+                local_limit: 20,
+                global_limit: Some(50)
+            }
+        );
+        assert!(
+            Queues::parse_env("default=0")
+                .unwrap_err()
+                .contains("\"default=0\"")
+        );
+        assert!(
+            Queues::parse_env("a=1,a=2")
+                .unwrap_err()
+                .contains("listed twice")
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let secret = Secret::parse_env("0123456789abcdef").unwrap();
+        assert_eq!(format!("{secret:?}"), "Secret(\"***\")");
     }
 }

@@ -1,27 +1,87 @@
 //! The worker app: runs the platform's background jobs on the jobs engine
-//! and serves `platform.jobs.v1.JobsService` so other apps and operators can
-//! enqueue, inspect and steer them.
+//! (`libs/jobs`) and serves `platform.jobs.v1.JobsService` so other apps
+//! and operators can enqueue, inspect and steer them. PostgreSQL in
+//! production, an SQLite file (`data/platform.db`) by default.
 //!
 //! The library is the whole server, so tests start it in-process on port 0;
-//! `main.rs` only hands [`app`] to the shared runtime.
+//! `main.rs` adds the `migrate`, `enqueue`, `stats` and `bench` commands.
 
 mod api;
+pub mod bench;
+pub mod cli;
 mod config;
+mod convert;
+pub mod kinds;
+mod storage;
 
+use contracts::jobs::v1::jobs_service_server::JobsServiceServer;
+use jobs::{JobStore, Node, NodeConfig};
 use service_runtime::{AppMain, BuildInfo, Running, ServiceBuilder, StartError};
 
-pub use config::Config;
+pub use api::JobsApi;
+pub use config::{Config, DatabaseUrl, Queues, Secret};
+pub use storage::{RunLog, Storage};
 
 /// This app's name and build, as reported by `--version` and ServiceInfo.
 pub const INFO: BuildInfo = BuildInfo::new("worker");
 
-/// Binds the gRPC and admin listeners and starts serving.
+fn dependency(what: &'static str) -> impl Fn(jobs::JobsError) -> StartError {
+    move |error| StartError::Dependency {
+        what,
+        message: error.to_string(),
+    }
+}
+
+/// Connects to the database, applies migrations, then serves the jobs API
+/// and (unless `WORKER_RUN_JOBS=false`) runs a jobs node.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    ServiceBuilder::new(INFO, config.common)
-        .grpc(config.grpc_addr)
-        .add_grpc_service(api::server())
-        .start()
+    let storage = Storage::connect(&config.database_url, config.database_pool)
         .await
+        .map_err(dependency("database"))?;
+    storage.migrate().await.map_err(dependency("migrations"))?;
+    match storage.clone() {
+        Storage::Postgres(store) => serve(config, storage, store).await,
+        Storage::Sqlite(store) => serve(config, storage, store).await,
+    }
+}
+
+async fn serve<S: JobStore>(
+    config: Config,
+    storage: Storage,
+    store: S,
+) -> Result<Running, StartError> {
+    let node_id = jobs::new_node_id();
+    let webhooks =
+        kinds::webhook::WebhookClient::new(config.webhook_secret.clone(), config.webhook_timeout)
+            .map_err(|message| StartError::Dependency {
+            what: "webhooks",
+            message,
+        })?;
+    let registry = kinds::registry(storage.run_log(), node_id.clone(), webhooks);
+    let api = JobsApi::new(store.clone(), registry.clone(), config.queues.0.clone());
+    let ping = storage.clone();
+    let mut builder = ServiceBuilder::new(INFO, config.common.clone())
+        .grpc(config.grpc_addr)
+        .add_grpc_service(JobsServiceServer::new(api))
+        .readiness_check("database", move || {
+            let storage = ping.clone();
+            async move { storage.ping().await.map_err(|e| e.to_string()) }
+        });
+    if config.run_jobs {
+        let mut node = NodeConfig::new(config.queues.0.clone());
+        node.node_id = node_id;
+        node.poll_interval = config.poll_interval;
+        node.lease = config.lease;
+        node.prune_age = config.prune_age;
+        // Leave a fifth of the runtime's grace for recording and leaving.
+        node.shutdown_grace = config.common.shutdown_grace.mul_f64(0.8);
+        builder = builder.background("jobs node", move |stop| async move {
+            if let Err(error) = Node::new(store, registry, node).run(stop).await {
+                tracing::error!(%error, "jobs node stopped with an error");
+            }
+        });
+    }
+    builder.start().await
 }
 
 /// The app as the shared runtime's `main` (and the launcher) runs it.

@@ -1,5 +1,12 @@
-//! The `worker` binary: the shared runtime running [`worker::app`].
+//! The `worker` binary: serves by default; `migrate`, `enqueue`, `stats`
+//! and `bench` act on the configured database and exit.
+
+use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
-    service_runtime::run_main(worker::app())
+    let cli = worker::cli::Cli::parse();
+    match cli.command {
+        None => service_runtime::run_with_args(worker::app(), &cli.standard),
+        Some(command) => worker::cli::run(command),
+    }
 }

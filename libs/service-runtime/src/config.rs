@@ -186,9 +186,9 @@ macro_rules! env_integer {
 env_integer!(u16, u32, u64, usize);
 
 impl EnvValue for Duration {
-    /// Accepts `250ms`, `10s`, `5m`, `1h`; a bare number means seconds.
+    /// Accepts `250ms`, `10s`, `5m`, `1h`, `7d`; a bare number means seconds.
     fn parse_env(raw: &str) -> Result<Self, String> {
-        let problem = || "expected a duration such as 250ms, 10s, 5m or 1h".to_owned();
+        let problem = || "expected a duration such as 250ms, 10s, 5m, 1h or 7d".to_owned();
         let split = raw
             .find(|c: char| !c.is_ascii_digit() && c != '.')
             .unwrap_or(raw.len());
@@ -199,6 +199,7 @@ impl EnvValue for Duration {
             "ms" => number / 1_000.0,
             "m" => number * 60.0,
             "h" => number * 3_600.0,
+            "d" => number * 86_400.0,
             _ => return Err(problem()),
         };
         Duration::try_from_secs_f64(seconds).map_err(|_| problem())

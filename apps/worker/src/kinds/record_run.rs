@@ -1,0 +1,40 @@
+//! `record_run`: writes one row per run to the worker's `job_runs` table,
+//! so the crash tests can prove no job was lost and find duplicates.
+
+use std::time::Duration;
+
+use jobs::{Done, JobContext, JobError, Worker};
+use serde::Deserialize;
+
+use crate::storage::RunLog;
+
+/// Records its run, optionally after a pause (to be caught mid-run).
+#[derive(Debug, Clone)]
+pub struct RecordRun {
+    pub(crate) log: RunLog,
+    pub(crate) node_id: String,
+}
+
+/// How long to work before recording.
+#[derive(Debug, Deserialize)]
+pub struct RecordRunArgs {
+    /// Milliseconds to sleep before recording (0 by default).
+    #[serde(default)]
+    pub sleep_ms: u64,
+}
+
+impl Worker for RecordRun {
+    type Args = RecordRunArgs;
+    const KIND: &'static str = "record_run";
+
+    async fn work(&self, ctx: JobContext, args: RecordRunArgs) -> Result<Done, JobError> {
+        if args.sleep_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(args.sleep_ms.min(60_000))).await;
+        }
+        self.log
+            .record(ctx.id, ctx.attempt, &self.node_id)
+            .await
+            .map_err(|e| JobError::Retry(format!("recording the run failed: {e}")))?;
+        Ok(Done::Completed)
+    }
+}
