@@ -29,6 +29,9 @@ pub struct Config {
     pub webhook_secret: Secret,
     /// `WORKER_WEBHOOK_TIMEOUT`: longest one webhook request may take.
     pub webhook_timeout: Duration,
+    /// `WORKER_WEBHOOK_BACKOFF`: first retry delay of a failed delivery;
+    /// doubles per attempt (with jitter), capped at one hour.
+    pub webhook_backoff: Duration,
     /// Admin port, shutdown and logging settings.
     pub common: CommonConfig,
 }
@@ -157,6 +160,7 @@ impl Config {
                 Secret("local-development-webhook-secret".to_owned()),
             ),
             webhook_timeout: env.get_or("WEBHOOK_TIMEOUT", Duration::from_secs(10)),
+            webhook_backoff: env.get_or("WEBHOOK_BACKOFF", Duration::from_secs(10)),
             common: CommonConfig::from_env(env, 9183),
         }
     }

@@ -57,7 +57,12 @@ async fn serve<S: JobStore>(
             what: "webhooks",
             message,
         })?;
-    let registry = kinds::registry(storage.run_log(), node_id.clone(), webhooks);
+    let registry = kinds::registry(
+        storage.run_log(),
+        node_id.clone(),
+        webhooks,
+        config.webhook_backoff,
+    );
     let api = JobsApi::new(store.clone(), registry.clone(), config.queues.0.clone());
     let ping = storage.clone();
     let mut builder = ServiceBuilder::new(INFO, config.common.clone())

@@ -10,8 +10,14 @@ use std::{
 /// Capped at one day.
 pub fn default_backoff(attempt: i32) -> Duration {
     let attempt = f64::from(attempt.clamp(1, 100));
-    let base = (attempt.powi(4) + 15.0).min(86_400.0);
-    Duration::from_secs_f64(base * (1.0 + 0.1 * unit_random()))
+    with_jitter(Duration::from_secs_f64(
+        (attempt.powi(4) + 15.0).min(86_400.0),
+    ))
+}
+
+/// `delay` plus up to 10% at random, for job types with their own curve.
+pub fn with_jitter(delay: Duration) -> Duration {
+    delay.mul_f64(1.0 + 0.1 * unit_random())
 }
 
 /// A number in [0, 1) from the standard library's randomly keyed hasher:

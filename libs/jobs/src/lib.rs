@@ -23,7 +23,7 @@ mod trace;
 mod unique;
 mod worker;
 
-pub use backoff::default_backoff;
+pub use backoff::{default_backoff, with_jitter};
 pub use error::JobsError;
 pub use job::{
     AttemptError, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE, Inserted, Job, JobState,

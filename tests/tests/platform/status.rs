@@ -71,47 +71,29 @@ async fn an_app_that_is_down_shows_as_down_and_the_platform_as_not_serving() {
 #[tokio::test]
 async fn an_app_draining_shows_as_not_serving() {
     let backends = Backends::start().await;
+    // A worker that keeps its listener open while it reports NOT_SERVING.
+    let draining_db = crate::support::ScratchDb::new();
+    let mut config = worker::Config::for_tests(&draining_db.url());
+    config.common.shutdown_delay = std::time::Duration::from_millis(800);
+    let draining_worker = worker::start(config).await.unwrap();
     let gateway = start_gateway(
         url_of(&backends.ingest),
-        url_of(&backends.worker),
+        url_of(&draining_worker),
         url_of(&backends.numerics),
     )
     .await;
-    let Backends {
-        ingest,
-        worker,
-        numerics,
-    } = backends;
-    // Keep the worker's listener open while it reports NOT_SERVING.
-    let mut common = service_runtime::CommonConfig::for_tests();
-    common.shutdown_delay = std::time::Duration::from_millis(800);
-    let draining_worker = worker::start(worker::Config {
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        common,
-    })
-    .await
-    .unwrap();
-    let gateway2 =
-        start_gateway(url_of(&ingest), url_of(&draining_worker), url_of(&numerics)).await;
     let shutdown = tokio::spawn(draining_worker.shutdown());
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 
-    let response = http_get(gateway2.http_addr.unwrap(), "/v1/status", &[])
+    let response = http_get(gateway.http_addr.unwrap(), "/v1/status", &[])
         .await
         .unwrap();
     let body: serde_json::Value = serde_json::from_str(&response.body).unwrap();
     assert_eq!(service(&body, "worker")["state"], "not_serving", "{body}");
     assert_eq!(body["serving"], false);
     shutdown.await.unwrap();
-    gateway2.shutdown().await;
     gateway.shutdown().await;
-    Backends {
-        ingest,
-        worker,
-        numerics,
-    }
-    .shutdown()
-    .await;
+    backends.shutdown().await;
 }
 
 #[tokio::test]

@@ -7,13 +7,19 @@ pub struct Backends {
     pub ingest: Running,
     pub worker: Running,
     pub numerics: Running,
+    /// Held so the worker's database outlives the worker; deleted on drop.
+    _worker_db: ScratchDb,
 }
 
 impl Backends {
     pub async fn start() -> Self {
+        let worker_db = ScratchDb::new();
         Self {
             ingest: ingest::start(ingest::Config::for_tests()).await.unwrap(),
-            worker: worker::start(worker::Config::for_tests()).await.unwrap(),
+            worker: worker::start(worker::Config::for_tests(&worker_db.url()))
+                .await
+                .unwrap(),
+            _worker_db: worker_db,
             numerics: numerics::start(numerics::Config::for_tests())
                 .await
                 .unwrap(),
@@ -26,6 +32,29 @@ impl Backends {
             self.worker.shutdown(),
             self.numerics.shutdown()
         );
+    }
+}
+
+/// A fresh SQLite file in the temp folder, deleted when dropped.
+pub struct ScratchDb(std::path::PathBuf);
+
+impl ScratchDb {
+    pub fn new() -> Self {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(std::env::temp_dir().join(format!("platform-tests-{}-{n}.db", std::process::id())))
+    }
+
+    pub fn url(&self) -> String {
+        format!("sqlite://{}", self.0.display())
+    }
+}
+
+impl Drop for ScratchDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
+        }
     }
 }
 

@@ -15,6 +15,7 @@ pub fn registry(
     run_log: RunLog,
     node_id: String,
     webhooks: webhook::WebhookClient,
+    webhook_backoff: std::time::Duration,
 ) -> jobs::Registry {
     jobs::Registry::new()
         .register(Noop)
@@ -22,5 +23,8 @@ pub fn registry(
             log: run_log,
             node_id,
         })
-        .register(DeliverWebhook { client: webhooks })
+        .register(DeliverWebhook {
+            client: webhooks,
+            backoff: webhook_backoff,
+        })
 }

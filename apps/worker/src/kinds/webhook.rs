@@ -71,11 +71,21 @@ impl WebhookClient {
 #[derive(Debug, Clone)]
 pub struct DeliverWebhook {
     pub(crate) client: WebhookClient,
+    /// First retry delay; doubles per attempt.
+    pub(crate) backoff: Duration,
 }
 
 impl Worker for DeliverWebhook {
     type Args = WebhookArgs;
     const KIND: &'static str = "webhook.deliver";
+
+    /// Receivers recover in minutes, not days: `base * 2^(attempt-1)` with
+    /// up to 10% jitter, capped at an hour (the engine's default curve is
+    /// `attempt^4 + 15s`).
+    fn backoff(&self, attempt: i32) -> Duration {
+        let doubling = 2f64.powi(attempt.clamp(1, 30) - 1);
+        jobs::with_jitter(self.backoff.mul_f64(doubling)).min(Duration::from_secs(3600))
+    }
 
     async fn work(&self, ctx: JobContext, args: WebhookArgs) -> Result<Done, JobError> {
         if !(args.url.starts_with("http://") || args.url.starts_with("https://")) {

@@ -1,0 +1,349 @@
+use std::time::Duration;
+
+use contracts::jobs::v1::{self as pb, JobState};
+use prost_types::{Struct, Value, value::Kind};
+use tonic::Code;
+
+use crate::support::{client, on_both};
+
+fn args(pairs: &[(&str, Value)]) -> Option<Struct> {
+    Some(Struct {
+        fields: pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+    })
+}
+
+fn text(s: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    }
+}
+
+fn spec(kind: &str) -> pb::JobSpec {
+    pb::JobSpec {
+        kind: kind.into(),
+        args: args(&[]),
+        ..pb::JobSpec::default()
+    }
+}
+
+async fn wait_for_state(
+    client: &mut contracts::jobs::v1::jobs_service_client::JobsServiceClient<
+        service_runtime::TracedChannel,
+    >,
+    id: i64,
+    state: JobState,
+) -> pb::Job {
+    for _ in 0..200 {
+        let job = client
+            .get_job(pb::GetJobRequest { id })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        if job.state() == state {
+            return job;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("job {id} never became {state:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_jobs_are_rejected_naming_the_field() {
+    on_both(|running| async move {
+        let mut client = client(&running);
+        let cases = [
+            (
+                spec("nonexistent"),
+                "job.kind: unknown job kind \"nonexistent\"",
+            ),
+            (
+                pb::JobSpec {
+                    args: args(&[("url", text("x"))]),
+                    ..spec("webhook.deliver")
+                },
+                "job.args: missing field `event`",
+            ),
+            (
+                pb::JobSpec {
+                    priority: Some(9),
+                    ..spec("noop")
+                },
+                "job.priority: must be from 0 to 4, got 9",
+            ),
+            (
+                pb::JobSpec {
+                    max_attempts: Some(0),
+                    ..spec("noop")
+                },
+                "job.max_attempts: must be at least 1, got 0",
+            ),
+            (
+                pb::JobSpec {
+                    kind: String::new(),
+                    ..spec("noop")
+                },
+                "job.kind: is required",
+            ),
+        ];
+        for (job, expected) in cases {
+            let error = client
+                .enqueue_job(pb::EnqueueJobRequest { job: Some(job) })
+                .await
+                .unwrap_err();
+            assert_eq!(error.code(), Code::InvalidArgument);
+            assert!(
+                error.message().starts_with(expected),
+                "{} / {expected}",
+                error.message()
+            );
+        }
+        // All or none: one bad job in a batch writes nothing.
+        let batch = vec![
+            spec("noop"),
+            spec("noop"),
+            pb::JobSpec {
+                priority: Some(-1),
+                ..spec("noop")
+            },
+        ];
+        let error = client
+            .enqueue_jobs(pb::EnqueueJobsRequest { jobs: batch })
+            .await
+            .unwrap_err();
+        assert!(
+            error.message().starts_with("jobs[2].priority"),
+            "{}",
+            error.message()
+        );
+        let stats = client
+            .get_queue_stats(pb::GetQueueStatsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            stats
+                .queues
+                .iter()
+                .all(|q| q.available + q.completed + q.executing == 0),
+            "{stats:?}"
+        );
+        running
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueued_jobs_run_and_can_be_inspected() {
+    on_both(|running| async move {
+        let mut client = client(&running);
+        let job = pb::JobSpec {
+            tags: vec!["smoke".into()],
+            ..spec("noop")
+        };
+        let enqueued = client
+            .enqueue_job(pb::EnqueueJobRequest { job: Some(job) })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!enqueued.duplicate);
+        let id = enqueued.job.unwrap().id;
+        let done = wait_for_state(&mut client, id, JobState::Completed).await;
+        assert_eq!(
+            (done.attempt, done.tags.as_slice()),
+            (1, ["smoke".to_owned()].as_slice())
+        );
+        assert!(done.finalized_at.is_some());
+        assert!(!done.attempted_by.is_empty());
+
+        let missing = client
+            .get_job(pb::GetJobRequest { id: 999_999 })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (missing.code(), missing.message()),
+            (Code::NotFound, "job 999999 not found")
+        );
+        running
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_jobs_and_pagination_over_grpc() {
+    on_both(|running| async move {
+        let mut client = client(&running);
+        let unique = pb::JobSpec {
+            unique: Some(pb::UniqueOptions {
+                by_args: vec!["n".into()],
+                ..pb::UniqueOptions::default()
+            }),
+            args: args(&[("n", text("1"))]),
+            schedule: Some(pb::job_spec::Schedule::RunIn(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            })),
+            ..spec("noop")
+        };
+        let first = client
+            .enqueue_job(pb::EnqueueJobRequest {
+                job: Some(unique.clone()),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let second = client
+            .enqueue_job(pb::EnqueueJobRequest { job: Some(unique) })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(second.duplicate);
+        assert_eq!(
+            first.job.as_ref().unwrap().id,
+            second.job.as_ref().unwrap().id
+        );
+        assert_eq!(first.job.unwrap().state(), JobState::Scheduled);
+
+        let later = |i: i64| pb::JobSpec {
+            args: args(&[(
+                "i",
+                Value {
+                    kind: Some(Kind::NumberValue(i as f64)),
+                },
+            )]),
+            schedule: Some(pb::job_spec::Schedule::RunIn(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            })),
+            queue: "paged".into(),
+            ..spec("noop")
+        };
+        let batch: Vec<_> = (0..5).map(later).collect();
+        let results = client
+            .enqueue_jobs(pb::EnqueueJobsRequest { jobs: batch })
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        assert_eq!(results.len(), 5);
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = client
+                .list_jobs(pb::ListJobsRequest {
+                    queue: "paged".into(),
+                    page_size: 2,
+                    page_token: token,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            seen.extend(
+                page.jobs
+                    .iter()
+                    .map(|j| j.args.as_ref().unwrap().fields["i"].clone()),
+            );
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        let numbers: Vec<f64> = seen
+            .into_iter()
+            .map(|v| match v.kind {
+                Some(Kind::NumberValue(n)) => n,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(numbers, [4.0, 3.0, 2.0, 1.0, 0.0]);
+        let bad = client
+            .list_jobs(pb::ListJobsRequest {
+                page_token: "x".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad.message(), "page_token: malformed");
+        running
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_cancel_retry_pause_and_resume() {
+    on_both(|running| async move {
+        let mut client = client(&running);
+        let paused = client
+            .pause_queue(pb::PauseQueueRequest {
+                queue: "default".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(paused.queue.unwrap().paused);
+        let id = client
+            .enqueue_job(pb::EnqueueJobRequest {
+                job: Some(spec("noop")),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap()
+            .id;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let job = client
+            .get_job(pb::GetJobRequest { id })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        assert_eq!(
+            job.state(),
+            JobState::Available,
+            "a paused queue runs nothing"
+        );
+
+        let cancelled = client
+            .cancel_job(pb::CancelJobRequest { id })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        assert_eq!(cancelled.state(), JobState::Cancelled);
+        let again = client
+            .cancel_job(pb::CancelJobRequest { id })
+            .await
+            .unwrap_err();
+        assert_eq!(again.code(), Code::FailedPrecondition);
+
+        let retried = client
+            .retry_job(pb::RetryJobRequest { id })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        assert_eq!(retried.state(), JobState::Available);
+        let resumed = client
+            .resume_queue(pb::ResumeQueueRequest {
+                queue: "default".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let stats = resumed.queue.unwrap();
+        assert!(!stats.paused);
+        assert_eq!(stats.local_limit, 10);
+        wait_for_state(&mut client, id, JobState::Completed).await;
+        running
+    })
+    .await;
+}

@@ -1,0 +1,13 @@
+//! The worker app started in-process: its gRPC API, its job types, and the
+//! binary's commands. Runs on SQLite always and on PostgreSQL when
+//! `DATABASE_URL` is set (CI sets it).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a panic is the test failure report"
+)]
+
+mod api;
+mod support;
+mod webhooks;
