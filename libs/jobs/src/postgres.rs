@@ -137,13 +137,16 @@ pub async fn insert_many(
     let mut scheduled = Vec::with_capacity(jobs.len());
     let mut keys: Vec<Option<Vec<u8>>> = Vec::with_capacity(jobs.len());
     let mut masks = Vec::with_capacity(jobs.len());
+    let mut meta_values = Vec::with_capacity(jobs.len());
     for job in jobs {
         job.validate()?;
+        let meta = crate::trace::meta_with_trace(&job.meta);
         kinds.push(job.kind.as_str());
         queues.push(job.queue.as_str());
         args.push(job.args.to_string());
-        metas.push(crate::trace::meta_with_trace(&job.meta).to_string());
-        tags.push(serde_json::Value::from(job.tags.clone()).to_string());
+        metas.push(meta.to_string());
+        meta_values.push(meta);
+        tags.push(array_literal(&job.tags));
         priorities.push(job.priority);
         max_attempts.push(job.max_attempts);
         scheduled.push(job.scheduled_at);
@@ -152,12 +155,12 @@ pub async fn insert_many(
     }
     // Rows are inserted in input order, so identity values (and the
     // returned rows sorted by id) follow it; duplicates are skipped by the
-    // partial unique index and resolved below.
-    let sql = format!(
-        "INSERT INTO jobs.job (kind, queue, args, meta, tags, priority, max_attempts, state, scheduled_at, \
+    // partial unique index and resolved below. Only the columns the
+    // database chose come back: the rest are the caller's own values.
+    let mut rows: Vec<(i64, String, DateTime<Utc>, DateTime<Utc>, Option<Vec<u8>>)> = sqlx::query_as(
+        "INSERT INTO jobs.job (kind, queue, args, meta, tags, priority, max_attempts, state, scheduled_at,
                                unique_key, unique_states)
-         SELECT kind, queue, args::jsonb, meta::jsonb,
-                ARRAY(SELECT jsonb_array_elements_text(tags::jsonb)), priority, max_attempts,
+         SELECT kind, queue, args::jsonb, meta::jsonb, tags::text[], priority, max_attempts,
                 CASE WHEN scheduled_at > now() THEN 'scheduled' ELSE 'available' END::jobs.job_state,
                 COALESCE(scheduled_at, now()), unique_key, unique_states
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::smallint[],
@@ -167,55 +170,73 @@ pub async fn insert_many(
          ORDER BY position
          ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND (unique_states & jobs.state_bit(state)) <> 0
          DO NOTHING
-         RETURNING {JOB_COLUMNS}, unique_key"
-    );
-    let mut rows = sqlx::query(&sql)
-        .bind(&kinds)
-        .bind(&queues)
-        .bind(&args)
-        .bind(&metas)
-        .bind(&tags)
-        .bind(&priorities)
-        .bind(&max_attempts)
-        .bind(&scheduled)
-        .bind(&keys)
-        .bind(&masks)
-        .fetch_all(&mut *conn)
-        .await?;
-    rows.sort_by_key(|row| row.try_get::<i64, _>("id").unwrap_or_default());
-    let mut inserted_rows = rows.into_iter();
+         RETURNING id, state::text, inserted_at, scheduled_at, unique_key",
+    )
+    .bind(&kinds)
+    .bind(&queues)
+    .bind(&args)
+    .bind(&metas)
+    .bind(&tags)
+    .bind(&priorities)
+    .bind(&max_attempts)
+    .bind(&scheduled)
+    .bind(&keys)
+    .bind(&masks)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.sort_by_key(|row| row.0);
+    let mut inserted_rows = rows.into_iter().peekable();
 
     // Walk the input in order: a job without a key was inserted; a job with
-    // a key was inserted if it is the first of its key in this call and a
-    // returned row carries that key.
+    // a key was inserted if it is the first of its key in this call and the
+    // next returned row carries that key.
     let mut by_key: HashMap<Vec<u8>, Job> = HashMap::new();
     let mut results: Vec<Option<Inserted>> = Vec::with_capacity(jobs.len());
     let mut pending_keys = Vec::new();
-    let mut peeked = inserted_rows.next();
-    for key in &keys {
-        let next_key = peeked.as_ref().and_then(|row| {
-            row.try_get::<Option<Vec<u8>>, _>("unique_key")
-                .ok()
-                .flatten()
-        });
+    for ((job, key), meta) in jobs.iter().zip(&keys).zip(meta_values) {
         let takes_row = match key {
-            None => true,
-            Some(key) => !by_key.contains_key(key) && next_key.as_ref() == Some(key),
-        };
-        if takes_row && let Some(row) = peeked.take() {
-            let job = job_from_row(&row)?;
-            if let Some(key) = key {
-                by_key.insert(key.clone(), job.clone());
+            None => inserted_rows.peek().is_some(),
+            Some(key) => {
+                !by_key.contains_key(key)
+                    && inserted_rows
+                        .peek()
+                        .is_some_and(|row| row.4.as_ref() == Some(key))
             }
-            results.push(Some(Inserted {
-                job,
-                duplicate: false,
-            }));
-            peeked = inserted_rows.next();
-        } else {
-            results.push(None);
-            if let Some(key) = key {
-                pending_keys.push(key.clone());
+        };
+        match inserted_rows.next_if(|_| takes_row) {
+            Some((id, state, inserted_at, scheduled_at, _)) => {
+                let job = Job {
+                    id,
+                    state: state.parse().map_err(JobsError::Corrupt)?,
+                    queue: job.queue.clone(),
+                    kind: job.kind.clone(),
+                    args: job.args.clone(),
+                    meta,
+                    tags: job.tags.clone(),
+                    errors: Vec::new(),
+                    priority: job.priority,
+                    attempt: 0,
+                    max_attempts: job.max_attempts,
+                    attempted_by: None,
+                    inserted_at,
+                    scheduled_at,
+                    attempted_at: None,
+                    finalized_at: None,
+                    cancel_requested_at: None,
+                };
+                if let Some(key) = key {
+                    by_key.insert(key.clone(), job.clone());
+                }
+                results.push(Some(Inserted {
+                    job,
+                    duplicate: false,
+                }));
+            }
+            None => {
+                results.push(None);
+                if let Some(key) = key {
+                    pending_keys.push(key.clone());
+                }
             }
         }
     }
@@ -276,6 +297,15 @@ pub async fn insert_many(
             .await?;
     }
     Ok(out)
+}
+
+/// A PostgreSQL array literal (`{"a","b"}`), quoting every element.
+fn array_literal(items: &[String]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|item| format!("\"{}\"", item.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("{{{}}}", quoted.join(","))
 }
 
 /// Inserts one job on `conn` (see [`insert_many`]).

@@ -12,12 +12,12 @@ mod body {
 
     pub async fn inserted_jobs_are_available_or_scheduled<S: JobStore>(store: S) {
         let now = NewJob::new("noop", json!({"n": 1}))
-            .with_tags(["a", "b"])
+            .with_tags(["a", "b,\"c\\ {d}"])
             .with_priority(2);
         let later = NewJob::new("noop", json!({})).scheduled_in(Duration::from_secs(3600));
         let inserted = store.insert_many(&[now, later]).await.unwrap();
         assert_eq!(inserted[0].job.state, JobState::Available);
-        assert_eq!(inserted[0].job.tags, ["a", "b"]);
+        assert_eq!(inserted[0].job.tags, ["a", "b,\"c\\ {d}"]);
         assert_eq!(inserted[0].job.priority, 2);
         assert_eq!(inserted[0].job.args, json!({"n": 1}));
         assert_eq!(inserted[1].job.state, JobState::Scheduled);
