@@ -31,6 +31,10 @@ const CONTROL_CHANNEL: &str = "jobs_control";
 const JOB_COLUMNS: &str = "id, state::text AS state, queue, kind, args, meta, tags, errors, priority, attempt, \
      max_attempts, attempted_by, inserted_at, scheduled_at, attempted_at, finalized_at, cancel_requested_at";
 
+/// What an insert reads back: the columns the database chose
+/// (`id, state, inserted_at, scheduled_at`) and the unique key.
+type InsertedRow = (i64, String, DateTime<Utc>, DateTime<Utc>, Option<Vec<u8>>);
+
 /// The engine's migrations, embedded. Versions are in the 100000 range and
 /// the migrator ignores versions it does not know, so other owners' sqlx
 /// migrations can share the database's `_sqlx_migrations` table.
@@ -157,7 +161,7 @@ pub async fn insert_many(
     // returned rows sorted by id) follow it; duplicates are skipped by the
     // partial unique index and resolved below. Only the columns the
     // database chose come back: the rest are the caller's own values.
-    let mut rows: Vec<(i64, String, DateTime<Utc>, DateTime<Utc>, Option<Vec<u8>>)> = sqlx::query_as(
+    let mut rows: Vec<InsertedRow> = sqlx::query_as(
         "INSERT INTO jobs.job (kind, queue, args, meta, tags, priority, max_attempts, state, scheduled_at,
                                unique_key, unique_states)
          SELECT kind, queue, args::jsonb, meta::jsonb, tags::text[], priority, max_attempts,
