@@ -142,15 +142,21 @@ pub async fn insert_many(
     let mut keys: Vec<Option<Vec<u8>>> = Vec::with_capacity(jobs.len());
     let mut masks = Vec::with_capacity(jobs.len());
     let mut meta_values = Vec::with_capacity(jobs.len());
+    let carrier = crate::trace::current_carrier();
     for job in jobs {
         job.validate()?;
-        let meta = crate::trace::meta_with_trace(&job.meta);
+        let meta = crate::trace::meta_with_trace(&job.meta, &carrier);
         kinds.push(job.kind.as_str());
         queues.push(job.queue.as_str());
         args.push(job.args.to_string());
-        metas.push(meta.to_string());
+        // NULL for the common empty cases: no JSON or array to parse.
+        metas.push(
+            meta.as_object()
+                .is_none_or(|m| !m.is_empty())
+                .then(|| meta.to_string()),
+        );
         meta_values.push(meta);
-        tags.push(array_literal(&job.tags));
+        tags.push((!job.tags.is_empty()).then(|| array_literal(&job.tags)));
         priorities.push(job.priority);
         max_attempts.push(job.max_attempts);
         scheduled.push(job.scheduled_at);
@@ -164,7 +170,8 @@ pub async fn insert_many(
     let mut rows: Vec<InsertedRow> = sqlx::query_as(
         "INSERT INTO jobs.job (kind, queue, args, meta, tags, priority, max_attempts, state, scheduled_at,
                                unique_key, unique_states)
-         SELECT kind, queue, args::jsonb, meta::jsonb, tags::text[], priority, max_attempts,
+         SELECT kind, queue, args::jsonb, COALESCE(meta::jsonb, '{}'), COALESCE(tags::text[], '{}'),
+                priority, max_attempts,
                 CASE WHEN scheduled_at > now() THEN 'scheduled' ELSE 'available' END::jobs.job_state,
                 COALESCE(scheduled_at, now()), unique_key, unique_states
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::smallint[],
@@ -370,6 +377,15 @@ impl JobStore for PgStore {
         global_limit: Option<u32>,
     ) -> Result<Vec<Job>, JobsError> {
         let mut tx = self.pool.begin().await?;
+        // A claim need not wait for its WAL flush: if the database crashes
+        // before the flush, the claim is lost and the job is runnable again,
+        // exactly as if this node had died and been rescued. No job is lost
+        // and only jobs that were executing at the crash can run twice, the
+        // guarantee that holds anyway. Inserts and completions stay
+        // synchronous.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
         let mut limit = i64::from(limit);
         if let Some(global) = global_limit {
             // Serialise claimers of this queue so two nodes cannot both see

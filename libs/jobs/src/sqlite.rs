@@ -152,6 +152,7 @@ pub async fn insert_many(
     let existing =
         format!("SELECT {JOB_COLUMNS} FROM jobs_job WHERE unique_key = ? AND {UNIQUE_HELD}");
     let mut out = Vec::with_capacity(jobs.len());
+    let carrier = crate::trace::current_carrier();
     for job in jobs {
         job.validate()?;
         let scheduled_at = job.scheduled_at.unwrap_or(now);
@@ -165,7 +166,7 @@ pub async fn insert_many(
             .bind(&job.kind)
             .bind(&job.queue)
             .bind(job.args.to_string())
-            .bind(crate::trace::meta_with_trace(&job.meta).to_string())
+            .bind(crate::trace::meta_with_trace(&job.meta, &carrier).to_string())
             .bind(serde_json::Value::from(job.tags.clone()).to_string())
             .bind(job.priority)
             .bind(job.max_attempts)

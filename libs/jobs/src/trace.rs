@@ -6,9 +6,16 @@ use std::collections::HashMap;
 /// Key under `meta` holding the W3C trace context.
 const TRACE_KEY: &str = "trace";
 
-/// `meta` plus the current span's trace context (if any).
-pub(crate) fn meta_with_trace(meta: &serde_json::Value) -> serde_json::Value {
-    let carrier = telemetry::current_trace_carrier();
+/// The current span's trace context, read once per insert call.
+pub(crate) fn current_carrier() -> HashMap<String, String> {
+    telemetry::current_trace_carrier()
+}
+
+/// `meta` plus the trace context in `carrier` (if any).
+pub(crate) fn meta_with_trace(
+    meta: &serde_json::Value,
+    carrier: &HashMap<String, String>,
+) -> serde_json::Value {
     let mut meta = meta.clone();
     if !carrier.is_empty()
         && let Some(object) = meta.as_object_mut()
