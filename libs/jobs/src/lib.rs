@@ -13,6 +13,7 @@
 //! type. Apps supply [`Worker`]s; the engine owns its tables and migrations.
 
 mod backoff;
+mod cron;
 mod error;
 mod job;
 mod node;
@@ -24,6 +25,7 @@ mod unique;
 mod worker;
 
 pub use backoff::{default_backoff, with_jitter};
+pub use cron::{CronError, CronJob, CronSchedule};
 pub use error::JobsError;
 pub use job::{
     AttemptError, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE, Inserted, Job, JobState,

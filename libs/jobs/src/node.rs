@@ -76,6 +76,8 @@ pub struct NodeConfig {
     pub maintenance_interval: Duration,
     /// How long executing jobs may finish after shutdown begins.
     pub shutdown_grace: Duration,
+    /// Periodic jobs, inserted by whichever node holds the `cron` lease.
+    pub cron: Vec<crate::CronJob>,
 }
 
 impl NodeConfig {
@@ -93,6 +95,7 @@ impl NodeConfig {
             prune_batch: 10_000,
             maintenance_interval: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(15),
+            cron: Vec::new(),
         }
     }
 }
@@ -117,6 +120,10 @@ pub struct NodeReport {
 
 /// Lease names for the periodic duties.
 const MAINTENANCE_LEASE: &str = "maintenance";
+const CRON_LEASE: &str = "cron";
+/// A cron tick missed by less than this (a leader change, a restart) is
+/// still enqueued; older ones are skipped.
+const CRON_LOOKBACK: Duration = Duration::from_secs(60);
 
 /// A job running on this node.
 struct Running {
@@ -239,6 +246,7 @@ impl<S: JobStore> Node<S> {
         services.spawn(heartbeat(shared.clone(), background.clone()));
         services.spawn(route_signals(shared.clone(), background.clone()));
         services.spawn(maintain(shared.clone(), background.clone()));
+        services.spawn(schedule_cron(shared.clone(), background.clone()));
         services.spawn(poll_cancellations(shared.clone(), background.clone()));
         let recorder = tokio::spawn(record_completions(shared.clone(), completions_rx));
         let executions = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
@@ -307,6 +315,7 @@ impl<S: JobStore> Node<S> {
         };
         let (store, recorded) = recorder_done;
         let _ = store.resign(MAINTENANCE_LEASE, &node_id).await;
+        let _ = store.resign(CRON_LEASE, &node_id).await;
         store.remove_node(&node_id).await?;
         tracing::info!(node = %node_id, recorded, released, "stopped");
         Ok(NodeReport { recorded, released })
@@ -704,6 +713,57 @@ async fn maintain<S: JobStore>(shared: Arc<Shared<S>>, stop: CancellationToken) 
             Ok(0) => {}
             Ok(pruned) => tracing::info!(pruned, "pruned finished jobs"),
             Err(error) => tracing::warn!(%error, "prune failed"),
+        }
+    }
+}
+
+/// While this node holds the cron lease: insert each due tick's job. A
+/// tick's unique key makes a second insert (another leader, a restart) a
+/// no-op, so ticks are enqueued at most once.
+async fn schedule_cron<S: JobStore>(shared: Arc<Shared<S>>, stop: CancellationToken) {
+    let crons = &shared.config.cron;
+    if crons.is_empty() {
+        return;
+    }
+    let node = shared.config.node_id.clone();
+    let lookback = chrono::Duration::from_std(CRON_LOOKBACK).unwrap_or(chrono::Duration::MAX);
+    let start = Utc::now() - lookback;
+    let mut next: Vec<Option<chrono::DateTime<Utc>>> = crons
+        .iter()
+        .map(|c| c.schedule.next_after(start, c.timezone))
+        .collect();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        match shared
+            .store
+            .try_lead(CRON_LEASE, &node, Duration::from_secs(10))
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(error) => {
+                tracing::debug!(%error, "cron leader election failed");
+                continue;
+            }
+        }
+        let now = Utc::now();
+        for (cron, next) in crons.iter().zip(next.iter_mut()) {
+            while let Some(tick) = *next
+                && tick <= now
+            {
+                if now - tick <= lookback {
+                    if let Err(error) = shared.store.insert_many(&[cron.job_for(tick)]).await {
+                        // Not advanced: the next loop tries this tick again.
+                        tracing::warn!(cron = %cron.name, %error, "cron insert failed");
+                        break;
+                    }
+                    tracing::info!(cron = %cron.name, %tick, "cron tick enqueued");
+                }
+                *next = cron.schedule.next_after(tick, cron.timezone);
+            }
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct UniqueOpts {
     pub by_period: Option<Duration>,
     /// States in which an existing job blocks a new one.
     pub states: Vec<JobState>,
+    /// Extra text in the hash (cron puts its name and tick here).
+    pub salt: Option<String>,
 }
 
 impl Default for UniqueOpts {
@@ -39,6 +41,7 @@ impl Default for UniqueOpts {
                 JobState::Retryable,
                 JobState::Completed,
             ],
+            salt: None,
         }
     }
 }
@@ -108,6 +111,10 @@ pub fn unique_key(job: &NewJob, opts: &UniqueOpts, now: DateTime<Utc>) -> Vec<u8
         _ => job.args.clone(),
     };
     hasher.update(args.to_string().as_bytes());
+    if let Some(salt) = &opts.salt {
+        hasher.update(b"&salt=");
+        hasher.update(salt.as_bytes());
+    }
     if let Some(period) = opts.by_period {
         let at = job.scheduled_at.unwrap_or(now).timestamp();
         let period = i64::try_from(period.as_secs()).unwrap_or(i64::MAX).max(1);

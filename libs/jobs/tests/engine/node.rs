@@ -7,6 +7,7 @@ both_stores!(timeouts_and_panics_are_retried);
 both_stores!(cancelling_an_executing_job_stops_its_handler);
 both_stores!(shutdown_releases_jobs_that_outlive_the_grace_period);
 both_stores!(an_insert_wakes_an_idle_node_before_its_poll);
+both_stores!(cron_ticks_are_enqueued_once_across_nodes_and_restarts);
 
 mod body {
     use std::{
@@ -301,5 +302,52 @@ mod body {
         wait_for(&store, id, |j| j.state == JobState::Completed).await;
         stop.cancel();
         node.await.unwrap();
+    }
+
+    pub async fn cron_ticks_are_enqueued_once_across_nodes_and_restarts<S: JobStore>(store: S) {
+        let cron = jobs::CronJob::new(
+            "every-minute",
+            "* * * * *",
+            "UTC",
+            NewJob::new("record", json!({})),
+        )
+        .unwrap();
+        let recorder = Recorder::default();
+        let with_cron = || {
+            let mut config = config(vec![QueueConfig::new("default", 4)]);
+            config.cron = vec![cron.clone()];
+            config
+        };
+        // Two nodes at once, then a third after both stopped (a restart):
+        // the latest minute's tick is within the look-back for all three.
+        let (stop_a, a) = spawn_node(&store, registry(&recorder), with_cron());
+        let (stop_b, b) = spawn_node(&store, registry(&recorder), with_cron());
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        stop_a.cancel();
+        stop_b.cancel();
+        a.await.unwrap();
+        b.await.unwrap();
+        let (stop_c, c) = spawn_node(&store, registry(&recorder), with_cron());
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        stop_c.cancel();
+        c.await.unwrap();
+
+        let filter = jobs::ListFilter {
+            kind: Some("record".into()),
+            limit: 100,
+            ..jobs::ListFilter::default()
+        };
+        let jobs = store.list(&filter).await.unwrap();
+        let mut ticks: Vec<String> = jobs
+            .iter()
+            .map(|j| j.meta["cron"]["tick"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(!ticks.is_empty(), "the cron job was never enqueued");
+        let total = ticks.len();
+        ticks.sort();
+        ticks.dedup();
+        assert_eq!(ticks.len(), total, "a tick was enqueued twice: {ticks:?}");
+        // At most the minute before the test and one minute boundary crossed.
+        assert!(total <= 2, "{ticks:?}");
     }
 }
