@@ -13,4 +13,5 @@ mod insert;
 mod lifecycle;
 mod maintenance;
 mod node;
+mod properties;
 mod unique;
