@@ -9,5 +9,6 @@
 )]
 
 mod api;
+mod crash;
 mod support;
 mod webhooks;
