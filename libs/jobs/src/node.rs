@@ -154,12 +154,35 @@ struct Metrics {
     run_time: Histogram<f64>,
     claim_to_start: Histogram<f64>,
     rescued: Counter<u64>,
+    /// Latest counts per queue and state, refreshed by the maintenance
+    /// leader (so only one node reports depth and sums stay right).
+    depth: Arc<Mutex<Vec<crate::QueueCounts>>>,
+    _depth_gauge: opentelemetry::metrics::ObservableGauge<u64>,
 }
 
 impl Metrics {
     fn new() -> Self {
         let meter = opentelemetry::global::meter("platform.jobs");
+        let depth: Arc<Mutex<Vec<crate::QueueCounts>>> = Arc::default();
+        let observed = depth.clone();
+        let depth_gauge = meter
+            .u64_observable_gauge("jobs.queue.depth")
+            .with_description("Jobs per queue and state (reported by the maintenance leader)")
+            .with_callback(move |observer| {
+                for queue in lock(&observed).iter() {
+                    for state in crate::JobState::ALL {
+                        let attributes = [
+                            KeyValue::new("queue", queue.queue.clone()),
+                            KeyValue::new("state", state.as_str()),
+                        ];
+                        observer.observe(queue.count(state), &attributes);
+                    }
+                }
+            })
+            .build();
         Self {
+            depth,
+            _depth_gauge: depth_gauge,
             attempts: meter
                 .u64_counter("jobs.attempts")
                 .with_description(
@@ -704,6 +727,10 @@ async fn maintain<S: JobStore>(shared: Arc<Shared<S>>, stop: CancellationToken) 
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "rescue failed"),
+        }
+        match shared.store.queue_counts().await {
+            Ok(counts) => *lock(&shared.metrics.depth) = counts,
+            Err(error) => tracing::debug!(%error, "queue depth refresh failed"),
         }
         match shared
             .store
