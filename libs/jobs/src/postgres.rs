@@ -73,6 +73,19 @@ impl PgStore {
         &self.pool
     }
 
+    /// The planner's plan for claiming `limit` jobs of `queue` (EXPLAIN,
+    /// not executed), for the runbook and the test that pins the index.
+    pub async fn explain_claim(&self, queue: &str, limit: i64) -> Result<String, JobsError> {
+        let lines: Vec<String> =
+            sqlx::query_scalar(&format!("EXPLAIN (COSTS OFF) {}", claim_sql()))
+                .bind(queue)
+                .bind(limit)
+                .bind("explain")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(lines.join("\n"))
+    }
+
     /// LISTENs for insert and control notifications until `stop`, turning
     /// them into [`Signal`]s; reconnects after errors. Nodes also poll, so a
     /// lost notification (or PgBouncer in transaction mode, where LISTEN does
@@ -310,6 +323,27 @@ pub async fn insert_many(
     Ok(out)
 }
 
+/// The claim statement: `$1` queue, `$2` limit, `$3` node.
+fn claim_sql() -> String {
+    format!(
+        "WITH due AS MATERIALIZED (
+            SELECT id FROM jobs.job
+            WHERE queue = $1
+              AND state IN ('available', 'scheduled', 'retryable')
+              AND scheduled_at <= now()
+              AND NOT EXISTS (SELECT 1 FROM jobs.queue q WHERE q.name = $1 AND q.paused)
+            ORDER BY priority, scheduled_at, id
+            LIMIT $2
+            FOR UPDATE SKIP LOCKED
+         )
+         UPDATE jobs.job j
+         SET state = 'executing', attempt = j.attempt + 1, attempted_at = now(), attempted_by = $3
+         FROM due WHERE j.id = due.id
+         RETURNING {}",
+        JOB_COLUMNS.replace("id, state::text", "j.id, j.state::text")
+    )
+}
+
 /// A PostgreSQL array literal (`{"a","b"}`), quoting every element.
 fn array_literal(items: &[String]) -> String {
     let quoted: Vec<String> = items
@@ -410,23 +444,7 @@ impl JobStore for PgStore {
         // subquery (for instance as the inner side of a join), locking and
         // claiming more rows than the limit, or different rows than it
         // returns. Materialising fixes the set of locked ids first.
-        let sql = format!(
-            "WITH due AS MATERIALIZED (
-                SELECT id FROM jobs.job
-                WHERE queue = $1
-                  AND state IN ('available', 'scheduled', 'retryable')
-                  AND scheduled_at <= now()
-                  AND NOT EXISTS (SELECT 1 FROM jobs.queue q WHERE q.name = $1 AND q.paused)
-                ORDER BY priority, scheduled_at, id
-                LIMIT $2
-                FOR UPDATE SKIP LOCKED
-             )
-             UPDATE jobs.job j
-             SET state = 'executing', attempt = j.attempt + 1, attempted_at = now(), attempted_by = $3
-             FROM due WHERE j.id = due.id
-             RETURNING {}",
-            JOB_COLUMNS.replace("id, state::text", "j.id, j.state::text")
-        );
+        let sql = claim_sql();
         let rows = sqlx::query(&sql)
             .bind(queue)
             .bind(limit)

@@ -137,3 +137,35 @@ async fn transactional_insert_sqlite() {
     );
     db.remove().await;
 }
+
+/// The claim query is served by the partial `job_claim` index: equality on
+/// the queue, the ORDER BY from the index, no sort, no scan of finished rows.
+#[tokio::test]
+async fn the_claim_query_uses_the_claim_index() {
+    let Some(db) = crate::support::PgDatabase::create().await else {
+        return;
+    };
+    let store = &db.store;
+    let jobs: Vec<_> = (0..20_000)
+        .map(|i| jobs::NewJob::new("noop", serde_json::json!({"i": i})))
+        .collect();
+    for chunk in jobs.chunks(10_000) {
+        jobs::JobStore::insert_many(store, chunk).await.unwrap();
+    }
+    sqlx::query("ANALYZE jobs.job")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let plan = store.explain_claim("default", 100).await.unwrap();
+    eprintln!("{plan}");
+    assert!(plan.contains("Index Scan using job_claim on job"), "{plan}");
+    assert!(
+        !plan.contains("Sort"),
+        "the index provides the order: {plan}"
+    );
+    assert!(
+        plan.contains("LockRows"),
+        "rows are locked (SKIP LOCKED): {plan}"
+    );
+    db.drop_database().await;
+}
