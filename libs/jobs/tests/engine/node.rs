@@ -8,6 +8,7 @@ both_stores!(cancelling_an_executing_job_stops_its_handler);
 both_stores!(shutdown_releases_jobs_that_outlive_the_grace_period);
 both_stores!(an_insert_wakes_an_idle_node_before_its_poll);
 both_stores!(cron_ticks_are_enqueued_once_across_nodes_and_restarts);
+both_stores!(an_attempt_continues_the_trace_that_enqueued_it);
 
 mod body {
     use std::{
@@ -349,5 +350,46 @@ mod body {
         assert_eq!(ticks.len(), total, "a tick was enqueued twice: {ticks:?}");
         // At most the minute before the test and one minute boundary crossed.
         assert!(total <= 2, "{ticks:?}");
+    }
+
+    pub async fn an_attempt_continues_the_trace_that_enqueued_it<S: JobStore>(store: S) {
+        use tracing::Instrument as _;
+        let capture = telemetry::testing::capture_spans();
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let marker = format!("enqueue-{}-{run}", std::process::id());
+        let request = tracing::info_span!("enqueue request", otel.name = %marker);
+        let id = async {
+            store
+                .insert_many(&[NewJob::new("record", json!({}))])
+                .await
+                .unwrap()[0]
+                .job
+                .id
+        }
+        .instrument(request)
+        .await;
+        let recorder = Recorder::default();
+        let (stop, node) = spawn_node(
+            &store,
+            registry(&recorder),
+            config(vec![QueueConfig::new("default", 2)]),
+        );
+        wait_for(&store, id, |j| j.state == JobState::Completed).await;
+        stop.cancel();
+        node.await.unwrap();
+        let spans = capture.finished_spans();
+        let enqueue = spans
+            .iter()
+            .find(|s| s.name == marker)
+            .expect("the enqueue span was captured");
+        let attempt = spans
+            .iter()
+            .find(|s| s.name == "job record" && s.trace_id == enqueue.trace_id)
+            .unwrap_or_else(|| panic!("no job span in the enqueuing trace {}", enqueue.trace_id));
+        assert_eq!(
+            attempt.parent_span_id, enqueue.span_id,
+            "the attempt is a child of the enqueuing span"
+        );
     }
 }
