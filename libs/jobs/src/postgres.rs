@@ -31,9 +31,10 @@ const CONTROL_CHANNEL: &str = "jobs_control";
 const JOB_COLUMNS: &str = "id, state::text AS state, queue, kind, args, meta, tags, errors, priority, attempt, \
      max_attempts, attempted_by, inserted_at, scheduled_at, attempted_at, finalized_at, cancel_requested_at";
 
-/// What an insert reads back: the columns the database chose
-/// (`id, state, inserted_at, scheduled_at`) and the unique key.
-type InsertedRow = (i64, String, DateTime<Utc>, DateTime<Utc>, Option<Vec<u8>>);
+/// What an insert reads back: the id and time the database chose, and the
+/// unique key. State and scheduled time follow from them: both use the
+/// statement's `now()`, which is `inserted_at`.
+type InsertedRow = (i64, DateTime<Utc>, Option<Vec<u8>>);
 
 /// The engine's migrations, embedded. Versions are in the 100000 range and
 /// the migrator ignores versions it does not know, so other owners' sqlx
@@ -194,7 +195,7 @@ pub async fn insert_many(
          ORDER BY position
          ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND (unique_states & jobs.state_bit(state)) <> 0
          DO NOTHING
-         RETURNING id, state::text, inserted_at, scheduled_at, unique_key",
+         RETURNING id, inserted_at, unique_key",
     )
     .bind(&kinds)
     .bind(&queues)
@@ -224,14 +225,20 @@ pub async fn insert_many(
                 !by_key.contains_key(key)
                     && inserted_rows
                         .peek()
-                        .is_some_and(|row| row.4.as_ref() == Some(key))
+                        .is_some_and(|row| row.2.as_ref() == Some(key))
             }
         };
         match inserted_rows.next_if(|_| takes_row) {
-            Some((id, state, inserted_at, scheduled_at, _)) => {
+            Some((id, inserted_at, _)) => {
+                let scheduled_at = job.scheduled_at.unwrap_or(inserted_at);
+                let state = if scheduled_at > inserted_at {
+                    JobState::Scheduled
+                } else {
+                    JobState::Available
+                };
                 let job = Job {
                     id,
-                    state: state.parse().map_err(JobsError::Corrupt)?,
+                    state,
                     queue: job.queue.clone(),
                     kind: job.kind.clone(),
                     args: job.args.clone(),
