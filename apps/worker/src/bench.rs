@@ -87,7 +87,13 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
             .await?;
         let settings = postgres_settings(&pool).await?;
         let store = jobs::PgStore::new(pool.clone());
-        let result = measure(store, &args, &format!("PostgreSQL ({settings})")).await;
+        let result = measure(
+            store,
+            &args,
+            &format!("PostgreSQL ({settings})"),
+            "LISTEN/NOTIFY",
+        )
+        .await;
         pool.close().await;
         admin
             .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
@@ -97,7 +103,13 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         let path = std::env::temp_dir().join(format!("worker_bench_{}.db", std::process::id()));
         let pool = jobs::sqlite::connect(&format!("sqlite://{}", path.display())).await?;
         let store = jobs::SqliteStore::new(pool.clone());
-        let result = measure(store, &args, "SQLite (WAL, synchronous=NORMAL)").await;
+        let result = measure(
+            store,
+            &args,
+            "SQLite (WAL, synchronous=NORMAL)",
+            "in-process signal",
+        )
+        .await;
         pool.close().await;
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
@@ -124,7 +136,12 @@ async fn postgres_settings(pool: &sqlx::PgPool) -> anyhow::Result<String> {
 }
 
 #[allow(clippy::print_stdout, reason = "the benchmark's report")]
-async fn measure<S: JobStore>(store: S, args: &BenchArgs, database: &str) -> anyhow::Result<()> {
+async fn measure<S: JobStore>(
+    store: S,
+    args: &BenchArgs,
+    database: &str,
+    wake_up: &str,
+) -> anyhow::Result<()> {
     store.migrate().await?;
     let worker = BenchWorker {
         done: Arc::new(AtomicU64::new(0)),
@@ -194,7 +211,7 @@ async fn measure<S: JobStore>(store: S, args: &BenchArgs, database: &str) -> any
     samples.sort();
     let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
     println!(
-        "(b) insert-to-start latency over {} serial jobs (LISTEN/NOTIFY wake-up, poll fallback 1 s): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "(b) insert-to-start latency over {} serial jobs ({wake_up} wake-up, poll fallback 1 s): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         samples.len(),
         pct(0.50).as_secs_f64() * 1e3,
         pct(0.99).as_secs_f64() * 1e3,
