@@ -1,11 +1,11 @@
 //! Which database the worker runs on, and the worker's own table.
 
-use std::{borrow::Cow, str::FromStr as _};
+use std::str::FromStr as _;
 
 use jobs::{JobStore as _, JobsError, PgStore, SqliteStore};
 use sqlx::{
     PgPool, SqlitePool,
-    migrate::{Migration, MigrationType, Migrator},
+    migrate::Migrator,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
@@ -92,19 +92,7 @@ impl Storage {
 }
 
 fn worker_migrator(sql: &'static str) -> Migrator {
-    let migrations = vec![Migration::new(
-        300_001,
-        Cow::Borrowed("worker"),
-        MigrationType::Simple,
-        Cow::Borrowed(sql),
-        false,
-    )];
-    Migrator {
-        migrations: Cow::Owned(migrations),
-        ignore_missing: true,
-        locking: true,
-        no_tx: false,
-    }
+    jobs::embedded_migrator(300_001, "worker", sql)
 }
 
 /// Where `record_run` jobs write their runs.

@@ -1,11 +1,11 @@
 //! The production store: PostgreSQL, schema `jobs`.
 
-use std::{borrow::Cow, collections::HashMap, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use sqlx::{
     PgConnection, PgPool, Row as _,
-    migrate::{Migration, MigrationType, Migrator},
+    migrate::Migrator,
     postgres::{PgListener, PgRow},
 };
 use tokio::sync::broadcast;
@@ -40,19 +40,11 @@ type InsertedRow = (i64, DateTime<Utc>, Option<Vec<u8>>);
 /// the migrator ignores versions it does not know, so other owners' sqlx
 /// migrations can share the database's `_sqlx_migrations` table.
 pub fn migrator() -> Migrator {
-    let migrations = vec![Migration::new(
+    crate::store::embedded_migrator(
         100_001,
-        Cow::Borrowed("jobs"),
-        MigrationType::Simple,
-        Cow::Borrowed(include_str!("../migrations/postgres/100001_jobs.sql")),
-        false,
-    )];
-    Migrator {
-        migrations: Cow::Owned(migrations),
-        ignore_missing: true,
-        locking: true,
-        no_tx: false,
-    }
+        "jobs",
+        include_str!("../migrations/postgres/100001_jobs.sql"),
+    )
 }
 
 /// A [`JobStore`] on a PostgreSQL pool.
@@ -573,14 +565,7 @@ impl JobStore for PgStore {
         );
         let Some(row) = sqlx::query(&sql).bind(id).fetch_optional(&mut *tx).await? else {
             drop(tx);
-            return match self.get(id).await? {
-                None => Err(JobsError::NotFound(id)),
-                Some(job) => Err(JobsError::WrongState {
-                    id,
-                    state: job.state,
-                    problem: "it has already finished",
-                }),
-            };
+            return Err(crate::store::unmatched(self, id, crate::store::ALREADY_FINISHED).await);
         };
         let job = job_from_row(&row)?;
         if job.state == JobState::Executing {
@@ -617,14 +602,7 @@ impl JobStore for PgStore {
         };
         let Some(row) = row else {
             drop(tx);
-            return match self.get(id).await? {
-                None => Err(JobsError::NotFound(id)),
-                Some(job) => Err(JobsError::WrongState {
-                    id,
-                    state: job.state,
-                    problem: "only a discarded, cancelled, retryable or scheduled job can be retried",
-                }),
-            };
+            return Err(crate::store::unmatched(self, id, crate::store::NOT_RETRYABLE).await);
         };
         let job = job_from_row(&row)?;
         sqlx::query("SELECT pg_notify($1, $2)")

@@ -5,12 +5,12 @@
 //! update are atomic without `SKIP LOCKED`. Wake-ups are in-process only;
 //! other processes sharing the file rely on polling.
 
-use std::{borrow::Cow, str::FromStr as _, time::Duration};
+use std::{str::FromStr as _, time::Duration};
 
 use chrono::{DateTime, Utc};
 use sqlx::{
     Row as _, SqliteConnection, SqlitePool,
-    migrate::{Migration, MigrationType, Migrator},
+    migrate::Migrator,
     sqlite::{
         SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
     },
@@ -38,19 +38,11 @@ const UNIQUE_HELD: &str = "unique_key IS NOT NULL AND (unique_states & (CASE sta
 /// The engine's SQLite migrations (versions in the 100000 range; other
 /// owners' versions are ignored).
 pub fn migrator() -> Migrator {
-    let migrations = vec![Migration::new(
+    crate::store::embedded_migrator(
         100_001,
-        Cow::Borrowed("jobs"),
-        MigrationType::Simple,
-        Cow::Borrowed(include_str!("../migrations/sqlite/100001_jobs.sql")),
-        false,
-    )];
-    Migrator {
-        migrations: Cow::Owned(migrations),
-        ignore_missing: true,
-        locking: true,
-        no_tx: false,
-    }
+        "jobs",
+        include_str!("../migrations/sqlite/100001_jobs.sql"),
+    )
 }
 
 /// Opens (creating if needed) an SQLite database tuned for a job queue:
@@ -379,14 +371,7 @@ impl JobStore for SqliteStore {
             .await?;
         tx.commit().await?;
         let Some(row) = row else {
-            return match self.get(id).await? {
-                None => Err(JobsError::NotFound(id)),
-                Some(job) => Err(JobsError::WrongState {
-                    id,
-                    state: job.state,
-                    problem: "it has already finished",
-                }),
-            };
+            return Err(crate::store::unmatched(self, id, crate::store::ALREADY_FINISHED).await);
         };
         let job = job_from_row(&row)?;
         if job.state == JobState::Executing {
@@ -425,14 +410,7 @@ impl JobStore for SqliteStore {
         };
         tx.commit().await?;
         let Some(row) = row else {
-            return match self.get(id).await? {
-                None => Err(JobsError::NotFound(id)),
-                Some(job) => Err(JobsError::WrongState {
-                    id,
-                    state: job.state,
-                    problem: "only a discarded, cancelled, retryable or scheduled job can be retried",
-                }),
-            };
+            return Err(crate::store::unmatched(self, id, crate::store::NOT_RETRYABLE).await);
         };
         let job = job_from_row(&row)?;
         let _ = self.signals.send(Signal::Inserted(job.queue.clone()));

@@ -239,3 +239,47 @@ pub(crate) fn outcome_next_run(outcome: &Outcome) -> Option<DateTime<Utc>> {
 pub(crate) fn outcome_refunds_attempt(outcome: &Outcome) -> bool {
     matches!(outcome, Outcome::Snooze { .. } | Outcome::Released)
 }
+
+/// Why cancelling matched no row.
+pub(crate) const ALREADY_FINISHED: &str = "it has already finished";
+/// Why retrying matched no row.
+pub(crate) const NOT_RETRYABLE: &str =
+    "only a discarded, cancelled, retryable or scheduled job can be retried";
+
+/// Why a guarded update of job `id` matched no row: the job does not
+/// exist, or its state rules the operation out (`problem` says why).
+pub(crate) async fn unmatched<S: JobStore>(store: &S, id: i64, problem: &'static str) -> JobsError {
+    match store.get(id).await {
+        Ok(None) => JobsError::NotFound(id),
+        Ok(Some(job)) => JobsError::WrongState {
+            id,
+            state: job.state,
+            problem,
+        },
+        Err(error) => error,
+    }
+}
+
+/// An embedded sqlx migrator for one owner's migration. Versions are ranged
+/// per owner (jobs 100000+, worker 300000+, ...) and `ignore_missing` lets
+/// several owners share the database's `_sqlx_migrations` table.
+pub fn embedded_migrator(
+    version: i64,
+    description: &'static str,
+    sql: &'static str,
+) -> sqlx::migrate::Migrator {
+    use std::borrow::Cow;
+    let migration = sqlx::migrate::Migration::new(
+        version,
+        Cow::Borrowed(description),
+        sqlx::migrate::MigrationType::Simple,
+        Cow::Borrowed(sql),
+        false,
+    );
+    sqlx::migrate::Migrator {
+        migrations: Cow::Owned(vec![migration]),
+        ignore_missing: true,
+        locking: true,
+        no_tx: false,
+    }
+}

@@ -36,20 +36,7 @@ async fn wait_for_state(
     id: i64,
     state: JobState,
 ) -> pb::Job {
-    for _ in 0..200 {
-        let job = client
-            .get_job(pb::GetJobRequest { id })
-            .await
-            .unwrap()
-            .into_inner()
-            .job
-            .unwrap();
-        if job.state() == state {
-            return job;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("job {id} never became {state:?}");
+    crate::support::wait_for_job(client, id, |s| s == state).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,3 +106,26 @@ where
         postgres.remove().await;
     }
 }
+
+/// Polls (bounded) until the job's state satisfies `done`.
+pub async fn wait_for_job(
+    client: &mut JobsServiceClient<TracedChannel>,
+    id: i64,
+    done: impl Fn(contracts::jobs::v1::JobState) -> bool,
+) -> contracts::jobs::v1::Job {
+    use contracts::jobs::v1::GetJobRequest;
+    for _ in 0..200 {
+        let job = client
+            .get_job(GetJobRequest { id })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        if done(job.state()) {
+            return job;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("job {id} never reached the expected state");
+}

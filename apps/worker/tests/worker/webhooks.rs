@@ -1,7 +1,6 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use axum::{Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post};
@@ -91,20 +90,10 @@ async fn finished(
     >,
     id: i64,
 ) -> pb::Job {
-    for _ in 0..200 {
-        let job = client
-            .get_job(pb::GetJobRequest { id })
-            .await
-            .unwrap()
-            .into_inner()
-            .job
-            .unwrap();
-        if matches!(job.state(), JobState::Completed | JobState::Discarded) {
-            return job;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("webhook job {id} never finished");
+    crate::support::wait_for_job(client, id, |s| {
+        matches!(s, JobState::Completed | JobState::Discarded)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
