@@ -25,6 +25,20 @@ pub fn continue_trace(span: &tracing::Span, carrier: &HashMap<String, String>) {
     let _ = span.set_parent(context);
 }
 
+/// Adds a link from `span` to the trace in `carrier`: a batch span links
+/// the traces of the messages it holds. Does nothing for an empty carrier.
+pub fn link_trace(span: &tracing::Span, carrier: &HashMap<String, String>) {
+    use opentelemetry::trace::TraceContextExt as _;
+    if carrier.is_empty() {
+        return;
+    }
+    let context = global::get_text_map_propagator(|p| p.extract(&MapExtractor(carrier)));
+    let linked = context.span().span_context().clone();
+    if linked.is_valid() {
+        span.add_link(linked);
+    }
+}
+
 struct MapExtractor<'a>(&'a HashMap<String, String>);
 
 impl Extractor for MapExtractor<'_> {

@@ -19,7 +19,7 @@ mod setup;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use carrier::{continue_trace, current_trace_carrier};
+pub use carrier::{continue_trace, current_trace_carrier, link_trace};
 pub use http_layer::{ClientTraceLayer, ClientTraceService, ServerTraceLayer, ServerTraceService};
 pub use prometheus::render_metrics;
 pub use setup::{LogFormat, Telemetry, TelemetryConfig, TelemetryError, init};
