@@ -8,6 +8,7 @@
 
 mod api;
 mod config;
+pub mod reading;
 
 use service_runtime::{AppMain, BuildInfo, Running, ServiceBuilder, StartError};
 

@@ -13,6 +13,7 @@
 //! Architecture invariant: the kit knows nothing of readings, gRPC or NATS;
 //! sources are [`Producer`]s with [`Acknowledger`]s, sinks are [`Handler`]s.
 
+pub mod bench;
 mod config;
 mod handler;
 mod message;
