@@ -9,6 +9,7 @@
 mod api;
 mod config;
 pub mod reading;
+pub mod sink;
 pub mod window;
 
 use service_runtime::{AppMain, BuildInfo, Running, ServiceBuilder, StartError};

@@ -1,0 +1,200 @@
+//! The durable write of a batch of readings (PostgreSQL): readings inserted
+//! once per event id, series watermarks advanced, and the aggregation job of
+//! every window the batch closes enqueued, all in one transaction. A batch
+//! redelivered after a crash inserts nothing and enqueues nothing new.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use jobs::{JobState, NewJob, UniqueOpts};
+use sqlx::{PgConnection, PgPool};
+
+use crate::{reading::Reading, window::Windowing};
+
+/// The job kind the worker runs for a closed window.
+pub const AGGREGATE_WINDOW: &str = "readings.aggregate_window";
+
+/// What writing one batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteReport {
+    /// Readings newly stored.
+    pub inserted: usize,
+    /// Readings whose event id was already stored.
+    pub duplicates: usize,
+    /// Aggregation jobs newly enqueued.
+    pub jobs_enqueued: usize,
+}
+
+/// Why a batch could not be written; the whole batch is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The database failed or is unreachable.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Enqueueing the aggregation jobs failed.
+    #[error("jobs: {0}")]
+    Jobs(#[from] jobs::JobsError),
+}
+
+/// The ingest app's migrations (versions 200000+).
+pub fn migrator() -> sqlx::migrate::Migrator {
+    jobs::embedded_migrator(
+        200_001,
+        "ingest",
+        include_str!("../migrations/postgres/200001_ingest.sql"),
+    )
+}
+
+/// The aggregation job for one window, unique for ever per (series,
+/// window, lateness), so redelivery never enqueues it twice and a late
+/// window is re-aggregated once.
+pub fn aggregation_job(
+    series: &Series,
+    start: DateTime<Utc>,
+    windowing: &Windowing,
+    late: bool,
+) -> NewJob {
+    let args = serde_json::json!({
+        "tenant_id": series.0,
+        "device_id": series.1,
+        "metric": series.2,
+        "window_start": start.to_rfc3339(),
+        "window_seconds": windowing.length.num_seconds(),
+        "late": late,
+    });
+    NewJob::new(AGGREGATE_WINDOW, args)
+        .with_queue("aggregation")
+        .unique(UniqueOpts {
+            states: JobState::ALL.to_vec(),
+            ..UniqueOpts::default()
+        })
+}
+
+/// (tenant, device, metric).
+pub type Series = (String, String, String);
+
+/// Writes `readings` in one transaction (see the module doc).
+pub async fn write_batch(
+    pool: &PgPool,
+    readings: &[Reading],
+    windowing: &Windowing,
+) -> Result<WriteReport, SinkError> {
+    let mut tx = pool.begin().await?;
+    let report = write_in(&mut tx, readings, windowing).await?;
+    tx.commit().await?;
+    Ok(report)
+}
+
+async fn write_in(
+    conn: &mut PgConnection,
+    readings: &[Reading],
+    windowing: &Windowing,
+) -> Result<WriteReport, SinkError> {
+    let n = readings.len();
+    let mut event_ids = Vec::with_capacity(n);
+    let mut tenants = Vec::with_capacity(n);
+    let mut devices = Vec::with_capacity(n);
+    let mut metrics = Vec::with_capacity(n);
+    let mut values = Vec::with_capacity(n);
+    let mut observed = Vec::with_capacity(n);
+    let mut attributes = Vec::with_capacity(n);
+    for r in readings {
+        event_ids.push(r.event_id.as_str());
+        tenants.push(r.tenant_id.as_str());
+        devices.push(r.device_id.as_str());
+        metrics.push(r.metric.as_str());
+        values.push(r.value);
+        observed.push(r.observed_at);
+        attributes
+            .push((!r.attributes.is_empty()).then(|| serde_json::json!(r.attributes).to_string()));
+    }
+    // ON CONFLICT (event_id) DO NOTHING: redelivered readings are skipped
+    // and not returned, so only new readings move watermarks and windows.
+    let stored: Vec<(String, String, String, DateTime<Utc>)> = sqlx::query_as(
+        "INSERT INTO ingest.reading (event_id, tenant_id, device_id, metric, value, observed_at, attributes)
+         SELECT event_id, tenant_id, device_id, metric, value, observed_at, COALESCE(attributes::jsonb, '{}')
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::timestamptz[], $7::text[])
+              AS input(event_id, tenant_id, device_id, metric, value, observed_at, attributes)
+         ON CONFLICT (event_id) DO NOTHING
+         RETURNING tenant_id, device_id, metric, observed_at",
+    )
+    .bind(&event_ids)
+    .bind(&tenants)
+    .bind(&devices)
+    .bind(&metrics)
+    .bind(&values)
+    .bind(&observed)
+    .bind(&attributes)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut report = WriteReport {
+        inserted: stored.len(),
+        duplicates: n - stored.len(),
+        jobs_enqueued: 0,
+    };
+    if stored.is_empty() {
+        return Ok(report);
+    }
+
+    let mut by_series: BTreeMap<Series, Vec<DateTime<Utc>>> = BTreeMap::new();
+    for (tenant, device, metric, at) in stored {
+        by_series
+            .entry((tenant, device, metric))
+            .or_default()
+            .push(at);
+    }
+    // Lock the series' watermarks in key order (BTreeMap), so concurrent
+    // batches over the same series serialise instead of deadlocking.
+    let keys: Vec<&Series> = by_series.keys().collect();
+    let (t, d, m): (Vec<&str>, Vec<&str>, Vec<&str>) = (
+        keys.iter().map(|s| s.0.as_str()).collect(),
+        keys.iter().map(|s| s.1.as_str()).collect(),
+        keys.iter().map(|s| s.2.as_str()).collect(),
+    );
+    let old: Vec<(String, String, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT w.tenant_id, w.device_id, w.metric, w.watermark
+         FROM ingest.series_watermark w
+         JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(tenant_id, device_id, metric)
+           USING (tenant_id, device_id, metric)
+         ORDER BY 1, 2, 3
+         FOR UPDATE OF w",
+    )
+    .bind(&t)
+    .bind(&d)
+    .bind(&m)
+    .fetch_all(&mut *conn)
+    .await?;
+    let old: BTreeMap<Series, DateTime<Utc>> =
+        old.into_iter().map(|(t, d, m, w)| ((t, d, m), w)).collect();
+
+    let mut new_marks = Vec::with_capacity(by_series.len());
+    let mut jobs = Vec::new();
+    for (series, times) in &by_series {
+        let latest = times.iter().max().copied().unwrap_or_default();
+        let before = old.get(series).copied();
+        let after = before.map_or(windowing.watermark(latest), |b| {
+            b.max(windowing.watermark(latest))
+        });
+        new_marks.push(after);
+        for (start, late) in windowing.to_aggregate(before, after, times.iter().copied()) {
+            jobs.push(aggregation_job(series, start, windowing, late));
+        }
+    }
+    sqlx::query(
+        "INSERT INTO ingest.series_watermark (tenant_id, device_id, metric, watermark)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+         ON CONFLICT (tenant_id, device_id, metric)
+         DO UPDATE SET watermark = GREATEST(ingest.series_watermark.watermark, excluded.watermark)",
+    )
+    .bind(&t)
+    .bind(&d)
+    .bind(&m)
+    .bind(&new_marks)
+    .execute(&mut *conn)
+    .await?;
+    if !jobs.is_empty() {
+        let inserted = jobs::postgres::insert_many(conn, &jobs).await?;
+        report.jobs_enqueued = inserted.iter().filter(|i| !i.duplicate).count();
+    }
+    Ok(report)
+}

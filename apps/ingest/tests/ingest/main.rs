@@ -1,0 +1,10 @@
+//! The ingest app's storage on PostgreSQL (one database per test, when
+//! `DATABASE_URL` is set; CI sets it).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a panic is the test failure report"
+)]
+
+mod sink;
