@@ -1,7 +1,10 @@
-//! The durable write of a batch of readings (PostgreSQL): readings inserted
+//! The durable write of a batch of readings: readings inserted
 //! once per event id, series watermarks advanced, and the aggregation job of
 //! every window the batch closes enqueued, all in one transaction. A batch
 //! redelivered after a crash inserts nothing and enqueues nothing new.
+//! PostgreSQL here; the embedded SQLite store in [`sqlite`].
+
+pub mod sqlite;
 
 use std::collections::BTreeMap;
 
@@ -36,12 +39,12 @@ pub enum SinkError {
     Jobs(#[from] jobs::JobsError),
 }
 
-/// The ingest app's migrations (versions 200000+).
+/// The ingest app's PostgreSQL migrations (versions 200000+).
 pub fn migrator() -> sqlx::migrate::Migrator {
     jobs::embedded_migrator(
         200_001,
         "ingest",
-        include_str!("../migrations/postgres/200001_ingest.sql"),
+        include_str!("../../migrations/postgres/200001_ingest.sql"),
     )
 }
 
@@ -72,6 +75,30 @@ pub fn aggregation_job(
 
 /// (tenant, device, metric).
 pub type Series = (String, String, String);
+
+/// For each series a batch touched (with the times it newly stored) and its
+/// watermark before the batch: the new watermarks, in series order, and the
+/// aggregation jobs to enqueue. Shared by both stores.
+pub fn plan(
+    by_series: &BTreeMap<Series, Vec<DateTime<Utc>>>,
+    before: &BTreeMap<Series, DateTime<Utc>>,
+    windowing: &Windowing,
+) -> (Vec<DateTime<Utc>>, Vec<NewJob>) {
+    let mut marks = Vec::with_capacity(by_series.len());
+    let mut jobs = Vec::new();
+    for (series, times) in by_series {
+        let latest = times.iter().max().copied().unwrap_or_default();
+        let before = before.get(series).copied();
+        let after = before.map_or(windowing.watermark(latest), |b| {
+            b.max(windowing.watermark(latest))
+        });
+        marks.push(after);
+        for (start, late) in windowing.to_aggregate(before, after, times.iter().copied()) {
+            jobs.push(aggregation_job(series, start, windowing, late));
+        }
+    }
+    (marks, jobs)
+}
 
 /// Writes `readings` in one transaction (see the module doc).
 pub async fn write_batch(
@@ -167,19 +194,7 @@ async fn write_in(
     let old: BTreeMap<Series, DateTime<Utc>> =
         old.into_iter().map(|(t, d, m, w)| ((t, d, m), w)).collect();
 
-    let mut new_marks = Vec::with_capacity(by_series.len());
-    let mut jobs = Vec::new();
-    for (series, times) in &by_series {
-        let latest = times.iter().max().copied().unwrap_or_default();
-        let before = old.get(series).copied();
-        let after = before.map_or(windowing.watermark(latest), |b| {
-            b.max(windowing.watermark(latest))
-        });
-        new_marks.push(after);
-        for (start, late) in windowing.to_aggregate(before, after, times.iter().copied()) {
-            jobs.push(aggregation_job(series, start, windowing, late));
-        }
-    }
+    let (new_marks, jobs) = plan(&by_series, &old, windowing);
     sqlx::query(
         "INSERT INTO ingest.series_watermark (tenant_id, device_id, metric, watermark)
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
