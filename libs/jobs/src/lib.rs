@@ -20,6 +20,7 @@ mod node;
 pub mod postgres;
 pub mod sqlite;
 mod store;
+pub mod testing;
 mod trace;
 mod unique;
 mod worker;

@@ -7,7 +7,7 @@ use ingest::{
     window::Windowing,
 };
 use jobs::JobStore as _;
-use sqlx::{Connection as _, Executor as _, PgPool, SqlitePool};
+use sqlx::{PgPool, SqlitePool};
 
 /// The store under test: PostgreSQL (when configured) or SQLite.
 #[derive(Clone)]
@@ -68,82 +68,22 @@ where
     F: Fn(Store) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let path = std::env::temp_dir().join(format!(
-        "ingest_test_{}_{}.db",
-        std::process::id(),
-        unique()
-    ));
-    let pool = jobs::sqlite::connect(&format!("sqlite://{}", path.display()))
+    let sqlite = jobs::testing::ScratchSqlite::create("ingest_test").await;
+    jobs::sqlite::migrator().run(&sqlite.pool).await.unwrap();
+    ingest::sink::sqlite::migrator()
+        .run(&sqlite.pool)
         .await
         .unwrap();
-    jobs::sqlite::migrator().run(&pool).await.unwrap();
-    ingest::sink::sqlite::migrator().run(&pool).await.unwrap();
-    test(Store::Sqlite(pool.clone())).await;
-    pool.close().await;
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
-    if let Some(db) = database().await {
-        test(Store::Postgres(db.pool.clone())).await;
-        db.drop_database().await;
-    }
-}
-
-fn unique() -> u64 {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    (nanos & 0xffff_ffff) * 1000 + COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-struct Db {
-    pool: PgPool,
-    admin_url: String,
-    name: String,
-}
-
-async fn database() -> Option<Db> {
-    let Ok(admin_url) = std::env::var("DATABASE_URL") else {
-        eprintln!("skipping: DATABASE_URL is not set");
-        return None;
-    };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let name = format!(
-        "ingest_test_{}_{:x}",
-        std::process::id(),
-        nanos & 0xffff_ffff
-    );
-    let mut admin = sqlx::PgConnection::connect(&admin_url)
-        .await
-        .expect("DATABASE_URL is set but unreachable");
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
-    let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
-    let pool = PgPool::connect(&url).await.unwrap();
-    jobs::postgres::migrator().run(&pool).await.unwrap();
-    migrator().run(&pool).await.unwrap();
-    Some(Db {
-        pool,
-        admin_url,
-        name,
-    })
-}
-
-impl Db {
-    async fn drop_database(self) {
-        self.pool.close().await;
-        let mut admin = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
-        admin
-            .execute(format!("DROP DATABASE {} WITH (FORCE)", self.name).as_str())
+    test(Store::Sqlite(sqlite.pool.clone())).await;
+    sqlite.remove().await;
+    if let Some(postgres) = jobs::testing::ScratchPostgres::create("ingest_test").await {
+        jobs::postgres::migrator()
+            .run(&postgres.pool)
             .await
             .unwrap();
+        migrator().run(&postgres.pool).await.unwrap();
+        test(Store::Postgres(postgres.pool.clone())).await;
+        postgres.drop_database().await;
     }
 }
 

@@ -1,78 +1,37 @@
-use std::{sync::atomic::AtomicU64, time::Duration};
+use std::time::Duration;
 
 use contracts::jobs::v1::jobs_service_client::JobsServiceClient;
 use service_runtime::{Running, ServiceUrl, TracedChannel, traced_channel};
-use sqlx::{Connection as _, Executor as _};
-
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-fn unique_name() -> String {
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "worker_test_{}_{n}_{:x}",
-        std::process::id(),
-        nanos & 0xffff_ffff
-    )
-}
 
 /// A scratch database: an SQLite file or a PostgreSQL database.
 pub enum Scratch {
-    Sqlite(std::path::PathBuf),
-    Postgres { admin_url: String, name: String },
+    Sqlite(jobs::testing::ScratchSqlite),
+    Postgres(jobs::testing::ScratchPostgres),
 }
 
 impl Scratch {
-    pub fn sqlite() -> Self {
-        Self::Sqlite(std::env::temp_dir().join(format!("{}.db", unique_name())))
+    pub async fn sqlite() -> Self {
+        Self::Sqlite(jobs::testing::ScratchSqlite::create("worker_test").await)
     }
 
     /// `None`, saying so, when `DATABASE_URL` is unset.
     pub async fn postgres() -> Option<Self> {
-        let Ok(admin_url) = std::env::var("DATABASE_URL") else {
-            eprintln!("skipping the PostgreSQL run: DATABASE_URL is not set");
-            return None;
-        };
-        let name = unique_name();
-        let mut admin = sqlx::PgConnection::connect(&admin_url)
+        jobs::testing::ScratchPostgres::create("worker_test")
             .await
-            .expect("DATABASE_URL is set but unreachable");
-        admin
-            .execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .unwrap();
-        Some(Self::Postgres { admin_url, name })
+            .map(Self::Postgres)
     }
 
     pub fn url(&self) -> String {
         match self {
-            Self::Sqlite(path) => format!("sqlite://{}", path.display()),
-            Self::Postgres { admin_url, name } => {
-                let base = admin_url
-                    .rsplit_once('/')
-                    .map_or(admin_url.as_str(), |(b, _)| b);
-                format!("{base}/{name}")
-            }
+            Self::Sqlite(db) => db.url.clone(),
+            Self::Postgres(db) => db.url.clone(),
         }
     }
 
     pub async fn remove(self) {
         match self {
-            Self::Sqlite(path) => {
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-                }
-            }
-            Self::Postgres { admin_url, name } => {
-                let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
-                admin
-                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                    .await
-                    .unwrap();
-            }
+            Self::Sqlite(db) => db.remove().await,
+            Self::Postgres(db) => db.drop_database().await,
         }
     }
 }
@@ -96,7 +55,7 @@ where
     F: Fn(Running) -> Fut,
     Fut: std::future::Future<Output = Running>,
 {
-    let sqlite = Scratch::sqlite();
+    let sqlite = Scratch::sqlite().await;
     let running = test(start_worker(&sqlite).await).await;
     running.shutdown().await;
     sqlite.remove().await;

@@ -1,106 +1,46 @@
-use std::{future::Future, path::PathBuf, sync::atomic::AtomicU64};
+use std::future::Future;
 
-use jobs::{JobStore, PgStore, SqliteStore};
-use sqlx::{Connection as _, Executor as _, PgConnection};
+use jobs::{
+    JobStore, PgStore, SqliteStore,
+    testing::{ScratchPostgres, ScratchSqlite},
+};
 
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-fn unique_name(prefix: &str) -> String {
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "{prefix}_{}_{n}_{:x}",
-        std::process::id(),
-        nanos & 0xffff_ffff
-    )
-}
-
-/// A fresh PostgreSQL database, dropped by [`PgDatabase::drop_database`].
+/// A fresh, migrated PostgreSQL store; see [`ScratchPostgres`].
 pub struct PgDatabase {
     pub store: PgStore,
-    admin_url: String,
-    name: String,
+    scratch: ScratchPostgres,
 }
 
 impl PgDatabase {
     /// `None` (with a message) when `DATABASE_URL` is unset; CI sets it.
     pub async fn create() -> Option<Self> {
-        let Ok(admin_url) = std::env::var("DATABASE_URL") else {
-            eprintln!("skipping the PostgreSQL run: DATABASE_URL is not set");
-            return None;
-        };
-        let name = unique_name("jobs_test");
-        let mut admin = PgConnection::connect(&admin_url)
-            .await
-            .expect("DATABASE_URL is set but unreachable");
-        admin
-            .execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .unwrap();
-        let url = with_database(&admin_url, &name);
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(8)
-            .connect(&url)
-            .await
-            .unwrap();
-        let store = PgStore::new(pool);
+        let scratch = ScratchPostgres::create("jobs_test").await?;
+        let store = PgStore::new(scratch.pool.clone());
         store.migrate().await.unwrap();
-        Some(Self {
-            store,
-            admin_url,
-            name,
-        })
+        Some(Self { store, scratch })
     }
 
     pub async fn drop_database(self) {
-        self.store.pool().close().await;
-        let mut admin = PgConnection::connect(&self.admin_url).await.unwrap();
-        admin
-            .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
-            .await
-            .unwrap();
+        self.scratch.drop_database().await;
     }
 }
 
-/// Replaces the database name in a PostgreSQL URL.
-pub fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let authority_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_end..].find('/').map(|i| i + authority_end);
-    let base = path_start.map_or(base, |i| &base[..i]);
-    match query {
-        Some(query) => format!("{base}/{database}?{query}"),
-        None => format!("{base}/{database}"),
-    }
-}
-
-/// A fresh SQLite file, deleted by [`SqliteDatabase::remove`].
+/// A fresh, migrated SQLite store; see [`ScratchSqlite`].
 pub struct SqliteDatabase {
     pub store: SqliteStore,
-    pub path: PathBuf,
+    scratch: ScratchSqlite,
 }
 
 impl SqliteDatabase {
     pub async fn create() -> Self {
-        let path = std::env::temp_dir().join(format!("{}.db", unique_name("jobs_test")));
-        let pool = jobs::sqlite::connect(&format!("sqlite://{}", path.display()))
-            .await
-            .unwrap();
-        let store = SqliteStore::new(pool);
+        let scratch = ScratchSqlite::create("jobs_test").await;
+        let store = SqliteStore::new(scratch.pool.clone());
         store.migrate().await.unwrap();
-        Self { store, path }
+        Self { store, scratch }
     }
 
     pub async fn remove(self) {
-        self.store.pool().close().await;
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", self.path.display()));
-        }
+        self.scratch.remove().await;
     }
 }
 
@@ -131,20 +71,4 @@ macro_rules! both_stores {
             $crate::support::on_both(|s| body::$name(s), |s| body::$name(s)).await;
         }
     };
-}
-
-#[test]
-fn database_names_are_replaced_in_urls() {
-    assert_eq!(
-        with_database("postgres://u@h:5432/postgres", "x"),
-        "postgres://u@h:5432/x"
-    );
-    assert_eq!(
-        with_database("postgres://u@h:5432", "x"),
-        "postgres://u@h:5432/x"
-    );
-    assert_eq!(
-        with_database("postgres://u@h/db?sslmode=disable", "x"),
-        "postgres://u@h/x?sslmode=disable"
-    );
 }

@@ -1,0 +1,150 @@
+//! Scratch databases for tests of the engine and of the apps built on it:
+//! each test gets its own PostgreSQL database (when `DATABASE_URL` is set)
+//! or SQLite file, and removes it afterwards.
+
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use sqlx::{Connection as _, Executor as _, PgConnection, PgPool, SqlitePool};
+
+/// `<prefix>_<pid>_<n>_<time>`: unique across tests and test processes.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{prefix}_{}_{n}_{:x}",
+        std::process::id(),
+        nanos & 0xffff_ffff
+    )
+}
+
+/// Replaces the database name in a PostgreSQL URL, keeping its query.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_end..].find('/').map(|i| i + authority_end);
+    let base = path_start.map_or(base, |i| &base[..i]);
+    match query {
+        Some(query) => format!("{base}/{database}?{query}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+/// A PostgreSQL database of its own, on the server `DATABASE_URL` names.
+#[derive(Debug)]
+pub struct ScratchPostgres {
+    /// A pool on the new database.
+    pub pool: PgPool,
+    /// Its URL.
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl ScratchPostgres {
+    /// `None`, saying so on stderr, when `DATABASE_URL` is unset (CI sets
+    /// it, so there nothing skips). Panics when it is set but unreachable.
+    #[allow(
+        clippy::print_stderr,
+        clippy::expect_used,
+        reason = "test support: a panic is the report"
+    )]
+    pub async fn create(prefix: &str) -> Option<Self> {
+        let Ok(admin_url) = std::env::var("DATABASE_URL") else {
+            eprintln!("skipping the PostgreSQL part: DATABASE_URL is not set");
+            return None;
+        };
+        let name = unique_name(prefix);
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .expect("DATABASE_URL is set but unreachable");
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create the scratch database");
+        let url = with_database(&admin_url, &name);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .connect(&url)
+            .await
+            .expect("connect to the scratch database");
+        Some(Self {
+            pool,
+            url,
+            admin_url,
+            name,
+        })
+    }
+
+    /// Closes the pool and drops the database.
+    #[allow(clippy::expect_used, reason = "test support: a panic is the report")]
+    pub async fn drop_database(self) {
+        self.pool.close().await;
+        let mut admin = PgConnection::connect(&self.admin_url)
+            .await
+            .expect("reconnect to drop the database");
+        admin
+            .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
+            .await
+            .expect("drop the scratch database");
+    }
+}
+
+/// An SQLite file of its own in the temporary folder.
+#[derive(Debug)]
+pub struct ScratchSqlite {
+    /// A pool on the file (see [`crate::sqlite::connect`]).
+    pub pool: SqlitePool,
+    /// Its URL.
+    pub url: String,
+    path: PathBuf,
+}
+
+impl ScratchSqlite {
+    /// Creates the file.
+    #[allow(clippy::expect_used, reason = "test support: a panic is the report")]
+    pub async fn create(prefix: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("{}.db", unique_name(prefix)));
+        let url = format!("sqlite://{}", path.display());
+        let pool = crate::sqlite::connect(&url)
+            .await
+            .expect("create the scratch SQLite file");
+        Self { pool, url, path }
+    }
+
+    /// Closes the pool and deletes the file and its journals.
+    pub async fn remove(self) {
+        self.pool.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.path.display()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_names_are_replaced_in_urls() {
+        assert_eq!(
+            with_database("postgres://u@h:5432/postgres", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u@h:5432", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/db?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+    }
+}
