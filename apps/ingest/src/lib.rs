@@ -10,6 +10,7 @@ mod api;
 mod config;
 pub mod reading;
 pub mod sink;
+pub mod store;
 pub mod window;
 
 use service_runtime::{AppMain, BuildInfo, Running, ServiceBuilder, StartError};
@@ -19,11 +20,26 @@ pub use config::Config;
 /// This app's name and build, as reported by `--version` and ServiceInfo.
 pub const INFO: BuildInfo = BuildInfo::new("ingest");
 
-/// Binds the gRPC and admin listeners and starts serving.
+/// Connects to the database, applies migrations, then serves gRPC.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    let dependency = |what| {
+        move |error: store::StoreError| StartError::Dependency {
+            what,
+            message: error.to_string(),
+        }
+    };
+    let store = store::IngestStore::connect(&config.database_url, config.database_pool)
+        .await
+        .map_err(dependency("database"))?;
+    store.migrate().await.map_err(dependency("migrations"))?;
+    let ping = store.clone();
     ServiceBuilder::new(INFO, config.common)
         .grpc(config.grpc_addr)
-        .add_grpc_service(api::server())
+        .add_grpc_service(api::server(store))
+        .readiness_check("database", move || {
+            let store = ping.clone();
+            async move { store.ping().await.map_err(|e| e.to_string()) }
+        })
         .start()
         .await
 }

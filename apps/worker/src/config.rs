@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use jobs::QueueConfig;
-use service_runtime::{CommonConfig, EnvReader, EnvValue};
+use service_runtime::{CommonConfig, DatabaseUrl, EnvReader, EnvValue};
 
 /// Everything the worker can be told at start-up.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,35 +34,6 @@ pub struct Config {
     pub webhook_backoff: Duration,
     /// Admin port, shutdown and logging settings.
     pub common: CommonConfig,
-}
-
-/// A database URL, checked for a supported scheme.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DatabaseUrl(String);
-
-impl DatabaseUrl {
-    /// The URL as given.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// True for `postgres://` and `postgresql://`.
-    pub fn is_postgres(&self) -> bool {
-        self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")
-    }
-}
-
-impl EnvValue for DatabaseUrl {
-    fn parse_env(raw: &str) -> Result<Self, String> {
-        if raw.starts_with("postgres://")
-            || raw.starts_with("postgresql://")
-            || raw.starts_with("sqlite:")
-        {
-            Ok(Self(raw.to_owned()))
-        } else {
-            Err("expected a postgres:// or sqlite:// URL".to_owned())
-        }
-    }
 }
 
 /// A secret that never prints.
@@ -145,10 +116,7 @@ impl Config {
         ]);
         Self {
             grpc_addr: env.get_or("GRPC_ADDR", SocketAddr::from(([127, 0, 0, 1], 50052))),
-            database_url: env.get_or(
-                "DATABASE_URL",
-                DatabaseUrl("sqlite://data/platform.db".to_owned()),
-            ),
+            database_url: env.get_or("DATABASE_URL", DatabaseUrl::embedded_default()),
             database_pool: env.get_or("DATABASE_POOL", 10),
             queues: env.get_or("QUEUES", default_queues),
             run_jobs: env.get_or("RUN_JOBS", true),

@@ -19,7 +19,8 @@ use jobs::{JobStore, Node, NodeConfig};
 use service_runtime::{AppMain, BuildInfo, Running, ServiceBuilder, StartError};
 
 pub use api::JobsApi;
-pub use config::{Config, DatabaseUrl, Queues, Secret};
+pub use config::{Config, Queues, Secret};
+pub use service_runtime::DatabaseUrl;
 pub use storage::{RunLog, Storage};
 
 /// This app's name and build, as reported by `--version` and ServiceInfo.

@@ -9,7 +9,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use crate::config::DatabaseUrl;
+use service_runtime::DatabaseUrl;
 
 /// The jobs store and the worker's own pool, on one database.
 #[derive(Debug, Clone)]
@@ -32,17 +32,6 @@ impl Storage {
                 .await?;
             Ok(Self::Postgres(PgStore::new(pool)))
         } else {
-            let path = url
-                .as_str()
-                .trim_start_matches("sqlite://")
-                .trim_start_matches("sqlite:");
-            if let Some(parent) =
-                std::path::Path::new(path.split('?').next().unwrap_or(path)).parent()
-                && !parent.as_os_str().is_empty()
-            {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| JobsError::Database(sqlx::Error::Io(e)))?;
-            }
             Ok(Self::Sqlite(SqliteStore::new(
                 jobs::sqlite::connect(url.as_str()).await?,
             )))

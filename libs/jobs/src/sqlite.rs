@@ -49,6 +49,18 @@ pub fn migrator() -> Migrator {
 /// WAL, `synchronous = NORMAL` (durable across process crashes; a power
 /// loss may drop the last transactions), a busy timeout for the writer.
 pub async fn connect(url: &str) -> Result<SqlitePool, JobsError> {
+    // Create the folder of a file database (`sqlite://data/platform.db`).
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = std::path::Path::new(path.split('?').next().unwrap_or(path));
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+        && !path.as_os_str().is_empty()
+        && path.to_str() != Some(":memory:")
+    {
+        std::fs::create_dir_all(parent).map_err(|e| JobsError::Database(sqlx::Error::Io(e)))?;
+    }
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)

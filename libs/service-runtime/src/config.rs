@@ -250,6 +250,61 @@ impl ServiceUrl {
     }
 }
 
+/// A database URL: `postgres://...` (production) or `sqlite://path`
+/// (embedded). Its `Debug` hides any password, so `--check-config` and
+/// logs never print it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The embedded default shared by the apps: `sqlite://data/platform.db`.
+    pub fn embedded_default() -> Self {
+        Self("sqlite://data/platform.db".to_owned())
+    }
+
+    /// The URL as given, password included: for connecting only.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// True for `postgres://` and `postgresql://`.
+    pub fn is_postgres(&self) -> bool {
+        self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // postgres://user:secret@host/db -> postgres://user:***@host/db
+        let shown = match (self.0.find("://"), self.0.find('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let credentials = &self.0[scheme + 3..at];
+                match credentials.split_once(':') {
+                    Some((user, _)) => {
+                        format!("{}{user}:***{}", &self.0[..scheme + 3], &self.0[at..])
+                    }
+                    None => self.0.clone(),
+                }
+            }
+            _ => self.0.clone(),
+        };
+        write!(f, "DatabaseUrl({shown:?})")
+    }
+}
+
+impl EnvValue for DatabaseUrl {
+    fn parse_env(raw: &str) -> Result<Self, String> {
+        if raw.starts_with("postgres://")
+            || raw.starts_with("postgresql://")
+            || raw.starts_with("sqlite:")
+        {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err("expected a postgres:// or sqlite:// URL".to_owned())
+        }
+    }
+}
+
 /// Settings every app has, read with the app's prefix.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommonConfig {
@@ -354,6 +409,16 @@ mod tests {
         assert!(ServiceUrl::parse_env("http://127.0.0.1:50051").is_ok());
         assert!(ServiceUrl::parse_env("127.0.0.1:50051").is_err());
         assert!(ServiceUrl::parse_env("http://host/path").is_err());
+    }
+
+    #[test]
+    fn database_passwords_never_print() {
+        let url = DatabaseUrl::parse_env("postgres://app:hunter2@db:5432/platform").unwrap();
+        assert_eq!(
+            format!("{url:?}"),
+            "DatabaseUrl(\"postgres://app:***@db:5432/platform\")"
+        );
+        assert!(DatabaseUrl::parse_env("mysql://x").is_err());
     }
 
     #[test]

@@ -20,7 +20,9 @@ pub mod testing;
 
 pub use build_info::{BuildInfo, instance_id, uptime};
 pub use client::{TracedChannel, traced_channel};
-pub use config::{CommonConfig, ConfigError, ConfigProblem, EnvReader, EnvValue, ServiceUrl};
+pub use config::{
+    CommonConfig, ConfigError, ConfigProblem, DatabaseUrl, EnvReader, EnvValue, ServiceUrl,
+};
 pub use main_loop::{
     AppMain, StandardArgs, StartFuture, load_config, load_config_from, run_main, run_with_args,
     shutdown_signal,

@@ -7,7 +7,8 @@ pub struct Backends {
     pub ingest: Running,
     pub worker: Running,
     pub numerics: Running,
-    /// Held so the worker's database outlives the worker; deleted on drop.
+    /// The embedded database ingest and the worker share (as in the quick
+    /// start), held so it outlives them; deleted on drop.
     _worker_db: ScratchDb,
 }
 
@@ -15,7 +16,9 @@ impl Backends {
     pub async fn start() -> Self {
         let worker_db = ScratchDb::new();
         Self {
-            ingest: ingest::start(ingest::Config::for_tests()).await.unwrap(),
+            ingest: ingest::start(ingest::Config::for_tests(&worker_db.url()))
+                .await
+                .unwrap(),
             worker: worker::start(worker::Config::for_tests(&worker_db.url()))
                 .await
                 .unwrap(),

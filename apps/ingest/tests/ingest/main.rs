@@ -7,4 +7,5 @@
     reason = "a panic is the test failure report"
 )]
 
+mod api;
 mod sink;
