@@ -1,6 +1,7 @@
-//! `platform.ingest.v1.IngestService`. Implemented so far: `ReadWindow` and
-//! `PruneReadings`; the publish, stats and window-result RPCs answer
-//! `UNIMPLEMENTED` (the contract's default) until the pipeline is wired in.
+//! `platform.ingest.v1.IngestService`. Implemented so far: `ReadWindow`,
+//! `PruneReadings`, `RecordWindowResult` and `ListWindowResults`; the
+//! publish and stats RPCs answer `UNIMPLEMENTED` (the contract's default)
+//! until the pipeline is wired in.
 //! Store errors become gRPC statuses in one place, [`status`].
 
 use chrono::{DateTime, Duration, Utc};
@@ -10,7 +11,7 @@ use contracts::ingest::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::store::{IngestStore, StoreError, WindowQuery};
+use crate::store::{IngestStore, ResultQuery, StoreError, StoredResult, WindowQuery};
 
 /// Default and largest page of a window read.
 const DEFAULT_PAGE: u32 = 1_000;
@@ -62,8 +63,167 @@ fn parse_token(token: &str) -> Result<Option<(DateTime<Utc>, String)>, Status> {
     Ok(Some((at, event_id.to_owned())))
 }
 
+fn statistics_to_json(s: &pb::WindowStatistics) -> serde_json::Value {
+    serde_json::json!({
+        "count": s.count, "mean": s.mean, "variance": s.variance, "min": s.min, "max": s.max,
+        "p50": s.p50, "p95": s.p95, "p99": s.p99, "trend_slope": s.trend_slope, "trend_r_squared": s.trend_r_squared,
+    })
+}
+
+fn statistics_from_json(v: &serde_json::Value) -> pb::WindowStatistics {
+    let f = |k: &str| v[k].as_f64().unwrap_or_default();
+    pb::WindowStatistics {
+        count: v["count"].as_u64().unwrap_or_default(),
+        mean: f("mean"),
+        variance: f("variance"),
+        min: f("min"),
+        max: f("max"),
+        p50: f("p50"),
+        p95: f("p95"),
+        p99: f("p99"),
+        trend_slope: f("trend_slope"),
+        trend_r_squared: f("trend_r_squared"),
+    }
+}
+
+fn proto_stamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
 #[tonic::async_trait]
 impl IngestService for IngestApi {
+    async fn record_window_result(
+        &self,
+        request: Request<pb::RecordWindowResultRequest>,
+    ) -> Result<Response<pb::RecordWindowResultResponse>, Status> {
+        let result = request
+            .into_inner()
+            .result
+            .ok_or_else(|| Status::invalid_argument("result: is required"))?;
+        let window = result
+            .window
+            .ok_or_else(|| Status::invalid_argument("result.window: is required"))?;
+        for (field, value) in [
+            ("result.window.tenant_id", &window.tenant_id),
+            ("result.window.device_id", &window.device_id),
+            ("result.window.metric", &window.metric),
+        ] {
+            if value.is_empty() {
+                return Err(Status::invalid_argument(format!("{field}: is required")));
+            }
+        }
+        let window_seconds = window
+            .window_length
+            .map(|d| d.seconds)
+            .and_then(|s| i32::try_from(s).ok())
+            .filter(|s| (1..=86_400).contains(s))
+            .ok_or_else(|| {
+                Status::invalid_argument(
+                    "result.window.window_length: must be 1 s to 1 day, in whole seconds",
+                )
+            })?;
+        if !(0.0..=1.0).contains(&result.anomaly_score) {
+            return Err(Status::invalid_argument(
+                "result.anomaly_score: must be within [0, 1]",
+            ));
+        }
+        let statistics = result
+            .statistics
+            .ok_or_else(|| Status::invalid_argument("result.statistics: is required"))?;
+        let stored = StoredResult {
+            tenant_id: window.tenant_id,
+            device_id: window.device_id,
+            metric: window.metric,
+            window_start: timestamp("result.window.window_start", window.window_start)?,
+            window_seconds,
+            statistics: statistics_to_json(&statistics),
+            anomaly_score: result.anomaly_score,
+            anomalous: result.anomalous,
+            model_version: result.model_version,
+        };
+        let created = self.store.record_result(&stored).await.map_err(status)?;
+        Ok(Response::new(pb::RecordWindowResultResponse { created }))
+    }
+
+    async fn list_window_results(
+        &self,
+        request: Request<pb::ListWindowResultsRequest>,
+    ) -> Result<Response<pb::ListWindowResultsResponse>, Status> {
+        let request = request.into_inner();
+        if request.tenant_id.is_empty() {
+            return Err(Status::invalid_argument("tenant_id: is required"));
+        }
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            let malformed = || Status::invalid_argument("page_token: malformed");
+            let mut parts = request.page_token.splitn(3, '|');
+            let at = parts
+                .next()
+                .and_then(|m| m.parse().ok())
+                .and_then(DateTime::from_timestamp_micros)
+                .ok_or_else(malformed)?;
+            let device = parts.next().ok_or_else(malformed)?.to_owned();
+            let metric = parts.next().ok_or_else(malformed)?.to_owned();
+            Some((at, device, metric))
+        };
+        let limit = match request.page_size {
+            0 => 100,
+            n => n.min(1_000),
+        };
+        let some = |s: String| (!s.is_empty()).then_some(s);
+        let query = ResultQuery {
+            tenant_id: request.tenant_id,
+            device_id: some(request.device_id),
+            metric: some(request.metric),
+            anomalous_only: request.anomalous_only,
+            since: request.since.map_or(Ok(DateTime::<Utc>::UNIX_EPOCH), |s| {
+                timestamp("since", Some(s))
+            })?,
+            after,
+            limit,
+        };
+        let results = self.store.list_results(&query).await.map_err(status)?;
+        let next_page_token = match results.last() {
+            Some(last) if results.len() == limit as usize => {
+                format!(
+                    "{}|{}|{}",
+                    last.window_start.timestamp_micros(),
+                    last.device_id,
+                    last.metric
+                )
+            }
+            _ => String::new(),
+        };
+        let results = results
+            .into_iter()
+            .map(|r| pb::WindowResult {
+                window: Some(pb::WindowKey {
+                    tenant_id: r.tenant_id,
+                    device_id: r.device_id,
+                    metric: r.metric,
+                    window_start: Some(proto_stamp(r.window_start)),
+                    window_length: Some(prost_types::Duration {
+                        seconds: i64::from(r.window_seconds),
+                        nanos: 0,
+                    }),
+                }),
+                statistics: Some(statistics_from_json(&r.statistics)),
+                anomaly_score: r.anomaly_score,
+                anomalous: r.anomalous,
+                model_version: r.model_version,
+                computed_at: None,
+            })
+            .collect();
+        Ok(Response::new(pb::ListWindowResultsResponse {
+            results,
+            next_page_token,
+        }))
+    }
+
     async fn read_window(
         &self,
         request: Request<pb::ReadWindowRequest>,

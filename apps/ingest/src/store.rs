@@ -35,6 +35,48 @@ pub struct WindowQuery {
     pub limit: u32,
 }
 
+/// A computed window result as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResult {
+    /// Tenant.
+    pub tenant_id: String,
+    /// Device.
+    pub device_id: String,
+    /// Metric.
+    pub metric: String,
+    /// Window start.
+    pub window_start: DateTime<Utc>,
+    /// Window length in seconds.
+    pub window_seconds: i32,
+    /// Statistics as a JSON object (the contract's `WindowStatistics`).
+    pub statistics: serde_json::Value,
+    /// Anomaly score in [0, 1].
+    pub anomaly_score: f64,
+    /// Whether the window is anomalous.
+    pub anomalous: bool,
+    /// Model that scored it.
+    pub model_version: String,
+}
+
+/// Filters for listing results of one tenant, oldest window first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultQuery {
+    /// Required.
+    pub tenant_id: String,
+    /// Optional filters.
+    pub device_id: Option<String>,
+    /// Optional metric.
+    pub metric: Option<String>,
+    /// Only anomalous windows.
+    pub anomalous_only: bool,
+    /// Windows starting at or after this.
+    pub since: DateTime<Utc>,
+    /// Resume after this (window_start, device_id, metric).
+    pub after: Option<(DateTime<Utc>, String, String)>,
+    /// Most results returned.
+    pub limit: u32,
+}
+
 /// The store, on either database.
 #[derive(Debug, Clone)]
 pub enum IngestStore {
@@ -191,5 +233,146 @@ impl IngestStore {
             }
         };
         Ok(result)
+    }
+}
+
+type ResultRow = (String, String, String, i64, i32, String, f64, bool, String);
+
+impl IngestStore {
+    /// Stores a window's result; `false` when an identical one was already
+    /// stored (a re-run of the same aggregation changes nothing).
+    pub async fn record_result(&self, result: &StoredResult) -> Result<bool, StoreError> {
+        let statistics = result.statistics.to_string();
+        let changed = match self {
+            Self::Postgres(pool) => sqlx::query(
+                "INSERT INTO ingest.window_result (tenant_id, device_id, metric, window_start, window_seconds,
+                                                  statistics, anomaly_score, anomalous, model_version)
+                 VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9)
+                 ON CONFLICT (tenant_id, device_id, metric, window_start, window_seconds) DO UPDATE
+                 SET statistics = excluded.statistics, anomaly_score = excluded.anomaly_score,
+                     anomalous = excluded.anomalous, model_version = excluded.model_version, computed_at = now()
+                 WHERE (ingest.window_result.statistics, ingest.window_result.anomaly_score,
+                        ingest.window_result.anomalous, ingest.window_result.model_version)
+                   IS DISTINCT FROM (excluded.statistics, excluded.anomaly_score, excluded.anomalous, excluded.model_version)",
+            )
+            .bind(&result.tenant_id)
+            .bind(&result.device_id)
+            .bind(&result.metric)
+            .bind(result.window_start)
+            .bind(result.window_seconds)
+            .bind(&statistics)
+            .bind(result.anomaly_score)
+            .bind(result.anomalous)
+            .bind(&result.model_version)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+            Self::Sqlite(pool) => sqlx::query(
+                "INSERT INTO ingest_window_result (tenant_id, device_id, metric, window_start, window_seconds,
+                                                  statistics, anomaly_score, anomalous, model_version, computed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, json(?6), ?7, ?8, ?9, ?10)
+                 ON CONFLICT (tenant_id, device_id, metric, window_start, window_seconds) DO UPDATE
+                 SET statistics = excluded.statistics, anomaly_score = excluded.anomaly_score,
+                     anomalous = excluded.anomalous, model_version = excluded.model_version,
+                     computed_at = excluded.computed_at
+                 WHERE statistics IS NOT excluded.statistics OR anomaly_score IS NOT excluded.anomaly_score
+                    OR anomalous IS NOT excluded.anomalous OR model_version IS NOT excluded.model_version",
+            )
+            .bind(&result.tenant_id)
+            .bind(&result.device_id)
+            .bind(&result.metric)
+            .bind(result.window_start.timestamp_micros())
+            .bind(result.window_seconds)
+            .bind(&statistics)
+            .bind(result.anomaly_score)
+            .bind(result.anomalous)
+            .bind(&result.model_version)
+            .bind(Utc::now().timestamp_micros())
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        };
+        Ok(changed == 1)
+    }
+
+    /// One tenant's results, oldest window first, keyset-paged.
+    pub async fn list_results(&self, query: &ResultQuery) -> Result<Vec<StoredResult>, StoreError> {
+        let (after_at, after_device, after_metric) = query
+            .after
+            .clone()
+            .map_or((None, None, None), |(at, d, m)| {
+                (Some(at), Some(d), Some(m))
+            });
+        let limit = i64::from(query.limit);
+        let rows: Vec<ResultRow> = match self {
+            Self::Postgres(pool) => sqlx::query_as(
+                "SELECT tenant_id, device_id, metric, (extract(epoch FROM window_start) * 1000000)::bigint,
+                        window_seconds, statistics::text, anomaly_score, anomalous, model_version
+                 FROM ingest.window_result
+                 WHERE tenant_id = $1 AND ($2::text IS NULL OR device_id = $2) AND ($3::text IS NULL OR metric = $3)
+                   AND (NOT $4 OR anomalous) AND window_start >= $5
+                   AND ($6::timestamptz IS NULL OR (window_start, device_id, metric) > ($6, $7, $8))
+                 ORDER BY window_start, device_id, metric LIMIT $9",
+            )
+            .bind(&query.tenant_id)
+            .bind(&query.device_id)
+            .bind(&query.metric)
+            .bind(query.anomalous_only)
+            .bind(query.since)
+            .bind(after_at)
+            .bind(after_device)
+            .bind(after_metric)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?,
+            Self::Sqlite(pool) => sqlx::query_as(
+                "SELECT tenant_id, device_id, metric, window_start, window_seconds, statistics, anomaly_score,
+                        anomalous, model_version
+                 FROM ingest_window_result
+                 WHERE tenant_id = ?1 AND (?2 IS NULL OR device_id = ?2) AND (?3 IS NULL OR metric = ?3)
+                   AND (NOT ?4 OR anomalous) AND window_start >= ?5
+                   AND (?6 IS NULL OR (window_start, device_id, metric) > (?6, ?7, ?8))
+                 ORDER BY window_start, device_id, metric LIMIT ?9",
+            )
+            .bind(&query.tenant_id)
+            .bind(&query.device_id)
+            .bind(&query.metric)
+            .bind(query.anomalous_only)
+            .bind(query.since.timestamp_micros())
+            .bind(after_at.map(|at| at.timestamp_micros()))
+            .bind(after_device)
+            .bind(after_metric)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?,
+        };
+        Ok(rows
+            .into_iter()
+            .map(
+                |(
+                    tenant_id,
+                    device_id,
+                    metric,
+                    start,
+                    window_seconds,
+                    statistics,
+                    anomaly_score,
+                    anomalous,
+                    model_version,
+                )| {
+                    StoredResult {
+                        tenant_id,
+                        device_id,
+                        metric,
+                        window_start: DateTime::from_timestamp_micros(start).unwrap_or_default(),
+                        window_seconds,
+                        statistics: serde_json::from_str(&statistics).unwrap_or_default(),
+                        anomaly_score,
+                        anomalous,
+                        model_version,
+                    }
+                },
+            )
+            .collect())
     }
 }

@@ -127,6 +127,94 @@ async fn exercise(url: &str, write: impl std::future::Future<Output = ()>) {
         .unwrap()
         .into_inner();
     assert_eq!(rest.readings.len(), 6, "5..10 s and 70 s remain");
+
+    // Window results: idempotent per window, listed oldest first, paged.
+    let result = |start: i64, device: &str, score: f64| pb::WindowResult {
+        window: Some(pb::WindowKey {
+            device_id: device.into(),
+            ..window(start, 60)
+        }),
+        statistics: Some(pb::WindowStatistics {
+            count: 3,
+            mean: 1.5,
+            ..Default::default()
+        }),
+        anomaly_score: score,
+        anomalous: score > 0.8,
+        model_version: "v1".into(),
+        computed_at: None,
+    };
+    let record = |r: pb::WindowResult| {
+        let mut client = client.clone();
+        async move {
+            client
+                .record_window_result(pb::RecordWindowResultRequest { result: Some(r) })
+                .await
+                .map(|r| r.into_inner().created)
+        }
+    };
+    assert!(
+        record(result(0, "d1", 0.1)).await.unwrap(),
+        "a new window result is created"
+    );
+    assert!(
+        !record(result(0, "d1", 0.1)).await.unwrap(),
+        "the same result again changes nothing"
+    );
+    assert!(
+        record(result(0, "d1", 0.9)).await.unwrap(),
+        "a re-aggregation replaces it"
+    );
+    assert!(record(result(60, "d1", 0.2)).await.unwrap());
+    assert!(record(result(60, "d2", 0.95)).await.unwrap());
+    let bad = record(result(0, "d1", 1.5)).await.unwrap_err();
+    assert_eq!(bad.message(), "result.anomaly_score: must be within [0, 1]");
+
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_window_results(pb::ListWindowResultsRequest {
+                tenant_id: "acme".into(),
+                page_size: 2,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        listed.extend(page.results.iter().map(|r| {
+            let w = r.window.as_ref().unwrap();
+            (
+                w.window_start.as_ref().unwrap().seconds - at(0).timestamp(),
+                w.device_id.clone(),
+                r.anomaly_score,
+            )
+        }));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(
+        listed,
+        [
+            (0, "d1".to_owned(), 0.9),
+            (60, "d1".to_owned(), 0.2),
+            (60, "d2".to_owned(), 0.95)
+        ]
+    );
+    let anomalous = client
+        .list_window_results(pb::ListWindowResultsRequest {
+            tenant_id: "acme".into(),
+            anomalous_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(anomalous.results.len(), 2);
+    assert_eq!(anomalous.results[0].statistics.as_ref().unwrap().count, 3);
     running.shutdown().await;
 }
 
