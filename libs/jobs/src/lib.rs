@@ -36,7 +36,8 @@ pub use node::{Node, NodeConfig, NodeReport, QueueConfig, new_node_id};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use store::{
-    Completion, JobStore, ListFilter, MAX_LIST, Outcome, QueueCounts, Signal, embedded_migrator,
+    Completion, JobStore, ListFilter, MAX_LIST, Outcome, QueueCounts, Rescued, Signal,
+    embedded_migrator,
 };
 pub use unique::{UniqueOpts, unique_key};
 pub use worker::{Done, JobContext, JobError, Registry, Worker};

@@ -717,13 +717,23 @@ async fn maintain<S: JobStore>(shared: Arc<Shared<S>>, stop: CancellationToken) 
             }
         }
         match shared.store.rescue(shared.config.lease).await {
-            Ok(ids) if !ids.is_empty() => {
+            Ok(rescued) if !rescued.is_empty() => {
+                let ids: Vec<i64> = rescued.iter().map(|r| r.id).collect();
                 tracing::warn!(
                     count = ids.len(),
                     ?ids,
                     "rescued jobs of nodes that stopped heartbeating"
                 );
-                shared.metrics.rescued.add(ids.len() as u64, &[]);
+                let mut per_queue: HashMap<&str, u64> = HashMap::new();
+                for job in &rescued {
+                    *per_queue.entry(job.queue.as_str()).or_default() += 1;
+                }
+                for (queue, count) in per_queue {
+                    shared
+                        .metrics
+                        .rescued
+                        .add(count, &[KeyValue::new("queue", queue.to_owned())]);
+                }
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "rescue failed"),

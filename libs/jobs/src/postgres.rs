@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 use crate::{
     AttemptError, Inserted, Job, JobState, JobsError, NewJob,
     store::{
-        Completion, JobStore, ListFilter, MAX_LIST, QueueCounts, Signal, outcome_error,
+        Completion, JobStore, ListFilter, MAX_LIST, QueueCounts, Rescued, Signal, outcome_error,
         outcome_next_run, outcome_refunds_attempt, outcome_state,
     },
     unique::unique_key,
@@ -694,11 +694,11 @@ impl JobStore for PgStore {
         .await?)
     }
 
-    async fn rescue(&self, lease: Duration) -> Result<Vec<i64>, JobsError> {
+    async fn rescue(&self, lease: Duration) -> Result<Vec<Rescued>, JobsError> {
         // An executing job whose node has not heartbeated within the lease
         // (or is gone) is orphaned. The UPDATE re-checks `state` so a job
         // that finished between the CTE and the update is left alone.
-        Ok(sqlx::query_scalar(
+        let rows: Vec<(i64, String)> = sqlx::query_as(
             "WITH orphans AS MATERIALIZED (
                 SELECT j.id FROM jobs.job j
                 WHERE j.state = 'executing'
@@ -719,11 +719,15 @@ impl JobStore for PgStore {
                    'attempt', j.attempt, 'at', now(),
                    'error', 'rescued: node ' || j.attempted_by || ' stopped heartbeating'))
              FROM orphans WHERE j.id = orphans.id AND j.state = 'executing'
-             RETURNING j.id",
+             RETURNING j.id, j.queue",
         )
         .bind(lease.as_secs_f64())
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, queue)| Rescued { id, queue })
+            .collect())
     }
 
     async fn prune(&self, age: Duration, batch: u32) -> Result<u64, JobsError> {

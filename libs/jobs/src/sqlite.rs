@@ -20,7 +20,7 @@ use tokio::sync::broadcast;
 use crate::{
     AttemptError, Inserted, Job, JobState, JobsError, NewJob,
     store::{
-        Completion, JobStore, ListFilter, MAX_LIST, QueueCounts, Signal, outcome_error,
+        Completion, JobStore, ListFilter, MAX_LIST, QueueCounts, Rescued, Signal, outcome_error,
         outcome_next_run, outcome_refunds_attempt, outcome_state,
     },
     unique::unique_key,
@@ -517,11 +517,11 @@ impl JobStore for SqliteStore {
         .await?)
     }
 
-    async fn rescue(&self, lease: Duration) -> Result<Vec<i64>, JobsError> {
+    async fn rescue(&self, lease: Duration) -> Result<Vec<Rescued>, JobsError> {
         let now = Utc::now();
         let cutoff = micros(now) - i64::try_from(lease.as_micros()).unwrap_or(i64::MAX);
         let mut tx = self.write().await?;
-        let ids = sqlx::query_scalar(
+        let rows: Vec<(i64, String)> = sqlx::query_as(
             "UPDATE jobs_job
              SET state = CASE
                    WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
@@ -534,7 +534,7 @@ impl JobStore for SqliteStore {
                    'error', 'rescued: node ' || attempted_by || ' stopped heartbeating'))
              WHERE state = 'executing'
                AND NOT EXISTS (SELECT 1 FROM jobs_node n WHERE n.id = attempted_by AND n.heartbeat_at > ?3)
-             RETURNING id",
+             RETURNING id, queue",
         )
         .bind(micros(now))
         .bind(now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
@@ -542,7 +542,10 @@ impl JobStore for SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(ids)
+        Ok(rows
+            .into_iter()
+            .map(|(id, queue)| Rescued { id, queue })
+            .collect())
     }
 
     async fn prune(&self, age: Duration, batch: u32) -> Result<u64, JobsError> {

@@ -171,7 +171,10 @@ pub trait JobStore: Clone + Send + Sync + 'static {
     /// Returns executing jobs of nodes silent for longer than `lease` to
     /// available (or discarded, or cancelled); never touches a job that
     /// finished meanwhile. Returns the rescued ids.
-    fn rescue(&self, lease: Duration) -> impl Future<Output = Result<Vec<i64>, JobsError>> + Send;
+    fn rescue(
+        &self,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Vec<Rescued>, JobsError>> + Send;
 
     /// Deletes up to `batch` finished jobs finalized more than `age` ago.
     fn prune(
@@ -198,6 +201,15 @@ pub trait JobStore: Clone + Send + Sync + 'static {
     /// runs this for its whole life); returns at once for stores whose
     /// signals are in-process only.
     fn listen(&self, stop: tokio_util::sync::CancellationToken) -> impl Future<Output = ()> + Send;
+}
+
+/// A job handed back by rescue, with its queue (for per-queue metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rescued {
+    /// The job.
+    pub id: i64,
+    /// Its queue.
+    pub queue: String,
 }
 
 /// Most rows one list call returns.

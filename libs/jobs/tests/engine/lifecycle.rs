@@ -29,7 +29,13 @@ mod body {
         let first = claim_one(&store, "a").await;
         // Node a goes silent; rescue hands the job back; node b claims it.
         assert_eq!(
-            store.rescue(std::time::Duration::ZERO).await.unwrap(),
+            store
+                .rescue(std::time::Duration::ZERO)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>(),
             [first.id]
         );
         let second = claim_one(&store, "b").await;

@@ -32,7 +32,13 @@ mod body {
             }])
             .await
             .unwrap();
-        let rescued = store.rescue(Duration::from_secs(30)).await.unwrap();
+        let rescued: Vec<i64> = store
+            .rescue(Duration::from_secs(30))
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
         assert_eq!(rescued, [dead[1].id]);
         assert_eq!(
             store.get(dead[1].id).await.unwrap().unwrap().state,

@@ -333,6 +333,7 @@ impl<B: Backend> StateMachineTest for JobsMachine<B> {
                     .block_on(store.rescue(std::time::Duration::from_secs(3600)))
                     .unwrap()
                     .into_iter()
+                    .map(|r| r.id)
                     .collect();
                 let dead: BTreeSet<i64> = sut
                     .running
