@@ -1,17 +1,29 @@
-//! `platform.ingest.v1.IngestService`. Implemented so far: `ReadWindow`,
-//! `PruneReadings`, `RecordWindowResult` and `ListWindowResults`; the
-//! publish and stats RPCs answer `UNIMPLEMENTED` (the contract's default)
-//! until the pipeline is wired in.
+//! `platform.ingest.v1.IngestService`: publishing into the pipeline (unary
+//! and streaming, answered when durable), pipeline stats, and the window
+//! read, result and prune RPCs over the store.
 //! Store errors become gRPC statuses in one place, [`status`].
+
+use std::{pin::Pin, sync::Arc};
 
 use chrono::{DateTime, Duration, Utc};
 use contracts::ingest::v1::{
     self as pb,
     ingest_service_server::{IngestService, IngestServiceServer},
 };
-use tonic::{Request, Response, Status};
+use futures_util::{Stream, StreamExt as _, stream::FuturesUnordered};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
-use crate::store::{IngestStore, ResultQuery, StoreError, StoredResult, WindowQuery};
+use crate::{
+    source::grpc::{Admission, Outcome, Ticket, WhenFull},
+    stats::Pipelines,
+    store::{IngestStore, ResultQuery, StoreError, StoredResult, WindowQuery},
+};
+
+/// Most batches of one stream waiting for their acknowledgement; beyond it
+/// the stream is not read (flow control slows the client).
+const STREAM_WINDOW: usize = 64;
 
 /// Default and largest page of a window read.
 const DEFAULT_PAGE: u32 = 1_000;
@@ -20,15 +32,66 @@ const MAX_PAGE: u32 = 10_000;
 const DEFAULT_PRUNE: u32 = 10_000;
 const MAX_PRUNE: u32 = 100_000;
 
-/// The gRPC handler over the store.
+/// The gRPC handler over the pipeline and the store.
 #[derive(Debug, Clone)]
 pub(crate) struct IngestApi {
     store: IngestStore,
+    admission: Admission,
+    pipelines: Pipelines,
+    max_batch_readings: usize,
 }
 
-pub(crate) fn server(store: IngestStore) -> IngestServiceServer<IngestApi> {
-    IngestServiceServer::new(IngestApi { store })
+pub(crate) fn server(
+    store: IngestStore,
+    admission: Admission,
+    pipelines: Pipelines,
+    max_batch_readings: usize,
+) -> IngestServiceServer<IngestApi> {
+    IngestServiceServer::new(IngestApi {
+        store,
+        admission,
+        pipelines,
+        max_batch_readings,
+    })
 }
+
+impl IngestApi {
+    fn check_size(&self, readings: usize) -> Result<(), Status> {
+        if readings > self.max_batch_readings {
+            return Err(Status::invalid_argument(format!(
+                "readings: at most {} per batch, got {readings}",
+                self.max_batch_readings
+            )));
+        }
+        Ok(())
+    }
+
+    /// Queues one batch; the receiver answers when it is durable.
+    async fn publish(
+        &self,
+        sequence: u64,
+        readings: Vec<pb::Reading>,
+        when_full: WhenFull,
+    ) -> Result<tokio::sync::oneshot::Receiver<Outcome>, Status> {
+        let (ticket, answer) = Ticket::new(sequence, readings.len());
+        if readings.is_empty() {
+            pipeline::Acknowledger::ack(&*ticket, &[], &[]);
+            return Ok(answer);
+        }
+        let trace = Arc::new(telemetry::current_trace_carrier());
+        self.admission
+            .admit(readings, &ticket, Some(trace), when_full)
+            .await?;
+        Ok(answer)
+    }
+}
+
+/// A batch dropped unanswered: the pipeline stopped before storing it.
+fn shutting_down(_: tokio::sync::oneshot::error::RecvError) -> Status {
+    Status::unavailable("ingest is shutting down; the batch was not stored, resend it")
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<pb::StreamReadingsResponse, Status>> + Send>>;
 
 /// The one mapping from store errors to gRPC statuses.
 fn status(error: StoreError) -> Status {
@@ -95,6 +158,83 @@ fn proto_stamp(at: DateTime<Utc>) -> prost_types::Timestamp {
 
 #[tonic::async_trait]
 impl IngestService for IngestApi {
+    async fn publish_readings(
+        &self,
+        request: Request<pb::PublishReadingsRequest>,
+    ) -> Result<Response<pb::PublishReadingsResponse>, Status> {
+        let readings = request.into_inner().readings;
+        self.check_size(readings.len())?;
+        let answer = self.publish(0, readings, WhenFull::Reject).await?;
+        let ack = answer.await.map_err(shutting_down)??;
+        Ok(Response::new(pb::PublishReadingsResponse {
+            ack: Some(ack),
+        }))
+    }
+
+    async fn stream_readings(
+        &self,
+        request: Request<Streaming<pb::StreamReadingsRequest>>,
+    ) -> Result<Response<AckStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_WINDOW);
+        let api = self.clone();
+        let span = tracing::Span::current();
+        tokio::spawn(async move {
+            let mut pending = FuturesUnordered::new();
+            let mut last_sequence: Option<u64> = None;
+            let mut inbound_open = true;
+            loop {
+                tokio::select! {
+                    // Acks go out in order of durability.
+                    Some(outcome) = pending.next(), if !pending.is_empty() => {
+                        let message = match outcome {
+                            Ok(Ok(ack)) => Ok(pb::StreamReadingsResponse { ack: Some(ack) }),
+                            Ok(Err(status)) => Err(status),
+                            Err(error) => Err(shutting_down(error)),
+                        };
+                        let failed = message.is_err();
+                        if tx.send(message).await.is_err() || failed {
+                            return;
+                        }
+                    }
+                    next = inbound.next(), if inbound_open && pending.len() < STREAM_WINDOW => {
+                        let batch = match next {
+                            None => { inbound_open = false; continue; }
+                            Some(Err(status)) => { tracing::debug!(%status, "publisher stream broke"); return; }
+                            Some(Ok(batch)) => batch,
+                        };
+                        let checked = api.check_size(batch.readings.len()).and_then(|()| match last_sequence {
+                            Some(last) if batch.sequence <= last => Err(Status::invalid_argument(format!(
+                                "sequence: must increase within a stream, got {} after {last}", batch.sequence
+                            ))),
+                            _ => Ok(()),
+                        });
+                        if let Err(status) = checked {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                        last_sequence = Some(batch.sequence);
+                        match api.publish(batch.sequence, batch.readings, WhenFull::Wait).await {
+                            Ok(answer) => pending.push(answer),
+                            Err(status) => { let _ = tx.send(Err(status)).await; return; }
+                        }
+                    }
+                    else => return,
+                }
+            }
+        }.instrument(span));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn get_pipeline_stats(
+        &self,
+        _request: Request<pb::GetPipelineStatsRequest>,
+    ) -> Result<Response<pb::GetPipelineStatsResponse>, Status> {
+        Ok(Response::new(self.pipelines.response()))
+    }
+
     async fn record_window_result(
         &self,
         request: Request<pb::RecordWindowResultRequest>,

@@ -1,8 +1,11 @@
 //! The ingest app's settings, read from `INGEST_*` environment variables.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
+use pipeline::PipelineConfig;
 use service_runtime::{CommonConfig, DatabaseUrl, EnvReader};
+
+use crate::{reading::Limits, window::Windowing};
 
 /// Everything the ingest app can be told at start-up.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,8 +17,43 @@ pub struct Config {
     pub database_url: DatabaseUrl,
     /// `INGEST_DATABASE_POOL`: connections to the database.
     pub database_pool: u32,
+    /// `INGEST_WINDOW` and `INGEST_ALLOWED_LATENESS`: aggregation windows.
+    pub windowing: Windowing,
+    /// Validation bounds (defaults; not configurable yet).
+    pub limits: Limits,
+    /// `INGEST_PROCESSORS`, `INGEST_BATCH_SIZE`, `INGEST_BATCH_TIMEOUT`,
+    /// `INGEST_SINK_CONCURRENCY`, `INGEST_MAX_IN_FLIGHT`,
+    /// `INGEST_MAX_IN_FLIGHT_BYTES`: the pipeline's shape and bounds.
+    pub pipeline: PipelineConfig,
+    /// `INGEST_QUEUE_BYTES`: published readings waiting to enter the
+    /// pipeline; beyond it unary publishes get `RESOURCE_EXHAUSTED` and
+    /// streams are slowed by flow control.
+    pub queue_bytes: u32,
+    /// `INGEST_MAX_BATCH_READINGS`: most readings in one published batch.
+    pub max_batch_readings: usize,
+    /// `INGEST_NATS_*`: the JetStream source, off unless `INGEST_NATS_URL`
+    /// is set.
+    pub nats: Option<NatsConfig>,
     /// Admin port, shutdown and logging settings.
     pub common: CommonConfig,
+}
+
+/// Where and how to consume readings from NATS JetStream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsConfig {
+    /// `INGEST_NATS_URL`, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// `INGEST_NATS_STREAM`: the stream (created if missing).
+    pub stream: String,
+    /// `INGEST_NATS_SUBJECTS`: the stream's subjects, comma-separated.
+    pub subjects: Vec<String>,
+    /// `INGEST_NATS_CONSUMER`: the durable pull consumer's name.
+    pub consumer: String,
+    /// `INGEST_NATS_ACK_WAIT`: redelivery after this long without an ack;
+    /// longer than the shutdown grace, so a drain finishes first.
+    pub ack_wait: Duration,
+    /// `INGEST_NATS_NAK_DELAY`: redelivery delay after a transient failure.
+    pub nak_delay: Duration,
 }
 
 impl Config {
@@ -24,11 +62,84 @@ impl Config {
 
     /// Reads the settings, recording every problem in `env`.
     pub fn from_env(env: &mut EnvReader) -> Self {
+        let defaults = PipelineConfig::default();
+        let window = env.get_or("WINDOW", Duration::from_secs(60));
+        let lateness = env.get_or("ALLOWED_LATENESS", Duration::from_secs(10));
+        let windowing = Windowing {
+            length: chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX),
+            allowed_lateness: chrono::Duration::from_std(lateness).unwrap_or(chrono::Duration::MAX),
+            ..Windowing::default()
+        };
+        if window < Duration::from_secs(1) || window > Duration::from_secs(86_400) {
+            env.reject("WINDOW", "must be between 1s and 24h");
+        }
+        if lateness > window.saturating_mul(10) {
+            env.reject("ALLOWED_LATENESS", "must be at most 10 windows");
+        }
+        let pipeline = PipelineConfig {
+            processors: env.get_or("PROCESSORS", defaults.processors),
+            batch_size: env.get_or("BATCH_SIZE", 1_000),
+            batch_timeout: env.get_or("BATCH_TIMEOUT", defaults.batch_timeout),
+            batch_processors: env.get_or("SINK_CONCURRENCY", defaults.batch_processors),
+            max_in_flight: env.get_or("MAX_IN_FLIGHT", defaults.max_in_flight),
+            max_in_flight_bytes: env.get_or("MAX_IN_FLIGHT_BYTES", 32 * 1024 * 1024),
+            max_demand: 2_000,
+            ..defaults
+        };
+        if let Err(problem) = pipeline.validate() {
+            env.reject("MAX_IN_FLIGHT", problem);
+        }
+        let queue_bytes: u32 = env.get_or("QUEUE_BYTES", 16 * 1024 * 1024);
+        if queue_bytes < 1024 * 1024 {
+            env.reject(
+                "QUEUE_BYTES",
+                "must be at least 1 MiB (one request's worth)",
+            );
+        }
+        let max_batch_readings: usize = env.get_or("MAX_BATCH_READINGS", 10_000);
+        if max_batch_readings == 0 {
+            env.reject("MAX_BATCH_READINGS", "must be at least 1");
+        }
+        let common = CommonConfig::from_env(env, 9182);
+        // Read every NATS setting even without a URL, so a stray one is not
+        // reported as unknown and a typo in it still is.
+        let url = env.get::<String>("NATS_URL");
+        let nats = NatsConfig {
+            url: url.clone().unwrap_or_default(),
+            stream: env.get_or("NATS_STREAM", "READINGS".to_owned()),
+            subjects: env
+                .get_or("NATS_SUBJECTS", "readings.>".to_owned())
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            consumer: env.get_or("NATS_CONSUMER", "ingest".to_owned()),
+            ack_wait: env.get_or("NATS_ACK_WAIT", Duration::from_secs(30)),
+            nak_delay: env.get_or("NATS_NAK_DELAY", Duration::from_secs(1)),
+        };
+        let nats = url.is_some().then_some(nats);
+        if let Some(nats) = &nats {
+            if nats.ack_wait <= common.shutdown_grace {
+                env.reject(
+                    "NATS_ACK_WAIT",
+                    "must be longer than SHUTDOWN_GRACE, so a drain acks before redelivery",
+                );
+            }
+            if nats.subjects.is_empty() {
+                env.reject("NATS_SUBJECTS", "needs at least one subject");
+            }
+        }
         Self {
             grpc_addr: env.get_or("GRPC_ADDR", SocketAddr::from(([127, 0, 0, 1], 50051))),
             database_url: env.get_or("DATABASE_URL", DatabaseUrl::embedded_default()),
             database_pool: env.get_or("DATABASE_POOL", 10),
-            common: CommonConfig::from_env(env, 9182),
+            windowing,
+            limits: Limits::default(),
+            pipeline,
+            queue_bytes,
+            max_batch_readings,
+            nats,
+            common,
         }
     }
 
@@ -39,5 +150,11 @@ impl Config {
         config.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.common = CommonConfig::for_tests();
         config
+    }
+
+    /// How long the pipelines may take to drain at shutdown: most of the
+    /// grace period, leaving the rest for the listeners.
+    pub fn drain_budget(&self) -> Duration {
+        self.common.shutdown_grace.mul_f64(0.8)
     }
 }

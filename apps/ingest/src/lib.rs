@@ -1,6 +1,7 @@
-//! The ingest app: accepts sensor readings over gRPC (and, with the
-//! pipeline issue, NATS JetStream), validates and de-duplicates them and
-//! stores them in its own schema. It owns readings and window results; other
+//! The ingest app: accepts sensor readings over gRPC and NATS JetStream,
+//! runs them through the stage kit (validate, batch, store with the
+//! aggregation jobs of closed windows in the same transaction) and answers
+//! or acks each source only once its readings are durable. It owns readings and window results; other
 //! apps reach them only through `platform.ingest.v1.IngestService`.
 //!
 //! The library is the whole server, so tests start it in-process on port 0;
@@ -8,19 +9,26 @@
 
 mod api;
 mod config;
+pub mod handler;
 pub mod reading;
 pub mod sink;
+pub mod source;
+mod stats;
 pub mod store;
 pub mod window;
 
+use std::sync::Arc;
+
 use service_runtime::{AppMain, BuildInfo, Running, ServiceBuilder, StartError};
 
-pub use config::Config;
+pub use config::{Config, NatsConfig};
 
 /// This app's name and build, as reported by `--version` and ServiceInfo.
 pub const INFO: BuildInfo = BuildInfo::new("ingest");
 
-/// Connects to the database, applies migrations, then serves gRPC.
+/// Connects to the database, applies migrations, starts the pipeline(s),
+/// then serves gRPC. At shutdown the pipelines drain within
+/// [`Config::drain_budget`]: what was not stored is not acknowledged.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let dependency = |what| {
         move |error: store::StoreError| StartError::Dependency {
@@ -32,14 +40,44 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .await
         .map_err(dependency("database"))?;
     store.migrate().await.map_err(dependency("migrations"))?;
+    let handler = Arc::new(handler::ReadingsHandler::new(
+        store.clone(),
+        config.windowing,
+        config.limits.clone(),
+    ));
+    let (admission, producer) = source::grpc::queue(config.queue_bytes);
+    let grpc_pipeline = pipeline::start("ingest.grpc", config.pipeline.clone(), producer, handler)
+        .map_err(|error| StartError::Dependency {
+            what: "pipeline",
+            message: error.to_string(),
+        })?;
+    let mut pipelines = stats::Pipelines::default();
+    pipelines.push(stats::PipelineView::new("grpc", grpc_pipeline.monitor()));
+    let budget = config.drain_budget();
     let ping = store.clone();
+    let sampler = pipelines.clone();
     ServiceBuilder::new(INFO, config.common)
         .grpc(config.grpc_addr)
-        .add_grpc_service(api::server(store))
+        .add_grpc_service(api::server(
+            store,
+            admission,
+            pipelines,
+            config.max_batch_readings,
+        ))
         .readiness_check("database", move || {
             let store = ping.clone();
             async move { store.ping().await.map_err(|e| e.to_string()) }
         })
+        .background("pipeline.grpc", move |stop| async move {
+            stop.cancelled().await;
+            let report = grpc_pipeline.drain(budget).await;
+            tracing::info!(
+                complete = report.complete,
+                unacknowledged = report.unacknowledged,
+                "gRPC pipeline drained"
+            );
+        })
+        .background("pipeline stats", move |stop| sampler.sample_until(stop))
         .start()
         .await
 }

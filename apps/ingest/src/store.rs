@@ -376,3 +376,115 @@ impl IngestStore {
             .collect())
     }
 }
+
+/// A message that can never be stored, kept with the field at fault so an
+/// operator can inspect, fix and replay it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// Where it came from (`grpc`, `nats`).
+    pub source: &'static str,
+    /// Its event id, when it had one.
+    pub event_id: Option<String>,
+    /// The field at fault.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+    /// The message as received.
+    pub payload: serde_json::Value,
+}
+
+impl IngestStore {
+    /// Writes one batch of valid readings (see [`crate::sink`]).
+    pub async fn write_batch<R: std::borrow::Borrow<crate::reading::Reading> + Sync>(
+        &self,
+        readings: &[R],
+        windowing: &crate::window::Windowing,
+    ) -> Result<crate::sink::WriteReport, crate::sink::SinkError> {
+        match self {
+            Self::Postgres(pool) => crate::sink::write_batch(pool, readings, windowing).await,
+            Self::Sqlite(pool) => crate::sink::sqlite::write_batch(pool, readings, windowing).await,
+        }
+    }
+
+    /// Stores dead letters, all or none.
+    pub async fn dead_letter(&self, letters: &[DeadLetter]) -> Result<(), StoreError> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Self::Postgres(pool) => {
+                let mut sources = Vec::with_capacity(letters.len());
+                let mut event_ids = Vec::with_capacity(letters.len());
+                let mut fields = Vec::with_capacity(letters.len());
+                let mut reasons = Vec::with_capacity(letters.len());
+                let mut payloads = Vec::with_capacity(letters.len());
+                for letter in letters {
+                    sources.push(letter.source);
+                    event_ids.push(letter.event_id.as_deref());
+                    fields.push(letter.field.as_str());
+                    reasons.push(letter.reason.as_str());
+                    payloads.push(letter.payload.to_string());
+                }
+                sqlx::query(
+                    "INSERT INTO ingest.dead_letter (source, event_id, field, reason, payload)
+                     SELECT source, event_id, field, reason, payload::jsonb
+                     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+                          AS input(source, event_id, field, reason, payload)",
+                )
+                .bind(&sources)
+                .bind(&event_ids)
+                .bind(&fields)
+                .bind(&reasons)
+                .bind(&payloads)
+                .execute(pool)
+                .await?;
+            }
+            Self::Sqlite(pool) => {
+                let now = Utc::now().timestamp_micros();
+                let mut tx = pool.begin().await?;
+                for letter in letters {
+                    sqlx::query(
+                        "INSERT INTO ingest_dead_letter (received_at, source, event_id, field, reason, payload)
+                         VALUES (?, ?, ?, ?, ?, ?)",
+                    )
+                    .bind(now)
+                    .bind(letter.source)
+                    .bind(letter.event_id.as_deref())
+                    .bind(&letter.field)
+                    .bind(&letter.reason)
+                    .bind(letter.payload.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Dead letters stored so far (operators and tests).
+    pub async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetterRow>, StoreError> {
+        let rows = match self {
+            Self::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT source, event_id, field, reason, payload::text FROM ingest.dead_letter ORDER BY id LIMIT $1",
+                )
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+            }
+            Self::Sqlite(pool) => {
+                sqlx::query_as(
+                    "SELECT source, event_id, field, reason, payload FROM ingest_dead_letter ORDER BY id LIMIT ?",
+                )
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        Ok(rows)
+    }
+}
+
+/// A stored dead letter: source, event id, field, reason, payload (JSON text).
+pub type DeadLetterRow = (String, Option<String>, String, String, String);

@@ -39,8 +39,14 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Before messages that failed processing are reported to their source
     /// (Broadway's `handle_failed`): the place to dead-letter invalid ones.
-    fn handle_failed(&self, failed: Vec<(Self::In, Failure)>) -> impl Future<Output = ()> + Send {
+    /// An `Err` (the dead-letter store is down) reports every one of them as
+    /// retryable with that failure instead, so the source redelivers them and
+    /// no poison message is dropped without a record.
+    fn handle_failed(
+        &self,
+        failed: Vec<(Self::In, Failure)>,
+    ) -> impl Future<Output = Result<(), Failure>> + Send {
         let _ = failed;
-        async {}
+        async { Ok(()) }
     }
 }

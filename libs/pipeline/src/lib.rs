@@ -27,4 +27,4 @@ pub use handler::{Handler, ItemFailure, Processed};
 pub use message::{AckRef, Acknowledger, Failure, FailureKind, Incoming, TraceCarrier};
 pub use producer::Producer;
 pub use stats::{PipelineStats, StageSnapshot};
-pub use topology::{DrainReport, PipelineError, PipelineHandle, start};
+pub use topology::{DrainReport, PipelineError, PipelineHandle, PipelineMonitor, start};

@@ -1,8 +1,14 @@
 //! Live figures of a pipeline, read by stats endpoints and `/metrics`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{
+    Arc, Weak,
+    atomic::{AtomicU64, Ordering},
+};
 
-use opentelemetry::{KeyValue, metrics::Histogram};
+use opentelemetry::{
+    KeyValue,
+    metrics::{Histogram, ObservableCounter, ObservableGauge},
+};
 
 /// Counters of one stage.
 #[derive(Debug, Default)]
@@ -109,6 +115,80 @@ impl Counters {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             in_flight_bytes: self.in_flight_bytes.load(Ordering::Relaxed),
             dead_letters: self.dead_letters.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The pipeline's counters and gauges on `/metrics`, read from the live
+/// counters at each collection; a dropped pipeline reports nothing.
+pub(crate) struct Observers {
+    _messages: ObservableCounter<u64>,
+    _in_flight: ObservableGauge<u64>,
+}
+
+impl Observers {
+    pub(crate) fn register(counters: &Arc<Counters>) -> Self {
+        let meter = opentelemetry::global::meter("platform.pipeline");
+        let weak: Weak<Counters> = Arc::downgrade(counters);
+        let messages = meter
+            .u64_observable_counter("pipeline.messages")
+            .with_description("Messages per stage and outcome (in, out, failed)")
+            .with_callback(move |observer| {
+                let Some(counters) = weak.upgrade() else {
+                    return;
+                };
+                let stats = counters.snapshot();
+                let stages = [
+                    ("producer", stats.producer),
+                    ("processor", stats.processors),
+                    ("batcher", stats.batchers),
+                    ("batch_processor", stats.batch_processors),
+                ];
+                for (stage, figures) in stages {
+                    for (outcome, value) in [
+                        ("in", figures.messages_in),
+                        ("out", figures.messages_out),
+                        ("failed", figures.failed),
+                    ] {
+                        let attributes = [
+                            KeyValue::new("pipeline", counters.name.clone()),
+                            KeyValue::new("stage", stage),
+                            KeyValue::new("outcome", outcome),
+                        ];
+                        observer.observe(value, &attributes);
+                    }
+                }
+                let attributes = [
+                    KeyValue::new("pipeline", counters.name.clone()),
+                    KeyValue::new("stage", "dead_letter"),
+                    KeyValue::new("outcome", "in"),
+                ];
+                observer.observe(stats.dead_letters, &attributes);
+            })
+            .build();
+        let weak: Weak<Counters> = Arc::downgrade(counters);
+        let in_flight = meter
+            .u64_observable_gauge("pipeline.in_flight")
+            .with_description("Messages and bytes pulled and not yet acknowledged")
+            .with_callback(move |observer| {
+                let Some(counters) = weak.upgrade() else {
+                    return;
+                };
+                for (unit, value) in [
+                    ("messages", counters.in_flight.load(Ordering::Relaxed)),
+                    ("bytes", counters.in_flight_bytes.load(Ordering::Relaxed)),
+                ] {
+                    let attributes = [
+                        KeyValue::new("pipeline", counters.name.clone()),
+                        KeyValue::new("unit", unit),
+                    ];
+                    observer.observe(value, &attributes);
+                }
+            })
+            .build();
+        Self {
+            _messages: messages,
+            _in_flight: in_flight,
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::{
     AckRef, Failure, FailureKind, Handler, Incoming, PipelineConfig, PipelineStats, Producer,
     RateLimit,
     message::{TraceCarrier, deliver_acks},
-    stats::Counters,
+    stats::{Counters, Observers},
 };
 
 /// The in-flight budgets; permits go back when messages are acknowledged.
@@ -101,8 +101,42 @@ pub struct DrainReport {
 pub struct PipelineHandle {
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    monitor: PipelineMonitor,
+    _observers: Observers,
+}
+
+/// A cheap, cloneable view of a running pipeline for stats endpoints and
+/// operators: its figures, its ceilings and its rate limit.
+#[derive(Clone)]
+pub struct PipelineMonitor {
     counters: Arc<Counters>,
-    rate: watch::Sender<Option<RateLimit>>,
+    rate: Arc<watch::Sender<Option<RateLimit>>>,
+    limits: (u64, u64),
+}
+
+impl std::fmt::Debug for PipelineMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelineMonitor")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PipelineMonitor {
+    /// Live figures.
+    pub fn stats(&self) -> PipelineStats {
+        self.counters.snapshot()
+    }
+
+    /// The in-flight ceilings: (messages, bytes).
+    pub fn limits(&self) -> (u64, u64) {
+        self.limits
+    }
+
+    /// Changes (or removes) the producer's rate limit at runtime.
+    pub fn set_rate_limit(&self, limit: Option<RateLimit>) {
+        self.rate.send_replace(limit);
+    }
 }
 
 impl std::fmt::Debug for PipelineHandle {
@@ -116,12 +150,17 @@ impl std::fmt::Debug for PipelineHandle {
 impl PipelineHandle {
     /// Live figures.
     pub fn stats(&self) -> PipelineStats {
-        self.counters.snapshot()
+        self.monitor.stats()
+    }
+
+    /// A view that outlives borrowing the handle (stats RPCs, `/metrics`).
+    pub fn monitor(&self) -> PipelineMonitor {
+        self.monitor.clone()
     }
 
     /// Changes (or removes) the producer's rate limit at runtime.
     pub fn set_rate_limit(&self, limit: Option<RateLimit>) {
-        self.rate.send_replace(limit);
+        self.monitor.set_rate_limit(limit);
     }
 
     /// Stops pulling, lets every stage flush its partial batches and every
@@ -144,7 +183,7 @@ impl PipelineHandle {
         }
         DrainReport {
             complete,
-            unacknowledged: self.counters.in_flight.load(Ordering::Relaxed),
+            unacknowledged: self.monitor.counters.in_flight.load(Ordering::Relaxed),
         }
     }
 }
@@ -165,6 +204,11 @@ where
         problem,
     })?;
     let counters = Arc::new(Counters::new(name));
+    let observers = Observers::register(&counters);
+    let limits = (
+        config.max_in_flight as u64,
+        config.max_in_flight_bytes as u64,
+    );
     let budget = Arc::new(Budget {
         count: Semaphore::new(config.max_in_flight),
         bytes: Semaphore::new(config.max_in_flight_bytes),
@@ -231,8 +275,12 @@ where
     Ok(PipelineHandle {
         stop,
         tasks,
-        counters,
-        rate,
+        monitor: PipelineMonitor {
+            counters,
+            rate: Arc::new(rate),
+            limits,
+        },
+        _observers: observers,
     })
 }
 
@@ -385,7 +433,7 @@ async fn process<H: Handler>(
         if !failed.is_empty() {
             let n = failed.len();
             let bytes: u64 = failed.iter().map(|(m, _)| u64::from(m.bytes)).sum();
-            let invalid = failed
+            let mut invalid = failed
                 .iter()
                 .filter(|(_, f)| f.kind == FailureKind::Invalid)
                 .count();
@@ -395,7 +443,17 @@ async fn process<H: Handler>(
                 acks.push((message.ack, failure.clone()));
                 data.push((message.data, failure));
             }
-            handler.handle_failed(data).await;
+            let recorded = AssertUnwindSafe(handler.handle_failed(data))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err(Failure::retryable("the failure handler panicked")));
+            if let Err(failure) = recorded {
+                // Not dead-lettered: report them retryable so they come back.
+                for (_, reported) in &mut acks {
+                    *reported = failure.clone();
+                }
+                invalid = 0;
+            }
             deliver_acks(Vec::new(), acks);
             counters
                 .processors
@@ -518,8 +576,14 @@ async fn process_batches<H: Handler>(
             .messages_in
             .fetch_add(n as u64, Ordering::Relaxed);
         let span = tracing::info_span!("handle batch", batch.size = n, batch.key = batch.key);
-        // Linked, not parented: a batch belongs to many traces.
-        for trace in batch.traces.iter().take(32) {
+        // A batch belongs to many traces: it continues its first message's
+        // trace (so work it triggers, such as jobs it enqueues, stays on a
+        // publisher's trace) and links the others.
+        let mut traces = batch.traces.iter();
+        if let Some(first) = traces.next() {
+            telemetry::continue_trace(&span, first);
+        }
+        for trace in traces.take(31) {
             telemetry::link_trace(&span, trace);
         }
         let outcome = AssertUnwindSafe(handler.handle_batch(batch.key, &batch.data))

@@ -6,7 +6,10 @@
 
 pub mod sqlite;
 
-use std::collections::BTreeMap;
+use std::{
+    borrow::Borrow,
+    collections::{BTreeMap, HashSet},
+};
 
 use chrono::{DateTime, Utc};
 use jobs::{JobState, NewJob, UniqueOpts};
@@ -24,6 +27,9 @@ pub struct WriteReport {
     pub inserted: usize,
     /// Readings whose event id was already stored.
     pub duplicates: usize,
+    /// Their positions in the batch (a repeat within the batch counts from
+    /// its second occurrence), so each source can tell its own duplicates.
+    pub duplicate_at: Vec<usize>,
     /// Aggregation jobs newly enqueued.
     pub jobs_enqueued: usize,
 }
@@ -101,9 +107,9 @@ pub fn plan(
 }
 
 /// Writes `readings` in one transaction (see the module doc).
-pub async fn write_batch(
+pub async fn write_batch<R: Borrow<Reading> + Sync>(
     pool: &PgPool,
-    readings: &[Reading],
+    readings: &[R],
     windowing: &Windowing,
 ) -> Result<WriteReport, SinkError> {
     let mut tx = pool.begin().await?;
@@ -112,9 +118,9 @@ pub async fn write_batch(
     Ok(report)
 }
 
-async fn write_in(
+async fn write_in<R: Borrow<Reading> + Sync>(
     conn: &mut PgConnection,
-    readings: &[Reading],
+    readings: &[R],
     windowing: &Windowing,
 ) -> Result<WriteReport, SinkError> {
     let n = readings.len();
@@ -126,6 +132,7 @@ async fn write_in(
     let mut observed = Vec::with_capacity(n);
     let mut attributes = Vec::with_capacity(n);
     for r in readings {
+        let r: &Reading = r.borrow();
         event_ids.push(r.event_id.as_str());
         tenants.push(r.tenant_id.as_str());
         devices.push(r.device_id.as_str());
@@ -137,13 +144,13 @@ async fn write_in(
     }
     // ON CONFLICT (event_id) DO NOTHING: redelivered readings are skipped
     // and not returned, so only new readings move watermarks and windows.
-    let stored: Vec<(String, String, String, DateTime<Utc>)> = sqlx::query_as(
+    let stored: Vec<(String, String, String, String, DateTime<Utc>)> = sqlx::query_as(
         "INSERT INTO ingest.reading (event_id, tenant_id, device_id, metric, value, observed_at, attributes)
          SELECT event_id, tenant_id, device_id, metric, value, observed_at, COALESCE(attributes::jsonb, '{}')
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::timestamptz[], $7::text[])
               AS input(event_id, tenant_id, device_id, metric, value, observed_at, attributes)
          ON CONFLICT (event_id) DO NOTHING
-         RETURNING tenant_id, device_id, metric, observed_at",
+         RETURNING event_id, tenant_id, device_id, metric, observed_at",
     )
     .bind(&event_ids)
     .bind(&tenants)
@@ -154,9 +161,17 @@ async fn write_in(
     .bind(&attributes)
     .fetch_all(&mut *conn)
     .await?;
+    let mut new_ids: HashSet<&str> = stored.iter().map(|row| row.0.as_str()).collect();
+    let duplicate_at: Vec<usize> = event_ids
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| !new_ids.remove(**id))
+        .map(|(i, _)| i)
+        .collect();
     let mut report = WriteReport {
         inserted: stored.len(),
-        duplicates: n - stored.len(),
+        duplicates: duplicate_at.len(),
+        duplicate_at,
         jobs_enqueued: 0,
     };
     if stored.is_empty() {
@@ -164,7 +179,7 @@ async fn write_in(
     }
 
     let mut by_series: BTreeMap<Series, Vec<DateTime<Utc>>> = BTreeMap::new();
-    for (tenant, device, metric, at) in stored {
+    for (_, tenant, device, metric, at) in stored {
         by_series
             .entry((tenant, device, metric))
             .or_default()

@@ -1,7 +1,7 @@
 //! The batch write on the embedded SQLite database (tables `ingest_*`), in
 //! one `BEGIN IMMEDIATE` transaction with the jobs it enqueues.
 
-use std::collections::BTreeMap;
+use std::{borrow::Borrow, collections::BTreeMap};
 
 use chrono::{DateTime, Utc};
 use sqlx::{Row as _, SqlitePool};
@@ -27,16 +27,18 @@ fn from_micros(value: i64) -> Result<DateTime<Utc>, SinkError> {
 }
 
 /// Writes `readings` in one transaction (see the parent module).
-pub async fn write_batch(
+pub async fn write_batch<R: Borrow<Reading> + Sync>(
     pool: &SqlitePool,
-    readings: &[Reading],
+    readings: &[R],
     windowing: &Windowing,
 ) -> Result<WriteReport, SinkError> {
     let now = Utc::now().timestamp_micros();
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let mut by_series: BTreeMap<Series, Vec<DateTime<Utc>>> = BTreeMap::new();
     let mut inserted = 0;
-    for r in readings {
+    let mut duplicate_at = Vec::new();
+    for (index, r) in readings.iter().enumerate() {
+        let r: &Reading = r.borrow();
         let attributes = serde_json::json!(r.attributes).to_string();
         let result = sqlx::query(
             "INSERT INTO ingest_reading (event_id, tenant_id, device_id, metric, value, observed_at, attributes, ingested_at)
@@ -53,7 +55,9 @@ pub async fn write_batch(
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        if result.rows_affected() == 1 {
+        if result.rows_affected() == 0 {
+            duplicate_at.push(index);
+        } else {
             inserted += 1;
             by_series
                 .entry((r.tenant_id.clone(), r.device_id.clone(), r.metric.clone()))
@@ -63,7 +67,8 @@ pub async fn write_batch(
     }
     let mut report = WriteReport {
         inserted,
-        duplicates: readings.len() - inserted,
+        duplicates: duplicate_at.len(),
+        duplicate_at,
         jobs_enqueued: 0,
     };
     if inserted == 0 {

@@ -8,4 +8,5 @@
 )]
 
 mod api;
+mod publish;
 mod sink;

@@ -8,8 +8,8 @@ use pipeline::{
     testing::{Acked, test_pipeline},
 };
 
-/// Accepts even numbers, rejects odd ones as invalid, records batches, and
-/// fails a batch that contains 100.
+/// Accepts even numbers, rejects odd ones as invalid, records batches, fails
+/// a batch that contains 100 and cannot dead-letter 13.
 #[derive(Default)]
 struct Evens {
     batches: Mutex<Vec<Vec<u64>>>,
@@ -42,11 +42,15 @@ impl Handler for Evens {
         Ok(Vec::new())
     }
 
-    async fn handle_failed(&self, failed: Vec<(u64, Failure)>) {
+    async fn handle_failed(&self, failed: Vec<(u64, Failure)>) -> Result<(), Failure> {
+        if failed.iter().any(|(v, _)| *v == 13) {
+            return Err(Failure::retryable("dead-letter store unavailable"));
+        }
         self.dead_letters
             .lock()
             .unwrap()
             .extend(failed.into_iter().map(|(v, f)| (v, f.reason)));
+        Ok(())
     }
 }
 
@@ -83,6 +87,23 @@ async fn messages_are_acknowledged_after_their_batch_is_written() {
     let stats = pipeline.stats();
     assert_eq!((stats.dead_letters, stats.in_flight), (1, 0));
     assert_eq!(stats.batch_processors.failed, 1);
+    pipeline.drain(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn an_invalid_message_that_cannot_be_dead_lettered_comes_back_as_retryable() {
+    let handler = Arc::new(Evens::default());
+    let (source, pipeline) = test_pipeline(config(), handler.clone()).unwrap();
+    assert_eq!(
+        source.test_message(13).await,
+        Acked::Failed(Failure::retryable("dead-letter store unavailable"))
+    );
+    assert!(handler.dead_letters.lock().unwrap().is_empty());
+    assert_eq!(
+        pipeline.stats().dead_letters,
+        0,
+        "not counted as dead-lettered"
+    );
     pipeline.drain(Duration::from_secs(5)).await;
 }
 

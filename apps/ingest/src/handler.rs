@@ -1,0 +1,177 @@
+//! The readings pipeline's logic (the stage kit's [`Handler`]): validate
+//! each reading on a processor, write batches through the sink on a batch
+//! processor, dead-letter what can never be stored. Sources (gRPC, NATS)
+//! wrap readings in an [`Envelope`] and learn their fate through their
+//! acknowledger; a source that answers per request also passes a
+//! [`Tally`] to hear which readings were rejected or duplicates.
+
+use std::{borrow::Borrow, sync::Arc};
+
+use chrono::Utc;
+use contracts::ingest::v1 as pb;
+use opentelemetry::{KeyValue, metrics::Counter};
+use pipeline::{Failure, FailureKind, Handler, ItemFailure, Processed};
+
+use crate::{
+    reading::{Limits, Reading, Rejection},
+    store::{DeadLetter, IngestStore},
+    window::Windowing,
+};
+
+/// A source's per-request bookkeeping, told about each reading's outcome
+/// beyond success or failure.
+pub trait Tally: Send + Sync {
+    /// Reading `index` failed validation.
+    fn rejected(&self, index: u32, event_id: &str, rejection: &Rejection);
+    /// Reading `index` was already stored (not stored again).
+    fn duplicate(&self, index: u32);
+}
+
+/// A reading on its way in, with where it came from.
+pub struct Envelope {
+    /// As received.
+    pub reading: pb::Reading,
+    /// `grpc` or `nats`, recorded with dead letters.
+    pub source: &'static str,
+    /// Who wants to hear about rejections and duplicates, and the reading's
+    /// position there.
+    pub tally: Option<(Arc<dyn Tally>, u32)>,
+}
+
+/// A valid reading bound for a batch.
+pub struct Accepted {
+    reading: Reading,
+    tally: Option<(Arc<dyn Tally>, u32)>,
+}
+
+impl Borrow<Reading> for Accepted {
+    fn borrow(&self) -> &Reading {
+        &self.reading
+    }
+}
+
+/// Validation, batching into the sink, dead letters.
+pub struct ReadingsHandler {
+    store: IngestStore,
+    windowing: Windowing,
+    limits: Limits,
+    readings: Counter<u64>,
+}
+
+impl ReadingsHandler {
+    /// A handler writing into `store`.
+    pub fn new(store: IngestStore, windowing: Windowing, limits: Limits) -> Self {
+        let readings = opentelemetry::global::meter("platform.ingest")
+            .u64_counter("ingest.readings")
+            .with_description("Readings by outcome: stored, duplicate, rejected")
+            .build();
+        Self {
+            store,
+            windowing,
+            limits,
+            readings,
+        }
+    }
+
+    fn count(&self, outcome: &'static str, n: usize) {
+        if n > 0 {
+            self.readings
+                .add(n as u64, &[KeyValue::new("outcome", outcome)]);
+        }
+    }
+}
+
+/// Splits a rejection's `field: reason` back apart (field names never hold
+/// `": "`).
+fn field_and_reason(failure: &Failure) -> (String, String) {
+    match failure.reason.split_once(": ") {
+        Some((field, reason)) => (field.to_owned(), reason.to_owned()),
+        None => ("reading".to_owned(), failure.reason.clone()),
+    }
+}
+
+/// The reading as received, for the dead-letter store (NaN and infinities
+/// become `null`, as JSON has no place for them).
+fn payload(reading: &pb::Reading) -> serde_json::Value {
+    serde_json::json!({
+        "event_id": reading.event_id,
+        "tenant_id": reading.tenant_id,
+        "device_id": reading.device_id,
+        "metric": reading.metric,
+        "value": reading.value,
+        "observed_at": reading.observed_at.map(|t| serde_json::json!({"seconds": t.seconds, "nanos": t.nanos})),
+        "attributes": reading.attributes,
+    })
+}
+
+impl Handler for ReadingsHandler {
+    type In = Envelope;
+    type Out = Accepted;
+
+    fn process(&self, input: &Envelope) -> Result<Processed<Accepted>, Failure> {
+        match Reading::parse(input.reading.clone(), Utc::now(), &self.limits) {
+            Ok(reading) => Ok(Processed {
+                data: Accepted {
+                    reading,
+                    tally: input.tally.clone(),
+                },
+                // One batch key: a batch may mix series; the sink locks
+                // series in order, so concurrent batches never deadlock.
+                batch_key: 0,
+            }),
+            Err(rejection) => {
+                if let Some((tally, index)) = &input.tally {
+                    tally.rejected(*index, &input.reading.event_id, &rejection);
+                }
+                Err(Failure::invalid(rejection.to_string()))
+            }
+        }
+    }
+
+    async fn handle_batch(
+        &self,
+        _batch_key: u64,
+        items: &[Accepted],
+    ) -> Result<Vec<ItemFailure>, Failure> {
+        let report = self
+            .store
+            .write_batch(items, &self.windowing)
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, readings = items.len(), "batch not stored; will be retried");
+                Failure::retryable(format!("the readings database failed: {error}"))
+            })?;
+        for &index in &report.duplicate_at {
+            if let Some((tally, position)) = items.get(index).and_then(|item| item.tally.as_ref()) {
+                tally.duplicate(*position);
+            }
+        }
+        self.count("stored", report.inserted);
+        self.count("duplicate", report.duplicates);
+        Ok(Vec::new())
+    }
+
+    async fn handle_failed(&self, failed: Vec<(Envelope, Failure)>) -> Result<(), Failure> {
+        let letters: Vec<DeadLetter> = failed
+            .iter()
+            .filter(|(_, failure)| failure.kind == FailureKind::Invalid)
+            .map(|(envelope, failure)| {
+                let (field, reason) = field_and_reason(failure);
+                DeadLetter {
+                    source: envelope.source,
+                    event_id: (!envelope.reading.event_id.is_empty())
+                        .then(|| envelope.reading.event_id.clone()),
+                    field,
+                    reason,
+                    payload: payload(&envelope.reading),
+                }
+            })
+            .collect();
+        self.store.dead_letter(&letters).await.map_err(|error| {
+            tracing::warn!(%error, "dead letters not stored; the messages will be retried");
+            Failure::retryable(format!("the dead-letter store failed: {error}"))
+        })?;
+        self.count("rejected", letters.len());
+        Ok(())
+    }
+}
