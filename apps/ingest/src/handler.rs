@@ -36,6 +36,9 @@ pub struct Envelope {
     /// Who wants to hear about rejections and duplicates, and the reading's
     /// position there.
     pub tally: Option<(Arc<dyn Tally>, u32)>,
+    /// A payload that was not a reading at all: the decoder's error and the
+    /// raw bytes, kept for the dead-letter store.
+    pub undecodable: Option<(String, Vec<u8>)>,
 }
 
 /// A valid reading bound for a batch.
@@ -104,11 +107,27 @@ fn payload(reading: &pb::Reading) -> serde_json::Value {
     })
 }
 
+/// Raw bytes that did not decode, hex-encoded (the first 4 KiB).
+fn undecodable_payload(raw: &[u8]) -> serde_json::Value {
+    use std::fmt::Write as _;
+    let shown = &raw[..raw.len().min(4_096)];
+    let mut hex = String::with_capacity(shown.len() * 2);
+    for byte in shown {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    serde_json::json!({ "bytes_hex": hex, "length": raw.len() })
+}
+
 impl Handler for ReadingsHandler {
     type In = Envelope;
     type Out = Accepted;
 
     fn process(&self, input: &Envelope) -> Result<Processed<Accepted>, Failure> {
+        if let Some((error, _)) = &input.undecodable {
+            return Err(Failure::invalid(format!(
+                "payload: is not a protobuf platform.ingest.v1.Reading ({error})"
+            )));
+        }
         match Reading::parse(input.reading.clone(), Utc::now(), &self.limits) {
             Ok(reading) => Ok(Processed {
                 data: Accepted {
@@ -163,7 +182,10 @@ impl Handler for ReadingsHandler {
                         .then(|| envelope.reading.event_id.clone()),
                     field,
                     reason,
-                    payload: payload(&envelope.reading),
+                    payload: match &envelope.undecodable {
+                        Some((_, raw)) => undecodable_payload(raw),
+                        None => payload(&envelope.reading),
+                    },
                 }
             })
             .collect();

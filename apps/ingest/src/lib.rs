@@ -19,7 +19,7 @@ pub mod window;
 
 use std::sync::Arc;
 
-use service_runtime::{AppMain, BuildInfo, Running, ServiceBuilder, StartError};
+use service_runtime::{AppMain, BuildInfo, CancellationToken, Running, ServiceBuilder, StartError};
 
 pub use config::{Config, NatsConfig};
 
@@ -46,17 +46,78 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.limits.clone(),
     ));
     let (admission, producer) = source::grpc::queue(config.queue_bytes);
-    let grpc_pipeline = pipeline::start("ingest.grpc", config.pipeline.clone(), producer, handler)
-        .map_err(|error| StartError::Dependency {
-            what: "pipeline",
-            message: error.to_string(),
-        })?;
+    let grpc_pipeline = pipeline::start(
+        "ingest.grpc",
+        config.pipeline.clone(),
+        producer,
+        handler.clone(),
+    )
+    .map_err(|error| StartError::Dependency {
+        what: "pipeline",
+        message: error.to_string(),
+    })?;
     let mut pipelines = stats::Pipelines::default();
     pipelines.push(stats::PipelineView::new("grpc", grpc_pipeline.monitor()));
     let budget = config.drain_budget();
+    let nats = match &config.nats {
+        Some(nats) => {
+            let source = source::nats::connect(
+                nats,
+                config.pipeline.max_in_flight,
+                config.pipeline.max_demand,
+            )
+            .await
+            .map_err(|error| StartError::Dependency {
+                what: "nats",
+                message: error.to_string(),
+            })?;
+            let nats_pipeline = pipeline::start(
+                "ingest.nats",
+                config.pipeline.clone(),
+                source.producer,
+                handler.clone(),
+            )
+            .map_err(|error| StartError::Dependency {
+                what: "pipeline",
+                message: error.to_string(),
+            })?;
+            pipelines.push(stats::PipelineView::new("nats", nats_pipeline.monitor()));
+            Some((source.client, source.acker, nats_pipeline))
+        }
+        None => None,
+    };
     let ping = store.clone();
     let sampler = pipelines.clone();
-    ServiceBuilder::new(INFO, config.common)
+    let mut service = ServiceBuilder::new(INFO, config.common);
+    if let Some((client, acker, nats_pipeline)) = nats {
+        let state = client.clone();
+        service = service
+            .readiness_check("nats", move || {
+                let state = state.connection_state();
+                async move {
+                    match state {
+                        async_nats::connection::State::Connected => Ok(()),
+                        other => Err(format!("NATS connection is {other}")),
+                    }
+                }
+            })
+            .background("pipeline.nats", move |stop| async move {
+                let acks_done = CancellationToken::new();
+                let acks = tokio::spawn(acker.run(acks_done.clone()));
+                stop.cancelled().await;
+                let report = nats_pipeline.drain(budget).await;
+                acks_done.cancel();
+                let _ = acks.await;
+                // Flush the acks to the server before the connection goes.
+                let _ = client.flush().await;
+                tracing::info!(
+                    complete = report.complete,
+                    unacknowledged = report.unacknowledged,
+                    "NATS pipeline drained; unacknowledged messages are redelivered"
+                );
+            });
+    }
+    service
         .grpc(config.grpc_addr)
         .add_grpc_service(api::server(
             store,

@@ -236,6 +236,7 @@ impl Admission {
                     reading,
                     source: "grpc",
                     tally: Some((tally.clone(), index as u32)),
+                    undecodable: None,
                 },
                 ack: AckRef::new(acker.clone(), index as u64),
                 bytes,

@@ -4,3 +4,4 @@
 //! broker in between), [`nats`] acks JetStream messages after commit.
 
 pub mod grpc;
+pub mod nats;

@@ -8,5 +8,6 @@
 )]
 
 mod api;
+mod nats;
 mod publish;
 mod sink;

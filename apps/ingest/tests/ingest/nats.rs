@@ -1,0 +1,308 @@
+//! The JetStream source against a real NATS server (mandatory when
+//! `NATS_URL` is set; CI sets it): in-process on SQLite, and as real
+//! processes on PostgreSQL with a `kill -9` mid-stream.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::{self, Context};
+use chrono::Utc;
+use contracts::ingest::v1 as pb;
+use prost::Message as _;
+
+use crate::publish::now_reading;
+
+/// Hang guard, not a timing claim.
+const PATIENCE: Duration = Duration::from_secs(240);
+
+fn nats_url() -> Option<String> {
+    let url = std::env::var("NATS_URL").ok().filter(|u| !u.is_empty());
+    if url.is_none() {
+        eprintln!("skipped: NATS_URL is not set (CI sets it; see .ci/run)");
+    }
+    url
+}
+
+/// A stream, subject prefix and consumer of this test's own.
+struct Names {
+    stream: String,
+    subject: String,
+    consumer: String,
+}
+
+impl Names {
+    fn unique(prefix: &str) -> Self {
+        let id = jobs::testing::unique_name(prefix);
+        Self {
+            stream: id.to_uppercase(),
+            subject: format!("{id}.readings"),
+            consumer: format!("{id}_consumer"),
+        }
+    }
+
+    fn config(&self, url: &str) -> ingest::NatsConfig {
+        ingest::NatsConfig {
+            url: url.to_owned(),
+            stream: self.stream.clone(),
+            subjects: vec![format!("{}.>", self.subject)],
+            consumer: self.consumer.clone(),
+            ack_wait: Duration::from_secs(30),
+            nak_delay: Duration::from_millis(200),
+        }
+    }
+}
+
+async fn publish_all(js: &Context, subject: &str, payloads: Vec<Vec<u8>>) {
+    for chunk in payloads.chunks(2_000) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for payload in chunk {
+            acks.push(
+                js.publish(subject.to_owned(), payload.clone().into())
+                    .await
+                    .unwrap(),
+            );
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    }
+}
+
+async fn settled(js: &Context, names: &Names) -> bool {
+    let Ok(mut stream) = js.get_stream(&names.stream).await else {
+        return false;
+    };
+    let Ok(info) = stream.consumer_info(&names.consumer).await else {
+        return false;
+    };
+    let left = stream
+        .info()
+        .await
+        .map(|i| i.state.messages)
+        .unwrap_or(u64::MAX);
+    info.num_pending == 0 && info.num_ack_pending == 0 && left == 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_messages_are_acked_after_storing_and_poison_is_dead_lettered_then_terminated() {
+    let Some(url) = nats_url() else { return };
+    let names = Names::unique("ingest_nats");
+    let sqlite = jobs::testing::ScratchSqlite::create("ingest_nats").await;
+    let mut config = ingest::Config::for_tests(&sqlite.url);
+    config.nats = Some(names.config(&url));
+    let running = ingest::start(config).await.unwrap();
+
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = jetstream::new(client);
+    let mut payloads: Vec<Vec<u8>> = (0..2_000)
+        .map(|i| now_reading(&format!("n{i}"), "nats-1", 120, f64::from(i)).encode_to_vec())
+        .collect();
+    payloads.extend(
+        (0..200).map(|i| now_reading(&format!("n{i}"), "nats-1", 120, 0.0).encode_to_vec()),
+    );
+    payloads.push(now_reading("poison", "nats-1", 120, f64::INFINITY).encode_to_vec());
+    payloads.push(b"\xff\xff not protobuf".to_vec());
+    publish_all(&js, &format!("{}.acme", names.subject), payloads).await;
+
+    let started = Instant::now();
+    while !settled(&js, &names).await {
+        assert!(started.elapsed() < PATIENCE, "the consumer never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pool = sqlite.pool.clone();
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ingest_reading WHERE device_id = 'nats-1'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, 2_000, "every distinct reading once");
+    let letters: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT source, field, reason FROM ingest_dead_letter ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(letters.iter().all(|(source, ..)| source == "nats"));
+    let fields: Vec<&str> = letters.iter().map(|(_, f, _)| f.as_str()).collect();
+    assert!(
+        fields.contains(&"value") && fields.contains(&"payload"),
+        "{fields:?}"
+    );
+    running.shutdown().await;
+    js.delete_stream(&names.stream).await.unwrap();
+    sqlite.remove().await;
+}
+
+struct IngestProcess(Child);
+
+impl IngestProcess {
+    fn start(database_url: &str, names: &Names, nats_url: &str) -> Self {
+        let free = || {
+            service_runtime::testing::free_local_addr()
+                .unwrap()
+                .to_string()
+        };
+        let child = Command::new(env!("CARGO_BIN_EXE_ingest"))
+            .env_clear()
+            .env("INGEST_DATABASE_URL", database_url)
+            .env("INGEST_GRPC_ADDR", free())
+            .env("INGEST_ADMIN_ADDR", free())
+            .env("INGEST_NATS_URL", nats_url)
+            .env("INGEST_NATS_STREAM", &names.stream)
+            .env("INGEST_NATS_SUBJECTS", format!("{}.>", names.subject))
+            .env("INGEST_NATS_CONSUMER", &names.consumer)
+            .env("INGEST_NATS_ACK_WAIT", "15s")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+
+    /// SIGKILL: no drain, no acks for what was in flight.
+    fn kill_9(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for IngestProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const DEVICES: usize = 10;
+const PER_DEVICE: usize = 10_000;
+/// Readings are 0.6 s apart in event time: 100 one-minute windows each.
+const SPACING_MS: i64 = 600;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_stores_every_reading_once_and_enqueues_every_closed_window_once() {
+    let Some(url) = nats_url() else { return };
+    let Some(postgres) = jobs::testing::ScratchPostgres::create("ingest_kill").await else {
+        return;
+    };
+    let names = Names::unique("ingest_kill");
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = jetstream::new(client);
+    // The first process creates the stream; publishing waits for it.
+    let first = IngestProcess::start(&postgres.url, &names, &url);
+    let started = Instant::now();
+    while js.get_stream(&names.stream).await.is_err() {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "ingest never created the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let t0 = Utc::now() - chrono::Duration::milliseconds(SPACING_MS * PER_DEVICE as i64 + 60_000);
+    let reading = |device: usize, i: usize| {
+        let at = t0 + chrono::Duration::milliseconds(SPACING_MS * i as i64);
+        pb::Reading {
+            event_id: format!("k{device}-{i}"),
+            tenant_id: "acme".into(),
+            device_id: format!("dev{device}"),
+            metric: "temperature_c".into(),
+            value: i as f64,
+            observed_at: Some(prost_types::Timestamp {
+                seconds: at.timestamp(),
+                nanos: at.timestamp_subsec_nanos() as i32,
+            }),
+            attributes: Default::default(),
+        }
+        .encode_to_vec()
+    };
+    // In event-time order across devices, every tenth reading sent twice.
+    let mut payloads = Vec::with_capacity(DEVICES * PER_DEVICE * 11 / 10);
+    for i in 0..PER_DEVICE {
+        for device in 0..DEVICES {
+            payloads.push(reading(device, i));
+            if i % 10 == 0 {
+                payloads.push(reading(device, i));
+            }
+        }
+    }
+    let subject = format!("{}.acme", names.subject);
+    let publisher = {
+        let js = js.clone();
+        tokio::spawn(async move { publish_all(&js, &subject, payloads).await })
+    };
+
+    let pool = postgres.pool.clone();
+    let stored = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM ingest.reading")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    while stored().await < 30_000 {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "ingest stalled before the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill_9();
+    let at_kill = stored().await;
+    let second = IngestProcess::start(&postgres.url, &names, &url);
+    publisher.await.unwrap();
+    while !(stored().await == (DEVICES * PER_DEVICE) as i64 && settled(&js, &names).await) {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "not every reading arrived: {} stored",
+            stored().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        at_kill < (DEVICES * PER_DEVICE) as i64,
+        "the kill came mid-stream"
+    );
+
+    // Every window closed by the final watermark has exactly one on-time
+    // aggregation job; no job args appear twice.
+    let jobs: Vec<(serde_json::Value,)> =
+        sqlx::query_as("SELECT args FROM jobs.job WHERE kind = 'readings.aggregate_window'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for (args,) in &jobs {
+        assert!(seen.insert(args.to_string()), "enqueued twice: {args}");
+    }
+    let windowing = ingest::window::Windowing::default();
+    let last = t0 + chrono::Duration::milliseconds(SPACING_MS * (PER_DEVICE as i64 - 1));
+    let watermark = windowing.watermark(last);
+    let mut start = windowing.window_start(t0);
+    let mut expected = 0;
+    while windowing.is_closed(start, watermark) {
+        expected += 1;
+        start += windowing.length;
+    }
+    for device in 0..DEVICES {
+        let on_time = jobs
+            .iter()
+            .filter(|(a,)| a["device_id"] == format!("dev{device}") && a["late"] == false)
+            .count();
+        assert_eq!(
+            on_time, expected,
+            "device {device}: one job per closed window"
+        );
+    }
+    eprintln!(
+        "kill -9 at {at_kill} stored; after restart {} stored, {} aggregation jobs ({} late)",
+        stored().await,
+        jobs.len(),
+        jobs.iter().filter(|(a,)| a["late"] == true).count()
+    );
+    drop(second);
+    js.delete_stream(&names.stream).await.unwrap();
+    postgres.drop_database().await;
+}
