@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use jobs::QueueConfig;
-use service_runtime::{CommonConfig, DatabaseUrl, EnvReader, EnvValue};
+use service_runtime::{CommonConfig, DatabaseUrl, EnvReader, EnvValue, ServiceUrl};
 
 /// Everything the worker can be told at start-up.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,8 +32,47 @@ pub struct Config {
     /// `WORKER_WEBHOOK_BACKOFF`: first retry delay of a failed delivery;
     /// doubles per attempt (with jitter), capped at one hour.
     pub webhook_backoff: Duration,
+    /// `WORKER_INGEST_URL`: ingest's gRPC API (windows, results, pruning).
+    pub ingest_url: ServiceUrl,
+    /// `WORKER_INGEST_TIMEOUT`: longest one call to ingest may take.
+    pub ingest_timeout: Duration,
+    /// `WORKER_TENANT_WEBHOOKS`: `tenant=url,...`, where anomalous windows
+    /// are announced (until tenants configure this through the gateway).
+    pub tenant_webhooks: TenantWebhooks,
+    /// `WORKER_READINGS_RETENTION`: readings older than this are pruned.
+    pub readings_retention: Duration,
+    /// `WORKER_READINGS_PRUNE_CRON`: when to prune (five fields, UTC).
+    pub readings_prune_cron: String,
     /// Admin port, shutdown and logging settings.
     pub common: CommonConfig,
+}
+
+/// Webhook URL per tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TenantWebhooks(pub std::collections::BTreeMap<String, String>);
+
+impl EnvValue for TenantWebhooks {
+    fn parse_env(raw: &str) -> Result<Self, String> {
+        let mut map = std::collections::BTreeMap::new();
+        for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (tenant, url) = entry
+                .split_once('=')
+                .ok_or_else(|| format!("entry {entry:?}: expected tenant=url"))?;
+            let (tenant, url) = (tenant.trim(), url.trim());
+            if tenant.is_empty() {
+                return Err(format!("entry {entry:?}: the tenant is empty"));
+            }
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "entry {entry:?}: the url must start with http:// or https://"
+                ));
+            }
+            if map.insert(tenant.to_owned(), url.to_owned()).is_some() {
+                return Err(format!("tenant {tenant:?} is listed twice"));
+            }
+        }
+        Ok(Self(map))
+    }
 }
 
 /// A secret that never prints.
@@ -113,7 +152,13 @@ impl Config {
         let default_queues = Queues(vec![
             QueueConfig::new("default", 10),
             QueueConfig::new("webhooks", 20),
+            QueueConfig::new("aggregation", 10),
+            QueueConfig::new("maintenance", 1),
         ]);
+        let readings_prune_cron = env.get_or("READINGS_PRUNE_CRON", "17 * * * *".to_owned());
+        if let Err(error) = readings_prune_cron.parse::<jobs::CronSchedule>() {
+            env.reject("READINGS_PRUNE_CRON", error.to_string());
+        }
         Self {
             grpc_addr: env.get_or("GRPC_ADDR", SocketAddr::from(([127, 0, 0, 1], 50052))),
             database_url: env.get_or("DATABASE_URL", DatabaseUrl::embedded_default()),
@@ -129,6 +174,11 @@ impl Config {
             ),
             webhook_timeout: env.get_or("WEBHOOK_TIMEOUT", Duration::from_secs(10)),
             webhook_backoff: env.get_or("WEBHOOK_BACKOFF", Duration::from_secs(10)),
+            ingest_url: env.get_or("INGEST_URL", ServiceUrl::local(50051)),
+            ingest_timeout: env.get_or("INGEST_TIMEOUT", Duration::from_secs(10)),
+            tenant_webhooks: env.get_or("TENANT_WEBHOOKS", TenantWebhooks::default()),
+            readings_retention: env.get_or("READINGS_RETENTION", Duration::from_secs(7 * 86_400)),
+            readings_prune_cron,
             common: CommonConfig::from_env(env, 9183),
         }
     }

@@ -13,13 +13,17 @@ mod config;
 mod convert;
 pub mod kinds;
 mod storage;
+pub mod window_stats;
 
-use contracts::jobs::v1::jobs_service_server::JobsServiceServer;
+use contracts::{
+    ingest::v1::ingest_service_client::IngestServiceClient,
+    jobs::v1::jobs_service_server::JobsServiceServer,
+};
 use jobs::{JobStore, Node, NodeConfig};
 use service_runtime::{AppMain, BuildInfo, Running, ServiceBuilder, StartError};
 
 pub use api::JobsApi;
-pub use config::{Config, Queues, Secret};
+pub use config::{Config, Queues, Secret, TenantWebhooks};
 pub use service_runtime::DatabaseUrl;
 pub use storage::{RunLog, Storage};
 
@@ -58,12 +62,24 @@ async fn serve<S: JobStore>(
             what: "webhooks",
             message,
         })?;
-    let registry = kinds::registry(
-        storage.run_log(),
-        node_id.clone(),
+    let ingest = service_runtime::traced_channel(
+        &config.ingest_url,
+        config.ingest_timeout.min(std::time::Duration::from_secs(5)),
+        config.ingest_timeout,
+    )
+    .map_err(|error| StartError::Dependency {
+        what: "ingest client",
+        message: error.to_string(),
+    })?;
+    let registry = kinds::registry(kinds::Dependencies {
+        run_log: storage.run_log(),
+        node_id: node_id.clone(),
         webhooks,
-        config.webhook_backoff,
-    );
+        webhook_backoff: config.webhook_backoff,
+        ingest: IngestServiceClient::new(ingest),
+        store: store.clone(),
+        tenant_webhooks: config.tenant_webhooks.0.clone(),
+    });
     let api = JobsApi::new(store.clone(), registry.clone(), config.queues.0.clone());
     let ping = storage.clone();
     let mut builder = ServiceBuilder::new(INFO, config.common.clone())
@@ -81,6 +97,12 @@ async fn serve<S: JobStore>(
         node.prune_age = config.prune_age;
         // Leave a fifth of the runtime's grace for recording and leaving.
         node.shutdown_grace = config.common.shutdown_grace.mul_f64(0.8);
+        node.cron = vec![
+            readings_prune(&config).map_err(|error| StartError::Dependency {
+                what: "cron",
+                message: error.to_string(),
+            })?,
+        ];
         builder = builder.background("jobs node", move |stop| async move {
             if let Err(error) = Node::new(store, registry, node).run(stop).await {
                 tracing::error!(%error, "jobs node stopped with an error");
@@ -88,6 +110,24 @@ async fn serve<S: JobStore>(
         });
     }
     builder.start().await
+}
+
+/// The cron entry that prunes readings past their retention (through
+/// ingest's API; the worker never touches ingest's tables).
+fn readings_prune(config: &Config) -> Result<jobs::CronJob, jobs::CronError> {
+    let args = kinds::PruneArgs {
+        retention_seconds: config.readings_retention.as_secs(),
+    };
+    jobs::CronJob::new(
+        "readings.prune",
+        &config.readings_prune_cron,
+        "UTC",
+        jobs::NewJob::new(
+            kinds::prune::KIND,
+            serde_json::to_value(args).unwrap_or_default(),
+        )
+        .with_queue("maintenance"),
+    )
 }
 
 /// The app as the shared runtime's `main` (and the launcher) runs it.

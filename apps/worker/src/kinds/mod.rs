@@ -1,30 +1,58 @@
 //! The platform's job types, each a [`jobs::Worker`] with typed args.
 
+pub mod aggregate;
 mod noop;
+pub mod prune;
 mod record_run;
 pub mod webhook;
 
+pub use aggregate::{AggregateWindow, WindowArgs};
 pub use noop::Noop;
+pub use prune::{PruneArgs, PruneReadings};
 pub use record_run::RecordRun;
 pub use webhook::{DeliverWebhook, WebhookArgs};
 
+use contracts::ingest::v1::ingest_service_client::IngestServiceClient;
+use service_runtime::TracedChannel;
+
 use crate::storage::RunLog;
 
+/// What the job types need from the rest of the app.
+pub struct Dependencies<S> {
+    /// The runs table (crash tests).
+    pub run_log: RunLog,
+    /// This node's id.
+    pub node_id: String,
+    /// Signs and sends webhooks.
+    pub webhooks: webhook::WebhookClient,
+    /// First webhook retry delay.
+    pub webhook_backoff: std::time::Duration,
+    /// Ingest's API: windows, results, pruning.
+    pub ingest: IngestServiceClient<TracedChannel>,
+    /// The jobs store, for jobs that enqueue jobs.
+    pub store: S,
+    /// Webhook URL per tenant.
+    pub tenant_webhooks: std::collections::BTreeMap<String, String>,
+}
+
 /// Every job type this app runs.
-pub fn registry(
-    run_log: RunLog,
-    node_id: String,
-    webhooks: webhook::WebhookClient,
-    webhook_backoff: std::time::Duration,
-) -> jobs::Registry {
+pub fn registry<S: jobs::JobStore>(deps: Dependencies<S>) -> jobs::Registry {
     jobs::Registry::new()
         .register(Noop)
         .register(RecordRun {
-            log: run_log,
-            node_id,
+            log: deps.run_log,
+            node_id: deps.node_id,
         })
         .register(DeliverWebhook {
-            client: webhooks,
-            backoff: webhook_backoff,
+            client: deps.webhooks,
+            backoff: deps.webhook_backoff,
+        })
+        .register(AggregateWindow {
+            ingest: deps.ingest.clone(),
+            store: deps.store,
+            webhooks: deps.tenant_webhooks,
+        })
+        .register(PruneReadings {
+            ingest: deps.ingest,
         })
 }

@@ -1,0 +1,206 @@
+//! `readings.aggregate_window`: ingest enqueues it (in the transaction that
+//! stored the reading closing the window); this reads the window through
+//! ingest's API, computes its statistics and anomaly score, stores the
+//! result through ingest's API, and, when the window is anomalous and the
+//! tenant has a webhook URL, enqueues one delivery. Every step is
+//! idempotent, so a retry after any failure repeats nothing visible: the
+//! result is stored once per window and the delivery is unique per window.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use chrono::{DateTime, Utc};
+use contracts::ingest::v1::{self as pb, ingest_service_client::IngestServiceClient};
+use jobs::{Done, JobContext, JobError, JobState, JobStore, NewJob, UniqueOpts, Worker};
+use serde::{Deserialize, Serialize};
+use service_runtime::TracedChannel;
+use tonic::Code;
+
+use crate::window_stats;
+
+/// The kind ingest enqueues.
+pub const KIND: &str = "readings.aggregate_window";
+
+/// Most readings one window may hold before the job gives up (the numerics
+/// issue moves large windows to a streaming sketch).
+const MAX_READINGS: usize = 1_000_000;
+
+/// One window, as ingest's sink describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowArgs {
+    /// Tenant.
+    pub tenant_id: String,
+    /// Device.
+    pub device_id: String,
+    /// Metric.
+    pub metric: String,
+    /// Inclusive start.
+    pub window_start: DateTime<Utc>,
+    /// Length in seconds.
+    pub window_seconds: i64,
+    /// A re-aggregation after late readings.
+    pub late: bool,
+}
+
+/// Aggregates windows.
+pub struct AggregateWindow<S> {
+    pub(crate) ingest: IngestServiceClient<TracedChannel>,
+    pub(crate) store: S,
+    /// Webhook URL per tenant (`WORKER_TENANT_WEBHOOKS`).
+    pub(crate) webhooks: BTreeMap<String, String>,
+}
+
+/// gRPC failures: transient ones are retried, the rest discarded.
+fn rpc_error(what: &str, status: &tonic::Status) -> JobError {
+    let reason = format!("{what}: {} ({:?})", status.message(), status.code());
+    match status.code() {
+        Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::Unimplemented => {
+            JobError::Discard(reason)
+        }
+        _ => JobError::Retry(reason),
+    }
+}
+
+fn stamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+impl<S: JobStore> AggregateWindow<S> {
+    async fn read_window(
+        &self,
+        key: &pb::WindowKey,
+        start: DateTime<Utc>,
+    ) -> Result<Vec<(f64, f64)>, JobError> {
+        let mut points = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self
+                .ingest
+                .clone()
+                .read_window(pb::ReadWindowRequest {
+                    window: Some(key.clone()),
+                    page_size: 10_000,
+                    page_token: token,
+                })
+                .await
+                .map_err(|status| rpc_error("reading the window", &status))?
+                .into_inner();
+            for reading in page.readings {
+                let at = reading.observed_at.unwrap_or_default();
+                let offset = (at.seconds - start.timestamp()) as f64
+                    + (f64::from(at.nanos) - f64::from(start.timestamp_subsec_nanos())) / 1e9;
+                points.push((offset, reading.value));
+            }
+            if points.len() > MAX_READINGS {
+                return Err(JobError::Discard(format!(
+                    "the window holds more than {MAX_READINGS} readings"
+                )));
+            }
+            if page.next_page_token.is_empty() {
+                return Ok(points);
+            }
+            token = page.next_page_token;
+        }
+    }
+}
+
+impl<S: JobStore> Worker for AggregateWindow<S> {
+    type Args = WindowArgs;
+    const KIND: &'static str = KIND;
+
+    fn timeout(&self) -> Option<Duration> {
+        Some(Duration::from_secs(120))
+    }
+
+    async fn work(&self, _ctx: JobContext, args: WindowArgs) -> Result<Done, JobError> {
+        if !(1..=86_400).contains(&args.window_seconds) {
+            return Err(JobError::Discard(format!(
+                "window_seconds: must be 1 to 86400, got {}",
+                args.window_seconds
+            )));
+        }
+        let key = pb::WindowKey {
+            tenant_id: args.tenant_id.clone(),
+            device_id: args.device_id.clone(),
+            metric: args.metric.clone(),
+            window_start: Some(stamp(args.window_start)),
+            window_length: Some(prost_types::Duration {
+                seconds: args.window_seconds,
+                nanos: 0,
+            }),
+        };
+        let points = self.read_window(&key, args.window_start).await?;
+        let statistics = window_stats::statistics(&points);
+        let score = window_stats::anomaly_score(&statistics);
+        let anomalous = score >= window_stats::ANOMALOUS_FROM;
+        tracing::info!(
+            readings = statistics.count,
+            anomaly_score = score,
+            anomalous,
+            "window aggregated"
+        );
+        self.ingest
+            .clone()
+            .record_window_result(pb::RecordWindowResultRequest {
+                result: Some(pb::WindowResult {
+                    window: Some(key),
+                    statistics: Some(statistics),
+                    anomaly_score: score,
+                    anomalous,
+                    model_version: window_stats::MODEL_VERSION.to_owned(),
+                    computed_at: Some(stamp(Utc::now())),
+                }),
+            })
+            .await
+            .map_err(|status| rpc_error("storing the result", &status))?;
+        let Some(url) = self.webhooks.get(&args.tenant_id).filter(|_| anomalous) else {
+            return Ok(Done::Completed);
+        };
+        let window_id = format!(
+            "{}/{}/{}/{}/{}{}",
+            args.tenant_id,
+            args.device_id,
+            args.metric,
+            args.window_start.to_rfc3339(),
+            args.window_seconds,
+            if args.late { "/late" } else { "" }
+        );
+        let delivery = NewJob::new(
+            <super::DeliverWebhook as Worker>::KIND,
+            serde_json::json!({
+                "url": url,
+                "event": "window.anomalous",
+                "payload": {
+                    "window": window_id,
+                    "tenant_id": args.tenant_id,
+                    "device_id": args.device_id,
+                    "metric": args.metric,
+                    "window_start": args.window_start.to_rfc3339(),
+                    "window_seconds": args.window_seconds,
+                    "late": args.late,
+                    "anomaly_score": score,
+                    "statistics": {
+                        "count": statistics.count, "mean": statistics.mean,
+                        "min": statistics.min, "max": statistics.max,
+                    },
+                },
+            }),
+        )
+        .with_queue("webhooks")
+        // One delivery per window, whatever a retry recomputes.
+        .unique(UniqueOpts {
+            by_args: Some(vec!["url".into(), "event".into()]),
+            salt: Some(window_id),
+            states: JobState::ALL.to_vec(),
+            ..UniqueOpts::default()
+        });
+        self.store
+            .insert_many(&[delivery])
+            .await
+            .map_err(|error| JobError::Retry(format!("enqueueing the webhook: {error}")))?;
+        Ok(Done::Completed)
+    }
+}

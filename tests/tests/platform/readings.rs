@@ -1,0 +1,231 @@
+//! The running story end to end: readings published to ingest close a
+//! window; ingest enqueued its aggregation job in the same transaction; the
+//! worker runs it (reading the window through ingest's API), the result can
+//! be read back through ingest's API, and the anomalous window's webhook
+//! reaches a local HTTP server exactly once, all on the publisher's trace.
+//! On the embedded SQLite file, and on PostgreSQL when `DATABASE_URL` is set.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{Router, extract::State, http::HeaderMap, routing::post};
+use chrono::{DateTime, Utc};
+use contracts::ingest::v1::{self as pb, ingest_service_client::IngestServiceClient};
+use service_runtime::{ServiceUrl, traced_channel};
+use telemetry::testing::capture_spans;
+use tracing::Instrument as _;
+
+use crate::support::url_of;
+
+const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
+/// Hang guard, not a timing claim.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+type Received = Arc<Mutex<Vec<(HeaderMap, serde_json::Value)>>>;
+
+async fn receive(
+    State(received): State<Received>,
+    headers: HeaderMap,
+    body: String,
+) -> &'static str {
+    let body = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+    received.lock().unwrap().push((headers, body));
+    "ok"
+}
+
+/// A webhook receiver on a free port: its URL and what it received.
+async fn webhook_receiver() -> (String, Received) {
+    let received: Received = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/anomaly", listener.local_addr().unwrap());
+    let app = Router::new()
+        .route("/hooks/anomaly", post(receive))
+        .with_state(received.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, received)
+}
+
+fn stamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: 0,
+    }
+}
+
+/// 30 steady readings with one spike in a one-minute window ten minutes
+/// ago, and one reading 75 s after its start that closes it.
+fn readings(window: DateTime<Utc>) -> Vec<pb::Reading> {
+    let reading = |i: i64, at: DateTime<Utc>, value: f64| pb::Reading {
+        event_id: format!("e2e-{i}"),
+        tenant_id: "acme".into(),
+        device_id: "boiler-7".into(),
+        metric: "temperature_c".into(),
+        value,
+        observed_at: Some(stamp(at)),
+        attributes: Default::default(),
+    };
+    let mut readings: Vec<pb::Reading> = (0..30)
+        .map(|i| {
+            let value = if i == 17 {
+                95.0
+            } else {
+                20.0 + (i % 3) as f64 * 0.1
+            };
+            reading(i, window + chrono::Duration::seconds(2 * i), value)
+        })
+        .collect();
+    readings.push(reading(99, window + chrono::Duration::seconds(75), 20.0));
+    readings
+}
+
+async fn story(database_url: String, jobs_table: &str) {
+    capture_spans();
+    let (hook_url, received) = webhook_receiver().await;
+    let ingest = ingest::start(ingest::Config::for_tests(&database_url))
+        .await
+        .unwrap();
+    let mut worker_config = worker::Config::for_tests(&database_url);
+    worker_config.ingest_url = url_of(&ingest);
+    worker_config
+        .tenant_webhooks
+        .0
+        .insert("acme".into(), hook_url);
+    let worker = worker::start(worker_config).await.unwrap();
+
+    let timeout = Duration::from_secs(20);
+    let channel = traced_channel(
+        &ServiceUrl::local(ingest.grpc_addr.unwrap().port()),
+        timeout,
+        timeout,
+    )
+    .unwrap();
+    let mut client = IngestServiceClient::new(channel);
+    let now = Utc::now() - chrono::Duration::minutes(10);
+    let window =
+        DateTime::from_timestamp(now.timestamp() - now.timestamp().rem_euclid(60), 0).unwrap();
+    // The publisher is itself on a trace (as the gateway's request will be).
+    let publisher = tracing::info_span!("publisher");
+    let caller = std::collections::HashMap::from([(
+        "traceparent".to_owned(),
+        format!("00-{TRACE_ID}-b7ad6b7169203331-01"),
+    )]);
+    telemetry::continue_trace(&publisher, &caller);
+    let ack = client
+        .publish_readings(pb::PublishReadingsRequest {
+            readings: readings(window),
+        })
+        .instrument(publisher)
+        .await
+        .unwrap()
+        .into_inner()
+        .ack
+        .unwrap();
+    assert_eq!(ack.accepted, 31);
+
+    // The worker aggregates the window; its result comes back through ingest.
+    let started = Instant::now();
+    let result = loop {
+        let page = client
+            .list_window_results(pb::ListWindowResultsRequest {
+                tenant_id: "acme".into(),
+                page_size: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(result) = page.results.into_iter().next() {
+            break result;
+        }
+        assert!(started.elapsed() < PATIENCE, "no window result");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let statistics = result.statistics.unwrap();
+    assert_eq!(
+        statistics.count, 30,
+        "the closing reading belongs to the next window"
+    );
+    assert_eq!(statistics.max, 95.0);
+    assert!(result.anomalous, "score {}", result.anomaly_score);
+    assert_eq!(
+        result.window.unwrap().window_start.unwrap().seconds,
+        window.timestamp()
+    );
+
+    // The webhook arrives once, signed, on the publisher's trace.
+    while received.lock().unwrap().is_empty() {
+        assert!(started.elapsed() < PATIENCE, "no webhook");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let jobs_done = |state: &'static str| {
+        let url = database_url.clone();
+        let table = jobs_table.to_owned();
+        async move { count_jobs(&url, &table, state).await }
+    };
+    while jobs_done("completed").await < 2 {
+        assert!(started.elapsed() < PATIENCE, "the jobs never completed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.shutdown().await;
+    ingest.shutdown().await;
+    let received = received.lock().unwrap().clone();
+    assert_eq!(received.len(), 1, "exactly one delivery");
+    let (headers, body) = &received[0];
+    assert_eq!(body["type"], "window.anomalous");
+    assert_eq!(body["data"]["device_id"], "boiler-7");
+    assert!(headers.contains_key("webhook-signature"));
+    let traceparent = headers["traceparent"].to_str().unwrap();
+    assert!(
+        traceparent.contains(TRACE_ID),
+        "webhook on another trace: {traceparent}"
+    );
+
+    let spans: Vec<String> = capture_spans()
+        .finished_spans()
+        .into_iter()
+        .filter(|s| s.trace_id == TRACE_ID)
+        .map(|s| s.name)
+        .collect();
+    for expected in ["job readings.aggregate_window", "job webhook.deliver"] {
+        assert!(
+            spans.iter().any(|n| n == expected),
+            "no {expected:?} span in {spans:?}"
+        );
+    }
+}
+
+async fn count_jobs(url: &str, table: &str, state: &str) -> i64 {
+    let query = format!("SELECT count(*) FROM {table} WHERE CAST(state AS TEXT) = $1");
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let n = sqlx::query_scalar(&query)
+            .bind(state)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        n
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        let n = sqlx::query_scalar(&query)
+            .bind(state)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_closes_is_aggregated_stored_and_its_anomaly_delivered_once_on_one_trace() {
+    let sqlite = jobs::testing::ScratchSqlite::create("platform_story").await;
+    story(sqlite.url.clone(), "jobs_job").await;
+    sqlite.remove().await;
+    if let Some(postgres) = jobs::testing::ScratchPostgres::create("platform_story").await {
+        story(postgres.url.clone(), "jobs.job").await;
+        postgres.drop_database().await;
+    }
+}
