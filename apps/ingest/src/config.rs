@@ -78,7 +78,7 @@ impl Config {
         }
         let pipeline = PipelineConfig {
             processors: env.get_or("PROCESSORS", defaults.processors),
-            batch_size: env.get_or("BATCH_SIZE", 1_000),
+            batch_size: env.get_or("BATCH_SIZE", 5_000),
             batch_timeout: env.get_or("BATCH_TIMEOUT", defaults.batch_timeout),
             batch_processors: env.get_or("SINK_CONCURRENCY", defaults.batch_processors),
             max_in_flight: env.get_or("MAX_IN_FLIGHT", defaults.max_in_flight),

@@ -144,13 +144,13 @@ async fn write_in<R: Borrow<Reading> + Sync>(
     }
     // ON CONFLICT (event_id) DO NOTHING: redelivered readings are skipped
     // and not returned, so only new readings move watermarks and windows.
-    let stored: Vec<(String, String, String, String, DateTime<Utc>)> = sqlx::query_as(
+    let stored: Vec<String> = sqlx::query_scalar(
         "INSERT INTO ingest.reading (event_id, tenant_id, device_id, metric, value, observed_at, attributes)
          SELECT event_id, tenant_id, device_id, metric, value, observed_at, COALESCE(attributes::jsonb, '{}')
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::timestamptz[], $7::text[])
               AS input(event_id, tenant_id, device_id, metric, value, observed_at, attributes)
          ON CONFLICT (event_id) DO NOTHING
-         RETURNING event_id, tenant_id, device_id, metric, observed_at",
+         RETURNING event_id",
     )
     .bind(&event_ids)
     .bind(&tenants)
@@ -161,30 +161,33 @@ async fn write_in<R: Borrow<Reading> + Sync>(
     .bind(&attributes)
     .fetch_all(&mut *conn)
     .await?;
-    let mut new_ids: HashSet<&str> = stored.iter().map(|row| row.0.as_str()).collect();
-    let duplicate_at: Vec<usize> = event_ids
-        .iter()
-        .enumerate()
-        .filter(|(_, id)| !new_ids.remove(**id))
-        .map(|(i, _)| i)
-        .collect();
-    let mut report = WriteReport {
+    // Only the event ids come back; a reading is new at its first position
+    // among the returned ids (a repeat within the batch is a duplicate).
+    let mut new_ids: HashSet<&str> = stored.iter().map(String::as_str).collect();
+    let mut by_series: BTreeMap<Series, Vec<DateTime<Utc>>> = BTreeMap::new();
+    let mut duplicate_at = Vec::new();
+    for (index, r) in readings.iter().enumerate() {
+        let r: &Reading = r.borrow();
+        if new_ids.remove(r.event_id.as_str()) {
+            by_series
+                .entry((r.tenant_id.clone(), r.device_id.clone(), r.metric.clone()))
+                .or_default()
+                .push(r.observed_at);
+        } else {
+            duplicate_at.push(index);
+        }
+    }
+    let report = WriteReport {
         inserted: stored.len(),
         duplicates: duplicate_at.len(),
         duplicate_at,
         jobs_enqueued: 0,
     };
-    if stored.is_empty() {
+    if report.inserted == 0 {
         return Ok(report);
     }
+    let mut report = report;
 
-    let mut by_series: BTreeMap<Series, Vec<DateTime<Utc>>> = BTreeMap::new();
-    for (_, tenant, device, metric, at) in stored {
-        by_series
-            .entry((tenant, device, metric))
-            .or_default()
-            .push(at);
-    }
     // Lock the series' watermarks in key order (BTreeMap), so concurrent
     // batches over the same series serialise instead of deadlocking.
     let keys: Vec<&Series> = by_series.keys().collect();

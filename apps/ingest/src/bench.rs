@@ -1,0 +1,426 @@
+//! `ingest bench`: what the pipeline does on this machine, printed with its
+//! method. (a) the stage kit alone, in memory, on one core; (b) readings
+//! streamed over gRPC into PostgreSQL through the whole app, against the
+//! same rows written by a raw binary `COPY` into the same table in the same
+//! run (the physical limit); (c) readings consumed from NATS JetStream into
+//! PostgreSQL with explicit acks. Each PostgreSQL phase uses a scratch
+//! database created and dropped on the given server.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use chrono::Utc;
+use clap::Args;
+use contracts::ingest::v1::{self as pb, ingest_service_client::IngestServiceClient};
+use prost::Message as _;
+use service_runtime::{DatabaseUrl, EnvValue as _, ServiceUrl};
+use sqlx::{Connection as _, Executor as _, PgConnection};
+
+use crate::{Config, NatsConfig};
+
+/// What to measure and how hard.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Messages through the in-memory pipeline in (a).
+    #[arg(long, default_value_t = 5_000_000)]
+    pub kit_messages: u64,
+    /// Readings written in (b) and (c).
+    #[arg(long, default_value_t = 200_000)]
+    pub readings: usize,
+    /// Readings per streamed batch in (b).
+    #[arg(long, default_value_t = 1_000)]
+    pub batch: usize,
+    /// PostgreSQL server for (b) and (c) (default: `DATABASE_URL`).
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// NATS server for (c) (default: `NATS_URL`).
+    #[arg(long)]
+    pub nats_url: Option<String>,
+    /// Run only these parts (a, b, c); all by default.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+}
+
+impl BenchArgs {
+    fn wants(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
+}
+
+/// Why the benchmark stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A database step failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The app or a client failed.
+    #[error("{0}")]
+    Other(String),
+}
+
+fn other(context: &'static str) -> impl Fn(String) -> BenchError {
+    move |message| BenchError::Other(format!("{context}: {message}"))
+}
+
+/// (a): the kit on a single-threaded runtime, so the figure is per core.
+#[allow(clippy::print_stdout, reason = "the benchmark's report")]
+pub fn kit(args: &BenchArgs) -> Result<(), BenchError> {
+    if !args.wants("a") {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::Other(e.to_string()))?;
+    let config = pipeline::PipelineConfig {
+        processors: 2,
+        batchers: 2,
+        batch_processors: 2,
+        batch_size: 1_000,
+        max_demand: 5_000,
+        max_in_flight: 50_000,
+        ..pipeline::PipelineConfig::default()
+    };
+    println!(
+        "(a) stage kit, in memory: {} no-op messages, producer -> 2 processors -> 2 batchers \
+         (16 keys, batch 1000) -> 2 batch processors, every message acknowledged; \
+         one thread (tokio current_thread), so the rate is per core",
+        args.kit_messages
+    );
+    for run in 1..=3 {
+        let result = runtime
+            .block_on(pipeline::bench::in_memory(
+                args.kit_messages,
+                config.clone(),
+            ))
+            .map_err(|e| BenchError::Other(e.to_string()))?;
+        println!(
+            "    run {run}: {} acknowledged in {:.2} s = {:.0} messages/s per core",
+            result.messages,
+            result.elapsed.as_secs_f64(),
+            result.rate()
+        );
+    }
+    Ok(())
+}
+
+/// A scratch database on the server at `admin_url`.
+struct Scratch {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl Scratch {
+    async fn create(admin_url: &str, part: &str) -> Result<Self, BenchError> {
+        let name = format!("ingest_bench_{part}_{}", std::process::id());
+        let mut admin = PgConnection::connect(admin_url).await?;
+        admin
+            .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+            .await?;
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await?;
+        Ok(Self {
+            admin_url: admin_url.to_owned(),
+            url: jobs::testing::with_database(admin_url, &name),
+            name,
+        })
+    }
+
+    async fn drop(self) -> Result<(), BenchError> {
+        let mut admin = PgConnection::connect(&self.admin_url).await?;
+        admin
+            .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
+            .await?;
+        Ok(())
+    }
+}
+
+/// `n` readings over 100 devices, in event-time order, 0.6 s apart per
+/// device, ending a minute ago: windows close as they go.
+fn readings(n: usize, prefix: &str) -> Vec<pb::Reading> {
+    const DEVICES: usize = 100;
+    let per_device = n.div_ceil(DEVICES);
+    let start = Utc::now() - chrono::Duration::milliseconds(600 * per_device as i64 + 60_000);
+    let mut out = Vec::with_capacity(n);
+    'all: for i in 0..per_device {
+        let at = start + chrono::Duration::milliseconds(600 * i as i64);
+        for device in 0..DEVICES {
+            if out.len() == n {
+                break 'all;
+            }
+            out.push(pb::Reading {
+                event_id: format!("{prefix}-{device}-{i}"),
+                tenant_id: "bench".into(),
+                device_id: format!("device-{device}"),
+                metric: "temperature_c".into(),
+                value: 20.0 + (i % 17) as f64 * 0.25,
+                observed_at: Some(prost_types::Timestamp {
+                    seconds: at.timestamp(),
+                    nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+                }),
+                attributes: Default::default(),
+            });
+        }
+    }
+    out
+}
+
+/// PostgreSQL's binary COPY encoding of readings into `ingest.reading`.
+fn copy_binary(readings: &[pb::Reading]) -> Vec<u8> {
+    const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+    let mut out = Vec::with_capacity(readings.len() * 96 + 32);
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&0i32.to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes());
+    let field = |out: &mut Vec<u8>, bytes: &[u8]| {
+        out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    for r in readings {
+        out.extend_from_slice(&7i16.to_be_bytes());
+        field(&mut out, r.event_id.as_bytes());
+        field(&mut out, r.tenant_id.as_bytes());
+        field(&mut out, r.device_id.as_bytes());
+        field(&mut out, r.metric.as_bytes());
+        field(&mut out, &r.value.to_bits().to_be_bytes());
+        let at = r.observed_at.unwrap_or_default();
+        let micros = at.seconds * 1_000_000 + i64::from(at.nanos) / 1_000 - POSTGRES_EPOCH_MICROS;
+        field(&mut out, &micros.to_be_bytes());
+        field(&mut out, b"\x01{}");
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out
+}
+
+fn rate(n: usize, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64()
+}
+
+async fn start_ingest(
+    url: &str,
+    nats: Option<NatsConfig>,
+) -> Result<service_runtime::Running, BenchError> {
+    let mut config = Config::for_tests(url);
+    config.nats = nats;
+    config.common.shutdown_grace = Duration::from_secs(20);
+    crate::start(config)
+        .await
+        .map_err(|e| BenchError::Other(format!("starting ingest: {e}")))
+}
+
+async fn count_readings(url: &str) -> Result<i64, BenchError> {
+    let mut conn = PgConnection::connect(url).await?;
+    Ok(sqlx::query_scalar("SELECT count(*) FROM ingest.reading")
+        .fetch_one(&mut conn)
+        .await?)
+}
+
+/// (b): raw COPY, then the same rows streamed over gRPC through the app.
+#[allow(clippy::print_stdout, reason = "the benchmark's report")]
+pub async fn grpc(args: &BenchArgs) -> Result<(), BenchError> {
+    if !args.wants("b") {
+        return Ok(());
+    }
+    let Some(server) = &args.database_url else {
+        println!("(b) skipped: no --database-url / DATABASE_URL");
+        return Ok(());
+    };
+    let scratch = Scratch::create(server, "grpc").await?;
+    let running = start_ingest(&scratch.url, None).await?;
+    let rows = readings(args.readings, "r");
+    println!(
+        "(b) {} readings (100 devices, 0.6 s apart, windows closing as they go) into \
+         ingest.reading on PostgreSQL at {}",
+        rows.len(),
+        DatabaseUrl::parse_env(server)
+            .map(|u| format!("{u:?}"))
+            .unwrap_or_default()
+    );
+
+    // The physical limit: one binary COPY of the same rows into the same
+    // table (same indexes), then emptied for the app's run.
+    let encoded = copy_binary(&rows);
+    let mut conn = PgConnection::connect(&scratch.url).await?;
+    let started = Instant::now();
+    let mut copy = conn
+        .copy_in_raw(
+            "COPY ingest.reading (event_id, tenant_id, device_id, metric, value, observed_at, attributes) \
+             FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    copy.send(encoded).await?;
+    let copied = copy.finish().await?;
+    let copy_time = started.elapsed();
+    conn.execute("TRUNCATE ingest.reading").await?;
+    println!(
+        "    raw binary COPY, one statement: {copied} rows in {:.2} s = {:.0} rows/s",
+        copy_time.as_secs_f64(),
+        rate(rows.len(), copy_time)
+    );
+
+    let port = running.grpc_addr.map(|a| a.port()).unwrap_or_default();
+    let channel = service_runtime::traced_channel(
+        &ServiceUrl::local(port),
+        Duration::from_secs(5),
+        Duration::from_secs(600),
+    )
+    .map_err(|e| BenchError::Other(e.to_string()))?;
+    let mut client = IngestServiceClient::new(channel);
+    let batches: Vec<pb::StreamReadingsRequest> = rows
+        .chunks(args.batch)
+        .enumerate()
+        .map(|(i, chunk)| pb::StreamReadingsRequest {
+            sequence: i as u64 + 1,
+            readings: chunk.to_vec(),
+        })
+        .collect();
+    let expected = batches.len();
+    let started = Instant::now();
+    let mut acks = client
+        .stream_readings(futures_util::stream::iter(batches))
+        .await
+        .map_err(|s| BenchError::Other(format!("stream: {s}")))?
+        .into_inner();
+    let (mut acked, mut accepted) = (0usize, 0u64);
+    while let Some(ack) = acks
+        .message()
+        .await
+        .map_err(|s| BenchError::Other(format!("stream: {s}")))?
+    {
+        acked += 1;
+        accepted += u64::from(ack.ack.map(|a| a.accepted).unwrap_or_default());
+    }
+    let stream_time = started.elapsed();
+    let stored = count_readings(&scratch.url).await?;
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs.job")
+        .fetch_one(&mut conn)
+        .await?;
+    let grpc_rate = rate(rows.len(), stream_time);
+    println!(
+        "    gRPC StreamReadings, batches of {}, each acknowledged after commit, through \
+         validation, batching (1000 / 50 ms), the sink (insert ON CONFLICT, watermarks, \
+         aggregation jobs in the same transaction): {acked}/{expected} batches acked, \
+         {accepted} accepted, {stored} stored, {jobs} aggregation jobs, in {:.2} s = {:.0} \
+         readings/s = {:.0}% of raw COPY",
+        args.batch,
+        stream_time.as_secs_f64(),
+        grpc_rate,
+        100.0 * grpc_rate / rate(rows.len(), copy_time)
+    );
+    drop(conn);
+    running.shutdown().await;
+    scratch.drop().await
+}
+
+/// (c): readings waiting in JetStream, consumed into PostgreSQL.
+#[allow(clippy::print_stdout, reason = "the benchmark's report")]
+pub async fn nats(args: &BenchArgs) -> Result<(), BenchError> {
+    if !args.wants("c") {
+        return Ok(());
+    }
+    let (Some(server), Some(nats_url)) = (&args.database_url, &args.nats_url) else {
+        println!("(c) skipped: needs --database-url and --nats-url (or DATABASE_URL, NATS_URL)");
+        return Ok(());
+    };
+    let scratch = Scratch::create(server, "nats").await?;
+    let id = format!("ingest_bench_{}", std::process::id());
+    let config = NatsConfig {
+        url: nats_url.clone(),
+        stream: id.to_uppercase(),
+        subjects: vec![format!("{id}.>")],
+        consumer: format!("{id}_consumer"),
+        ack_wait: Duration::from_secs(60),
+        nak_delay: Duration::from_secs(1),
+    };
+    let client = async_nats::connect(nats_url.as_str())
+        .await
+        .map_err(|e| other("nats")(e.to_string()))?;
+    let js = jetstream::new(client);
+    let _ = js.delete_stream(&config.stream).await;
+    js.create_stream(jetstream::stream::Config {
+        name: config.stream.clone(),
+        subjects: config.subjects.clone(),
+        retention: jetstream::stream::RetentionPolicy::WorkQueue,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| other("stream")(e.to_string()))?;
+    let rows = readings(args.readings, "n");
+    let started = Instant::now();
+    let subject = format!("{id}.bench");
+    for chunk in rows.chunks(5_000) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for reading in chunk {
+            pending.push(
+                js.publish(subject.clone(), reading.encode_to_vec().into())
+                    .await
+                    .map_err(|e| other("publish")(e.to_string()))?,
+            );
+        }
+        for ack in pending {
+            ack.await.map_err(|e| other("publish ack")(e.to_string()))?;
+        }
+    }
+    let publish_time = started.elapsed();
+    println!(
+        "(c) {} readings published to JetStream stream {} first ({:.0} msgs/s, not the \
+         figure), then consumed by ingest's durable pull consumer (explicit acks after commit) \
+         into PostgreSQL",
+        rows.len(),
+        config.stream,
+        rate(rows.len(), publish_time)
+    );
+    let started = Instant::now();
+    let running = start_ingest(&scratch.url, Some(config.clone())).await?;
+    loop {
+        if count_readings(&scratch.url).await? >= rows.len() as i64 {
+            let stream = js
+                .get_stream(&config.stream)
+                .await
+                .map_err(|e| other("stream")(e.to_string()))?;
+            let info = stream
+                .consumer_info(&config.consumer)
+                .await
+                .map_err(|e| other("consumer")(e.to_string()))?;
+            if info.num_ack_pending == 0 && info.num_pending == 0 {
+                break;
+            }
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err(BenchError::Other(
+                "consumption did not finish in 10 minutes".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let consume_time = started.elapsed();
+    println!(
+        "    all stored and acked (consumer: 0 pending, 0 awaiting ack) {:.2} s after ingest \
+         started (connect and migrations included) = {:.0} readings/s",
+        consume_time.as_secs_f64(),
+        rate(rows.len(), consume_time)
+    );
+    running.shutdown().await;
+    let _ = js.delete_stream(&config.stream).await;
+    scratch.drop().await
+}
+
+/// Runs the parts asked for, printing as it goes.
+pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
+    let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let mut args = args.clone();
+    args.database_url = args.database_url.or_else(|| from_env("DATABASE_URL"));
+    args.nats_url = args.nats_url.or_else(|| from_env("NATS_URL"));
+    let args = &args;
+    kit(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::Other(e.to_string()))?;
+    runtime.block_on(async {
+        grpc(args).await?;
+        nats(args).await
+    })
+}
