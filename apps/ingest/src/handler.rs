@@ -27,6 +27,12 @@ pub trait Tally: Send + Sync {
     fn duplicate(&self, index: u32);
 }
 
+/// What a reading costs in memory beyond its encoded size while it is in
+/// the pipeline (the decoded message, its validated copy, bookkeeping):
+/// sources count `encoded + OVERHEAD` against the byte budgets, so the
+/// budgets bound memory, not just payload bytes.
+pub const IN_MEMORY_OVERHEAD: usize = 512;
+
 /// A reading on its way in, with where it came from.
 pub struct Envelope {
     /// As received.

@@ -18,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tonic::Status;
 
 use crate::{
-    handler::{Envelope, Tally},
+    handler::{Envelope, IN_MEMORY_OVERHEAD, Tally},
     reading::Rejection,
 };
 
@@ -208,7 +208,7 @@ impl Admission {
     ) -> Result<(), Status> {
         let sizes: Vec<u32> = readings
             .iter()
-            .map(|r| r.encoded_len().min(u32::MAX as usize) as u32)
+            .map(|r| (r.encoded_len() + IN_MEMORY_OVERHEAD).min(u32::MAX as usize) as u32)
             .collect();
         let total: u32 = sizes.iter().fold(0u32, |a, b| a.saturating_add(*b));
         let want = total.clamp(1, self.capacity);

@@ -30,7 +30,10 @@ use prost::Message as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{NatsConfig, handler::Envelope};
+use crate::{
+    NatsConfig,
+    handler::{Envelope, IN_MEMORY_OVERHEAD},
+};
 
 /// Why the JetStream source could not start.
 #[derive(Debug, thiserror::Error)]
@@ -234,7 +237,7 @@ impl NatsProducer {
             }
             Some(Arc::new(carrier))
         });
-        let bytes = message.payload.len().min(u32::MAX as usize) as u32;
+        let bytes = (message.payload.len() + IN_MEMORY_OVERHEAD).min(u32::MAX as usize) as u32;
         let envelope = match pb::Reading::decode(message.payload.as_ref()) {
             Ok(reading) => Envelope {
                 reading,

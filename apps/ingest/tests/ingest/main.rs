@@ -9,5 +9,7 @@
 
 mod api;
 mod nats;
+mod overload;
 mod publish;
 mod sink;
+mod support;

@@ -2,17 +2,14 @@
 //! `NATS_URL` is set; CI sets it): in-process on SQLite, and as real
 //! processes on PostgreSQL with a `kill -9` mid-stream.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, Context};
 use chrono::Utc;
 use contracts::ingest::v1 as pb;
 use prost::Message as _;
 
-use crate::publish::now_reading;
+use crate::{publish::now_reading, support::IngestProcess};
 
 /// Hang guard, not a timing claim.
 const PATIENCE: Duration = Duration::from_secs(240);
@@ -40,6 +37,16 @@ impl Names {
             subject: format!("{id}.readings"),
             consumer: format!("{id}_consumer"),
         }
+    }
+
+    fn env(&self, nats_url: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("INGEST_NATS_URL", nats_url.to_owned()),
+            ("INGEST_NATS_STREAM", self.stream.clone()),
+            ("INGEST_NATS_SUBJECTS", format!("{}.>", self.subject)),
+            ("INGEST_NATS_CONSUMER", self.consumer.clone()),
+            ("INGEST_NATS_ACK_WAIT", "15s".to_owned()),
+        ]
     }
 
     fn config(&self, url: &str) -> ingest::NatsConfig {
@@ -135,48 +142,6 @@ async fn jetstream_messages_are_acked_after_storing_and_poison_is_dead_lettered_
     sqlite.remove().await;
 }
 
-struct IngestProcess(Child);
-
-impl IngestProcess {
-    fn start(database_url: &str, names: &Names, nats_url: &str) -> Self {
-        let free = || {
-            service_runtime::testing::free_local_addr()
-                .unwrap()
-                .to_string()
-        };
-        let child = Command::new(env!("CARGO_BIN_EXE_ingest"))
-            .env_clear()
-            .env("INGEST_DATABASE_URL", database_url)
-            .env("INGEST_GRPC_ADDR", free())
-            .env("INGEST_ADMIN_ADDR", free())
-            .env("INGEST_NATS_URL", nats_url)
-            .env("INGEST_NATS_STREAM", &names.stream)
-            .env("INGEST_NATS_SUBJECTS", format!("{}.>", names.subject))
-            .env("INGEST_NATS_CONSUMER", &names.consumer)
-            .env("INGEST_NATS_ACK_WAIT", "15s")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        Self(child)
-    }
-
-    /// SIGKILL: no drain, no acks for what was in flight.
-    fn kill_9(mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for IngestProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 const DEVICES: usize = 10;
 const PER_DEVICE: usize = 10_000;
 /// Readings are 0.6 s apart in event time: 100 one-minute windows each.
@@ -192,7 +157,7 @@ async fn kill_9_mid_stream_stores_every_reading_once_and_enqueues_every_closed_w
     let client = async_nats::connect(&url).await.unwrap();
     let js = jetstream::new(client);
     // The first process creates the stream; publishing waits for it.
-    let first = IngestProcess::start(&postgres.url, &names, &url);
+    let first = IngestProcess::start(&postgres.url, names.env(&url));
     let started = Instant::now();
     while js.get_stream(&names.stream).await.is_err() {
         assert!(
@@ -251,7 +216,7 @@ async fn kill_9_mid_stream_stores_every_reading_once_and_enqueues_every_closed_w
     }
     first.kill_9();
     let at_kill = stored().await;
-    let second = IngestProcess::start(&postgres.url, &names, &url);
+    let second = IngestProcess::start(&postgres.url, names.env(&url));
     publisher.await.unwrap();
     while !(stored().await == (DEVICES * PER_DEVICE) as i64 && settled(&js, &names).await) {
         assert!(

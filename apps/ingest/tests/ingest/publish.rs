@@ -278,7 +278,7 @@ async fn a_full_queue_answers_resource_exhausted_with_a_retry_hint_and_loses_not
         config.pipeline.max_in_flight = 10;
         config.pipeline.max_demand = 10;
         config.pipeline.batch_timeout = Duration::from_secs(1);
-        config.queue_bytes = 800;
+        config.queue_bytes = 8_000;
         let running = ingest::start(config).await.unwrap();
         let client = client(&running).await;
         let batch = |name: &str| pb::PublishReadingsRequest {
