@@ -10,6 +10,7 @@
 mod api;
 pub mod bench;
 mod config;
+pub mod demo;
 pub mod handler;
 pub mod reading;
 pub mod sink;

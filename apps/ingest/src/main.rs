@@ -1,5 +1,5 @@
 //! The `ingest` binary: serves by default; `bench` measures the pipeline on
-//! this machine and exits.
+//! this machine, `publish` sends synthetic readings to a running ingest.
 
 use std::process::ExitCode;
 
@@ -23,6 +23,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Publish synthetic readings to a running ingest (try the platform
+    /// locally: `--spike` makes one window per device anomalous).
+    Publish(ingest::demo::PublishArgs),
     /// Measure the stage kit, gRPC into PostgreSQL (against raw COPY) and
     /// NATS JetStream into PostgreSQL.
     Bench(ingest::bench::BenchArgs),
@@ -32,15 +35,28 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         None => service_runtime::run_with_args(ingest::app(), &cli.standard),
-        Some(Command::Bench(args)) => match ingest::bench::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                #[allow(clippy::print_stderr, reason = "the binary's edge")]
-                {
-                    eprintln!("ingest bench: {error}");
-                }
-                ExitCode::FAILURE
+        Some(Command::Bench(args)) => report("bench", ingest::bench::run(&args)),
+        Some(Command::Publish(args)) => report(
+            "publish",
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|runtime| runtime.block_on(ingest::demo::publish(&args))),
+        ),
+    }
+}
+
+/// Exit status and message of a one-shot command.
+fn report<E: std::fmt::Display>(command: &str, outcome: Result<(), E>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            #[allow(clippy::print_stderr, reason = "the binary's edge")]
+            {
+                eprintln!("ingest {command}: {error}");
             }
-        },
+            ExitCode::FAILURE
+        }
     }
 }
