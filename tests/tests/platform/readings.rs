@@ -2,7 +2,8 @@
 //! window; ingest enqueued its aggregation job in the same transaction; the
 //! worker runs it (reading the window through ingest's API), the result can
 //! be read back through ingest's API, and the anomalous window's webhook
-//! reaches a local HTTP server exactly once, all on the publisher's trace.
+//! reaches a local HTTP server exactly once, all on the publisher's trace;
+//! then the worker's prune job deletes them through ingest's API.
 //! On the embedded SQLite file, and on PostgreSQL when `DATABASE_URL` is set.
 
 use std::{
@@ -12,7 +13,10 @@ use std::{
 
 use axum::{Router, extract::State, http::HeaderMap, routing::post};
 use chrono::{DateTime, Utc};
-use contracts::ingest::v1::{self as pb, ingest_service_client::IngestServiceClient};
+use contracts::{
+    ingest::v1::{self as pb, ingest_service_client::IngestServiceClient},
+    jobs::v1::{self as jobs_pb, jobs_service_client::JobsServiceClient},
+};
 use service_runtime::{ServiceUrl, traced_channel};
 use telemetry::testing::capture_spans;
 use tracing::Instrument as _;
@@ -168,6 +172,70 @@ async fn story(database_url: String, jobs_table: &str) {
         assert!(started.elapsed() < PATIENCE, "the jobs never completed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // Pruning runs through ingest's API too: a one-minute retention deletes
+    // every reading of this story (all ten minutes old).
+    let jobs_channel = traced_channel(&url_of(&worker), timeout, timeout).unwrap();
+    let mut jobs_client = JobsServiceClient::new(jobs_channel);
+    let mut args = prost_types::Struct::default();
+    args.fields.insert(
+        "retention_seconds".into(),
+        prost_types::Value {
+            kind: Some(prost_types::value::Kind::NumberValue(60.0)),
+        },
+    );
+    let prune = jobs_client
+        .enqueue_job(jobs_pb::EnqueueJobRequest {
+            job: Some(jobs_pb::JobSpec {
+                kind: "readings.prune".into(),
+                args: Some(args),
+                queue: "maintenance".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    loop {
+        let job = jobs_client
+            .get_job(jobs_pb::GetJobRequest { id: prune.id })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        if job.state == jobs_pb::JobState::Completed as i32 {
+            break;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "pruning never completed: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = client
+        .read_window(pb::ReadWindowRequest {
+            window: Some(pb::WindowKey {
+                tenant_id: "acme".into(),
+                device_id: "boiler-7".into(),
+                metric: "temperature_c".into(),
+                window_start: Some(stamp(window)),
+                window_length: Some(prost_types::Duration {
+                    seconds: 600,
+                    nanos: 0,
+                }),
+            }),
+            page_size: 100,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .readings;
+    assert!(left.is_empty(), "{} readings survived pruning", left.len());
+
     worker.shutdown().await;
     ingest.shutdown().await;
     let received = received.lock().unwrap().clone();
