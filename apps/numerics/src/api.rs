@@ -1,14 +1,296 @@
-//! `platform.numerics.v1.NumericsService`. Every RPC answers `UNIMPLEMENTED` (the
-//! contract's default) until the numerics issue implements it.
+//! `platform.numerics.v1.NumericsService` over the engine: requests are
+//! decoded and checked on the async runtime, computed on the bounded CPU
+//! pool, encoded back. Engine errors become statuses in one place,
+//! [`status`]. The model RPCs (score, info, reload) answer `UNIMPLEMENTED`
+//! until the model lands.
 
-use contracts::numerics::v1::numerics_service_server::{NumericsService, NumericsServiceServer};
+use std::collections::HashMap;
 
-/// The gRPC handler; it will hold the app's engine handles.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct NumericsApi;
+use contracts::numerics::v1::{
+    self as pb,
+    numerics_service_server::{NumericsService, NumericsServiceServer},
+};
+use numerics_engine::{
+    EngineError, ErrorKind, Tensor,
+    linalg::{self, Decomposition},
+    ops::{Binary, Reduce, Unary},
+    program::{self, Limits, Op, Step},
+    shape::Range,
+    stats::{self, WindowRequest},
+};
+use tonic::{Request, Response, Status};
 
-impl NumericsService for NumericsApi {}
+use crate::{
+    pool::{CpuPool, PoolError},
+    wire,
+};
 
-pub(crate) fn server() -> NumericsServiceServer<NumericsApi> {
-    NumericsServiceServer::new(NumericsApi)
+/// The gRPC handler.
+#[derive(Debug, Clone)]
+pub(crate) struct NumericsApi {
+    pool: CpuPool,
+    limits: Limits,
+}
+
+pub(crate) fn server(
+    pool: CpuPool,
+    limits: Limits,
+    max_message_bytes: usize,
+) -> NumericsServiceServer<NumericsApi> {
+    NumericsServiceServer::new(NumericsApi { pool, limits })
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes)
+}
+
+/// The one mapping from engine and pool errors to statuses.
+fn status(error: EngineError) -> Status {
+    match error.kind {
+        ErrorKind::Invalid | ErrorKind::TooLarge => Status::invalid_argument(error.to_string()),
+        ErrorKind::NotConverged => Status::failed_precondition(error.to_string()),
+    }
+}
+
+fn pool_status(error: PoolError) -> Status {
+    match error {
+        PoolError::Full(_) => Status::resource_exhausted(error.to_string()),
+        PoolError::Lost(_) => Status::unavailable(error.to_string()),
+    }
+}
+
+/// The contract's op and attributes as an engine operation.
+fn operation(
+    field: &str,
+    op: i32,
+    attributes: Option<&pb::OpAttributes>,
+) -> Result<Op, EngineError> {
+    let default = pb::OpAttributes::default();
+    let a = attributes.unwrap_or(&default);
+    let reduce = |op| Op::Reduce {
+        op,
+        axes: a.axes.clone(),
+        keep_dims: a.keep_dims,
+    };
+    Ok(match pb::Op::try_from(op) {
+        Ok(pb::Op::Add) => Op::Binary(Binary::Add),
+        Ok(pb::Op::Sub) => Op::Binary(Binary::Sub),
+        Ok(pb::Op::Mul) => Op::Binary(Binary::Mul),
+        Ok(pb::Op::Div) => Op::Binary(Binary::Div),
+        Ok(pb::Op::Pow) => Op::Binary(Binary::Pow),
+        Ok(pb::Op::Maximum) => Op::Binary(Binary::Maximum),
+        Ok(pb::Op::Minimum) => Op::Binary(Binary::Minimum),
+        Ok(pb::Op::Neg) => Op::Unary(Unary::Neg),
+        Ok(pb::Op::Abs) => Op::Unary(Unary::Abs),
+        Ok(pb::Op::Exp) => Op::Unary(Unary::Exp),
+        Ok(pb::Op::Log) => Op::Unary(Unary::Log),
+        Ok(pb::Op::Sqrt) => Op::Unary(Unary::Sqrt),
+        Ok(pb::Op::Tanh) => Op::Unary(Unary::Tanh),
+        Ok(pb::Op::Sigmoid) => Op::Unary(Unary::Sigmoid),
+        Ok(pb::Op::Relu) => Op::Unary(Unary::Relu),
+        Ok(pb::Op::Clamp) => {
+            if a.clamp_min.is_none() && a.clamp_max.is_none() {
+                return Err(EngineError::invalid(
+                    "attributes.clamp_min",
+                    "clamp needs clamp_min or clamp_max",
+                ));
+            }
+            Op::Unary(Unary::Clamp(a.clamp_min, a.clamp_max))
+        }
+        Ok(pb::Op::Matmul) => Op::Matmul,
+        Ok(pb::Op::Transpose) => Op::Transpose(a.axes.clone()),
+        Ok(pb::Op::Reshape) => Op::Reshape(a.shape.clone()),
+        Ok(pb::Op::Slice) => Op::Slice(
+            a.slices
+                .iter()
+                .map(|s| Range {
+                    start: s.start,
+                    stop: s.stop,
+                    step: if s.step == 0 { 1 } else { s.step },
+                })
+                .collect(),
+        ),
+        Ok(pb::Op::Concat) => Op::Concat(a.axis),
+        Ok(pb::Op::Sum) => reduce(Reduce::Sum),
+        Ok(pb::Op::Mean) => reduce(Reduce::Mean),
+        Ok(pb::Op::Min) => reduce(Reduce::Min),
+        Ok(pb::Op::Max) => reduce(Reduce::Max),
+        Ok(pb::Op::Argmax) => reduce(Reduce::Argmax),
+        Ok(pb::Op::Variance) => reduce(Reduce::Variance(a.ddof)),
+        Ok(pb::Op::Unspecified) => return Err(EngineError::invalid(field, "is required")),
+        Err(_) => {
+            return Err(EngineError::invalid(
+                field,
+                format!("{op} is not a known operation"),
+            ));
+        }
+    })
+}
+
+impl NumericsApi {
+    async fn compute<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+    ) -> Result<T, Status> {
+        self.pool
+            .run(job)
+            .await
+            .map_err(pool_status)?
+            .map_err(status)
+    }
+}
+
+#[tonic::async_trait]
+impl NumericsService for NumericsApi {
+    async fn compute(
+        &self,
+        request: Request<pb::ComputeRequest>,
+    ) -> Result<Response<pb::ComputeResponse>, Status> {
+        let request = request.into_inner();
+        let op = operation("op", request.op, request.attributes.as_ref()).map_err(status)?;
+        let operands = request
+            .operands
+            .iter()
+            .enumerate()
+            .map(|(i, t)| wire::decode(&format!("operands[{i}]"), t, &self.limits, true))
+            .collect::<Result<Vec<Tensor>, _>>()
+            .map_err(status)?;
+        let limits = self.limits;
+        let result = self
+            .compute(move || {
+                let refs: Vec<&Tensor> = operands.iter().collect();
+                program::apply(&op, &refs, &limits).map(|t| wire::encode(&t))
+            })
+            .await?;
+        Ok(Response::new(pb::ComputeResponse {
+            result: Some(result),
+        }))
+    }
+
+    async fn evaluate(
+        &self,
+        request: Request<pb::EvaluateRequest>,
+    ) -> Result<Response<pb::EvaluateResponse>, Status> {
+        let request = request.into_inner();
+        let mut inputs = HashMap::with_capacity(request.inputs.len());
+        for (name, tensor) in &request.inputs {
+            inputs.insert(
+                name.clone(),
+                wire::decode(&format!("inputs[{name:?}]"), tensor, &self.limits, true)
+                    .map_err(status)?,
+            );
+        }
+        let steps = request
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                Ok(Step {
+                    output: s.output.clone(),
+                    op: operation(&format!("steps[{i}].op"), s.op, s.attributes.as_ref())?,
+                    inputs: s.inputs.clone(),
+                })
+            })
+            .collect::<Result<Vec<Step>, EngineError>>()
+            .map_err(status)?;
+        let (outputs, limits) = (request.outputs, self.limits);
+        let outputs = self
+            .compute(move || {
+                program::evaluate(inputs, &steps, &outputs, &limits).map(|out| {
+                    out.into_iter()
+                        .map(|(k, v)| (k, wire::encode(&v)))
+                        .collect()
+                })
+            })
+            .await?;
+        Ok(Response::new(pb::EvaluateResponse { outputs }))
+    }
+
+    async fn decompose(
+        &self,
+        request: Request<pb::DecomposeRequest>,
+    ) -> Result<Response<pb::DecomposeResponse>, Status> {
+        let request = request.into_inner();
+        let kind = match pb::Decomposition::try_from(request.decomposition) {
+            Ok(pb::Decomposition::Solve) => Decomposition::Solve,
+            Ok(pb::Decomposition::LeastSquares) => Decomposition::LeastSquares,
+            Ok(pb::Decomposition::Cholesky) => Decomposition::Cholesky,
+            Ok(pb::Decomposition::Qr) => Decomposition::Qr,
+            Ok(pb::Decomposition::Svd) => Decomposition::Svd,
+            Ok(pb::Decomposition::Eigh) => Decomposition::Eigh,
+            _ => return Err(Status::invalid_argument("decomposition: is required")),
+        };
+        let a = request
+            .a
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("a: is required"))?;
+        let a = wire::decode("a", a, &self.limits, false).map_err(status)?;
+        let b = request
+            .b
+            .as_ref()
+            .map(|b| wire::decode("b", b, &self.limits, false))
+            .transpose()
+            .map_err(status)?;
+        let factors = self
+            .compute(move || {
+                linalg::decompose(kind, &a, b.as_ref()).map(|f| {
+                    f.into_iter()
+                        .map(|(k, v)| (k.to_owned(), wire::encode(&v)))
+                        .collect()
+                })
+            })
+            .await?;
+        Ok(Response::new(pb::DecomposeResponse { factors }))
+    }
+
+    async fn compute_window_statistics(
+        &self,
+        request: Request<pb::ComputeWindowStatisticsRequest>,
+    ) -> Result<Response<pb::ComputeWindowStatisticsResponse>, Status> {
+        let request = request.into_inner();
+        if request.values.len() > self.limits.max_elements {
+            return Err(Status::invalid_argument(format!(
+                "values: {} values are above the limit of {}",
+                request.values.len(),
+                self.limits.max_elements
+            )));
+        }
+        let result = self
+            .compute(move || {
+                let offsets = (!request.offsets_seconds.is_empty())
+                    .then_some(request.offsets_seconds.as_slice());
+                stats::window_statistics(&WindowRequest {
+                    values: &request.values,
+                    offsets,
+                    quantiles: &request.quantiles,
+                    ewma_alpha: if request.ewma_alpha == 0.0 {
+                        0.3
+                    } else {
+                        request.ewma_alpha
+                    },
+                    z_threshold: if request.z_threshold == 0.0 {
+                        3.0
+                    } else {
+                        request.z_threshold
+                    },
+                    approximate: request.approximate_quantiles,
+                })
+            })
+            .await?;
+        Ok(Response::new(pb::ComputeWindowStatisticsResponse {
+            count: result.count,
+            mean: result.mean,
+            variance: result.variance,
+            min: result.min,
+            max: result.max,
+            quantiles: result
+                .quantiles
+                .iter()
+                .map(|&(q, value)| pb::Quantile { q, value })
+                .collect(),
+            ewma: result.ewma,
+            trend_slope: result.trend_slope,
+            trend_intercept: result.trend_intercept,
+            trend_r_squared: result.trend_r_squared,
+            anomalous_indexes: result.anomalous,
+        }))
+    }
 }

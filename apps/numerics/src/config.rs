@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use numerics_engine::program::Limits;
 use service_runtime::{CommonConfig, EnvReader};
 
 /// Everything the numerics app can be told at start-up.
@@ -9,6 +10,16 @@ use service_runtime::{CommonConfig, EnvReader};
 pub struct Config {
     /// `NUMERICS_GRPC_ADDR`: where the gRPC API listens.
     pub grpc_addr: SocketAddr,
+    /// `NUMERICS_WORKERS`: computations running at once (default: cores).
+    pub workers: usize,
+    /// `NUMERICS_QUEUE`: computations waiting for a worker before
+    /// `RESOURCE_EXHAUSTED`.
+    pub queue: usize,
+    /// `NUMERICS_MAX_ELEMENTS`, `NUMERICS_MAX_RANK`, `NUMERICS_MAX_STEPS`:
+    /// bounds on operands, results and programs.
+    pub limits: Limits,
+    /// `NUMERICS_MAX_MESSAGE_BYTES`: largest request or response.
+    pub max_message_bytes: usize,
     /// Admin port, shutdown and logging settings.
     pub common: CommonConfig,
 }
@@ -19,17 +30,38 @@ impl Config {
 
     /// Reads the settings, recording every problem in `env`.
     pub fn from_env(env: &mut EnvReader) -> Self {
-        Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let defaults = Limits::default();
+        let config = Self {
             grpc_addr: env.get_or("GRPC_ADDR", SocketAddr::from(([127, 0, 0, 1], 50053))),
+            workers: env.get_or("WORKERS", cores),
+            queue: env.get_or("QUEUE", 64),
+            limits: Limits {
+                max_elements: env.get_or("MAX_ELEMENTS", defaults.max_elements),
+                max_rank: env.get_or("MAX_RANK", defaults.max_rank),
+                max_steps: env.get_or("MAX_STEPS", defaults.max_steps),
+            },
+            max_message_bytes: env.get_or("MAX_MESSAGE_BYTES", 64 * 1024 * 1024),
             common: CommonConfig::from_env(env, 9184),
+        };
+        if config.workers == 0 {
+            env.reject("WORKERS", "must be at least 1");
         }
+        if config.limits.max_elements == 0
+            || config.limits.max_rank == 0
+            || config.limits.max_steps == 0
+        {
+            env.reject("MAX_ELEMENTS", "limits must be at least 1");
+        }
+        config
     }
 
     /// Port 0 everywhere, for tests that start the app in-process.
     pub fn for_tests() -> Self {
-        Self {
-            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            common: CommonConfig::for_tests(),
-        }
+        let mut env = EnvReader::from_vars("NUMERICS_", std::iter::empty::<(&str, &str)>());
+        let mut config = Self::from_env(&mut env);
+        config.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.common = CommonConfig::for_tests();
+        config
     }
 }

@@ -1,11 +1,16 @@
 //! The numerics app: tensor operations, statistics, linear algebra and the
-//! anomaly model, served over `platform.numerics.v1.NumericsService`.
+//! anomaly model of `libs/numerics-engine`, served over
+//! `platform.numerics.v1.NumericsService`. The app decodes and checks
+//! requests, runs them on a bounded CPU pool and encodes the answers; the
+//! engine knows nothing of gRPC.
 //!
 //! The library is the whole server, so tests start it in-process on port 0;
 //! `main.rs` only hands [`app`] to the shared runtime.
 
 mod api;
 mod config;
+pub mod pool;
+pub mod wire;
 
 use service_runtime::{AppMain, BuildInfo, Running, ServiceBuilder, StartError};
 
@@ -14,11 +19,14 @@ pub use config::Config;
 /// This app's name and build, as reported by `--version` and ServiceInfo.
 pub const INFO: BuildInfo = BuildInfo::new("numerics");
 
-/// Binds the gRPC and admin listeners and starts serving.
+/// Binds the gRPC and admin listeners and starts serving; computations run
+/// on a pool of `NUMERICS_WORKERS` threads, matmul using all of them.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    numerics_engine::ops::set_matmul_threads(config.workers);
+    let pool = pool::CpuPool::new(config.workers, config.queue);
     ServiceBuilder::new(INFO, config.common)
         .grpc(config.grpc_addr)
-        .add_grpc_service(api::server())
+        .add_grpc_service(api::server(pool, config.limits, config.max_message_bytes))
         .start()
         .await
 }

@@ -1,0 +1,67 @@
+//! The bounded CPU pool: numerical work runs on blocking threads, at most
+//! one per core at a time, behind a bounded queue; a full queue answers
+//! `RESOURCE_EXHAUSTED` at once. The async runtime only moves bytes, so a
+//! slow request never delays health checks or other RPCs' I/O.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+/// Why a job did not run.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PoolError {
+    /// Too many jobs are waiting.
+    #[error("the compute queue is full ({0} waiting); retry later")]
+    Full(usize),
+    /// The pool is shutting down or the job panicked.
+    #[error("the computation was lost: {0}")]
+    Lost(String),
+}
+
+/// Runs closures on at most `workers` threads with at most `queue` waiting.
+#[derive(Debug, Clone)]
+pub struct CpuPool {
+    running: Arc<Semaphore>,
+    admitted: Arc<Semaphore>,
+    queue: usize,
+}
+
+impl CpuPool {
+    /// A pool of `workers` threads and `queue` waiting places.
+    pub fn new(workers: usize, queue: usize) -> Self {
+        Self {
+            running: Arc::new(Semaphore::new(workers.max(1))),
+            admitted: Arc::new(Semaphore::new(workers.max(1) + queue)),
+            queue,
+        }
+    }
+
+    /// Runs `job` when a worker is free; fails fast when the queue is full.
+    pub async fn run<T, F>(&self, job: F) -> Result<T, PoolError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let _admitted = self
+            .admitted
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| PoolError::Full(self.queue))?;
+        // A caller that gives up while waiting here (deadline, cancel)
+        // never starts its job.
+        let running = self
+            .running
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| PoolError::Lost(e.to_string()))?;
+        // The permit travels with the job: a caller that goes away mid-run
+        // does not free its worker before the work is done.
+        tokio::task::spawn_blocking(move || {
+            let _running = running;
+            job()
+        })
+        .await
+        .map_err(|e| PoolError::Lost(e.to_string()))
+    }
+}
