@@ -125,13 +125,18 @@ fn operation(
     })
 }
 
+/// Elementwise work on at most this many elements runs in place: it takes
+/// microseconds, less than handing it to a blocking thread.
+const INLINE_ELEMENTS: usize = 4_096;
+
 impl NumericsApi {
     async fn compute<T: Send + 'static>(
         &self,
+        small: bool,
         job: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
     ) -> Result<T, Status> {
         self.pool
-            .run(job)
+            .run_sized(small, job)
             .await
             .map_err(pool_status)?
             .map_err(status)
@@ -154,8 +159,10 @@ impl NumericsService for NumericsApi {
             .collect::<Result<Vec<Tensor>, _>>()
             .map_err(status)?;
         let limits = self.limits;
+        let small = !matches!(op, Op::Matmul)
+            && operands.iter().map(Tensor::len).sum::<usize>() <= INLINE_ELEMENTS;
         let result = self
-            .compute(move || {
+            .compute(small, move || {
                 let refs: Vec<&Tensor> = operands.iter().collect();
                 program::apply(&op, &refs, &limits).map(|t| wire::encode(&t))
             })
@@ -193,7 +200,7 @@ impl NumericsService for NumericsApi {
             .map_err(status)?;
         let (outputs, limits) = (request.outputs, self.limits);
         let outputs = self
-            .compute(move || {
+            .compute(false, move || {
                 program::evaluate(inputs, &steps, &outputs, &limits).map(|out| {
                     out.into_iter()
                         .map(|(k, v)| (k, wire::encode(&v)))
@@ -230,7 +237,7 @@ impl NumericsService for NumericsApi {
             .transpose()
             .map_err(status)?;
         let factors = self
-            .compute(move || {
+            .compute(false, move || {
                 linalg::decompose(kind, &a, b.as_ref()).map(|f| {
                     f.into_iter()
                         .map(|(k, v)| (k.to_owned(), wire::encode(&v)))
@@ -253,8 +260,9 @@ impl NumericsService for NumericsApi {
                 self.limits.max_elements
             )));
         }
+        let small = request.values.len() <= INLINE_ELEMENTS;
         let result = self
-            .compute(move || {
+            .compute(small, move || {
                 let offsets = (!request.offsets_seconds.is_empty())
                     .then_some(request.offsets_seconds.as_slice());
                 stats::window_statistics(&WindowRequest {

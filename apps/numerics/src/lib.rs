@@ -8,6 +8,7 @@
 //! `main.rs` only hands [`app`] to the shared runtime.
 
 mod api;
+pub mod bench;
 mod config;
 pub mod pool;
 pub mod wire;

@@ -1,5 +1,45 @@
-//! The `numerics` binary: the shared runtime running [`numerics::app`].
+//! The `numerics` binary: serves by default; `bench` measures the engine
+//! and the service on this machine next to numpy, and exits.
 
-fn main() -> std::process::ExitCode {
-    service_runtime::run_main(numerics::app())
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use service_runtime::StandardArgs;
+
+/// Command line of the `numerics` binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "numerics",
+    about = "Serves tensors, statistics, linear algebra and the anomaly model"
+)]
+struct Cli {
+    /// `--version`, `--check-config`.
+    #[command(flatten)]
+    standard: StandardArgs,
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Measure matmul, window statistics and gRPC overhead next to numpy.
+    Bench(numerics::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None => service_runtime::run_with_args(numerics::app(), &cli.standard),
+        Some(Command::Bench(args)) => match numerics::bench::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                #[allow(clippy::print_stderr, reason = "the binary's edge")]
+                {
+                    eprintln!("numerics bench: {error}");
+                }
+                ExitCode::FAILURE
+            }
+        },
+    }
 }

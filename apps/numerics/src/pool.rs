@@ -36,6 +36,21 @@ impl CpuPool {
         }
     }
 
+    /// Runs `job` in place when it is tiny (`small`: a few microseconds of
+    /// arithmetic cost less than the hop to a blocking thread), otherwise
+    /// on the pool.
+    pub async fn run_sized<T, F>(&self, small: bool, job: F) -> Result<T, PoolError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if small {
+            Ok(job())
+        } else {
+            self.run(job).await
+        }
+    }
+
     /// Runs `job` when a worker is free; fails fast when the queue is full.
     pub async fn run<T, F>(&self, job: F) -> Result<T, PoolError>
     where

@@ -1,0 +1,224 @@
+//! `numerics bench`: the engine and the service on this machine, side by
+//! side with numpy (OpenBLAS) run by the same command with the same thread
+//! count, printed with the method. The numpy script is
+//! `apps/numerics/bench/numpy_bench.py`.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use clap::Args;
+use contracts::numerics::v1::{self as pb, numerics_service_client::NumericsServiceClient};
+use numerics_engine::{
+    Tensor, ops,
+    stats::{WindowRequest, window_statistics},
+};
+use service_runtime::ServiceUrl;
+
+/// What to measure.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Threads for matmul (and for numpy's OpenBLAS).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Square f32 matmul sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1024,2048")]
+    pub sizes: Vec<usize>,
+    /// Values in the window-statistics run.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub window: usize,
+    /// Small requests timed over gRPC.
+    #[arg(long, default_value_t = 10_000)]
+    pub requests: usize,
+    /// Python with numpy (empty: skip the comparison).
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// The numpy script.
+    #[arg(long, default_value = "apps/numerics/bench/numpy_bench.py")]
+    pub script: String,
+}
+
+/// A deterministic pseudo-random f32 in [-1, 1).
+fn noise(i: usize, seed: u64) -> f64 {
+    let x = (i as u64)
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(seed)
+        .rotate_left(17);
+    (x >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+}
+
+fn best_of(reps: usize, mut f: impl FnMut()) -> Duration {
+    (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
+}
+
+fn median_of(reps: usize, mut f: impl FnMut()) -> Duration {
+    let mut times: Vec<Duration> = (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// numpy's figures, when python and numpy are there.
+fn numpy(args: &BenchArgs) -> Option<serde_json::Value> {
+    if args.python.is_empty() {
+        return None;
+    }
+    let sizes: Vec<String> = args.sizes.iter().map(ToString::to_string).collect();
+    let output = Command::new(&args.python)
+        .arg(&args.script)
+        .arg(sizes.join(","))
+        .arg(args.window.to_string())
+        .env("OPENBLAS_NUM_THREADS", args.threads.to_string())
+        .env("OMP_NUM_THREADS", args.threads.to_string())
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        #[allow(clippy::print_stderr, reason = "the benchmark's report")]
+        {
+            eprintln!(
+                "numpy comparison skipped: {} (install with `{} -m pip install numpy`)",
+                String::from_utf8_lossy(&output.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("failed"),
+                args.python
+            );
+        }
+        return None;
+    }
+    serde_json::from_slice(&output.stdout).ok()
+}
+
+fn ratio(ours: f64, theirs: Option<f64>) -> String {
+    theirs.map_or_else(String::new, |t| format!(" ({:.2}x numpy)", ours / t))
+}
+
+/// Runs the measurements and prints them.
+#[allow(clippy::print_stdout, reason = "the benchmark's report")]
+pub fn run(args: &BenchArgs) -> Result<(), String> {
+    let reference = numpy(args);
+    numerics_engine::ops::set_matmul_threads(args.threads);
+    println!(
+        "numerics bench: {} threads for matmul (numpy: OPENBLAS_NUM_THREADS={}){}",
+        args.threads,
+        args.threads,
+        reference
+            .as_ref()
+            .and_then(|r| r["numpy"].as_str())
+            .map_or_else(|| ", numpy not run".to_owned(), |v| format!(", numpy {v}"))
+    );
+    for &n in &args.sizes {
+        let a = Tensor::f32(vec![n, n], (0..n * n).map(|i| noise(i, 1) as f32).collect())
+            .map_err(|e| e.to_string())?;
+        let b = Tensor::f32(vec![n, n], (0..n * n).map(|i| noise(i, 2) as f32).collect())
+            .map_err(|e| e.to_string())?;
+        ops::matmul(&a, &b).map_err(|e| e.to_string())?;
+        let time = best_of(if n <= 1024 { 10 } else { 4 }, || {
+            let _ = ops::matmul(&a, &b);
+        });
+        let gflops = 2.0 * (n as f64).powi(3) / time.as_secs_f64() / 1e9;
+        let theirs = reference
+            .as_ref()
+            .and_then(|r| r["matmul_gflops"][n.to_string()].as_f64());
+        println!(
+            "  f32 matmul {n}x{n} (faer, best of runs): {gflops:.1} GFLOP/s{}{}",
+            theirs.map_or_else(String::new, |t| format!(", numpy {t:.1} GFLOP/s")),
+            ratio(gflops, theirs)
+        );
+    }
+    let values: Vec<f64> = (0..args.window).map(|i| 20.0 + 3.0 * noise(i, 3)).collect();
+    let request = WindowRequest {
+        values: &values,
+        offsets: None,
+        quantiles: &[0.5, 0.95, 0.99],
+        ewma_alpha: 0.3,
+        z_threshold: 3.0,
+        approximate: false,
+    };
+    let time = median_of(21, || {
+        let _ = window_statistics(&request);
+    });
+    let ms = time.as_secs_f64() * 1e3;
+    let theirs = reference
+        .as_ref()
+        .and_then(|r| r["window_stats_ms"].as_f64());
+    println!(
+        "  window statistics of {} values (count, mean, variance, min, max, p50/p95/p99 exact, \
+         trend with r², |z|>3 flags, plus EWMA), one thread, median of 21: {ms:.2} ms{}{}",
+        args.window,
+        theirs.map_or_else(String::new, |t| format!(", numpy {t:.2} ms")),
+        theirs.map_or_else(String::new, |t| format!(" ({:.2}x numpy's speed)", t / ms))
+    );
+    grpc_overhead(args)
+}
+
+/// p50/p99 of a tiny `Compute` over loopback: the service's own cost.
+#[allow(clippy::print_stdout, reason = "the benchmark's report")]
+fn grpc_overhead(args: &BenchArgs) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let running = crate::start(crate::Config::for_tests())
+            .await
+            .map_err(|e| e.to_string())?;
+        let port = running.grpc_addr.map(|a| a.port()).unwrap_or_default();
+        let channel = service_runtime::traced_channel(
+            &ServiceUrl::local(port),
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut client = NumericsServiceClient::new(channel);
+        let operand = crate::wire::encode(
+            &Tensor::f64(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]).map_err(|e| e.to_string())?,
+        );
+        let request = pb::ComputeRequest {
+            op: pb::Op::Add as i32,
+            operands: vec![operand.clone(), operand],
+            attributes: None,
+        };
+        for _ in 0..1_000 {
+            client
+                .compute(request.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let mut latencies = Vec::with_capacity(args.requests);
+        for _ in 0..args.requests {
+            let start = Instant::now();
+            client
+                .compute(request.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            latencies.push(start.elapsed());
+        }
+        latencies.sort();
+        let at =
+            |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+        println!(
+            "  gRPC Compute(add, 2x2 f64) on loopback, client and server in this process, {} \
+             sequential calls after 1,000 warm-up: p50 {:.0} us, p99 {:.0} us",
+            args.requests,
+            at(0.5),
+            at(0.99)
+        );
+        running.shutdown().await;
+        Ok(())
+    })
+}
