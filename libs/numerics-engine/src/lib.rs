@@ -9,13 +9,17 @@
 //! problem is an [`EngineError`] naming the operand and what is wrong;
 //! nothing here panics on user input.
 
+pub mod autodiff;
 mod error;
 pub mod linalg;
+pub mod model;
 pub mod ops;
 pub mod program;
 pub mod shape;
 pub mod stats;
 mod tensor;
+pub mod train;
+pub mod weights;
 
 pub use error::{EngineError, ErrorKind};
 pub use tensor::{DType, Data, Tensor};

@@ -7,5 +7,6 @@
 )]
 
 mod linalg;
+mod model;
 mod properties;
 mod stats;

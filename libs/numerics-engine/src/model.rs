@@ -1,0 +1,213 @@
+//! The anomaly scorer: a small neural network over a window's feature
+//! vector (8 features -> 16 ReLU units -> 1 sigmoid). The forward pass is
+//! one faer matmul for the hidden layer, then bias, ReLU, the output dot
+//! product and the sigmoid fused in a single pass over each row.
+
+use faer::{Accum, MatMut, MatRef, Par};
+
+use crate::{
+    EngineError,
+    stats::{WindowRequest, WindowStatistics, window_statistics},
+    weights::Weights,
+};
+
+/// Features per window.
+pub const FEATURES: usize = 8;
+/// Hidden units of the shipped architecture.
+pub const HIDDEN: usize = 16;
+/// The quantiles [`features_from`] needs, in this order.
+pub const FEATURE_QUANTILES: [f64; 2] = [0.5, 0.99];
+
+/// A window's features, from its statistics (computed with
+/// [`FEATURE_QUANTILES`]): how far the extremes and the upper tail sit from
+/// the mean in standard deviations, how much of the window a straight line
+/// explains and how far it moves, the share of flagged values, skew of the
+/// median, and the window's size. Scale-free, so one model serves every
+/// metric. Each is clamped to [-20, 20].
+pub fn features_from(s: &WindowStatistics) -> [f32; FEATURES] {
+    let deviation = s.variance.sqrt();
+    let count = s.count as f64;
+    let size = (count.ln_1p() / 5.0) as f32;
+    if s.count < 3 || deviation <= f64::EPSILON * s.mean.abs().max(1.0) {
+        return [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, size];
+    }
+    let quantile = |q: f64| {
+        s.quantiles
+            .iter()
+            .find(|(x, _)| *x == q)
+            .map_or(s.mean, |(_, v)| *v)
+    };
+    let (p50, p99) = (quantile(0.5), quantile(0.99));
+    let z = |x: f64| (x / deviation).clamp(-20.0, 20.0) as f32;
+    [
+        z(s.max - s.mean),
+        z(s.mean - s.min),
+        s.trend_r_squared as f32,
+        // The trend's total move across the window (x is the index).
+        z((s.trend_slope * count).abs()),
+        z(p99 - p50),
+        z(p50 - s.mean),
+        (s.anomalous.len() as f64 / count * 10.0) as f32,
+        size,
+    ]
+}
+
+/// Features of evenly spaced `values`.
+pub fn features(values: &[f64]) -> Result<[f32; FEATURES], EngineError> {
+    let stats = window_statistics(&WindowRequest {
+        values,
+        offsets: None,
+        quantiles: &FEATURE_QUANTILES,
+        ewma_alpha: 0.3,
+        z_threshold: 3.0,
+        approximate: false,
+    })?;
+    Ok(features_from(&stats))
+}
+
+/// A loaded model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnomalyModel {
+    /// [FEATURES, hidden], row-major.
+    pub(crate) w1: Vec<f32>,
+    /// [hidden].
+    pub(crate) b1: Vec<f32>,
+    /// [hidden].
+    pub(crate) w2: Vec<f32>,
+    pub(crate) b2: f32,
+    pub(crate) hidden: usize,
+    version: String,
+}
+
+fn tensor<'a>(weights: &'a Weights, name: &str, shape: &[usize]) -> Result<&'a [f32], EngineError> {
+    let (found, values) = weights
+        .tensors
+        .get(name)
+        .ok_or_else(|| EngineError::invalid("weights", format!("{name} is missing")))?;
+    if found != shape {
+        return Err(EngineError::invalid(
+            "weights",
+            format!("{name} has shape {found:?}, expected {shape:?}"),
+        ));
+    }
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err(EngineError::invalid(
+            "weights",
+            format!("{name} holds a non-finite value"),
+        ));
+    }
+    Ok(values)
+}
+
+impl AnomalyModel {
+    /// A model from its parts (training builds it this way).
+    pub(crate) fn new(w1: Vec<f32>, b1: Vec<f32>, w2: Vec<f32>, b2: f32, version: String) -> Self {
+        let hidden = b1.len();
+        Self {
+            w1,
+            b1,
+            w2,
+            b2,
+            hidden,
+            version,
+        }
+    }
+
+    /// Reads `layer1.weight` [8, h], `layer1.bias` [h], `layer2.weight`
+    /// [h, 1], `layer2.bias` [1] and the `version` metadata.
+    pub fn from_weights(weights: &Weights) -> Result<Self, EngineError> {
+        let hidden = weights
+            .tensors
+            .get("layer1.bias")
+            .map(|(shape, _)| shape.first().copied().unwrap_or(0))
+            .filter(|&h| h > 0)
+            .ok_or_else(|| EngineError::invalid("weights", "layer1.bias is missing or empty"))?;
+        let version = weights
+            .metadata
+            .get("version")
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| EngineError::invalid("weights", "metadata has no version"))?;
+        Ok(Self::new(
+            tensor(weights, "layer1.weight", &[FEATURES, hidden])?.to_vec(),
+            tensor(weights, "layer1.bias", &[hidden])?.to_vec(),
+            tensor(weights, "layer2.weight", &[hidden, 1])?.to_vec(),
+            tensor(weights, "layer2.bias", &[1])?[0],
+            version.clone(),
+        ))
+    }
+
+    /// The weights file for this model.
+    pub fn to_weights(&self) -> Weights {
+        let mut weights = Weights::default();
+        let h = self.hidden;
+        weights
+            .tensors
+            .insert("layer1.weight".into(), (vec![FEATURES, h], self.w1.clone()));
+        weights
+            .tensors
+            .insert("layer1.bias".into(), (vec![h], self.b1.clone()));
+        weights
+            .tensors
+            .insert("layer2.weight".into(), (vec![h, 1], self.w2.clone()));
+        weights
+            .tensors
+            .insert("layer2.bias".into(), (vec![1], vec![self.b2]));
+        weights
+            .metadata
+            .insert("version".into(), self.version.clone());
+        weights.metadata.insert(
+            "architecture".into(),
+            format!("mlp {FEATURES}-{h}-1 relu sigmoid"),
+        );
+        weights
+    }
+
+    /// The model's version (from its weights' metadata).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Features per row.
+    pub fn input_width(&self) -> usize {
+        FEATURES
+    }
+
+    /// Scores `rows` feature vectors laid out row-major in `x`, one score in
+    /// [0, 1] per row.
+    pub fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>, EngineError> {
+        if x.len() != rows * FEATURES {
+            return Err(EngineError::invalid(
+                "features",
+                format!("{} values for {rows} rows of {FEATURES}", x.len()),
+            ));
+        }
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(EngineError::invalid(
+                "features",
+                format!("element {i} is not finite"),
+            ));
+        }
+        let h = self.hidden;
+        let mut hidden = vec![0.0f32; rows * h];
+        faer::linalg::matmul::matmul(
+            MatMut::from_row_major_slice_mut(&mut hidden, rows, h),
+            Accum::Replace,
+            MatRef::from_row_major_slice(x, rows, FEATURES),
+            MatRef::from_row_major_slice(&self.w1, FEATURES, h),
+            1.0f32,
+            Par::Seq,
+        );
+        // Fused: bias, ReLU, output layer and sigmoid in one pass per row.
+        Ok(hidden
+            .chunks_exact(h)
+            .map(|row| {
+                let logit = row
+                    .iter()
+                    .zip(&self.b1)
+                    .zip(&self.w2)
+                    .fold(self.b2, |acc, ((&v, &b), &w)| acc + (v + b).max(0.0) * w);
+                1.0 / (1.0 + (-logit).exp())
+            })
+            .collect())
+    }
+}
