@@ -1,8 +1,8 @@
 //! `platform.numerics.v1.NumericsService` over the engine: requests are
 //! decoded and checked on the async runtime, computed on the bounded CPU
 //! pool, encoded back. Engine errors become statuses in one place,
-//! [`status`]. The model RPCs (score, info, reload) answer `UNIMPLEMENTED`
-//! until the model lands.
+//! [`status`]. Scoring goes through the dynamic batcher (`serving`), with the
+//! caller's `grpc-timeout` as its deadline.
 
 use std::collections::HashMap;
 
@@ -22,24 +22,65 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     pool::{CpuPool, PoolError},
+    serving::{ModelServer, ScoreError},
     wire,
 };
+
+/// The caller's deadline, from the `grpc-timeout` header (`<n><unit>`).
+fn deadline<T>(request: &Request<T>) -> Option<std::time::Instant> {
+    let raw = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => std::time::Duration::from_secs(n * 3600),
+        "M" => std::time::Duration::from_secs(n * 60),
+        "S" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_millis(n),
+        "u" => std::time::Duration::from_micros(n),
+        "n" => std::time::Duration::from_nanos(n),
+        _ => return None,
+    };
+    Some(std::time::Instant::now() + timeout)
+}
+
+fn score_status(error: ScoreError) -> Status {
+    match error {
+        ScoreError::Invalid(message) => Status::invalid_argument(message),
+        ScoreError::Full(_) => Status::resource_exhausted(error.to_string()),
+        ScoreError::Expired => Status::deadline_exceeded(error.to_string()),
+        ScoreError::Stopped => Status::unavailable(error.to_string()),
+    }
+}
+
+fn stamp(at: std::time::SystemTime) -> prost_types::Timestamp {
+    let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: since.as_secs() as i64,
+        nanos: since.subsec_nanos() as i32,
+    }
+}
 
 /// The gRPC handler.
 #[derive(Debug, Clone)]
 pub(crate) struct NumericsApi {
     pool: CpuPool,
+    model: ModelServer,
     limits: Limits,
 }
 
 pub(crate) fn server(
     pool: CpuPool,
+    model: ModelServer,
     limits: Limits,
     max_message_bytes: usize,
 ) -> NumericsServiceServer<NumericsApi> {
-    NumericsServiceServer::new(NumericsApi { pool, limits })
-        .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(max_message_bytes)
+    NumericsServiceServer::new(NumericsApi {
+        pool,
+        model,
+        limits,
+    })
+    .max_decoding_message_size(max_message_bytes)
+    .max_encoding_message_size(max_message_bytes)
 }
 
 /// The one mapping from engine and pool errors to statuses.
@@ -145,6 +186,66 @@ impl NumericsApi {
 
 #[tonic::async_trait]
 impl NumericsService for NumericsApi {
+    async fn score_anomalies(
+        &self,
+        request: Request<pb::ScoreAnomaliesRequest>,
+    ) -> Result<Response<pb::ScoreAnomaliesResponse>, Status> {
+        let deadline = deadline(&request);
+        let features = request
+            .into_inner()
+            .features
+            .ok_or_else(|| Status::invalid_argument("features: is required"))?;
+        let tensor = wire::decode("features", &features, &self.limits, false).map_err(status)?;
+        let width = self.model.current().model.input_width();
+        let rows = match tensor.shape() {
+            [rows, w] if *w == width => *rows,
+            shape => {
+                return Err(Status::invalid_argument(format!(
+                    "features.shape: must be [n, {width}], got {shape:?}"
+                )));
+            }
+        };
+        let values: Vec<f32> = tensor.to_f64_vec().iter().map(|&v| v as f32).collect();
+        let (scores, model_version) = self
+            .model
+            .score(values, rows, deadline)
+            .await
+            .map_err(score_status)?;
+        Ok(Response::new(pb::ScoreAnomaliesResponse {
+            scores: scores.iter().map(|&s| f64::from(s)).collect(),
+            model_version,
+        }))
+    }
+
+    async fn get_model_info(
+        &self,
+        _request: Request<pb::GetModelInfoRequest>,
+    ) -> Result<Response<pb::GetModelInfoResponse>, Status> {
+        let loaded = self.model.current();
+        let config = self.model.config();
+        Ok(Response::new(pb::GetModelInfoResponse {
+            model_version: loaded.model.version().to_owned(),
+            input_width: loaded.model.input_width() as u32,
+            loaded_at: Some(stamp(loaded.loaded_at)),
+            replicas: config.replicas as u32,
+            max_batch_size: config.max_batch_size as u32,
+        }))
+    }
+
+    async fn reload_model(
+        &self,
+        request: Request<pb::ReloadModelRequest>,
+    ) -> Result<Response<pb::ReloadModelResponse>, Status> {
+        let path = request.into_inner().weights_path;
+        let path = (!path.is_empty()).then(|| std::path::PathBuf::from(path));
+        let (previous_version, model_version) = self.model.reload(path).await.map_err(status)?;
+        tracing::info!(%previous_version, %model_version, "model reloaded");
+        Ok(Response::new(pb::ReloadModelResponse {
+            previous_version,
+            model_version,
+        }))
+    }
+
     async fn compute(
         &self,
         request: Request<pb::ComputeRequest>,

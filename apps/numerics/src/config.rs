@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 
 use numerics_engine::program::Limits;
+
+use crate::serving::ServingConfig;
 use service_runtime::{CommonConfig, EnvReader};
 
 /// Everything the numerics app can be told at start-up.
@@ -20,6 +22,10 @@ pub struct Config {
     pub limits: Limits,
     /// `NUMERICS_MAX_MESSAGE_BYTES`: largest request or response.
     pub max_message_bytes: usize,
+    /// `NUMERICS_MODEL_PATH` (unset: the shipped weights),
+    /// `NUMERICS_MAX_BATCH`, `NUMERICS_MAX_WAIT`, `NUMERICS_REPLICAS`,
+    /// `NUMERICS_SCORE_QUEUE`: the anomaly model and its batching.
+    pub serving: ServingConfig,
     /// Admin port, shutdown and logging settings.
     pub common: CommonConfig,
 }
@@ -42,8 +48,24 @@ impl Config {
                 max_steps: env.get_or("MAX_STEPS", defaults.max_steps),
             },
             max_message_bytes: env.get_or("MAX_MESSAGE_BYTES", 64 * 1024 * 1024),
+            serving: ServingConfig {
+                weights_path: env.get("MODEL_PATH"),
+                max_batch_size: env.get_or("MAX_BATCH", 64),
+                max_wait: env.get_or("MAX_WAIT", std::time::Duration::from_millis(2)),
+                replicas: env.get_or("REPLICAS", cores),
+                queue: env.get_or("SCORE_QUEUE", 1_024),
+            },
             common: CommonConfig::from_env(env, 9184),
         };
+        if config.serving.max_batch_size == 0
+            || config.serving.replicas == 0
+            || config.serving.queue == 0
+        {
+            env.reject(
+                "MAX_BATCH",
+                "batch size, replicas and queue must be at least 1",
+            );
+        }
         if config.workers == 0 {
             env.reject("WORKERS", "must be at least 1");
         }

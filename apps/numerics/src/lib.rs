@@ -11,6 +11,8 @@ mod api;
 pub mod bench;
 mod config;
 pub mod pool;
+pub mod serving;
+pub mod training;
 pub mod wire;
 
 use service_runtime::{AppMain, BuildInfo, Running, ServiceBuilder, StartError};
@@ -25,9 +27,20 @@ pub const INFO: BuildInfo = BuildInfo::new("numerics");
 pub async fn start(config: Config) -> Result<Running, StartError> {
     numerics_engine::ops::set_matmul_threads(config.workers);
     let pool = pool::CpuPool::new(config.workers, config.queue);
+    let model = serving::ModelServer::start(config.serving.clone()).map_err(|error| {
+        StartError::Dependency {
+            what: "model",
+            message: error.to_string(),
+        }
+    })?;
     ServiceBuilder::new(INFO, config.common)
         .grpc(config.grpc_addr)
-        .add_grpc_service(api::server(pool, config.limits, config.max_message_bytes))
+        .add_grpc_service(api::server(
+            pool,
+            model,
+            config.limits,
+            config.max_message_bytes,
+        ))
         .start()
         .await
 }

@@ -23,6 +23,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Train the anomaly model on generated windows and write its weights
+    /// (safetensors) with a version.
+    Train(numerics::training::TrainArgs),
     /// Measure matmul, window statistics and gRPC overhead next to numpy.
     Bench(numerics::bench::BenchArgs),
 }
@@ -31,6 +34,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         None => service_runtime::run_with_args(numerics::app(), &cli.standard),
+        Some(Command::Train(args)) => match numerics::training::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                #[allow(clippy::print_stderr, reason = "the binary's edge")]
+                {
+                    eprintln!("numerics train: {error}");
+                }
+                ExitCode::FAILURE
+            }
+        },
         Some(Command::Bench(args)) => match numerics::bench::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

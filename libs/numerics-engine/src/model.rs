@@ -167,6 +167,11 @@ impl AnomalyModel {
         &self.version
     }
 
+    /// Floating-point operations of one row's forward pass.
+    pub fn flops_per_row(&self) -> u64 {
+        (2 * FEATURES * self.hidden + 4 * self.hidden + 4) as u64
+    }
+
     /// Features per row.
     pub fn input_width(&self) -> usize {
         FEATURES
