@@ -66,6 +66,23 @@ def main():
     x = np.arange(window, dtype=np.float64)
     window_statistics(values, x)
     out["window_stats_ms"] = median_of(21, lambda: window_statistics(values, x)) * 1e3
+    # The anomaly model's forward pass: 8 -> 16 relu -> 1 sigmoid.
+    w1 = rng.standard_normal((8, 16), dtype=np.float32)
+    b1 = rng.standard_normal(16, dtype=np.float32)
+    w2 = rng.standard_normal((16, 1), dtype=np.float32)
+    b2 = np.float32(0.1)
+
+    def forward(x):
+        h = np.maximum(x @ w1 + b1, 0.0)
+        return 1.0 / (1.0 + np.exp(-(h @ w2 + b2)))
+
+    out["forward_ns_per_row"] = {}
+    for rows in (1, 64, 1024):
+        x = rng.standard_normal((rows, 8), dtype=np.float32)
+        forward(x)
+        reps = max(200, 200_000 // rows)
+        t = median_of(7, lambda: [forward(x) for _ in range(reps)])
+        out["forward_ns_per_row"][str(rows)] = t / reps / rows * 1e9
     print(json.dumps(out))
 
 

@@ -162,7 +162,109 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         theirs.map_or_else(String::new, |t| format!(", numpy {t:.2} ms")),
         theirs.map_or_else(String::new, |t| format!(" ({:.2}x numpy's speed)", t / ms))
     );
-    grpc_overhead(args)
+    forward(&reference)?;
+    grpc_overhead(args)?;
+    serving(args)
+}
+
+/// The model's forward pass per row, at batch sizes 1, 64 and 1024.
+#[allow(clippy::print_stdout, reason = "the benchmark's report")]
+fn forward(reference: &Option<serde_json::Value>) -> Result<(), String> {
+    let model = crate::serving::load(None).map_err(|e| e.to_string())?;
+    for rows in [1usize, 64, 1024] {
+        let x: Vec<f32> = (0..rows * 8).map(|i| noise(i, 5) as f32).collect();
+        let reps = (200_000 / rows).max(200);
+        let time = median_of(7, || {
+            for _ in 0..reps {
+                let _ = model.forward(&x, rows);
+            }
+        });
+        let ns = time.as_secs_f64() / reps as f64 / rows as f64 * 1e9;
+        let theirs = reference
+            .as_ref()
+            .and_then(|r| r["forward_ns_per_row"][rows.to_string()].as_f64());
+        println!(
+            "  model forward (8-16-1, bias+ReLU+output+sigmoid fused), batch {rows}: {ns:.1} ns/row{}{}",
+            theirs.map_or_else(String::new, |t| format!(", numpy {t:.1} ns/row")),
+            theirs.map_or_else(String::new, |t| format!(" ({:.2}x numpy's speed)", t / ns))
+        );
+    }
+    Ok(())
+}
+
+/// Throughput and latency of ScoreAnomalies at 1, 8 and 64 concurrent
+/// callers, batching on (max 64 rows, 2 ms) and off (batches of 1).
+#[allow(clippy::print_stdout, reason = "the benchmark's report")]
+fn serving(args: &BenchArgs) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    println!(
+        "  ScoreAnomalies (one 8-feature row per call) over loopback, callers in this process,          {} threads: batching on = max 64 rows or 2 ms, off = batches of 1",
+        args.threads
+    );
+    runtime.block_on(in_process(args))?;
+    runtime.block_on(async {
+        for batching in [true, false] {
+            let mut config = crate::Config::for_tests();
+            config.serving.max_batch_size = if batching { 64 } else { 1 };
+            config.serving.max_wait = Duration::from_millis(2);
+            config.serving.replicas = args.threads;
+            let running = crate::start(config).await.map_err(|e| e.to_string())?;
+            let port = running.grpc_addr.map(|a| a.port()).unwrap_or_default();
+            let channel = service_runtime::traced_channel(
+                &ServiceUrl::local(port),
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+            )
+            .map_err(|e| e.to_string())?;
+            let client = NumericsServiceClient::new(channel);
+            let features = crate::wire::encode(
+                &Tensor::f32(vec![1, 8], vec![0.3; 8]).map_err(|e| e.to_string())?,
+            );
+            for callers in [1usize, 8, 64] {
+                let per_caller = (4_000 / callers).max(100);
+                let started = Instant::now();
+                let tasks: Vec<_> = (0..callers)
+                    .map(|_| {
+                        let mut client = client.clone();
+                        let request = pb::ScoreAnomaliesRequest {
+                            features: Some(features.clone()),
+                        };
+                        tokio::spawn(async move {
+                            let mut latencies = Vec::with_capacity(per_caller);
+                            for _ in 0..per_caller {
+                                let start = Instant::now();
+                                if client.score_anomalies(request.clone()).await.is_err() {
+                                    return Err("a score request failed".to_owned());
+                                }
+                                latencies.push(start.elapsed());
+                            }
+                            Ok(latencies)
+                        })
+                    })
+                    .collect();
+                let mut latencies = Vec::new();
+                for task in tasks {
+                    latencies.extend(task.await.map_err(|e| e.to_string())??);
+                }
+                let elapsed = started.elapsed();
+                latencies.sort();
+                let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
+                println!(
+                    "    batching {:<3} {callers:>2} callers: {:>8.0} requests/s, p50 {:.2} ms, p99 {:.2} ms",
+                    if batching { "on" } else { "off" },
+                    latencies.len() as f64 / elapsed.as_secs_f64(),
+                    at(0.5),
+                    at(0.99)
+                );
+            }
+            running.shutdown().await;
+        }
+        Ok(())
+    })
 }
 
 /// p50/p99 of a tiny `Compute` over loopback: the service's own cost.
@@ -221,4 +323,63 @@ fn grpc_overhead(args: &BenchArgs) -> Result<(), String> {
         running.shutdown().await;
         Ok(())
     })
+}
+
+/// The batcher alone: callers in this process submit straight to the model
+/// server, so the figures show what batching saves without transport.
+#[allow(clippy::print_stdout, reason = "the benchmark's report")]
+async fn in_process(args: &BenchArgs) -> Result<(), String> {
+    println!("    model server in process (no gRPC), 20,000 single-row requests per setting:");
+    for batching in [true, false] {
+        let server = crate::serving::ModelServer::start(crate::serving::ServingConfig {
+            max_batch_size: if batching { 64 } else { 1 },
+            max_wait: Duration::from_millis(2),
+            replicas: args.threads,
+            queue: 4_096,
+            weights_path: None,
+        })
+        .map_err(|e| e.to_string())?;
+        for callers in [1usize, 8, 64] {
+            let per_caller = 20_000 / callers;
+            let (batches_before, rows_before) = server.counts();
+            let started = Instant::now();
+            let tasks: Vec<_> = (0..callers)
+                .map(|_| {
+                    let server = server.clone();
+                    tokio::spawn(async move {
+                        let mut latencies = Vec::with_capacity(per_caller);
+                        for _ in 0..per_caller {
+                            let start = Instant::now();
+                            server
+                                .score(vec![0.3; 8], 1, None)
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            latencies.push(start.elapsed());
+                        }
+                        Ok::<_, String>(latencies)
+                    })
+                })
+                .collect();
+            let mut latencies = Vec::new();
+            for task in tasks {
+                latencies.extend(task.await.map_err(|e| e.to_string())??);
+            }
+            let elapsed = started.elapsed();
+            latencies.sort();
+            let at =
+                |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
+            let (batches, rows) = server.counts();
+            let (batches, rows) = (batches - batches_before, rows - rows_before);
+            println!(
+                "    batching {:<3} {callers:>2} callers: {:>8.0} requests/s, p50 {:.3} ms, p99 {:.3} ms (mean batch {:.1} rows)",
+                if batching { "on" } else { "off" },
+                latencies.len() as f64 / elapsed.as_secs_f64(),
+                at(0.5),
+                at(0.99),
+                rows as f64 / batches.max(1) as f64
+            );
+        }
+    }
+    println!("    over gRPC (one channel, callers in this process):");
+    Ok(())
 }
