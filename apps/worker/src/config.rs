@@ -36,6 +36,10 @@ pub struct Config {
     pub ingest_url: ServiceUrl,
     /// `WORKER_INGEST_TIMEOUT`: longest one call to ingest may take.
     pub ingest_timeout: Duration,
+    /// `WORKER_NUMERICS_URL`: the numerics service (statistics, scores).
+    pub numerics_url: ServiceUrl,
+    /// `WORKER_NUMERICS_TIMEOUT`: longest one call to numerics may take.
+    pub numerics_timeout: Duration,
     /// `WORKER_TENANT_WEBHOOKS`: `tenant=url,...`, where anomalous windows
     /// are announced (until tenants configure this through the gateway).
     pub tenant_webhooks: TenantWebhooks,
@@ -176,6 +180,8 @@ impl Config {
             webhook_backoff: env.get_or("WEBHOOK_BACKOFF", Duration::from_secs(10)),
             ingest_url: env.get_or("INGEST_URL", ServiceUrl::local(50051)),
             ingest_timeout: env.get_or("INGEST_TIMEOUT", Duration::from_secs(10)),
+            numerics_url: env.get_or("NUMERICS_URL", ServiceUrl::local(50053)),
+            numerics_timeout: env.get_or("NUMERICS_TIMEOUT", Duration::from_secs(5)),
             tenant_webhooks: env.get_or("TENANT_WEBHOOKS", TenantWebhooks::default()),
             readings_retention: env.get_or("READINGS_RETENTION", Duration::from_secs(7 * 86_400)),
             readings_prune_cron,

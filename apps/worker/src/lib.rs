@@ -12,8 +12,8 @@ pub mod cli;
 mod config;
 mod convert;
 pub mod kinds;
+pub mod numerics;
 mod storage;
-pub mod window_stats;
 
 use contracts::{
     ingest::v1::ingest_service_client::IngestServiceClient,
@@ -71,7 +71,19 @@ async fn serve<S: JobStore>(
         what: "ingest client",
         message: error.to_string(),
     })?;
+    let numerics = service_runtime::traced_channel(
+        &config.numerics_url,
+        config
+            .numerics_timeout
+            .min(std::time::Duration::from_secs(5)),
+        config.numerics_timeout,
+    )
+    .map_err(|error| StartError::Dependency {
+        what: "numerics client",
+        message: error.to_string(),
+    })?;
     let registry = kinds::registry(kinds::Dependencies {
+        numerics: numerics::Numerics::new(numerics),
         run_log: storage.run_log(),
         node_id: node_id.clone(),
         webhooks,

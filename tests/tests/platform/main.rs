@@ -7,6 +7,7 @@
     reason = "a panic is the test failure report"
 )]
 
+mod features;
 mod readings;
 mod status;
 mod support;

@@ -1,6 +1,7 @@
 //! The running story end to end: readings published to ingest close a
 //! window; ingest enqueued its aggregation job in the same transaction; the
-//! worker runs it (reading the window through ingest's API), the result can
+//! worker runs it (reading the window through ingest's API, statistics and
+//! the anomaly score from numerics), the result can
 //! be read back through ingest's API, and the anomalous window's webhook
 //! reaches a local HTTP server exactly once, all on the publisher's trace;
 //! then the worker's prune job deletes them through ingest's API.
@@ -90,8 +91,12 @@ async fn story(database_url: String, jobs_table: &str) {
     let ingest = ingest::start(ingest::Config::for_tests(&database_url))
         .await
         .unwrap();
+    let numerics = numerics::start(numerics::Config::for_tests())
+        .await
+        .unwrap();
     let mut worker_config = worker::Config::for_tests(&database_url);
     worker_config.ingest_url = url_of(&ingest);
+    worker_config.numerics_url = url_of(&numerics);
     worker_config
         .tenant_webhooks
         .0
@@ -153,6 +158,10 @@ async fn story(database_url: String, jobs_table: &str) {
     );
     assert_eq!(statistics.max, 95.0);
     assert!(result.anomalous, "score {}", result.anomaly_score);
+    assert_eq!(
+        result.model_version,
+        numerics::serving::load(None).unwrap().version()
+    );
     assert_eq!(
         result.window.unwrap().window_start.unwrap().seconds,
         window.timestamp()
@@ -238,6 +247,7 @@ async fn story(database_url: String, jobs_table: &str) {
 
     worker.shutdown().await;
     ingest.shutdown().await;
+    numerics.shutdown().await;
     let received = received.lock().unwrap().clone();
     assert_eq!(received.len(), 1, "exactly one delivery");
     let (headers, body) = &received[0];

@@ -1,6 +1,8 @@
 //! `readings.aggregate_window`: ingest enqueues it (in the transaction that
 //! stored the reading closing the window); this reads the window through
-//! ingest's API, computes its statistics and anomaly score, stores the
+//! ingest's API, asks numerics for its statistics and the model's anomaly
+//! score (behind a circuit breaker: when numerics is down the job fails
+//! fast and retries later instead of holding its queue), stores the
 //! result through ingest's API, and, when the window is anomalous and the
 //! tenant has a webhook URL, enqueues one delivery. Every step is
 //! idempotent, so a retry after any failure repeats nothing visible: the
@@ -9,20 +11,25 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{DateTime, Utc};
-use contracts::ingest::v1::{self as pb, ingest_service_client::IngestServiceClient};
+use contracts::{
+    ingest::v1::{self as pb, ingest_service_client::IngestServiceClient},
+    numerics::v1 as numerics_pb,
+};
 use jobs::{Done, JobContext, JobError, JobState, JobStore, NewJob, UniqueOpts, Worker};
 use serde::{Deserialize, Serialize};
 use service_runtime::TracedChannel;
 use tonic::Code;
 
-use crate::window_stats;
+use crate::numerics::{Numerics, NumericsError, features};
 
 /// The kind ingest enqueues.
 pub const KIND: &str = "readings.aggregate_window";
 
-/// Most readings one window may hold before the job gives up (the numerics
-/// issue moves large windows to a streaming sketch).
+/// Most readings one window may hold before the job gives up.
 const MAX_READINGS: usize = 1_000_000;
+
+/// A window is anomalous from this model score up.
+pub const ANOMALOUS_FROM: f64 = 0.5;
 
 /// One window, as ingest's sink describes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +52,7 @@ pub struct WindowArgs {
 /// Aggregates windows.
 pub struct AggregateWindow<S> {
     pub(crate) ingest: IngestServiceClient<TracedChannel>,
+    pub(crate) numerics: Numerics,
     pub(crate) store: S,
     /// Webhook URL per tenant (`WORKER_TENANT_WEBHOOKS`).
     pub(crate) webhooks: BTreeMap<String, String>,
@@ -133,13 +141,64 @@ impl<S: JobStore> Worker for AggregateWindow<S> {
             }),
         };
         let points = self.read_window(&key, args.window_start).await?;
-        let statistics = window_stats::statistics(&points);
-        let score = window_stats::anomaly_score(&statistics);
-        let anomalous = score >= window_stats::ANOMALOUS_FROM;
+        let numerics_failed = |error: NumericsError| match error {
+            NumericsError::Rejected(reason) => JobError::Discard(format!("numerics: {reason}")),
+            other => JobError::Retry(other.to_string()),
+        };
+        let (offsets, values): (Vec<f64>, Vec<f64>) = points.into_iter().unzip();
+        let computed = self
+            .numerics
+            .window_statistics(numerics_pb::ComputeWindowStatisticsRequest {
+                values,
+                offsets_seconds: offsets,
+                quantiles: vec![0.5, 0.95, 0.99],
+                ..Default::default()
+            })
+            .await
+            .map_err(numerics_failed)?;
+        let input = features(&computed);
+        let scored = self
+            .numerics
+            .score(numerics_pb::ScoreAnomaliesRequest {
+                features: Some(numerics_pb::Tensor {
+                    dtype: numerics_pb::DType::F32 as i32,
+                    shape: vec![1, input.len() as u64],
+                    data: input.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                }),
+            })
+            .await
+            .map_err(numerics_failed)?;
+        let score = scored
+            .scores
+            .first()
+            .copied()
+            .unwrap_or(0.0)
+            .clamp(0.0, 1.0);
+        let anomalous = computed.count >= 3 && score >= ANOMALOUS_FROM;
+        let quantile = |q: f64| {
+            computed
+                .quantiles
+                .iter()
+                .find(|x| x.q == q)
+                .map_or(0.0, |x| x.value)
+        };
+        let statistics = pb::WindowStatistics {
+            count: computed.count,
+            mean: computed.mean,
+            variance: computed.variance,
+            min: computed.min,
+            max: computed.max,
+            p50: quantile(0.5),
+            p95: quantile(0.95),
+            p99: quantile(0.99),
+            trend_slope: computed.trend_slope,
+            trend_r_squared: computed.trend_r_squared,
+        };
         tracing::info!(
             readings = statistics.count,
             anomaly_score = score,
             anomalous,
+            model = %scored.model_version,
             "window aggregated"
         );
         self.ingest
@@ -150,7 +209,7 @@ impl<S: JobStore> Worker for AggregateWindow<S> {
                     statistics: Some(statistics),
                     anomaly_score: score,
                     anomalous,
-                    model_version: window_stats::MODEL_VERSION.to_owned(),
+                    model_version: scored.model_version.clone(),
                     computed_at: Some(stamp(Utc::now())),
                 }),
             })

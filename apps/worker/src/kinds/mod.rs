@@ -29,6 +29,8 @@ pub struct Dependencies<S> {
     pub webhook_backoff: std::time::Duration,
     /// Ingest's API: windows, results, pruning.
     pub ingest: IngestServiceClient<TracedChannel>,
+    /// Numerics: window statistics and anomaly scores.
+    pub numerics: crate::numerics::Numerics,
     /// The jobs store, for jobs that enqueue jobs.
     pub store: S,
     /// Webhook URL per tenant.
@@ -49,6 +51,7 @@ pub fn registry<S: jobs::JobStore>(deps: Dependencies<S>) -> jobs::Registry {
         })
         .register(AggregateWindow {
             ingest: deps.ingest.clone(),
+            numerics: deps.numerics,
             store: deps.store,
             webhooks: deps.tenant_webhooks,
         })

@@ -1,0 +1,271 @@
+//! The worker's way to the numerics service: a client with a timeout (the
+//! channel's), a couple of quick retries on `UNAVAILABLE`, and a circuit
+//! breaker. When numerics keeps failing, the circuit opens and jobs fail at
+//! once with a retryable error (the engine reschedules them with backoff)
+//! instead of each holding a slot of its queue while it times out.
+
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use contracts::numerics::v1::{self as pb, numerics_service_client::NumericsServiceClient};
+use service_runtime::TracedChannel;
+use tonic::{Code, Status};
+
+/// Consecutive failures that open the circuit.
+const OPEN_AFTER: u32 = 5;
+/// How long it stays open before one trial call.
+const OPEN_FOR: Duration = Duration::from_secs(10);
+/// Quick retries of an `UNAVAILABLE` call, and the pause before each.
+const RETRIES: [Duration; 2] = [Duration::from_millis(50), Duration::from_millis(200)];
+
+/// Closed, open until an instant, or letting one trial through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Circuit {
+    /// Calls go through; failures are counted.
+    Closed {
+        /// Consecutive failures so far.
+        failures: u32,
+    },
+    /// Calls fail at once until then.
+    Open {
+        /// When a trial call is let through.
+        until: Instant,
+    },
+    /// One trial call is in flight.
+    HalfOpen,
+}
+
+/// The breaker's state machine, clock passed in (so tests drive it).
+#[derive(Debug)]
+pub struct Breaker {
+    state: Mutex<Circuit>,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(Circuit::Closed { failures: 0 }),
+        }
+    }
+}
+
+impl Breaker {
+    fn state(&self) -> std::sync::MutexGuard<'_, Circuit> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// May a call go through at `now`?
+    pub fn allow(&self, now: Instant) -> bool {
+        let mut state = self.state();
+        match *state {
+            Circuit::Closed { .. } => true,
+            Circuit::Open { until } if now >= until => {
+                *state = Circuit::HalfOpen;
+                true
+            }
+            Circuit::Open { .. } | Circuit::HalfOpen => false,
+        }
+    }
+
+    /// Records a call's outcome at `now`.
+    pub fn record(&self, now: Instant, healthy: bool) {
+        let mut state = self.state();
+        *state = match (*state, healthy) {
+            (_, true) => Circuit::Closed { failures: 0 },
+            (Circuit::Closed { failures }, false) if failures + 1 < OPEN_AFTER => Circuit::Closed {
+                failures: failures + 1,
+            },
+            (_, false) => Circuit::Open {
+                until: now + OPEN_FOR,
+            },
+        };
+    }
+
+    /// The current state.
+    pub fn circuit(&self) -> Circuit {
+        *self.state()
+    }
+}
+
+/// Why numerics did not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NumericsError {
+    /// The circuit is open: not even tried.
+    #[error("numerics is failing; circuit open, not called")]
+    CircuitOpen,
+    /// Transient (unavailable, timeout, overloaded): retry later.
+    #[error("numerics unavailable: {0}")]
+    Unavailable(String),
+    /// The request was wrong: retrying cannot help.
+    #[error("numerics rejected the request: {0}")]
+    Rejected(String),
+}
+
+/// A numerics client behind the breaker.
+#[derive(Clone)]
+pub struct Numerics {
+    client: NumericsServiceClient<TracedChannel>,
+    breaker: Arc<Breaker>,
+}
+
+impl std::fmt::Debug for Numerics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Numerics")
+            .field("circuit", &self.breaker.circuit())
+            .finish_non_exhaustive()
+    }
+}
+
+fn transient(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Unknown
+    )
+}
+
+impl Numerics {
+    /// A client over `channel` (its timeout bounds each call).
+    pub fn new(channel: TracedChannel) -> Self {
+        Self {
+            client: NumericsServiceClient::new(channel),
+            breaker: Arc::default(),
+        }
+    }
+
+    /// The breaker, for operators and tests.
+    pub fn circuit(&self) -> Circuit {
+        self.breaker.circuit()
+    }
+
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, NumericsError>
+    where
+        F: Fn(NumericsServiceClient<TracedChannel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        if !self.breaker.allow(Instant::now()) {
+            return Err(NumericsError::CircuitOpen);
+        }
+        let mut pauses = RETRIES.iter();
+        loop {
+            match call(self.client.clone()).await {
+                Ok(response) => {
+                    self.breaker.record(Instant::now(), true);
+                    return Ok(response.into_inner());
+                }
+                Err(status) if transient(&status) => {
+                    if status.code() == Code::Unavailable
+                        && let Some(pause) = pauses.next()
+                    {
+                        tokio::time::sleep(*pause).await;
+                        continue;
+                    }
+                    self.breaker.record(Instant::now(), false);
+                    return Err(NumericsError::Unavailable(format!(
+                        "{} ({:?})",
+                        status.message(),
+                        status.code()
+                    )));
+                }
+                Err(status) => {
+                    // The service answered: it is healthy, the request was not.
+                    self.breaker.record(Instant::now(), true);
+                    return Err(NumericsError::Rejected(status.message().to_owned()));
+                }
+            }
+        }
+    }
+
+    /// Statistics of a window's values.
+    pub async fn window_statistics(
+        &self,
+        request: pb::ComputeWindowStatisticsRequest,
+    ) -> Result<pb::ComputeWindowStatisticsResponse, NumericsError> {
+        self.call(|mut client| {
+            let request = request.clone();
+            async move { client.compute_window_statistics(request).await }
+        })
+        .await
+    }
+
+    /// The served model's scores for `rows` feature vectors.
+    pub async fn score(
+        &self,
+        request: pb::ScoreAnomaliesRequest,
+    ) -> Result<pb::ScoreAnomaliesResponse, NumericsError> {
+        self.call(|mut client| {
+            let request = request.clone();
+            async move { client.score_anomalies(request).await }
+        })
+        .await
+    }
+}
+
+/// The anomaly model's input for a window, from its statistics (computed
+/// with quantiles 0.5 and 0.99): the same definition as the numerics
+/// engine's `model::features_from`, which the cross-app tests check
+/// against this one. Scale-free, clamped to [-20, 20].
+pub fn features(s: &pb::ComputeWindowStatisticsResponse) -> [f32; 8] {
+    let deviation = s.variance.sqrt();
+    let count = s.count as f64;
+    let size = (count.ln_1p() / 5.0) as f32;
+    if s.count < 3 || deviation <= f64::EPSILON * s.mean.abs().max(1.0) {
+        return [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, size];
+    }
+    let quantile = |q: f64| {
+        s.quantiles
+            .iter()
+            .find(|x| x.q == q)
+            .map_or(s.mean, |x| x.value)
+    };
+    let (p50, p99) = (quantile(0.5), quantile(0.99));
+    let z = |x: f64| (x / deviation).clamp(-20.0, 20.0) as f32;
+    [
+        z(s.max - s.mean),
+        z(s.mean - s.min),
+        s.trend_r_squared as f32,
+        z((s.trend_slope * count).abs()),
+        z(p99 - p50),
+        z(p50 - s.mean),
+        (s.anomalous_indexes.len() as f64 / count * 10.0) as f32,
+        size,
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_circuit_opens_after_repeated_failures_and_recovers_through_one_trial() {
+        let breaker = Breaker::default();
+        let start = Instant::now();
+        for _ in 0..OPEN_AFTER - 1 {
+            assert!(breaker.allow(start));
+            breaker.record(start, false);
+        }
+        assert_eq!(
+            breaker.circuit(),
+            Circuit::Closed {
+                failures: OPEN_AFTER - 1
+            }
+        );
+        breaker.record(start, false);
+        assert!(
+            !breaker.allow(start + OPEN_FOR / 2),
+            "open: calls fail fast"
+        );
+        assert!(breaker.allow(start + OPEN_FOR), "one trial after the pause");
+        assert!(!breaker.allow(start + OPEN_FOR), "only one");
+        breaker.record(start + OPEN_FOR, false);
+        assert!(
+            matches!(breaker.circuit(), Circuit::Open { .. }),
+            "a failed trial reopens"
+        );
+        let later = start + OPEN_FOR * 3;
+        assert!(breaker.allow(later));
+        breaker.record(later, true);
+        assert_eq!(breaker.circuit(), Circuit::Closed { failures: 0 });
+    }
+}
