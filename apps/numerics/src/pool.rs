@@ -19,20 +19,48 @@ pub enum PoolError {
 }
 
 /// Runs closures on at most `workers` threads with at most `queue` waiting.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CpuPool {
     running: Arc<Semaphore>,
     admitted: Arc<Semaphore>,
     queue: usize,
+    _depth: Arc<opentelemetry::metrics::ObservableGauge<u64>>,
+}
+
+impl std::fmt::Debug for CpuPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuPool")
+            .field("free_workers", &self.running.available_permits())
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CpuPool {
     /// A pool of `workers` threads and `queue` waiting places.
     pub fn new(workers: usize, queue: usize) -> Self {
+        let workers = workers.max(1);
+        let running = Arc::new(Semaphore::new(workers));
+        let admitted = Arc::new(Semaphore::new(workers + queue));
+        let (weak_running, weak_admitted) = (Arc::downgrade(&running), Arc::downgrade(&admitted));
+        let depth = opentelemetry::global::meter("platform.numerics")
+            .u64_observable_gauge("numerics.pool.waiting")
+            .with_description("Computations admitted and waiting for a CPU worker")
+            .with_callback(move |observer| {
+                if let (Some(running), Some(admitted)) =
+                    (weak_running.upgrade(), weak_admitted.upgrade())
+                {
+                    let inside = (workers + queue).saturating_sub(admitted.available_permits());
+                    let busy = workers.saturating_sub(running.available_permits());
+                    observer.observe(inside.saturating_sub(busy) as u64, &[]);
+                }
+            })
+            .build();
         Self {
-            running: Arc::new(Semaphore::new(workers.max(1))),
-            admitted: Arc::new(Semaphore::new(workers.max(1) + queue)),
+            running,
+            admitted,
             queue,
+            _depth: Arc::new(depth),
         }
     }
 

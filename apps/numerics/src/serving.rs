@@ -118,6 +118,7 @@ pub struct ModelServer {
     model: Arc<RwLock<Arc<Loaded>>>,
     config: ServingConfig,
     counts: Arc<BatchCounts>,
+    _depth: Option<Arc<opentelemetry::metrics::ObservableGauge<u64>>>,
 }
 
 /// Batches run and rows scored since start (for stats and tests).
@@ -152,6 +153,20 @@ impl ModelServer {
     /// Loads the configured weights and starts the batcher.
     pub fn start(config: ServingConfig) -> Result<Self, EngineError> {
         let (server, requests) = Self::unstarted(config)?;
+        let weak = server.queue.downgrade();
+        let depth = opentelemetry::global::meter("platform.numerics")
+            .u64_observable_gauge("numerics.serving.queue.depth")
+            .with_description("Score requests waiting for a batch")
+            .with_callback(move |observer| {
+                if let Some(queue) = weak.upgrade() {
+                    observer.observe((queue.max_capacity() - queue.capacity()) as u64, &[]);
+                }
+            })
+            .build();
+        let server = Self {
+            _depth: Some(Arc::new(depth)),
+            ..server
+        };
         tokio::spawn(batcher(
             requests,
             server.model.clone(),
@@ -177,6 +192,7 @@ impl ModelServer {
                 model,
                 config,
                 counts,
+                _depth: None,
             },
             requests,
         ))
