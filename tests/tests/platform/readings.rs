@@ -307,3 +307,101 @@ async fn a_window_closes_is_aggregated_stored_and_its_anomaly_delivered_once_on_
         postgres.drop_database().await;
     }
 }
+
+/// With numerics down, the aggregation job fails fast with a retryable
+/// error naming numerics (it is retried later with backoff), stores no
+/// result, and does not hold its queue: another job on it still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_numerics_down_aggregation_fails_fast_for_a_later_retry_without_blocking_its_queue() {
+    let sqlite = jobs::testing::ScratchSqlite::create("platform_numerics_down").await;
+    let ingest = ingest::start(ingest::Config::for_tests(&sqlite.url))
+        .await
+        .unwrap();
+    let mut worker_config = worker::Config::for_tests(&sqlite.url);
+    worker_config.ingest_url = url_of(&ingest);
+    worker_config.numerics_url = crate::support::nothing_listening();
+    worker_config.numerics_timeout = Duration::from_secs(1);
+    let worker = worker::start(worker_config).await.unwrap();
+
+    let timeout = Duration::from_secs(20);
+    let mut client =
+        IngestServiceClient::new(traced_channel(&url_of(&ingest), timeout, timeout).unwrap());
+    let now = Utc::now() - chrono::Duration::minutes(10);
+    let window =
+        DateTime::from_timestamp(now.timestamp() - now.timestamp().rem_euclid(60), 0).unwrap();
+    client
+        .publish_readings(pb::PublishReadingsRequest {
+            readings: readings(window),
+        })
+        .await
+        .unwrap();
+
+    let mut jobs_client =
+        JobsServiceClient::new(traced_channel(&url_of(&worker), timeout, timeout).unwrap());
+    let started = Instant::now();
+    let failed = loop {
+        let listed = jobs_client
+            .list_jobs(jobs_pb::ListJobsRequest {
+                kind: "readings.aggregate_window".into(),
+                states: vec![jobs_pb::JobState::Retryable as i32],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs;
+        if let Some(job) = listed.into_iter().next() {
+            break job;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the aggregation job never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = &failed.errors.last().unwrap().error;
+    assert!(error.contains("numerics unavailable"), "{error}");
+
+    // The queue is free: a job behind it on the same queue completes.
+    let noop = jobs_client
+        .enqueue_job(jobs_pb::EnqueueJobRequest {
+            job: Some(jobs_pb::JobSpec {
+                kind: "noop".into(),
+                queue: "aggregation".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    loop {
+        let job = jobs_client
+            .get_job(jobs_pb::GetJobRequest { id: noop.id })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        if job.state == jobs_pb::JobState::Completed as i32 {
+            break;
+        }
+        assert!(started.elapsed() < PATIENCE, "the queue stayed blocked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let results = client
+        .list_window_results(pb::ListWindowResultsRequest {
+            tenant_id: "acme".into(),
+            page_size: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert!(results.is_empty(), "no result without numerics");
+    worker.shutdown().await;
+    ingest.shutdown().await;
+    sqlite.remove().await;
+}
