@@ -240,3 +240,65 @@ async fn a_full_compute_queue_answers_resource_exhausted() {
     assert_eq!(busy.await.unwrap(), Ok(true));
     assert_eq!(pool.run(|| 7).await, Ok(7), "free again");
 }
+
+/// A long computation runs on the CPU pool: while it runs, readiness and
+/// other RPCs answer at once (ordering, not timing, is asserted: they come
+/// back before the computation does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_computation_does_not_hold_up_health_checks_or_other_rpcs() {
+    let mut config = numerics::Config::for_tests();
+    config.workers = 1;
+    let running = numerics::start(config).await.unwrap();
+    let mut client = client(&running).await;
+    let n = 900;
+    let big = f64s(vec![n, n], (0..n * n).map(|i| (i % 7) as f64).collect());
+    let heavy = pb::EvaluateRequest {
+        inputs: [("a".to_owned(), big)].into(),
+        steps: (0..16)
+            .map(|i| pb::ProgramStep {
+                output: format!("p{i}"),
+                op: pb::Op::Matmul as i32,
+                inputs: vec!["a".into(), "a".into()],
+                attributes: None,
+            })
+            .chain([pb::ProgramStep {
+                output: "total".into(),
+                op: pb::Op::Sum as i32,
+                inputs: vec!["p15".into()],
+                attributes: None,
+            }])
+            .collect(),
+        outputs: vec![],
+    };
+    let long = {
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            client
+                .evaluate(heavy)
+                .await
+                .map(|_| std::time::Instant::now())
+        })
+    };
+    let sent = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let ready = service_runtime::testing::http_get(running.admin_addr, "/readyz", &[])
+        .await
+        .unwrap();
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    client
+        .get_model_info(pb::GetModelInfoRequest {})
+        .await
+        .unwrap();
+    let answered = std::time::Instant::now();
+    let finished = long.await.unwrap().unwrap();
+    eprintln!(
+        "answered after {:?}, computation done after {:?}",
+        answered - sent,
+        finished - sent
+    );
+    assert!(
+        answered < finished,
+        "readiness and model info waited for the computation"
+    );
+    running.shutdown().await;
+}
