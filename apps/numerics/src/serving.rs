@@ -349,21 +349,26 @@ fn run_batch(batch: Vec<Pending>, model: &AnomalyModel, metrics: &Metrics) {
     let span = tracing::info_span!(
         "score batch",
         batch.size = rows,
-        batch.requests = batch.len()
+        batch.requests = batch.len(),
+        batch.queue_wait_us = tracing::field::Empty,
+        batch.compute_us = tracing::field::Empty,
     );
     let _entered = span.enter();
     let started = Instant::now();
+    let mut longest_wait = Duration::ZERO;
     for p in &batch {
-        metrics
-            .queue_wait
-            .record(started.duration_since(p.enqueued).as_secs_f64(), &[]);
+        let waited = started.duration_since(p.enqueued);
+        longest_wait = longest_wait.max(waited);
+        metrics.queue_wait.record(waited.as_secs_f64(), &[]);
     }
+    span.record("batch.queue_wait_us", longest_wait.as_micros() as u64);
     let mut features = Vec::with_capacity(rows * model.input_width());
     for p in &batch {
         features.extend_from_slice(&p.features);
     }
     let result = model.forward(&features, rows);
     let elapsed = started.elapsed();
+    span.record("batch.compute_us", elapsed.as_micros() as u64);
     let attributes = [KeyValue::new("model", model.version().to_owned())];
     metrics.compute.record(elapsed.as_secs_f64(), &attributes);
     metrics.batch_size.record(rows as u64, &attributes);

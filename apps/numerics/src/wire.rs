@@ -1,7 +1,10 @@
 //! The contract's `Tensor` to the engine's and back: dtype, shape and
 //! little-endian bytes checked against each other and against the limits
 //! before any element is read. One copy each way (a chunked read that
-//! compiles to a memcpy on little-endian machines).
+//! compiles to a memcpy on little-endian machines): the zero-copy
+//! alternative would reinterpret prost's `Vec<u8>` (alignment 1) as `f32`s
+//! (alignment 4), which safe Rust cannot do, and this crate forbids
+//! `unsafe`.
 
 use contracts::numerics::v1::{self as pb, DType as WireType};
 use numerics_engine::{DType, Data, EngineError, Tensor, program::Limits};
