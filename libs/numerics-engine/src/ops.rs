@@ -123,18 +123,24 @@ fn int_result<T>(values: Vec<Option<T>>, what: &str) -> Result<Vec<T>, EngineErr
     Ok(out)
 }
 
+/// Both operands of one dtype, or an error naming the second.
+fn same_dtype(a: &Tensor, b: &Tensor) -> Result<(), EngineError> {
+    if a.dtype() == b.dtype() {
+        return Ok(());
+    }
+    Err(EngineError::invalid(
+        "operands[1]",
+        format!(
+            "dtype {} does not match operands[0]'s {}",
+            b.dtype().name(),
+            a.dtype().name()
+        ),
+    ))
+}
+
 /// `op(a, b)` with broadcasting; both operands of one dtype.
 pub fn binary(op: Binary, a: &Tensor, b: &Tensor) -> Result<Tensor, EngineError> {
-    if a.dtype() != b.dtype() {
-        return Err(EngineError::invalid(
-            "operands[1]",
-            format!(
-                "dtype {} does not match operands[0]'s {}",
-                b.dtype().name(),
-                a.dtype().name()
-            ),
-        ));
-    }
+    same_dtype(a, b)?;
     let shape =
         broadcast_shapes(a.shape(), b.shape()).map_err(|p| EngineError::invalid("operands", p))?;
     let (sa, sb) = (a.shape(), b.shape());
@@ -434,16 +440,7 @@ pub fn reduce(
 /// numpy's `matmul`: 1-D operands are promoted (and the added axis
 /// dropped), leading axes broadcast as batches.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor, EngineError> {
-    if a.dtype() != b.dtype() {
-        return Err(EngineError::invalid(
-            "operands[1]",
-            format!(
-                "dtype {} does not match operands[0]'s {}",
-                b.dtype().name(),
-                a.dtype().name()
-            ),
-        ));
-    }
+    same_dtype(a, b)?;
     for (i, t) in [a, b].iter().enumerate() {
         if t.shape().is_empty() {
             return Err(EngineError::invalid(

@@ -193,37 +193,13 @@ async fn story(database_url: String, jobs_table: &str) {
             kind: Some(prost_types::value::Kind::NumberValue(60.0)),
         },
     );
-    let prune = jobs_client
-        .enqueue_job(jobs_pb::EnqueueJobRequest {
-            job: Some(jobs_pb::JobSpec {
-                kind: "readings.prune".into(),
-                args: Some(args),
-                queue: "maintenance".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
-    loop {
-        let job = jobs_client
-            .get_job(jobs_pb::GetJobRequest { id: prune.id })
-            .await
-            .unwrap()
-            .into_inner()
-            .job
-            .unwrap();
-        if job.state == jobs_pb::JobState::Completed as i32 {
-            break;
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "pruning never completed: {job:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    run_to_completion(
+        &mut jobs_client,
+        "readings.prune",
+        "maintenance",
+        Some(args),
+    )
+    .await;
     let left = client
         .read_window(pb::ReadWindowRequest {
             window: Some(pb::WindowKey {
@@ -363,33 +339,7 @@ async fn with_numerics_down_aggregation_fails_fast_for_a_later_retry_without_blo
     assert!(error.contains("numerics unavailable"), "{error}");
 
     // The queue is free: a job behind it on the same queue completes.
-    let noop = jobs_client
-        .enqueue_job(jobs_pb::EnqueueJobRequest {
-            job: Some(jobs_pb::JobSpec {
-                kind: "noop".into(),
-                queue: "aggregation".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
-    loop {
-        let job = jobs_client
-            .get_job(jobs_pb::GetJobRequest { id: noop.id })
-            .await
-            .unwrap()
-            .into_inner()
-            .job
-            .unwrap();
-        if job.state == jobs_pb::JobState::Completed as i32 {
-            break;
-        }
-        assert!(started.elapsed() < PATIENCE, "the queue stayed blocked");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    run_to_completion(&mut jobs_client, "noop", "aggregation", None).await;
     let results = client
         .list_window_results(pb::ListWindowResultsRequest {
             tenant_id: "acme".into(),
@@ -404,4 +354,46 @@ async fn with_numerics_down_aggregation_fails_fast_for_a_later_retry_without_blo
     worker.shutdown().await;
     ingest.shutdown().await;
     sqlite.remove().await;
+}
+
+/// Enqueues a `kind` job on `queue` through the worker's API and waits for
+/// it to complete.
+async fn run_to_completion(
+    jobs: &mut JobsServiceClient<service_runtime::TracedChannel>,
+    kind: &str,
+    queue: &str,
+    args: Option<prost_types::Struct>,
+) {
+    let enqueued = jobs
+        .enqueue_job(jobs_pb::EnqueueJobRequest {
+            job: Some(jobs_pb::JobSpec {
+                kind: kind.into(),
+                args,
+                queue: queue.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let job = jobs
+            .get_job(jobs_pb::GetJobRequest { id: enqueued.id })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        if job.state == jobs_pb::JobState::Completed as i32 {
+            return;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "{kind} on {queue} never completed: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
