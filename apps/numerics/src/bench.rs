@@ -170,7 +170,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
 /// The model's forward pass per row, at batch sizes 1, 64 and 1024.
 #[allow(clippy::print_stdout, reason = "the benchmark's report")]
 fn forward(reference: &Option<serde_json::Value>) -> Result<(), String> {
-    let model = crate::serving::load(None).map_err(|e| e.to_string())?;
+    let model = crate::serving::shipped_model().map_err(|e| e.to_string())?;
     for rows in [1usize, 64, 1024] {
         let x: Vec<f32> = (0..rows * 8).map(|i| noise(i, 5) as f32).collect();
         let reps = (200_000 / rows).max(200);
@@ -337,6 +337,7 @@ async fn in_process(args: &BenchArgs) -> Result<(), String> {
             replicas: args.threads,
             queue: 4_096,
             weights_path: None,
+            model_dir: crate::model_dir::DEFAULT_MODEL_DIR.into(),
         })
         .map_err(|e| e.to_string())?;
         for callers in [1usize, 8, 64] {

@@ -22,9 +22,11 @@ pub struct Config {
     pub limits: Limits,
     /// `NUMERICS_MAX_MESSAGE_BYTES`: largest request or response.
     pub max_message_bytes: usize,
-    /// `NUMERICS_MODEL_PATH` (unset: the shipped weights),
-    /// `NUMERICS_MAX_BATCH`, `NUMERICS_MAX_WAIT`, `NUMERICS_REPLICAS`,
-    /// `NUMERICS_SCORE_QUEUE`: the anomaly model and its batching.
+    /// `NUMERICS_MODEL_DIR` (the only folder weights are read from,
+    /// default `data/models`), `NUMERICS_MODEL_PATH` (inside it; unset: the
+    /// shipped weights), `NUMERICS_MAX_BATCH`, `NUMERICS_MAX_WAIT`,
+    /// `NUMERICS_REPLICAS`, `NUMERICS_SCORE_QUEUE`: the anomaly model and
+    /// its batching.
     pub serving: ServingConfig,
     /// Admin port, shutdown and logging settings.
     pub common: CommonConfig,
@@ -50,6 +52,10 @@ impl Config {
             max_message_bytes: env.get_or("MAX_MESSAGE_BYTES", 64 * 1024 * 1024),
             serving: ServingConfig {
                 weights_path: env.get("MODEL_PATH"),
+                model_dir: env.get_or(
+                    "MODEL_DIR",
+                    std::path::PathBuf::from(crate::model_dir::DEFAULT_MODEL_DIR),
+                ),
                 max_batch_size: env.get_or("MAX_BATCH", 64),
                 max_wait: env.get_or("MAX_WAIT", std::time::Duration::from_millis(2)),
                 replicas: env.get_or("REPLICAS", cores),

@@ -33,8 +33,12 @@ pub struct ServingConfig {
     pub replicas: usize,
     /// Requests waiting before `RESOURCE_EXHAUSTED`.
     pub queue: usize,
-    /// Weights file; `None` means the shipped weights.
+    /// Weights file, relative to `model_dir` or absolute inside it;
+    /// `None` means the shipped weights.
     pub weights_path: Option<PathBuf>,
+    /// The only folder weights are loaded from (start-up and
+    /// `ReloadModel`); see [`crate::model_dir`].
+    pub model_dir: PathBuf,
 }
 
 /// Why a score request was not answered with scores.
@@ -138,15 +142,41 @@ impl std::fmt::Debug for ModelServer {
     }
 }
 
-/// Reads a weights file (or the shipped weights) into a model.
-pub fn load(path: Option<&std::path::Path>) -> Result<AnomalyModel, EngineError> {
-    let bytes = match path {
-        Some(path) => std::fs::read(path).map_err(|e| {
-            EngineError::invalid("weights_path", format!("{}: {e}", path.display()))
-        })?,
-        None => SHIPPED_WEIGHTS.to_vec(),
+/// The model compiled into the binary (`model/anomaly.safetensors`).
+pub fn shipped_model() -> Result<AnomalyModel, EngineError> {
+    AnomalyModel::from_weights(&Weights::from_bytes(SHIPPED_WEIGHTS)?)
+}
+
+/// Reads a weights file inside `model_dir` (or the shipped weights) into a
+/// model. A file that is not weights is refused without its contents
+/// showing in the error.
+pub fn load(
+    model_dir: &std::path::Path,
+    path: Option<&std::path::Path>,
+) -> Result<AnomalyModel, EngineError> {
+    let Some(path) = path else {
+        return shipped_model();
     };
-    AnomalyModel::from_weights(&Weights::from_bytes(&bytes)?)
+    let bytes = crate::model_dir::read_weights(model_dir, path).map_err(|error| {
+        // The message already starts with `weights_path: `.
+        let message = error.to_string();
+        let problem = message
+            .strip_prefix("weights_path: ")
+            .unwrap_or(&message)
+            .to_owned();
+        EngineError::invalid("weights_path", problem)
+    })?;
+    let weights = Weights::from_bytes(&bytes).map_err(|error| {
+        EngineError::invalid(
+            "weights_path",
+            format!(
+                "{} is not a weights file: {}",
+                path.display(),
+                error.problem
+            ),
+        )
+    })?;
+    AnomalyModel::from_weights(&weights)
 }
 
 impl ModelServer {
@@ -179,7 +209,7 @@ impl ModelServer {
 
     /// The server with its queue's receiving end, not yet batching.
     fn unstarted(config: ServingConfig) -> Result<(Self, mpsc::Receiver<Pending>), EngineError> {
-        let model = load(config.weights_path.as_deref())?;
+        let model = load(&config.model_dir, config.weights_path.as_deref())?;
         let model = Arc::new(RwLock::new(Arc::new(Loaded {
             model,
             loaded_at: SystemTime::now(),
@@ -224,7 +254,8 @@ impl ModelServer {
     /// old weights.
     pub async fn reload(&self, path: Option<PathBuf>) -> Result<(String, String), EngineError> {
         let path = path.or_else(|| self.config.weights_path.clone());
-        let model = tokio::task::spawn_blocking(move || load(path.as_deref()))
+        let dir = self.config.model_dir.clone();
+        let model = tokio::task::spawn_blocking(move || load(&dir, path.as_deref()))
             .await
             .map_err(|e| EngineError::invalid("weights_path", e.to_string()))??;
         let version = model.version().to_owned();
@@ -406,6 +437,7 @@ mod tests {
             replicas: 1,
             queue,
             weights_path: None,
+            model_dir: crate::model_dir::DEFAULT_MODEL_DIR.into(),
         }
     }
 

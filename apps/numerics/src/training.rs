@@ -1,6 +1,8 @@
 //! `numerics train`: trains the anomaly model (engine's `train`) and writes
-//! its weights with a version, ready for `NUMERICS_MODEL_PATH` or
-//! `ReloadModel`.
+//! its weights with a version into the model folder (`NUMERICS_MODEL_DIR`,
+//! the only place the service loads weights from), ready for
+//! `NUMERICS_MODEL_PATH` or `ReloadModel` by file name. Updating the
+//! weights compiled into the binary is `--out apps/numerics/model/anomaly.safetensors`.
 
 use std::path::PathBuf;
 
@@ -10,9 +12,10 @@ use numerics_engine::train::{TrainConfig, train};
 /// How to train and where to write.
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
-    /// Where to write the weights.
-    #[arg(long, default_value = "apps/numerics/model/anomaly.safetensors")]
-    pub out: PathBuf,
+    /// Where to write the weights (default: `<version>.safetensors` in
+    /// `NUMERICS_MODEL_DIR`, or `data/models` when it is unset).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Version recorded in the weights' metadata.
     #[arg(long, default_value = "mlp-8-16-1-v1")]
     pub version: String,
@@ -41,10 +44,19 @@ pub fn run(args: &TrainArgs) -> Result<(), String> {
         &args.version,
     );
     let bytes = report.model.to_weights().to_bytes();
-    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+    let out = args.out.clone().unwrap_or_else(|| {
+        let dir = std::env::var_os("NUMERICS_MODEL_DIR")
+            .filter(|d| !d.is_empty())
+            .map_or_else(
+                || PathBuf::from(crate::model_dir::DEFAULT_MODEL_DIR),
+                PathBuf::from,
+            );
+        dir.join(format!("{}.safetensors", args.version))
+    });
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     }
-    std::fs::write(&args.out, &bytes).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    std::fs::write(&out, &bytes).map_err(|e| format!("{}: {e}", out.display()))?;
     println!(
         "trained {} on {} generated windows ({} epochs) in {:.1} s: loss {:.3} -> {:.3}, \
          held-out accuracy {:.1}%; wrote {} ({} bytes)",
@@ -55,7 +67,7 @@ pub fn run(args: &TrainArgs) -> Result<(), String> {
         report.loss.0,
         report.loss.1,
         100.0 * report.held_out_accuracy,
-        args.out.display(),
+        out.display(),
         bytes.len()
     );
     Ok(())

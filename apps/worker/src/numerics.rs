@@ -15,7 +15,8 @@ use tonic::{Code, Status};
 
 /// Consecutive failures that open the circuit.
 const OPEN_AFTER: u32 = 5;
-/// How long it stays open before one trial call.
+/// How long it stays open before one trial call, and how long a trial may
+/// go unreported before another is let through.
 const OPEN_FOR: Duration = Duration::from_secs(10);
 /// Quick retries of an `UNAVAILABLE` call, and the pause before each.
 const RETRIES: [Duration; 2] = [Duration::from_millis(50), Duration::from_millis(200)];
@@ -33,8 +34,22 @@ pub enum Circuit {
         /// When a trial call is let through.
         until: Instant,
     },
-    /// One trial call is in flight.
-    HalfOpen,
+    /// One trial call is in flight; if it has not reported by `until`
+    /// (its caller was dropped without a word), another trial may go.
+    HalfOpen {
+        /// When the trial counts as lost.
+        until: Instant,
+    },
+}
+
+/// What [`Breaker::allow`] lets through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    /// An ordinary call: the circuit is closed.
+    Call,
+    /// The one trial of a half-open circuit: if it is dropped before it
+    /// reports, that counts as a failure (see [`TrialGuard`]).
+    Trial,
 }
 
 /// The breaker's state machine, clock passed in (so tests drive it).
@@ -56,16 +71,19 @@ impl Breaker {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// May a call go through at `now`?
-    pub fn allow(&self, now: Instant) -> bool {
+    /// May a call go through at `now`? `None` while the circuit is open
+    /// or a trial is under way.
+    pub fn allow(&self, now: Instant) -> Option<Permit> {
         let mut state = self.state();
         match *state {
-            Circuit::Closed { .. } => true,
-            Circuit::Open { until } if now >= until => {
-                *state = Circuit::HalfOpen;
-                true
+            Circuit::Closed { .. } => Some(Permit::Call),
+            Circuit::Open { until } | Circuit::HalfOpen { until } if now >= until => {
+                *state = Circuit::HalfOpen {
+                    until: now + OPEN_FOR,
+                };
+                Some(Permit::Trial)
             }
-            Circuit::Open { .. } | Circuit::HalfOpen => false,
+            Circuit::Open { .. } | Circuit::HalfOpen { .. } => None,
         }
     }
 
@@ -86,6 +104,38 @@ impl Breaker {
     /// The current state.
     pub fn circuit(&self) -> Circuit {
         *self.state()
+    }
+}
+
+/// Reports a trial call's outcome even when the call never finishes: the
+/// jobs engine drops a job's future on timeout or cancellation, and a
+/// trial dropped unreported would otherwise leave the circuit half-open.
+struct TrialGuard<'a> {
+    breaker: &'a Breaker,
+    permit: Permit,
+    reported: bool,
+}
+
+impl<'a> TrialGuard<'a> {
+    fn new(breaker: &'a Breaker, permit: Permit) -> Self {
+        Self {
+            breaker,
+            permit,
+            reported: false,
+        }
+    }
+
+    fn record(&mut self, healthy: bool) {
+        self.reported = true;
+        self.breaker.record(Instant::now(), healthy);
+    }
+}
+
+impl Drop for TrialGuard<'_> {
+    fn drop(&mut self) {
+        if !self.reported && self.permit == Permit::Trial {
+            self.breaker.record(Instant::now(), false);
+        }
     }
 }
 
@@ -144,14 +194,15 @@ impl Numerics {
         F: Fn(NumericsServiceClient<TracedChannel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        if !self.breaker.allow(Instant::now()) {
+        let Some(permit) = self.breaker.allow(Instant::now()) else {
             return Err(NumericsError::CircuitOpen);
-        }
+        };
+        let mut outcome = TrialGuard::new(&self.breaker, permit);
         let mut pauses = RETRIES.iter();
         loop {
             match call(self.client.clone()).await {
                 Ok(response) => {
-                    self.breaker.record(Instant::now(), true);
+                    outcome.record(true);
                     return Ok(response.into_inner());
                 }
                 Err(status) if transient(&status) => {
@@ -161,7 +212,7 @@ impl Numerics {
                         tokio::time::sleep(*pause).await;
                         continue;
                     }
-                    self.breaker.record(Instant::now(), false);
+                    outcome.record(false);
                     return Err(NumericsError::Unavailable(format!(
                         "{} ({:?})",
                         status.message(),
@@ -170,7 +221,7 @@ impl Numerics {
                 }
                 Err(status) => {
                     // The service answered: it is healthy, the request was not.
-                    self.breaker.record(Instant::now(), true);
+                    outcome.record(true);
                     return Err(NumericsError::Rejected(status.message().to_owned()));
                 }
             }
@@ -242,7 +293,7 @@ mod tests {
         let breaker = Breaker::default();
         let start = Instant::now();
         for _ in 0..OPEN_AFTER - 1 {
-            assert!(breaker.allow(start));
+            assert_eq!(breaker.allow(start), Some(Permit::Call));
             breaker.record(start, false);
         }
         assert_eq!(
@@ -252,20 +303,89 @@ mod tests {
             }
         );
         breaker.record(start, false);
-        assert!(
-            !breaker.allow(start + OPEN_FOR / 2),
+        assert_eq!(
+            breaker.allow(start + OPEN_FOR / 2),
+            None,
             "open: calls fail fast"
         );
-        assert!(breaker.allow(start + OPEN_FOR), "one trial after the pause");
-        assert!(!breaker.allow(start + OPEN_FOR), "only one");
+        assert_eq!(
+            breaker.allow(start + OPEN_FOR),
+            Some(Permit::Trial),
+            "one trial after the pause"
+        );
+        assert_eq!(breaker.allow(start + OPEN_FOR), None, "only one");
         breaker.record(start + OPEN_FOR, false);
         assert!(
             matches!(breaker.circuit(), Circuit::Open { .. }),
             "a failed trial reopens"
         );
         let later = start + OPEN_FOR * 3;
-        assert!(breaker.allow(later));
+        assert_eq!(breaker.allow(later), Some(Permit::Trial));
         breaker.record(later, true);
         assert_eq!(breaker.circuit(), Circuit::Closed { failures: 0 });
+    }
+
+    /// A trial whose caller never reports (its job timed out or was
+    /// cancelled, so the future was dropped) must not hold the circuit
+    /// half-open until restart.
+    #[test]
+    fn a_trial_that_never_reports_does_not_hold_the_circuit_half_open() {
+        let breaker = Breaker::default();
+        let start = Instant::now();
+        for _ in 0..OPEN_AFTER {
+            breaker.record(start, false);
+        }
+        assert_eq!(breaker.allow(start + OPEN_FOR), Some(Permit::Trial));
+        assert_eq!(
+            breaker.allow(start + OPEN_FOR + Duration::from_millis(10)),
+            None,
+            "one trial at a time"
+        );
+        assert_eq!(
+            breaker.allow(start + OPEN_FOR * 3),
+            Some(Permit::Trial),
+            "another trial once the first is long overdue, got {:?}",
+            breaker.circuit()
+        );
+    }
+
+    /// The same through the client: a trial call dropped mid-flight counts
+    /// as a failure, so the circuit is open again (not stuck half-open).
+    #[tokio::test]
+    async fn a_trial_call_dropped_mid_flight_counts_as_a_failure() {
+        // A peer that accepts connections and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let channel = service_runtime::traced_channel(
+            &service_runtime::ServiceUrl::local(port),
+            Duration::from_secs(30),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let numerics = Numerics::new(channel);
+        let long_ago = Instant::now()
+            .checked_sub(OPEN_FOR * 2)
+            .expect("the monotonic clock runs longer than the test's pause");
+        for _ in 0..OPEN_AFTER {
+            numerics.breaker.record(long_ago, false);
+        }
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(200),
+            numerics.window_statistics(pb::ComputeWindowStatisticsRequest::default()),
+        )
+        .await;
+        assert!(dropped.is_err(), "the silent peer never answers");
+        assert!(
+            matches!(numerics.circuit(), Circuit::Open { .. }),
+            "a dropped trial reopens the circuit, got {:?}",
+            numerics.circuit()
+        );
+        silent.abort();
     }
 }

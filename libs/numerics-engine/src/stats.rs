@@ -55,6 +55,14 @@ pub struct WindowStatistics {
 }
 
 fn check(request: &WindowRequest<'_>) -> Result<(), EngineError> {
+    // Statistics of nothing have no value that could not be mistaken for
+    // a measurement (a count of 0 beside a mean of 0): refuse instead.
+    if request.values.is_empty() {
+        return Err(EngineError::invalid(
+            "values",
+            "must hold at least one value",
+        ));
+    }
     if let Some(i) = request.values.iter().position(|v| !v.is_finite()) {
         return Err(EngineError::invalid(
             format!("values[{i}]"),
@@ -136,12 +144,6 @@ pub fn window_statistics(request: &WindowRequest<'_>) -> Result<WindowStatistics
     check(request)?;
     let values = request.values;
     let n = values.len();
-    if n == 0 {
-        return Ok(WindowStatistics {
-            quantiles: request.quantiles.iter().map(|&q| (q, 0.0)).collect(),
-            ..WindowStatistics::default()
-        });
-    }
     let count = n as f64;
     let (sum, min, max) = sum_min_max(values);
     let mean = sum / count;

@@ -56,7 +56,10 @@ impl Weights {
         out
     }
 
-    /// Parses a file's bytes, checking every range and shape.
+    /// Parses a file's bytes, checking every range and shape. Errors say
+    /// where the file is wrong (positions, sizes, tensor numbers) but never
+    /// repeat what it holds: a caller may point this at a file that is not
+    /// weights, and its bytes must not come back in a message.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, EngineError> {
         let length: [u8; 8] = bytes
             .get(..8)
@@ -66,15 +69,23 @@ impl Weights {
             .map_err(|_| bad("header length overflows"))?;
         if header_len > MAX_HEADER || 8 + header_len > bytes.len() {
             return Err(bad(format!(
-                "header length {header_len} does not fit the file"
+                "the header length in the first 8 bytes does not fit the file ({} bytes); \
+                 not a safetensors file",
+                bytes.len()
             )));
         }
+        // serde_json's messages may quote the input: report the position only.
         let header: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&bytes[8..8 + header_len])
-                .map_err(|e| bad(format!("header is not JSON: {e}")))?;
+            serde_json::from_slice(&bytes[8..8 + header_len]).map_err(|e| {
+                bad(format!(
+                    "the header is not a JSON object (line {}, column {})",
+                    e.line(),
+                    e.column()
+                ))
+            })?;
         let data = &bytes[8 + header_len..];
         let mut weights = Self::default();
-        for (name, entry) in header {
+        for (number, (name, entry)) in header.into_iter().enumerate() {
             if name == "__metadata__" {
                 let map = entry
                     .as_object()
@@ -82,21 +93,23 @@ impl Weights {
                 for (k, v) in map {
                     let v = v
                         .as_str()
-                        .ok_or_else(|| bad(format!("metadata {k:?} is not a string")))?;
+                        .ok_or_else(|| bad("a __metadata__ value is not a string"))?;
                     weights.metadata.insert(k.clone(), v.to_owned());
                 }
                 continue;
             }
+            // Tensors are named by their place in the header, not by name.
+            let tensor = format!("header entry {number}");
             if entry["dtype"] != "F32" {
-                return Err(bad(format!("{name}: dtype {} is not F32", entry["dtype"])));
+                return Err(bad(format!("{tensor}: dtype is not F32")));
             }
             let shape: Vec<usize> = entry["shape"]
                 .as_array()
-                .ok_or_else(|| bad(format!("{name}: shape is missing")))?
+                .ok_or_else(|| bad(format!("{tensor}: shape is missing")))?
                 .iter()
                 .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
                 .collect::<Option<_>>()
-                .ok_or_else(|| bad(format!("{name}: shape is not a list of sizes")))?;
+                .ok_or_else(|| bad(format!("{tensor}: shape is not a list of sizes")))?;
             let offsets: Vec<usize> = entry["data_offsets"]
                 .as_array()
                 .map(|o| {
@@ -106,12 +119,12 @@ impl Weights {
                 })
                 .unwrap_or_default();
             let [start, end] = offsets[..] else {
-                return Err(bad(format!("{name}: data_offsets must be [start, end]")));
+                return Err(bad(format!("{tensor}: data_offsets must be [start, end]")));
             };
             let elements = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
             if end < start || end > data.len() || elements.map(|n| n * 4) != Some(end - start) {
                 return Err(bad(format!(
-                    "{name}: bytes {start}..{end} do not hold shape {shape:?} in {} data bytes",
+                    "{tensor}: bytes {start}..{end} do not hold shape {shape:?} in {} data bytes",
                     data.len()
                 )));
             }

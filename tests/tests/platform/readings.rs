@@ -160,7 +160,7 @@ async fn story(database_url: String, jobs_table: &str) {
     assert!(result.anomalous, "score {}", result.anomaly_score);
     assert_eq!(
         result.model_version,
-        numerics::serving::load(None).unwrap().version()
+        numerics::serving::shipped_model().unwrap().version()
     );
     assert_eq!(
         result.window.unwrap().window_start.unwrap().seconds,

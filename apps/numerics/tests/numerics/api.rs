@@ -302,3 +302,28 @@ async fn a_long_computation_does_not_hold_up_health_checks_or_other_rpcs() {
     );
     running.shutdown().await;
 }
+
+/// Statistics of nothing are not zeros: a caller that sends no values is
+/// told so, instead of getting a count of 0 beside a mean, minimum and
+/// maximum of 0 that read like measurements.
+#[tokio::test]
+async fn window_statistics_of_no_values_are_refused_naming_the_field() {
+    let running = numerics::start(numerics::Config::for_tests())
+        .await
+        .unwrap();
+    let mut client = client(&running).await;
+    let answer = client
+        .compute_window_statistics(pb::ComputeWindowStatisticsRequest {
+            quantiles: vec![0.5],
+            ..Default::default()
+        })
+        .await;
+    let status = answer.expect_err("no values, no statistics");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with("values: "),
+        "{}",
+        status.message()
+    );
+    running.shutdown().await;
+}

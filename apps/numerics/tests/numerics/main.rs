@@ -7,5 +7,6 @@
 )]
 
 mod api;
+mod reload;
 mod serving;
 mod wire;

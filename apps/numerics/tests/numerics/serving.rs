@@ -30,6 +30,9 @@ async fn concurrent_callers_are_batched_and_each_gets_its_own_answer_across_a_re
     let mut config = numerics::Config::for_tests();
     config.serving.max_wait = Duration::from_millis(20);
     config.serving.max_batch_size = 32;
+    let model_dir = std::env::temp_dir().join(format!("numerics-models-{}", std::process::id()));
+    std::fs::create_dir_all(&model_dir).unwrap();
+    config.serving.model_dir = model_dir.clone();
     let running = numerics::start(config).await.unwrap();
     let timeout = Duration::from_secs(30);
     let channel = traced_channel(
@@ -39,7 +42,7 @@ async fn concurrent_callers_are_batched_and_each_gets_its_own_answer_across_a_re
     )
     .unwrap();
     let client = NumericsServiceClient::new(channel);
-    let shipped = numerics::serving::load(None).unwrap();
+    let shipped = numerics::serving::shipped_model().unwrap();
 
     let callers: Vec<_> = (0..64)
         .map(|tag| {
@@ -79,8 +82,7 @@ async fn concurrent_callers_are_batched_and_each_gets_its_own_answer_across_a_re
 
     // Reload under load: every request in flight succeeds, on one version
     // or the other; afterwards the new one serves.
-    let path =
-        std::env::temp_dir().join(format!("numerics-test-{}.safetensors", std::process::id()));
+    let path = model_dir.join("test-v2.safetensors");
     let next = train(
         &TrainConfig {
             samples: 500,
@@ -116,7 +118,8 @@ async fn concurrent_callers_are_batched_and_each_gets_its_own_answer_across_a_re
     let reloaded = client
         .clone()
         .reload_model(pb::ReloadModelRequest {
-            weights_path: path.display().to_string(),
+            // Relative to NUMERICS_MODEL_DIR, as an operator would name it.
+            weights_path: "test-v2.safetensors".into(),
         })
         .await
         .unwrap()
@@ -167,6 +170,6 @@ async fn concurrent_callers_are_batched_and_each_gets_its_own_answer_across_a_re
         wrong_width.message(),
         "features.shape: must be [n, 8], got [1, 3]"
     );
-    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir_all(&model_dir);
     running.shutdown().await;
 }

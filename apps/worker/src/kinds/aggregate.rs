@@ -141,6 +141,13 @@ impl<S: JobStore> Worker for AggregateWindow<S> {
             }),
         };
         let points = self.read_window(&key, args.window_start).await?;
+        if points.is_empty() {
+            // Pruned before its aggregation ran: there is nothing to
+            // measure, and numerics refuses statistics of no values.
+            return Ok(Done::Cancel(
+                "the window holds no readings (pruned before it was aggregated)".to_owned(),
+            ));
+        }
         let numerics_failed = |error: NumericsError| match error {
             NumericsError::Rejected(reason) => JobError::Discard(format!("numerics: {reason}")),
             other => JobError::Retry(other.to_string()),

@@ -77,6 +77,8 @@ fn a_line_has_its_slope_intercept_and_a_perfect_fit() {
 
 #[test]
 fn bad_requests_name_the_field() {
+    let error = window_statistics(&request(&[], &[0.5])).unwrap_err();
+    assert_eq!(error.to_string(), "values: must hold at least one value");
     let error = window_statistics(&request(&[1.0, f64::NAN], &[])).unwrap_err();
     assert_eq!(error.to_string(), "values[1]: must be finite, got NaN");
     let error = window_statistics(&request(&[1.0], &[0.5, 1.5])).unwrap_err();
