@@ -123,9 +123,14 @@ impl IngestStore {
                 jobs::postgres::migrator().run(pool).await?;
                 crate::sink::migrator().run(pool).await?;
             }
+            // Under the lock file that keeps apps sharing the file from
+            // migrating it at the same time.
             Self::Sqlite(pool) => {
-                jobs::sqlite::migrator().run(pool).await?;
-                crate::sink::sqlite::migrator().run(pool).await?;
+                jobs::sqlite::run_migrations(
+                    pool,
+                    &[jobs::sqlite::migrator(), crate::sink::sqlite::migrator()],
+                )
+                .await?;
             }
         }
         Ok(())

@@ -157,7 +157,7 @@ pub fn status(error: JobsError) -> Status {
             tracing::warn!(%error, "database error");
             Status::unavailable("the jobs database is unavailable; retry later")
         }
-        JobsError::Migrate(_) | JobsError::Corrupt(_) => {
+        JobsError::Migrate(_) | JobsError::MigrationLock { .. } | JobsError::Corrupt(_) => {
             tracing::error!(%error, "internal error");
             Status::internal("internal error")
         }

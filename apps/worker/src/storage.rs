@@ -47,11 +47,17 @@ impl Storage {
                     .run(store.pool())
                     .await?;
             }
+            // Under the lock file that keeps apps sharing the file from
+            // migrating it at the same time.
             Self::Sqlite(store) => {
-                store.migrate().await?;
-                worker_migrator(include_str!("../migrations/sqlite/300001_worker.sql"))
-                    .run(store.pool())
-                    .await?;
+                jobs::sqlite::run_migrations(
+                    store.pool(),
+                    &[
+                        jobs::sqlite::migrator(),
+                        worker_migrator(include_str!("../migrations/sqlite/300001_worker.sql")),
+                    ],
+                )
+                .await?;
             }
         }
         Ok(())

@@ -30,6 +30,14 @@ pub enum JobsError {
     /// Applying the engine's migrations failed.
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The embedded database's migration lock could not be taken.
+    #[error("migrations: lock file {path}: {problem}")]
+    MigrationLock {
+        /// The lock file.
+        path: String,
+        /// Why.
+        problem: String,
+    },
     /// A stored row could not be decoded (a bug or a foreign write).
     #[error("corrupt row: {0}")]
     Corrupt(String),

@@ -45,6 +45,80 @@ pub fn migrator() -> Migrator {
     )
 }
 
+/// How long start-up waits for another process's migrations of the same
+/// file before giving up.
+const MIGRATION_LOCK_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Applies `migrators` in order, all under one exclusive lock on a file
+/// beside the database (`<database>.migrations.lock`, left in place).
+///
+/// Several apps share the embedded file and each applies the jobs tables
+/// as well as its own. sqlx runs each migration in a transaction but
+/// checks what is applied before taking the write lock, so two processes
+/// starting together both try to create `jobs_job` and one fails. The lock
+/// file makes the whole chain one critical section across processes
+/// (`flock`, released when the process exits, even by a crash); PostgreSQL
+/// gets the same from sqlx's advisory lock. In-memory databases are
+/// private to their process and take no lock.
+pub async fn run_migrations(pool: &SqlitePool, migrators: &[Migrator]) -> Result<(), JobsError> {
+    let database = pool.connect_options().get_filename().to_owned();
+    let _lock = if database.as_os_str().is_empty() || database.to_str() == Some(":memory:") {
+        None
+    } else {
+        let mut path = database.into_os_string();
+        path.push(".migrations.lock");
+        Some(MigrationLock::acquire(path.into()).await?)
+    };
+    for migrator in migrators {
+        migrator.run(pool).await?;
+    }
+    Ok(())
+}
+
+/// An exclusive lock on a file, held until dropped.
+struct MigrationLock(std::fs::File);
+
+impl MigrationLock {
+    /// Takes the lock, polling (so no thread blocks) for up to
+    /// [`MIGRATION_LOCK_PATIENCE`].
+    async fn acquire(path: std::path::PathBuf) -> Result<Self, JobsError> {
+        let failed = |problem: String| JobsError::MigrationLock {
+            path: path.display().to_string(),
+            problem,
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|error| failed(error.to_string()))?;
+        let deadline = tokio::time::Instant::now() + MIGRATION_LOCK_PATIENCE;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Self(file)),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(failed(format!(
+                            "another process has been migrating this database for over {} s",
+                            MIGRATION_LOCK_PATIENCE.as_secs()
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(std::fs::TryLockError::Error(error)) => return Err(failed(error.to_string())),
+            }
+        }
+    }
+}
+
+impl Drop for MigrationLock {
+    fn drop(&mut self) {
+        // Closing the file releases the lock too; unlocking first makes the
+        // release independent of when the descriptor is closed.
+        let _ = self.0.unlock();
+    }
+}
+
 /// Opens (creating if needed) an SQLite database tuned for a job queue:
 /// WAL, `synchronous = NORMAL` (durable across process crashes; a power
 /// loss may drop the last transactions), a busy timeout for the writer.
@@ -220,8 +294,7 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
 
 impl JobStore for SqliteStore {
     async fn migrate(&self) -> Result<(), JobsError> {
-        migrator().run(&self.pool).await?;
-        Ok(())
+        run_migrations(&self.pool, &[migrator()]).await
     }
 
     async fn insert_many(&self, jobs: &[NewJob]) -> Result<Vec<Inserted>, JobsError> {

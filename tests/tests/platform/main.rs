@@ -9,6 +9,7 @@
 
 mod features;
 mod readings;
+mod startup;
 mod status;
 mod support;
 mod trace;
