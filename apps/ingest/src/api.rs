@@ -18,7 +18,7 @@ use tracing::Instrument as _;
 use crate::{
     source::grpc::{Admission, Outcome, Ticket, WhenFull},
     stats::Pipelines,
-    store::{IngestStore, ResultQuery, StoreError, StoredResult, WindowQuery},
+    store::{IngestStore, ResultQuery, Statistics, StoreError, StoredResult, WindowQuery},
 };
 
 /// Most batches of one stream waiting for their acknowledgement; beyond it
@@ -93,10 +93,53 @@ fn shutting_down(_: tokio::sync::oneshot::error::RecvError) -> Status {
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<pb::StreamReadingsResponse, Status>> + Send>>;
 
-/// The one mapping from store errors to gRPC statuses.
+/// The one mapping from store errors to gRPC statuses: the database being
+/// unreachable or overloaded is `UNAVAILABLE` (retry later); a row that
+/// cannot be read back, or any other failure, is `INTERNAL` (retrying will
+/// not help; operators are told through the log and
+/// `ingest.store.corrupt_rows`).
 fn status(error: StoreError) -> Status {
-    tracing::warn!(%error, "store error");
-    Status::unavailable("the readings database is unavailable; retry later")
+    match &error {
+        StoreError::Database(database) if transient(database) => {
+            tracing::warn!(%error, "store unavailable");
+            Status::unavailable("the readings database is unavailable; retry later")
+        }
+        StoreError::Corrupt { column, .. } => Status::internal(format!(
+            "a stored row cannot be read ({column}); this is a fault on our side, reported to operators"
+        )),
+        _ => {
+            tracing::error!(%error, "store failed");
+            Status::internal("the readings store failed; this is a fault on our side")
+        }
+    }
+}
+
+/// Failures that pass: the database unreachable, restarting, overloaded or
+/// aborting a transaction for a conflict (SQLSTATE classes 08, 53, 57, 40;
+/// SQLite busy or locked).
+fn transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+            if code.len() == 5 {
+                // A PostgreSQL SQLSTATE.
+                ["08", "53", "57", "40"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+            } else {
+                // An SQLite result code: SQLITE_BUSY (5) or SQLITE_LOCKED
+                // (6), extended or not.
+                code.parse::<u32>()
+                    .is_ok_and(|code| matches!(code & 0xff, 5 | 6))
+            }
+        }),
+        _ => false,
+    }
 }
 
 fn timestamp(field: &str, value: Option<prost_types::Timestamp>) -> Result<DateTime<Utc>, Status> {
@@ -126,26 +169,51 @@ fn parse_token(token: &str) -> Result<Option<(DateTime<Utc>, String)>, Status> {
     Ok(Some((at, event_id.to_owned())))
 }
 
-fn statistics_to_json(s: &pb::WindowStatistics) -> serde_json::Value {
-    serde_json::json!({
-        "count": s.count, "mean": s.mean, "variance": s.variance, "min": s.min, "max": s.max,
-        "p50": s.p50, "p95": s.p95, "p99": s.p99, "trend_slope": s.trend_slope, "trend_r_squared": s.trend_r_squared,
+/// The contract's statistics, each value finite (JSON has no NaN, and a
+/// stored NaN would read back as a corrupt row).
+fn statistics_from_wire(s: &pb::WindowStatistics) -> Result<Statistics, Status> {
+    let values = [
+        ("mean", s.mean),
+        ("variance", s.variance),
+        ("min", s.min),
+        ("max", s.max),
+        ("p50", s.p50),
+        ("p95", s.p95),
+        ("p99", s.p99),
+        ("trend_slope", s.trend_slope),
+        ("trend_r_squared", s.trend_r_squared),
+    ];
+    if let Some((field, value)) = values.iter().find(|(_, v)| !v.is_finite()) {
+        return Err(Status::invalid_argument(format!(
+            "result.statistics.{field}: must be finite, got {value}"
+        )));
+    }
+    Ok(Statistics {
+        count: s.count,
+        mean: s.mean,
+        variance: s.variance,
+        min: s.min,
+        max: s.max,
+        p50: s.p50,
+        p95: s.p95,
+        p99: s.p99,
+        trend_slope: s.trend_slope,
+        trend_r_squared: s.trend_r_squared,
     })
 }
 
-fn statistics_from_json(v: &serde_json::Value) -> pb::WindowStatistics {
-    let f = |k: &str| v[k].as_f64().unwrap_or_default();
+fn statistics_to_wire(s: &Statistics) -> pb::WindowStatistics {
     pb::WindowStatistics {
-        count: v["count"].as_u64().unwrap_or_default(),
-        mean: f("mean"),
-        variance: f("variance"),
-        min: f("min"),
-        max: f("max"),
-        p50: f("p50"),
-        p95: f("p95"),
-        p99: f("p99"),
-        trend_slope: f("trend_slope"),
-        trend_r_squared: f("trend_r_squared"),
+        count: s.count,
+        mean: s.mean,
+        variance: s.variance,
+        min: s.min,
+        max: s.max,
+        p50: s.p50,
+        p95: s.p95,
+        p99: s.p99,
+        trend_slope: s.trend_slope,
+        trend_r_squared: s.trend_r_squared,
     }
 }
 
@@ -166,6 +234,14 @@ impl IngestService for IngestApi {
         self.check_size(readings.len())?;
         let answer = self.publish(0, readings, WhenFull::Reject).await?;
         let ack = answer.await.map_err(shutting_down)??;
+        // A unary caller resends the whole request on UNAVAILABLE; only
+        // streams carry the failure inside the acknowledgement.
+        if let Some(error) = &ack.error {
+            return Err(Status::new(
+                tonic::Code::from(error.code),
+                error.message.clone(),
+            ));
+        }
         Ok(Response::new(pb::PublishReadingsResponse {
             ack: Some(ack),
         }))
@@ -185,7 +261,9 @@ impl IngestService for IngestApi {
             let mut inbound_open = true;
             loop {
                 tokio::select! {
-                    // Acks go out in order of durability.
+                    // Acks go out in order of durability; a batch that was
+                    // not stored is acknowledged with its error, and the
+                    // stream goes on.
                     Some(outcome) = pending.next(), if !pending.is_empty() => {
                         let message = match outcome {
                             Ok(Ok(ack)) => Ok(pb::StreamReadingsResponse { ack: Some(ack) }),
@@ -279,7 +357,7 @@ impl IngestService for IngestApi {
             metric: window.metric,
             window_start: timestamp("result.window.window_start", window.window_start)?,
             window_seconds,
-            statistics: statistics_to_json(&statistics),
+            statistics: statistics_from_wire(&statistics)?,
             anomaly_score: result.anomaly_score,
             anomalous: result.anomalous,
             model_version: result.model_version,
@@ -351,7 +429,7 @@ impl IngestService for IngestApi {
                         nanos: 0,
                     }),
                 }),
-                statistics: Some(statistics_from_json(&r.statistics)),
+                statistics: Some(statistics_to_wire(&r.statistics)),
                 anomaly_score: r.anomaly_score,
                 anomalous: r.anomalous,
                 model_version: r.model_version,

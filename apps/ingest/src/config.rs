@@ -45,7 +45,8 @@ pub struct NatsConfig {
     pub url: String,
     /// `INGEST_NATS_STREAM`: the stream (created if missing).
     pub stream: String,
-    /// `INGEST_NATS_SUBJECTS`: the stream's subjects, comma-separated.
+    /// `INGEST_NATS_SUBJECTS`: the stream's subjects, comma-separated, each
+    /// `<prefix>.>`; the token after the prefix is the tenant.
     pub subjects: Vec<String>,
     /// `INGEST_NATS_CONSUMER`: the durable pull consumer's name.
     pub consumer: String,
@@ -127,6 +128,20 @@ impl Config {
             }
             if nats.subjects.is_empty() {
                 env.reject("NATS_SUBJECTS", "needs at least one subject");
+            }
+            // The token after a subject's prefix is the tenant, so every
+            // subject must be `<prefix>.>` with a literal prefix.
+            if let Some(bad) = nats.subjects.iter().find(|subject| {
+                subject
+                    .strip_suffix(".>")
+                    .is_none_or(|prefix| prefix.is_empty() || prefix.contains(['*', '>']))
+            }) {
+                env.reject(
+                    "NATS_SUBJECTS",
+                    format!(
+                        "each subject must be <prefix>.> (the token after the prefix is the tenant), got {bad}"
+                    ),
+                );
             }
         }
         Self {

@@ -33,12 +33,32 @@ pub trait Tally: Send + Sync {
 /// budgets bound memory, not just payload bytes.
 pub const IN_MEMORY_OVERHEAD: usize = 512;
 
+/// Which tenant a reading may belong to, as its transport says. Readings
+/// are keyed by tenant, so a reading must never land in a tenant its
+/// publisher does not speak for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantBinding {
+    /// The transport vouches for no tenant (gRPC, until the gateway passes
+    /// a principal): the body's `tenant_id` stands.
+    FromBody,
+    /// The NATS subject names this tenant: a body naming another is
+    /// refused (dead-lettered); a body naming none takes this one.
+    Subject(String),
+    /// The subject names no tenant: refused.
+    Unbound {
+        /// The subject it came on.
+        subject: String,
+    },
+}
+
 /// A reading on its way in, with where it came from.
 pub struct Envelope {
     /// As received.
     pub reading: pb::Reading,
     /// `grpc` or `nats`, recorded with dead letters.
     pub source: &'static str,
+    /// The tenant the transport speaks for.
+    pub tenant: TenantBinding,
     /// Who wants to hear about rejections and duplicates, and the reading's
     /// position there.
     pub tally: Option<(Arc<dyn Tally>, u32)>,
@@ -113,6 +133,25 @@ fn payload(reading: &pb::Reading) -> serde_json::Value {
     })
 }
 
+/// Checks the body's tenant against the transport's binding; a reading
+/// naming no tenant takes the subject's.
+fn bind_tenant(reading: &pb::Reading, binding: &TenantBinding) -> Result<pb::Reading, Failure> {
+    match binding {
+        TenantBinding::FromBody => Ok(reading.clone()),
+        TenantBinding::Unbound { subject } => Err(Failure::invalid(format!(
+            "subject: {subject} names no tenant; publish on <prefix>.<tenant>[.…]"
+        ))),
+        TenantBinding::Subject(tenant) if reading.tenant_id.is_empty() => Ok(pb::Reading {
+            tenant_id: tenant.clone(),
+            ..reading.clone()
+        }),
+        TenantBinding::Subject(tenant) if reading.tenant_id == *tenant => Ok(reading.clone()),
+        TenantBinding::Subject(tenant) => Err(Failure::invalid(format!(
+            "tenant_id: names another tenant than the subject's ({tenant})"
+        ))),
+    }
+}
+
 /// Raw bytes that did not decode, hex-encoded (the first 4 KiB).
 fn undecodable_payload(raw: &[u8]) -> serde_json::Value {
     use std::fmt::Write as _;
@@ -134,7 +173,8 @@ impl Handler for ReadingsHandler {
                 "payload: is not a protobuf platform.ingest.v1.Reading ({error})"
             )));
         }
-        match Reading::parse(input.reading.clone(), Utc::now(), &self.limits) {
+        let reading = bind_tenant(&input.reading, &input.tenant)?;
+        match Reading::parse(reading, Utc::now(), &self.limits) {
             Ok(reading) => Ok(Processed {
                 data: Accepted {
                     reading,
@@ -184,6 +224,12 @@ impl Handler for ReadingsHandler {
                 let (field, reason) = field_and_reason(failure);
                 DeadLetter {
                     source: envelope.source,
+                    tenant_id: match &envelope.tenant {
+                        TenantBinding::Subject(tenant) => Some(tenant.clone()),
+                        TenantBinding::FromBody | TenantBinding::Unbound { .. } => {
+                            Some(envelope.reading.tenant_id.clone()).filter(|t| !t.is_empty())
+                        }
+                    },
                     event_id: (!envelope.reading.event_id.is_empty())
                         .then(|| envelope.reading.event_id.clone()),
                     field,

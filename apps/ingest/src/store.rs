@@ -35,6 +35,34 @@ pub struct WindowQuery {
     pub limit: u32,
 }
 
+/// A window's statistics as stored (JSON with these field names). Every
+/// field is required when read back: a row missing one is corrupt, not a
+/// window of zeros.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Statistics {
+    /// Readings in the window.
+    pub count: u64,
+    /// Mean.
+    pub mean: f64,
+    /// Variance.
+    pub variance: f64,
+    /// Minimum.
+    pub min: f64,
+    /// Maximum.
+    pub max: f64,
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Trend slope per second.
+    pub trend_slope: f64,
+    /// Trend fit.
+    pub trend_r_squared: f64,
+}
+
 /// A computed window result as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredResult {
@@ -48,8 +76,8 @@ pub struct StoredResult {
     pub window_start: DateTime<Utc>,
     /// Window length in seconds.
     pub window_seconds: i32,
-    /// Statistics as a JSON object (the contract's `WindowStatistics`).
-    pub statistics: serde_json::Value,
+    /// The window's statistics (the contract's `WindowStatistics`).
+    pub statistics: Statistics,
     /// Anomaly score in [0, 1].
     pub anomaly_score: f64,
     /// Whether the window is anomalous.
@@ -91,13 +119,56 @@ pub enum IngestStore {
 pub enum StoreError {
     /// The database failed or is unreachable.
     #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+    /// A stored row cannot be read back (a bug or a foreign write): an
+    /// internal error, never a default value handed to a caller.
+    #[error("corrupt row: {column}: {problem}")]
+    Corrupt {
+        /// `table.column`, e.g. `window_result.statistics`.
+        column: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// A migration failed.
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// Connecting (or the jobs tables) failed.
     #[error("{0}")]
     Jobs(#[from] jobs::JobsError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// Decoding failures are corrupt rows; everything else is the database.
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::ColumnDecode { index, source } => corrupt(&index, source.to_string()),
+            sqlx::Error::Decode(source) => corrupt("row", source.to_string()),
+            other => Self::Database(other),
+        }
+    }
+}
+
+/// A corrupt-row error for `column`, counted (`ingest.store.corrupt_rows`)
+/// so operators see it even when a caller swallows the error.
+pub fn corrupt(column: &str, problem: impl Into<String>) -> StoreError {
+    opentelemetry::global::meter("platform.ingest")
+        .u64_counter("ingest.store.corrupt_rows")
+        .with_description("Stored rows that could not be read back")
+        .build()
+        .add(1, &[]);
+    let error = StoreError::Corrupt {
+        column: column.to_owned(),
+        problem: problem.into(),
+    };
+    tracing::error!(%error, "a stored row cannot be read");
+    error
+}
+
+/// Microseconds since the epoch as stored in SQLite, or a corrupt-row
+/// error naming `column` (never 1970).
+fn time_from_micros(column: &str, micros: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(micros)
+        .ok_or_else(|| corrupt(column, format!("{micros} is not a time")))
 }
 
 impl IngestStore {
@@ -192,13 +263,9 @@ impl IngestStore {
                 .await?;
                 rows.into_iter()
                     .map(|(id, value, at)| {
-                        (
-                            id,
-                            value,
-                            DateTime::from_timestamp_micros(at).unwrap_or_default(),
-                        )
+                        Ok((id, value, time_from_micros("reading.observed_at", at)?))
                     })
-                    .collect()
+                    .collect::<Result<_, StoreError>>()?
             }
         };
         Ok(rows
@@ -214,28 +281,26 @@ impl IngestStore {
     /// Deletes up to `batch` readings observed before `older_than`.
     pub async fn prune(&self, older_than: DateTime<Utc>, batch: u32) -> Result<u64, StoreError> {
         let result = match self {
-            Self::Postgres(pool) => {
-                sqlx::query(
-                    "DELETE FROM ingest.reading WHERE event_id IN (
-                        SELECT event_id FROM ingest.reading WHERE observed_at < $1 ORDER BY observed_at LIMIT $2)",
-                )
-                .bind(older_than)
-                .bind(i64::from(batch))
-                .execute(pool)
-                .await?
-                .rows_affected()
-            }
-            Self::Sqlite(pool) => {
-                sqlx::query(
-                    "DELETE FROM ingest_reading WHERE event_id IN (
-                        SELECT event_id FROM ingest_reading WHERE observed_at < ?1 ORDER BY observed_at LIMIT ?2)",
-                )
-                .bind(older_than.timestamp_micros())
-                .bind(i64::from(batch))
-                .execute(pool)
-                .await?
-                .rows_affected()
-            }
+            Self::Postgres(pool) => sqlx::query(
+                "DELETE FROM ingest.reading WHERE (tenant_id, event_id) IN (
+                        SELECT tenant_id, event_id FROM ingest.reading WHERE observed_at < $1
+                        ORDER BY observed_at LIMIT $2)",
+            )
+            .bind(older_than)
+            .bind(i64::from(batch))
+            .execute(pool)
+            .await?
+            .rows_affected(),
+            Self::Sqlite(pool) => sqlx::query(
+                "DELETE FROM ingest_reading WHERE (tenant_id, event_id) IN (
+                        SELECT tenant_id, event_id FROM ingest_reading WHERE observed_at < ?1
+                        ORDER BY observed_at LIMIT ?2)",
+            )
+            .bind(older_than.timestamp_micros())
+            .bind(i64::from(batch))
+            .execute(pool)
+            .await?
+            .rows_affected(),
         };
         Ok(result)
     }
@@ -247,7 +312,8 @@ impl IngestStore {
     /// Stores a window's result; `false` when an identical one was already
     /// stored (a re-run of the same aggregation changes nothing).
     pub async fn record_result(&self, result: &StoredResult) -> Result<bool, StoreError> {
-        let statistics = result.statistics.to_string();
+        let statistics = serde_json::to_string(&result.statistics)
+            .map_err(|e| corrupt("window_result.statistics", e.to_string()))?;
         let changed = match self {
             Self::Postgres(pool) => sqlx::query(
                 "INSERT INTO ingest.window_result (tenant_id, device_id, metric, window_start, window_seconds,
@@ -351,8 +417,7 @@ impl IngestStore {
             .fetch_all(pool)
             .await?,
         };
-        Ok(rows
-            .into_iter()
+        rows.into_iter()
             .map(
                 |(
                     tenant_id,
@@ -365,20 +430,21 @@ impl IngestStore {
                     anomalous,
                     model_version,
                 )| {
-                    StoredResult {
+                    Ok(StoredResult {
                         tenant_id,
                         device_id,
                         metric,
-                        window_start: DateTime::from_timestamp_micros(start).unwrap_or_default(),
+                        window_start: time_from_micros("window_result.window_start", start)?,
                         window_seconds,
-                        statistics: serde_json::from_str(&statistics).unwrap_or_default(),
+                        statistics: serde_json::from_str(&statistics)
+                            .map_err(|e| corrupt("window_result.statistics", e.to_string()))?,
                         anomaly_score,
                         anomalous,
                         model_version,
-                    }
+                    })
                 },
             )
-            .collect())
+            .collect()
     }
 }
 
@@ -388,6 +454,9 @@ impl IngestStore {
 pub struct DeadLetter {
     /// Where it came from (`grpc`, `nats`).
     pub source: &'static str,
+    /// Whose it is: the tenant it named or, for NATS, the tenant of its
+    /// subject; `None` only when neither is known.
+    pub tenant_id: Option<String>,
     /// Its event id, when it had one.
     pub event_id: Option<String>,
     /// The field at fault.
@@ -419,28 +488,31 @@ impl IngestStore {
         match self {
             Self::Postgres(pool) => {
                 let mut sources = Vec::with_capacity(letters.len());
+                let mut tenants = Vec::with_capacity(letters.len());
                 let mut event_ids = Vec::with_capacity(letters.len());
                 let mut fields = Vec::with_capacity(letters.len());
                 let mut reasons = Vec::with_capacity(letters.len());
                 let mut payloads = Vec::with_capacity(letters.len());
                 for letter in letters {
                     sources.push(letter.source);
+                    tenants.push(letter.tenant_id.as_deref());
                     event_ids.push(letter.event_id.as_deref());
                     fields.push(letter.field.as_str());
                     reasons.push(letter.reason.as_str());
                     payloads.push(letter.payload.to_string());
                 }
                 sqlx::query(
-                    "INSERT INTO ingest.dead_letter (source, event_id, field, reason, payload)
-                     SELECT source, event_id, field, reason, payload::jsonb
-                     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-                          AS input(source, event_id, field, reason, payload)",
+                    "INSERT INTO ingest.dead_letter (source, event_id, field, reason, payload, tenant_id)
+                     SELECT source, event_id, field, reason, payload::jsonb, tenant_id
+                     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+                          AS input(source, event_id, field, reason, payload, tenant_id)",
                 )
                 .bind(&sources)
                 .bind(&event_ids)
                 .bind(&fields)
                 .bind(&reasons)
                 .bind(&payloads)
+                .bind(&tenants)
                 .execute(pool)
                 .await?;
             }
@@ -449,8 +521,8 @@ impl IngestStore {
                 let mut tx = pool.begin().await?;
                 for letter in letters {
                     sqlx::query(
-                        "INSERT INTO ingest_dead_letter (received_at, source, event_id, field, reason, payload)
-                         VALUES (?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO ingest_dead_letter (received_at, source, event_id, field, reason, payload, tenant_id)
+                         VALUES (?, ?, ?, ?, ?, ?, ?)",
                     )
                     .bind(now)
                     .bind(letter.source)
@@ -458,6 +530,7 @@ impl IngestStore {
                     .bind(&letter.field)
                     .bind(&letter.reason)
                     .bind(letter.payload.to_string())
+                    .bind(letter.tenant_id.as_deref())
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -469,10 +542,11 @@ impl IngestStore {
 
     /// Dead letters stored so far (operators and tests).
     pub async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetterRow>, StoreError> {
-        let rows = match self {
+        let rows: Vec<DeadLetterTuple> = match self {
             Self::Postgres(pool) => {
                 sqlx::query_as(
-                    "SELECT source, event_id, field, reason, payload::text FROM ingest.dead_letter ORDER BY id LIMIT $1",
+                    "SELECT source, tenant_id, event_id, field, reason, payload::text
+                     FROM ingest.dead_letter ORDER BY id LIMIT $1",
                 )
                 .bind(i64::from(limit))
                 .fetch_all(pool)
@@ -480,16 +554,52 @@ impl IngestStore {
             }
             Self::Sqlite(pool) => {
                 sqlx::query_as(
-                    "SELECT source, event_id, field, reason, payload FROM ingest_dead_letter ORDER BY id LIMIT ?",
+                    "SELECT source, tenant_id, event_id, field, reason, payload
+                     FROM ingest_dead_letter ORDER BY id LIMIT ?",
                 )
                 .bind(i64::from(limit))
                 .fetch_all(pool)
                 .await?
             }
         };
-        Ok(rows)
+        Ok(rows
+            .into_iter()
+            .map(
+                |(source, tenant_id, event_id, field, reason, payload)| DeadLetterRow {
+                    source,
+                    tenant_id,
+                    event_id,
+                    field,
+                    reason,
+                    payload,
+                },
+            )
+            .collect())
     }
 }
 
-/// A stored dead letter: source, event id, field, reason, payload (JSON text).
-pub type DeadLetterRow = (String, Option<String>, String, String, String);
+/// A stored dead letter, as operators read it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterRow {
+    /// `grpc` or `nats`.
+    pub source: String,
+    /// Whose it is, when known.
+    pub tenant_id: Option<String>,
+    /// Its event id, when it had one.
+    pub event_id: Option<String>,
+    /// The field at fault.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+    /// The message as received (JSON text).
+    pub payload: String,
+}
+
+type DeadLetterTuple = (
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    String,
+);

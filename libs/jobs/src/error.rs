@@ -30,8 +30,9 @@ pub enum JobsError {
     /// Applying the engine's migrations failed.
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// The embedded database's migration lock could not be taken.
-    #[error("migrations: lock file {path}: {problem}")]
+    /// The embedded database's set-up lock (creation, migrations) could
+    /// not be taken.
+    #[error("set-up lock file {path}: {problem}")]
     MigrationLock {
         /// The lock file.
         path: String,

@@ -37,7 +37,7 @@ pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use store::{
     Completion, JobStore, ListFilter, MAX_LIST, Outcome, QueueCounts, Rescued, Signal,
-    embedded_migrator,
+    embedded_migrations, embedded_migrator,
 };
 pub use unique::{UniqueOpts, unique_key};
 pub use worker::{Done, JobContext, JobError, Registry, Worker};

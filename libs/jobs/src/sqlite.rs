@@ -45,12 +45,12 @@ pub fn migrator() -> Migrator {
     )
 }
 
-/// How long start-up waits for another process's migrations of the same
-/// file before giving up.
-const MIGRATION_LOCK_PATIENCE: Duration = Duration::from_secs(60);
+/// How long start-up waits for another process's set-up of the same file
+/// before giving up.
+const SETUP_LOCK_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Applies `migrators` in order, all under one exclusive lock on a file
-/// beside the database (`<database>.migrations.lock`, left in place).
+/// beside the database (`<database>.setup.lock`, left in place).
 ///
 /// Several apps share the embedded file and each applies the jobs tables
 /// as well as its own. sqlx runs each migration in a transaction but
@@ -61,27 +61,29 @@ const MIGRATION_LOCK_PATIENCE: Duration = Duration::from_secs(60);
 /// gets the same from sqlx's advisory lock. In-memory databases are
 /// private to their process and take no lock.
 pub async fn run_migrations(pool: &SqlitePool, migrators: &[Migrator]) -> Result<(), JobsError> {
-    let database = pool.connect_options().get_filename().to_owned();
-    let _lock = if database.as_os_str().is_empty() || database.to_str() == Some(":memory:") {
-        None
-    } else {
-        let mut path = database.into_os_string();
-        path.push(".migrations.lock");
-        Some(MigrationLock::acquire(path.into()).await?)
-    };
+    let _lock = SetupLock::acquire(pool.connect_options().get_filename()).await?;
     for migrator in migrators {
         migrator.run(pool).await?;
     }
     Ok(())
 }
 
-/// An exclusive lock on a file, held until dropped.
-struct MigrationLock(std::fs::File);
+/// An exclusive lock on `<database>.setup.lock`, held until dropped, around
+/// what must not run in two processes at once on one file: creating it
+/// and switching it to WAL (SQLite answers a second process doing the same
+/// `database is locked` at once, without waiting), and migrating it.
+struct SetupLock(Option<std::fs::File>);
 
-impl MigrationLock {
+impl SetupLock {
     /// Takes the lock, polling (so no thread blocks) for up to
-    /// [`MIGRATION_LOCK_PATIENCE`].
-    async fn acquire(path: std::path::PathBuf) -> Result<Self, JobsError> {
+    /// [`SETUP_LOCK_PATIENCE`]; no lock for an in-memory database.
+    async fn acquire(database: &std::path::Path) -> Result<Self, JobsError> {
+        if database.as_os_str().is_empty() || database.to_str() == Some(":memory:") {
+            return Ok(Self(None));
+        }
+        let mut path = database.as_os_str().to_owned();
+        path.push(".setup.lock");
+        let path = std::path::PathBuf::from(path);
         let failed = |problem: String| JobsError::MigrationLock {
             path: path.display().to_string(),
             problem,
@@ -92,15 +94,15 @@ impl MigrationLock {
             .write(true)
             .open(&path)
             .map_err(|error| failed(error.to_string()))?;
-        let deadline = tokio::time::Instant::now() + MIGRATION_LOCK_PATIENCE;
+        let deadline = tokio::time::Instant::now() + SETUP_LOCK_PATIENCE;
         loop {
             match file.try_lock() {
-                Ok(()) => return Ok(Self(file)),
+                Ok(()) => return Ok(Self(Some(file))),
                 Err(std::fs::TryLockError::WouldBlock) => {
                     if tokio::time::Instant::now() >= deadline {
                         return Err(failed(format!(
-                            "another process has been migrating this database for over {} s",
-                            MIGRATION_LOCK_PATIENCE.as_secs()
+                            "another process has been setting up this database for over {} s",
+                            SETUP_LOCK_PATIENCE.as_secs()
                         )));
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -111,11 +113,13 @@ impl MigrationLock {
     }
 }
 
-impl Drop for MigrationLock {
+impl Drop for SetupLock {
     fn drop(&mut self) {
         // Closing the file releases the lock too; unlocking first makes the
         // release independent of when the descriptor is closed.
-        let _ = self.0.unlock();
+        if let Some(file) = &self.0 {
+            let _ = file.unlock();
+        }
     }
 }
 
@@ -140,6 +144,9 @@ pub async fn connect(url: &str) -> Result<SqlitePool, JobsError> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10));
+    // The first connection creates the file and switches it to WAL; once
+    // it is in WAL mode, later connections only read that setting.
+    let _lock = SetupLock::acquire(options.get_filename()).await?;
     Ok(SqlitePoolOptions::new()
         .max_connections(4)
         .connect_with(options)

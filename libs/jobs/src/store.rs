@@ -280,16 +280,29 @@ pub fn embedded_migrator(
     description: &'static str,
     sql: &'static str,
 ) -> sqlx::migrate::Migrator {
+    embedded_migrations(&[(version, description, sql)])
+}
+
+/// [`embedded_migrator`] for an owner with several migrations, given as
+/// `(version, description, sql)` in the order they apply.
+pub fn embedded_migrations(
+    migrations: &[(i64, &'static str, &'static str)],
+) -> sqlx::migrate::Migrator {
     use std::borrow::Cow;
-    let migration = sqlx::migrate::Migration::new(
-        version,
-        Cow::Borrowed(description),
-        sqlx::migrate::MigrationType::Simple,
-        Cow::Borrowed(sql),
-        false,
-    );
+    let migrations = migrations
+        .iter()
+        .map(|&(version, description, sql)| {
+            sqlx::migrate::Migration::new(
+                version,
+                Cow::Borrowed(description),
+                sqlx::migrate::MigrationType::Simple,
+                Cow::Borrowed(sql),
+                false,
+            )
+        })
+        .collect();
     sqlx::migrate::Migrator {
-        migrations: Cow::Owned(vec![migration]),
+        migrations: Cow::Owned(migrations),
         ignore_missing: true,
         locking: true,
         no_tx: false,

@@ -122,7 +122,7 @@ impl ScratchSqlite {
     /// Closes the pool and deletes the file and its journals.
     pub async fn remove(self) {
         self.pool.close().await;
-        for suffix in ["", "-wal", "-shm"] {
+        for suffix in ["", "-wal", "-shm", ".setup.lock"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", self.path.display()));
         }
     }

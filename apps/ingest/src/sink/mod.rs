@@ -1,8 +1,16 @@
 //! The durable write of a batch of readings: readings inserted
-//! once per event id, series watermarks advanced, and the aggregation job of
-//! every window the batch closes enqueued, all in one transaction. A batch
-//! redelivered after a crash inserts nothing and enqueues nothing new.
-//! PostgreSQL here; the embedded SQLite store in [`sqlite`].
+//! once per (tenant, event id), series watermarks advanced, and the
+//! aggregation job of every window the batch closes enqueued, all in one
+//! transaction. A batch redelivered after a crash inserts nothing and
+//! enqueues nothing new. PostgreSQL here; the embedded SQLite store in
+//! [`sqlite`].
+//!
+//! Concurrent batches often hold the same readings (a batch and its resend,
+//! JetStream redelivery beside a slow commit), so lock order matters: every
+//! transaction takes its row locks in one global order — readings by
+//! (tenant, event id), then watermarks by series, then jobs by series and
+//! window — and a transaction PostgreSQL still aborts as a deadlock or
+//! serialization failure is run again, a bounded number of times.
 
 pub mod sqlite;
 
@@ -45,13 +53,40 @@ pub enum SinkError {
     Jobs(#[from] jobs::JobsError),
 }
 
+/// Attempts of one batch's transaction when PostgreSQL aborts it as a
+/// deadlock or serialization failure.
+pub const CONFLICT_ATTEMPTS: u32 = 4;
+
+impl SinkError {
+    /// A deadlock (40P01) or serialization failure (40001): the transaction
+    /// was rolled back whole and running it again is safe and likely to
+    /// succeed.
+    pub fn is_transaction_conflict(&self) -> bool {
+        let database = match self {
+            Self::Database(error) | Self::Jobs(jobs::JobsError::Database(error)) => error,
+            Self::Jobs(_) => return false,
+        };
+        database
+            .as_database_error()
+            .and_then(|error| error.code())
+            .is_some_and(|code| code == "40P01" || code == "40001")
+    }
+}
+
 /// The ingest app's PostgreSQL migrations (versions 200000+).
 pub fn migrator() -> sqlx::migrate::Migrator {
-    jobs::embedded_migrator(
-        200_001,
-        "ingest",
-        include_str!("../../migrations/postgres/200001_ingest.sql"),
-    )
+    jobs::embedded_migrations(&[
+        (
+            200_001,
+            "ingest",
+            include_str!("../../migrations/postgres/200001_ingest.sql"),
+        ),
+        (
+            200_002,
+            "ingest tenant keys",
+            include_str!("../../migrations/postgres/200002_tenant_keys.sql"),
+        ),
+    ])
 }
 
 /// The aggregation job for one window, unique for ever per (series,
@@ -106,16 +141,43 @@ pub fn plan(
     (marks, jobs)
 }
 
-/// Writes `readings` in one transaction (see the module doc).
+/// Writes `readings` in one transaction (see the module doc), running it
+/// again if PostgreSQL aborts it as a deadlock or serialization failure.
 pub async fn write_batch<R: Borrow<Reading> + Sync>(
     pool: &PgPool,
     readings: &[R],
     windowing: &Windowing,
 ) -> Result<WriteReport, SinkError> {
-    let mut tx = pool.begin().await?;
-    let report = write_in(&mut tx, readings, windowing).await?;
-    tx.commit().await?;
-    Ok(report)
+    let mut attempt = 1;
+    loop {
+        let result = async {
+            let mut tx = pool.begin().await?;
+            let report = write_in(&mut tx, readings, windowing).await?;
+            tx.commit().await?;
+            Ok::<_, SinkError>(report)
+        }
+        .await;
+        match result {
+            Err(error) if error.is_transaction_conflict() && attempt < CONFLICT_ATTEMPTS => {
+                tracing::info!(%error, attempt, readings = readings.len(), "batch transaction aborted by a lock conflict; running it again");
+                opentelemetry::global::meter("platform.ingest")
+                    .u64_counter("ingest.sink.conflict_retries")
+                    .with_description(
+                        "Batch transactions run again after a deadlock or serialization failure",
+                    )
+                    .build()
+                    .add(1, &[]);
+                // A few milliseconds, growing, with jitter: the other
+                // transaction usually commits within one.
+                tokio::time::sleep(jobs::with_jitter(std::time::Duration::from_millis(
+                    5 << attempt,
+                )))
+                .await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 async fn write_in<R: Borrow<Reading> + Sync>(
@@ -142,15 +204,19 @@ async fn write_in<R: Borrow<Reading> + Sync>(
         attributes
             .push((!r.attributes.is_empty()).then(|| serde_json::json!(r.attributes).to_string()));
     }
-    // ON CONFLICT (event_id) DO NOTHING: redelivered readings are skipped
-    // and not returned, so only new readings move watermarks and windows.
-    let stored: Vec<String> = sqlx::query_scalar(
+    // ON CONFLICT DO NOTHING: redelivered readings are skipped and not
+    // returned, so only new readings move watermarks and windows.
+    // ORDER BY: rows are inserted (and their key locks taken) in key order,
+    // whatever order the batch holds them in, so two batches sharing
+    // readings wait for each other instead of deadlocking.
+    let stored: Vec<(String, String)> = sqlx::query_as(
         "INSERT INTO ingest.reading (event_id, tenant_id, device_id, metric, value, observed_at, attributes)
          SELECT event_id, tenant_id, device_id, metric, value, observed_at, COALESCE(attributes::jsonb, '{}')
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::timestamptz[], $7::text[])
               AS input(event_id, tenant_id, device_id, metric, value, observed_at, attributes)
-         ON CONFLICT (event_id) DO NOTHING
-         RETURNING event_id",
+         ORDER BY tenant_id, event_id
+         ON CONFLICT (tenant_id, event_id) DO NOTHING
+         RETURNING tenant_id, event_id",
     )
     .bind(&event_ids)
     .bind(&tenants)
@@ -161,14 +227,17 @@ async fn write_in<R: Borrow<Reading> + Sync>(
     .bind(&attributes)
     .fetch_all(&mut *conn)
     .await?;
-    // Only the event ids come back; a reading is new at its first position
-    // among the returned ids (a repeat within the batch is a duplicate).
-    let mut new_ids: HashSet<&str> = stored.iter().map(String::as_str).collect();
+    // Only the keys come back; a reading is new at its first position among
+    // the returned keys (a repeat within the batch is a duplicate).
+    let mut new_ids: HashSet<(&str, &str)> = stored
+        .iter()
+        .map(|(tenant, event)| (tenant.as_str(), event.as_str()))
+        .collect();
     let mut by_series: BTreeMap<Series, Vec<DateTime<Utc>>> = BTreeMap::new();
     let mut duplicate_at = Vec::new();
     for (index, r) in readings.iter().enumerate() {
         let r: &Reading = r.borrow();
-        if new_ids.remove(r.event_id.as_str()) {
+        if new_ids.remove(&(r.tenant_id.as_str(), r.event_id.as_str())) {
             by_series
                 .entry((r.tenant_id.clone(), r.device_id.clone(), r.metric.clone()))
                 .or_default()
@@ -216,6 +285,9 @@ async fn write_in<R: Borrow<Reading> + Sync>(
     sqlx::query(
         "INSERT INTO ingest.series_watermark (tenant_id, device_id, metric, watermark)
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+                       AS input(tenant_id, device_id, metric, watermark)
+         -- New series' rows are created in the same order as the locks above.
+         ORDER BY tenant_id, device_id, metric
          ON CONFLICT (tenant_id, device_id, metric)
          DO UPDATE SET watermark = GREATEST(ingest.series_watermark.watermark, excluded.watermark)",
     )

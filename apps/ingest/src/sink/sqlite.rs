@@ -11,11 +11,18 @@ use crate::{reading::Reading, window::Windowing};
 
 /// The ingest app's SQLite migrations (versions 200000+).
 pub fn migrator() -> sqlx::migrate::Migrator {
-    jobs::embedded_migrator(
-        200_001,
-        "ingest",
-        include_str!("../../migrations/sqlite/200001_ingest.sql"),
-    )
+    jobs::embedded_migrations(&[
+        (
+            200_001,
+            "ingest",
+            include_str!("../../migrations/sqlite/200001_ingest.sql"),
+        ),
+        (
+            200_002,
+            "ingest tenant keys",
+            include_str!("../../migrations/sqlite/200002_tenant_keys.sql"),
+        ),
+    ])
 }
 
 fn from_micros(value: i64) -> Result<DateTime<Utc>, SinkError> {
@@ -43,7 +50,7 @@ pub async fn write_batch<R: Borrow<Reading> + Sync>(
         let result = sqlx::query(
             "INSERT INTO ingest_reading (event_id, tenant_id, device_id, metric, value, observed_at, attributes, ingested_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (event_id) DO NOTHING",
+             ON CONFLICT (tenant_id, event_id) DO NOTHING",
         )
         .bind(&r.event_id)
         .bind(&r.tenant_id)

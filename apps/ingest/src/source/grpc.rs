@@ -18,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tonic::Status;
 
 use crate::{
-    handler::{Envelope, IN_MEMORY_OVERHEAD, Tally},
+    handler::{Envelope, IN_MEMORY_OVERHEAD, Tally, TenantBinding},
     reading::Rejection,
 };
 
@@ -74,23 +74,23 @@ impl TicketState {
         let Some(answer) = self.answer.take() else {
             return;
         };
-        let outcome = match &self.retry {
-            Some((failed, reason)) => Err(Status::unavailable(format!(
+        self.rejected.sort_by_key(|r| r.index);
+        let error = self.retry.take().map(|(failed, reason)| pb::BatchError {
+            code: tonic::Code::Unavailable as i32,
+            message: format!(
                 "batch {}: {failed} readings were not stored ({reason}); resend the batch: \
                  readings already stored are not stored twice",
                 self.sequence
-            ))),
-            None => {
-                self.rejected.sort_by_key(|r| r.index);
-                Ok(pb::BatchAck {
-                    sequence: self.sequence,
-                    accepted: self.succeeded - self.duplicates,
-                    duplicates: self.duplicates,
-                    rejected: std::mem::take(&mut self.rejected),
-                })
-            }
-        };
-        let _ = answer.send(outcome);
+            ),
+            not_stored: failed,
+        });
+        let _ = answer.send(Ok(pb::BatchAck {
+            sequence: self.sequence,
+            accepted: self.succeeded - self.duplicates,
+            duplicates: self.duplicates,
+            rejected: std::mem::take(&mut self.rejected),
+            error,
+        }));
     }
 }
 
@@ -235,6 +235,7 @@ impl Admission {
                 data: Envelope {
                     reading,
                     source: "grpc",
+                    tenant: TenantBinding::FromBody,
                     tally: Some((tally.clone(), index as u32)),
                     undecodable: None,
                 },

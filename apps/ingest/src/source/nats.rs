@@ -7,6 +7,12 @@
 //!
 //! Messages carry one `platform.ingest.v1.Reading` in protobuf; a W3C
 //! `traceparent` header, if present, joins the reading to its trace.
+//!
+//! Subjects are bound to tenants: with `INGEST_NATS_SUBJECTS=readings.>`, a
+//! message on `readings.acme.…` belongs to tenant `acme` (a body naming no
+//! tenant takes it; a body naming another is dead-lettered), so access to
+//! a tenant's subjects — which NATS permissions can grant per tenant — is
+//! what lets a publisher write that tenant's readings.
 
 use std::{
     collections::HashMap,
@@ -32,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     NatsConfig,
-    handler::{Envelope, IN_MEMORY_OVERHEAD},
+    handler::{Envelope, IN_MEMORY_OVERHEAD, TenantBinding},
 };
 
 /// Why the JetStream source could not start.
@@ -119,6 +125,12 @@ pub async fn connect(
         .messages()
         .await
         .map_err(|e| jetstream_error("messages")(e.to_string()))?;
+    let prefixes = config
+        .subjects
+        .iter()
+        .filter_map(|subject| subject.strip_suffix(".>"))
+        .map(str::to_owned)
+        .collect();
     let pending = Arc::new(Pending::default());
     let acker = Arc::new(NatsAcker {
         pending: pending.clone(),
@@ -128,6 +140,7 @@ pub async fn connect(
         client,
         producer: NatsProducer {
             messages,
+            prefixes,
             acker: acker.clone(),
             next_id: AtomicU64::new(0),
         },
@@ -219,8 +232,28 @@ impl AckSender {
 /// Pulls JetStream messages by demand.
 pub struct NatsProducer {
     messages: pull::Stream,
+    /// The configured subjects without their `.>`: the token after one is
+    /// the tenant.
+    prefixes: Vec<String>,
     acker: Arc<NatsAcker>,
     next_id: AtomicU64,
+}
+
+/// The tenant a subject names: the token right after the first configured
+/// prefix it starts with (`readings.acme.d1` → `acme` for `readings`).
+pub fn subject_tenant(prefixes: &[String], subject: &str) -> TenantBinding {
+    prefixes
+        .iter()
+        .find_map(|prefix| {
+            let rest = subject.strip_prefix(prefix.as_str())?.strip_prefix('.')?;
+            rest.split('.').next().filter(|tenant| !tenant.is_empty())
+        })
+        .map_or_else(
+            || TenantBinding::Unbound {
+                subject: subject.to_owned(),
+            },
+            |tenant| TenantBinding::Subject(tenant.to_owned()),
+        )
 }
 
 impl NatsProducer {
@@ -238,16 +271,19 @@ impl NatsProducer {
             Some(Arc::new(carrier))
         });
         let bytes = (message.payload.len() + IN_MEMORY_OVERHEAD).min(u32::MAX as usize) as u32;
+        let tenant = subject_tenant(&self.prefixes, message.subject.as_str());
         let envelope = match pb::Reading::decode(message.payload.as_ref()) {
             Ok(reading) => Envelope {
                 reading,
                 source: "nats",
+                tenant,
                 tally: None,
                 undecodable: None,
             },
             Err(error) => Envelope {
                 reading: pb::Reading::default(),
                 source: "nats",
+                tenant,
                 tally: None,
                 undecodable: Some((error.to_string(), message.payload.to_vec())),
             },
@@ -289,5 +325,37 @@ impl Producer for NatsProducer {
             }
         }
         Some(pulled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_after_the_prefix_is_the_tenant() {
+        let prefixes = vec!["readings".to_owned(), "t1.readings".to_owned()];
+        let tenant = |subject| subject_tenant(&prefixes, subject);
+        assert_eq!(
+            tenant("readings.acme"),
+            TenantBinding::Subject("acme".into())
+        );
+        assert_eq!(
+            tenant("readings.acme.d1.temperature"),
+            TenantBinding::Subject("acme".into())
+        );
+        assert_eq!(
+            tenant("t1.readings.globex.x"),
+            TenantBinding::Subject("globex".into())
+        );
+        for unbound in ["readings", "readings.", "readingsacme.x", "other.acme"] {
+            assert_eq!(
+                tenant(unbound),
+                TenantBinding::Unbound {
+                    subject: unbound.into()
+                },
+                "{unbound}"
+            );
+        }
     }
 }

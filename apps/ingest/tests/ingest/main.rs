@@ -8,6 +8,7 @@
 )]
 
 mod api;
+mod corrupt;
 mod nats;
 mod overload;
 mod publish;

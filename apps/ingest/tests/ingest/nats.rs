@@ -142,6 +142,72 @@ async fn jetstream_messages_are_acked_after_storing_and_poison_is_dead_lettered_
     sqlite.remove().await;
 }
 
+/// A subject speaks for one tenant: a body naming another tenant is
+/// dead-lettered under the subject's tenant, and a body naming none takes
+/// the subject's. (A subject naming no tenant cannot reach a stream whose
+/// subjects are all `<prefix>.>`; the unit test of `subject_tenant` covers
+/// it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_binds_its_readings_to_its_tenant() {
+    let Some(url) = nats_url() else { return };
+    let names = Names::unique("ingest_nats_tenant");
+    let sqlite = jobs::testing::ScratchSqlite::create("ingest_nats_tenant").await;
+    let mut config = ingest::Config::for_tests(&sqlite.url);
+    config.nats = Some(names.config(&url));
+    let running = ingest::start(config).await.unwrap();
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+
+    let acme = format!("{}.acme.sensors", names.subject);
+    let own = now_reading("own", "t-1", 120, 1.0);
+    let mut unnamed = now_reading("unnamed", "t-1", 120, 2.0);
+    unnamed.tenant_id.clear();
+    let mut foreign = now_reading("foreign", "t-1", 120, 3.0);
+    foreign.tenant_id = "globex".into();
+    publish_all(
+        &js,
+        &acme,
+        vec![
+            own.encode_to_vec(),
+            unnamed.encode_to_vec(),
+            foreign.encode_to_vec(),
+        ],
+    )
+    .await;
+    let started = Instant::now();
+    while !settled(&js, &names).await {
+        assert!(started.elapsed() < PATIENCE, "the consumer never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stored: Vec<(String, String)> =
+        sqlx::query_as("SELECT tenant_id, event_id FROM ingest_reading ORDER BY event_id")
+            .fetch_all(&sqlite.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        stored,
+        [
+            ("acme".to_owned(), "own".to_owned()),
+            ("acme".to_owned(), "unnamed".to_owned())
+        ]
+    );
+    let letters: Vec<(Option<String>, Option<String>, String, String)> = sqlx::query_as(
+        "SELECT tenant_id, event_id, field, reason FROM ingest_dead_letter ORDER BY id",
+    )
+    .fetch_all(&sqlite.pool)
+    .await
+    .unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let (tenant, event, field, reason) = &letters[0];
+    assert_eq!(
+        (tenant.as_deref(), event.as_deref(), field.as_str()),
+        (Some("acme"), Some("foreign"), "tenant_id"),
+        "{reason}"
+    );
+    running.shutdown().await;
+    js.delete_stream(&names.stream).await.unwrap();
+    sqlite.remove().await;
+}
+
 const DEVICES: usize = 10;
 const PER_DEVICE: usize = 10_000;
 /// Readings are 0.6 s apart in event time: 100 one-minute windows each.

@@ -189,13 +189,14 @@ async fn a_unary_publish_is_answered_once_durable_with_duplicates_and_rejections
         assert_eq!(letters.len(), 2);
         assert_eq!(
             (
-                letters[0].0.as_str(),
-                letters[0].1.as_deref(),
-                letters[0].2.as_str()
+                letters[0].source.as_str(),
+                letters[0].tenant_id.as_deref(),
+                letters[0].event_id.as_deref(),
+                letters[0].field.as_str()
             ),
-            ("grpc", Some("bad"), "value")
+            ("grpc", Some("acme"), Some("bad"), "value")
         );
-        let payload: serde_json::Value = serde_json::from_str(&letters[0].4).unwrap();
+        let payload: serde_json::Value = serde_json::from_str(&letters[0].payload).unwrap();
         assert_eq!(
             (payload["event_id"].as_str(), payload["value"].is_null()),
             (Some("bad"), true)
@@ -333,6 +334,159 @@ async fn a_full_queue_answers_resource_exhausted_with_a_retry_hint_and_loses_not
             20,
             "everything accepted is stored"
         );
+        running.shutdown().await;
+    })
+    .await;
+}
+
+/// A client that resends each batch right after sending it (as one does
+/// after a timeout while the first copy is still being written, and as
+/// JetStream redelivery does next to a slow commit) is the normal case in
+/// an at-least-once system: eight such streams at once, over series they
+/// share, get every batch acknowledged and every reading stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_streams_resending_every_batch_get_no_errors_and_store_each_reading_once() {
+    let Some(postgres) = jobs::testing::ScratchPostgres::create("ingest_resend").await else {
+        return;
+    };
+    // Several sink transactions at once, each a mix of streams' batches.
+    let mut config = ingest::Config::for_tests(&postgres.url);
+    config.pipeline.processors = 4;
+    config.pipeline.batch_processors = 4;
+    config.pipeline.batch_size = 300;
+    let running = ingest::start(config).await.unwrap();
+    const STREAMS: usize = 8;
+    const BATCHES: usize = 25;
+    const READINGS: usize = 200;
+    let streams: Vec<_> = (0..STREAMS)
+        .map(|stream| {
+            let running_client = client(&running);
+            async move {
+                let mut client = running_client.await;
+                let requests: Vec<pb::StreamReadingsRequest> = (0..BATCHES)
+                    .flat_map(|batch| {
+                        let readings: Vec<pb::Reading> = (0..READINGS)
+                            .map(|i| {
+                                let device = format!("d{}", (i + stream) % 4);
+                                now_reading(&format!("s{stream}-b{batch}-r{i}"), &device, 60, 1.0)
+                            })
+                            .collect();
+                        [2 * batch + 1, 2 * batch + 2].map(|sequence| pb::StreamReadingsRequest {
+                            sequence: sequence as u64,
+                            readings: readings.clone(),
+                        })
+                    })
+                    .collect();
+                let mut acks = client
+                    .stream_readings(futures_util::stream::iter(requests))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let (mut answered, mut accepted) = (0, 0);
+                while let Some(ack) = acks.message().await.unwrap_or_else(|status| {
+                    panic!("stream {stream} torn down after {answered} acks: {status:?}")
+                }) {
+                    let ack = ack.ack.unwrap();
+                    assert_eq!(ack.error, None, "stream {stream}, batch {}", ack.sequence);
+                    answered += 1;
+                    accepted += ack.accepted;
+                }
+                (answered, accepted)
+            }
+        })
+        .collect();
+    let results = futures_util::future::join_all(streams).await;
+    for (stream, (answered, accepted)) in results.into_iter().enumerate() {
+        assert_eq!(answered, 2 * BATCHES, "stream {stream}: one ack per batch");
+        assert_eq!(
+            accepted as usize,
+            BATCHES * READINGS,
+            "stream {stream}: each reading accepted once, its resend a duplicate"
+        );
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM ingest.reading")
+        .fetch_one(&postgres.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored as usize, STREAMS * BATCHES * READINGS);
+    running.shutdown().await;
+    postgres.drop_database().await;
+}
+
+/// Makes the database refuse readings whose event id starts with `poison`
+/// (a failure the sink cannot retry away), or accept them again.
+async fn poison(url: &str, on: bool) {
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let statements: &[&str] = if on {
+            &[
+                "CREATE FUNCTION ingest.refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN IF NEW.event_id LIKE 'poison%' THEN RAISE EXCEPTION 'poisoned for the test'; END IF;
+                 RETURN NEW; END $$",
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON ingest.reading
+                 FOR EACH ROW EXECUTE FUNCTION ingest.refuse_poison()",
+            ]
+        } else {
+            &["DROP TRIGGER refuse_poison ON ingest.reading"]
+        };
+        for statement in statements {
+            sqlx::query(statement).execute(&pool).await.unwrap();
+        }
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        let statement = if on {
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON ingest_reading
+             WHEN NEW.event_id LIKE 'poison%' BEGIN SELECT RAISE(ABORT, 'poisoned for the test'); END"
+        } else {
+            "DROP TRIGGER refuse_poison"
+        };
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+}
+
+/// A batch the database fails to store is answered on the stream with its
+/// error, and the stream goes on: the publisher resends that one batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_database_fails_is_acknowledged_with_its_error_and_the_stream_goes_on() {
+    on_each_store("ingest_batch_error", |url| async move {
+        let running = ingest::start(ingest::Config::for_tests(&url))
+            .await
+            .unwrap();
+        poison(&url, true).await;
+        let mut client = client(&running).await;
+        let (requests, outbound) = tokio::sync::mpsc::channel(4);
+        let mut acks = client
+            .stream_readings(tokio_stream::wrappers::ReceiverStream::new(outbound))
+            .await
+            .unwrap()
+            .into_inner();
+        let batch = |sequence: u64, prefix: &str| pb::StreamReadingsRequest {
+            sequence,
+            readings: (0..5)
+                .map(|i| now_reading(&format!("{prefix}-{i}"), "d9", 30, 1.0))
+                .collect(),
+        };
+        // One batch at a time, so the failure touches that batch only.
+        let mut send = async |request| {
+            requests.send(request).await.unwrap();
+            acks.message().await.unwrap().unwrap().ack.unwrap()
+        };
+        let failed = send(batch(1, "poison")).await;
+        let error = failed.error.clone().expect("the batch was not stored");
+        assert_eq!(error.code, Code::Unavailable as i32, "{failed:?}");
+        assert_eq!((error.not_stored, failed.accepted), (5, 0));
+        assert!(error.message.contains("resend"), "{}", error.message);
+        let next = send(batch(2, "fine")).await;
+        assert_eq!((next.accepted, next.error), (5, None), "the stream goes on");
+        poison(&url, false).await;
+        let resent = send(batch(3, "poison")).await;
+        assert_eq!(
+            (resent.accepted, resent.error),
+            (5, None),
+            "the resend is stored"
+        );
+        assert_eq!(window_count(&mut client, "d9").await, 10);
+        drop(requests);
         running.shutdown().await;
     })
     .await;

@@ -213,3 +213,289 @@ async fn concurrent_batches_over_the_same_series_neither_deadlock_nor_double_enq
     })
     .await;
 }
+
+/// Waits (up to 20 s) until `sessions` other sessions of this database are
+/// blocked on a lock: the deterministic point where both transactions hold
+/// what they hold and want what the other has.
+async fn until_waiting_on_locks(pool: &PgPool, sessions: i64) {
+    let patience = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting >= sessions {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < patience,
+            "{waiting} of {sessions} sessions waiting on a lock after 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+async fn migrated_postgres(prefix: &str) -> Option<jobs::testing::ScratchPostgres> {
+    let postgres = jobs::testing::ScratchPostgres::create(prefix).await?;
+    jobs::postgres::migrator()
+        .run(&postgres.pool)
+        .await
+        .unwrap();
+    migrator().run(&postgres.pool).await.unwrap();
+    Some(postgres)
+}
+
+/// Two batches holding the same readings in opposite orders (a batch and
+/// its resend, assembled by different batchers), started together: a
+/// third transaction holds one "gate" reading of each, so both batches
+/// wait at their gate and then run on at the same instant. They must
+/// serialise on the shared readings, not deadlock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_and_its_resend_in_opposite_orders_do_not_deadlock() {
+    let Some(postgres) = migrated_postgres("ingest_order").await else {
+        return;
+    };
+    let pool = postgres.pool.clone();
+    let mut gate = pool.begin().await.unwrap();
+    for id in ["a-gate-1", "a-gate-2"] {
+        sqlx::query(
+            "INSERT INTO ingest.reading (event_id, tenant_id, device_id, metric, value, observed_at)
+             VALUES ($1, 'acme', 'gate', 'temperature_c', 0, now())",
+        )
+        .bind(id)
+        .execute(&mut *gate)
+        .await
+        .unwrap();
+    }
+    let one = vec![
+        reading("r1", "d1", 1),
+        reading("a-gate-1", "gate", 2),
+        reading("r2", "d2", 3),
+    ];
+    let other = vec![
+        reading("r2", "d2", 3),
+        reading("a-gate-2", "gate", 2),
+        reading("r1", "d1", 1),
+    ];
+    let spawn = |batch: Vec<Reading>| {
+        let pool = pool.clone();
+        tokio::spawn(async move { ingest::sink::write_batch(&pool, &batch, &rules()).await })
+    };
+    let (one, other) = (spawn(one), spawn(other));
+    until_waiting_on_locks(&pool, 2).await;
+    gate.rollback().await.unwrap();
+    let one = one.await.unwrap().expect("first batch");
+    let other = other.await.unwrap().expect("second batch");
+    assert_eq!(
+        one.inserted + other.inserted,
+        4,
+        "r1, r2 and both gates stored once: {one:?} {other:?}"
+    );
+    assert_eq!(one.duplicates + other.duplicates, 2);
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM ingest.reading")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 4);
+    postgres.drop_database().await;
+}
+
+/// A deadlock no ordering inside the sink can prevent (another session
+/// takes the same locks in the other order) costs the sink one retry, not
+/// the batch: PostgreSQL aborts the sink's transaction (it waited first,
+/// so its deadlock check runs first) and the sink runs it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_aborted_by_a_deadlock_is_retried_and_stored() {
+    let Some(postgres) = migrated_postgres("ingest_retry").await else {
+        return;
+    };
+    let pool = postgres.pool.clone();
+    ingest::sink::write_batch(&pool, &[reading("seed", "d1", 1)], &rules())
+        .await
+        .unwrap();
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL deadlock_timeout = '60s'")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    sqlx::query("SELECT 1 FROM ingest.series_watermark WHERE device_id = 'd1' FOR UPDATE")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let sink = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            ingest::sink::write_batch(&pool, &[reading("contested", "d1", 2)], &rules()).await
+        })
+    };
+    // The sink holds `contested` and waits for the watermark; now take
+    // `contested` from the other side.
+    until_waiting_on_locks(&pool, 1).await;
+    sqlx::query(
+        "INSERT INTO ingest.reading (event_id, tenant_id, device_id, metric, value, observed_at)
+         VALUES ('contested', 'acme', 'd1', 'temperature_c', 2, now())
+         ON CONFLICT DO NOTHING",
+    )
+    .execute(&mut *other)
+    .await
+    .unwrap();
+    other.commit().await.unwrap();
+    let report = sink
+        .await
+        .unwrap()
+        .expect("the sink retries a transaction the deadlock detector aborted");
+    assert_eq!(
+        (report.inserted, report.duplicates),
+        (0, 1),
+        "the other session stored it first"
+    );
+    postgres.drop_database().await;
+}
+
+/// Event ids are the producer's, so they are unique per tenant only: a
+/// tenant publishing another tenant's event ids stores its own readings
+/// and learns nothing about the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_ids_are_unique_per_tenant_not_across_tenants() {
+    on_both(|store| async move {
+        let acme = reading("e1", "d1", 5);
+        let mut globex = reading("e1", "d1", 6);
+        globex.tenant_id = "globex".into();
+        let first = store.write(std::slice::from_ref(&acme)).await;
+        assert_eq!((first.inserted, first.duplicates), (1, 0));
+        let other = store.write(std::slice::from_ref(&globex)).await;
+        assert_eq!(
+            (other.inserted, other.duplicates),
+            (1, 0),
+            "another tenant's event id is not a duplicate"
+        );
+        let again = store.write(&[acme, globex]).await;
+        assert_eq!(
+            (again.inserted, again.duplicates),
+            (0, 2),
+            "each tenant's own redelivery is"
+        );
+        assert_eq!(store.readings().await, 2);
+    })
+    .await;
+}
+
+/// A database written before readings were keyed by tenant keeps every
+/// row through the migration: readings, and dead letters, which gain the
+/// tenant their payload named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tenant_key_migration_keeps_existing_data() {
+    // SQLite.
+    let sqlite = jobs::testing::ScratchSqlite::create("ingest_migrate").await;
+    jobs::sqlite::migrator().run(&sqlite.pool).await.unwrap();
+    jobs::embedded_migrator(
+        200_001,
+        "ingest",
+        include_str!("../../migrations/sqlite/200001_ingest.sql"),
+    )
+    .run(&sqlite.pool)
+    .await
+    .unwrap();
+    for (event, tenant) in [("e1", "acme"), ("e2", "globex")] {
+        sqlx::query(
+            "INSERT INTO ingest_reading (event_id, tenant_id, device_id, metric, value, observed_at, ingested_at)
+             VALUES (?, ?, 'd1', 'temperature_c', 1.5, 1000, 2000)",
+        )
+        .bind(event)
+        .bind(tenant)
+        .execute(&sqlite.pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO ingest_dead_letter (received_at, source, event_id, field, reason, payload)
+         VALUES (1, 'grpc', 'bad', 'value', 'must be finite', '{\"tenant_id\": \"acme\"}')",
+    )
+    .execute(&sqlite.pool)
+    .await
+    .unwrap();
+    ingest::sink::sqlite::migrator()
+        .run(&sqlite.pool)
+        .await
+        .unwrap();
+    let kept: Vec<(String, String, f64, i64)> = sqlx::query_as(
+        "SELECT tenant_id, event_id, value, observed_at FROM ingest_reading ORDER BY event_id",
+    )
+    .fetch_all(&sqlite.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        kept,
+        [
+            ("acme".to_owned(), "e1".to_owned(), 1.5, 1000),
+            ("globex".to_owned(), "e2".to_owned(), 1.5, 1000)
+        ]
+    );
+    let letter: Option<String> = sqlx::query_scalar("SELECT tenant_id FROM ingest_dead_letter")
+        .fetch_one(&sqlite.pool)
+        .await
+        .unwrap();
+    assert_eq!(letter.as_deref(), Some("acme"));
+    let store = Store::Sqlite(sqlite.pool.clone());
+    let mut theirs = reading("e1", "d1", 5);
+    theirs.tenant_id = "globex".into();
+    assert_eq!(
+        store.write(&[theirs]).await.inserted,
+        1,
+        "keyed by tenant now"
+    );
+    sqlite.remove().await;
+
+    // PostgreSQL.
+    let Some(postgres) = jobs::testing::ScratchPostgres::create("ingest_migrate").await else {
+        return;
+    };
+    jobs::postgres::migrator()
+        .run(&postgres.pool)
+        .await
+        .unwrap();
+    jobs::embedded_migrator(
+        200_001,
+        "ingest",
+        include_str!("../../migrations/postgres/200001_ingest.sql"),
+    )
+    .run(&postgres.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO ingest.reading (event_id, tenant_id, device_id, metric, value, observed_at)
+         VALUES ('e1', 'acme', 'd1', 'temperature_c', 1.5, now()), ('e2', 'globex', 'd1', 'temperature_c', 1.5, now())",
+    )
+    .execute(&postgres.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO ingest.dead_letter (source, event_id, field, reason, payload)
+         VALUES ('grpc', 'bad', 'value', 'must be finite', '{\"tenant_id\": \"acme\"}')",
+    )
+    .execute(&postgres.pool)
+    .await
+    .unwrap();
+    migrator().run(&postgres.pool).await.unwrap();
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM ingest.reading")
+        .fetch_one(&postgres.pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, 2);
+    let key: String = sqlx::query_scalar(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'reading_pkey'",
+    )
+    .fetch_one(&postgres.pool)
+    .await
+    .unwrap();
+    assert_eq!(key, "PRIMARY KEY (tenant_id, event_id)");
+    let letter: Option<String> = sqlx::query_scalar("SELECT tenant_id FROM ingest.dead_letter")
+        .fetch_one(&postgres.pool)
+        .await
+        .unwrap();
+    assert_eq!(letter.as_deref(), Some("acme"));
+    postgres.drop_database().await;
+}

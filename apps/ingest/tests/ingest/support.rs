@@ -8,25 +8,60 @@ pub struct IngestProcess {
     child: Child,
     /// Where its gRPC API listens.
     pub grpc_addr: std::net::SocketAddr,
+    /// Where `/readyz` and `/metrics` are served.
+    pub admin_addr: std::net::SocketAddr,
 }
 
 impl IngestProcess {
     /// Starts `ingest` on `database_url` with free ports and `env` on top.
     pub fn start(database_url: &str, env: Vec<(&'static str, String)>) -> Self {
         let free = || service_runtime::testing::free_local_addr().unwrap();
-        let grpc_addr = free();
+        let (grpc_addr, admin_addr) = (free(), free());
         let child = Command::new(env!("CARGO_BIN_EXE_ingest"))
             .env_clear()
             .env("INGEST_DATABASE_URL", database_url)
             .env("INGEST_GRPC_ADDR", grpc_addr.to_string())
-            .env("INGEST_ADMIN_ADDR", free().to_string())
+            .env("INGEST_ADMIN_ADDR", admin_addr.to_string())
             .env("RUST_LOG", "warn")
             .envs(env)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        Self { child, grpc_addr }
+        Self {
+            child,
+            grpc_addr,
+            admin_addr,
+        }
+    }
+
+    /// Waits (up to 30 s) until `/readyz` answers 200.
+    pub async fn ready(&self) {
+        let patience = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let answer = service_runtime::testing::http_get(self.admin_addr, "/readyz", &[]).await;
+            if answer.is_ok_and(|answer| answer.status == 200) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < patience,
+                "ingest not ready after 30 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The sum of every series of a Prometheus metric on `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let metrics = service_runtime::testing::http_get(self.admin_addr, "/metrics", &[])
+            .await
+            .unwrap();
+        metrics
+            .body
+            .lines()
+            .filter(|line| line.starts_with(name))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// SIGKILL: no drain, no acks for what was in flight.
