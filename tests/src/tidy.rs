@@ -61,6 +61,15 @@ pub struct Member {
     pub undocumented_roots: Vec<String>,
 }
 
+/// A Rust source file of a member's `src/`.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// Relative to the workspace root, e.g. `apps/ingest/src/sink/mod.rs`.
+    pub path: String,
+    /// Its text.
+    pub text: String,
+}
+
 /// The workspace and the files the rules read.
 #[derive(Debug, Clone)]
 pub struct Workspace {
@@ -70,6 +79,10 @@ pub struct Workspace {
     pub codeowners: String,
     /// Contents of `docs/architecture.md`.
     pub architecture: String,
+    /// The Rust sources under `apps/*/src` and `libs/*/src`.
+    pub sources: Vec<SourceFile>,
+    /// The job kinds declared in the contracts (`contracts::JOB_KINDS`).
+    pub job_kinds: Vec<String>,
 }
 
 /// A broken rule, naming what breaks it.
@@ -130,6 +143,16 @@ pub enum Violation {
         /// The crate root, relative to the workspace root.
         file: String,
     },
+    /// Code spells a contract's job kind as a string instead of taking it
+    /// from the contracts.
+    HandWrittenJobKind {
+        /// The file, relative to the workspace root.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// The kind written out.
+        kind: String,
+    },
     /// A member outside `apps/` and `libs/` that is not a composer.
     UnknownRole {
         /// The crate.
@@ -178,6 +201,12 @@ impl fmt::Display for Violation {
                     "`{crate_name}`: {file} must start with a `//!` doc saying what the crate is for"
                 )
             }
+            Self::HandWrittenJobKind { file, line, kind } => write!(
+                f,
+                "{file}:{line} writes the job kind \"{kind}\" by hand: take it from the contracts \
+                 (`<ArgsMessage as contracts::JobArgs>::KIND`, proto/platform/jobs/v1/job_kinds.proto), \
+                 so a rename cannot strand queued jobs"
+            ),
             Self::UnknownRole { crate_name, dir } => write!(
                 f,
                 "`{crate_name}` ({dir}) is neither under apps/ or libs/ nor declared a composer"
@@ -238,7 +267,49 @@ pub fn check(workspace: &Workspace) -> Vec<Violation> {
             });
         }
     }
+    violations.extend(hand_written_job_kinds(workspace));
     violations
+}
+
+/// Every string literal that is a contract's job kind, outside the
+/// contracts themselves (apps and libs read kinds from `JobArgs::KIND`).
+fn hand_written_job_kinds(workspace: &Workspace) -> Vec<Violation> {
+    let mut found = Vec::new();
+    for file in &workspace.sources {
+        if file.path.starts_with("libs/contracts/") {
+            continue;
+        }
+        for (number, line) in file.text.lines().enumerate() {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            for kind in &workspace.job_kinds {
+                if line.contains(&format!("\"{kind}\"")) {
+                    found.push(Violation::HandWrittenJobKind {
+                        file: file.path.clone(),
+                        line: number + 1,
+                        kind: kind.clone(),
+                    });
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The `.rs` files below `dir`, in a stable order.
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(std::fs::DirEntry::path);
+    for entry in entries {
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            rust_files(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    Ok(())
 }
 
 /// A CODEOWNERS line whose pattern is exactly the crate's directory.
@@ -317,8 +388,9 @@ struct Target {
     src_path: PathBuf,
 }
 
-/// Reads the workspace that contains `manifest_dir` (any member's directory).
-pub fn load(manifest_dir: &Path) -> Result<Workspace, LoadError> {
+/// Reads the workspace that contains `manifest_dir` (any member's
+/// directory); `job_kinds` are the contracts' (`contracts::JOB_KINDS`).
+pub fn load(manifest_dir: &Path, job_kinds: &[&str]) -> Result<Workspace, LoadError> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(cargo)
         .args([
@@ -455,10 +527,35 @@ pub fn load(manifest_dir: &Path) -> Result<Workspace, LoadError> {
             undocumented_roots,
         });
     }
+    let mut paths = Vec::new();
+    for member in &result {
+        let src = root.join(&member.dir).join("src");
+        if member.role != Role::Composer && src.is_dir() {
+            rust_files(&src, &mut paths).map_err(|source| LoadError::Read {
+                path: src.clone(),
+                source,
+            })?;
+        }
+    }
+    let sources = paths
+        .into_iter()
+        .map(|path| {
+            Ok(SourceFile {
+                path: path
+                    .strip_prefix(&root)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .replace('\\', "/"),
+                text: read(path)?,
+            })
+        })
+        .collect::<Result<_, LoadError>>()?;
     Ok(Workspace {
         members: result,
         codeowners: read(root.join("CODEOWNERS"))?,
         architecture: read(root.join("docs/architecture.md"))?,
+        sources,
+        job_kinds: job_kinds.iter().map(|k| (*k).to_owned()).collect(),
     })
 }
 
@@ -490,6 +587,8 @@ mod tests {
             members,
             codeowners,
             architecture,
+            sources: Vec::new(),
+            job_kinds: vec!["readings.aggregate_window".into()],
         }
     }
 
@@ -597,6 +696,41 @@ mod tests {
                     file: "libs/contracts/src/lib.rs".into()
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn a_job_kind_written_by_hand_is_named_with_its_place() {
+        let mut ws = platform(&[]);
+        ws.sources = vec![
+            SourceFile {
+                path: "apps/ingest/src/sink.rs".into(),
+                text: "// enqueues \"readings.aggregate_window\" jobs\nlet job = NewJob::new(\"readings.aggregate_window\", args);\n".into(),
+            },
+            SourceFile {
+                path: "libs/contracts/src/lib.rs".into(),
+                text: "const KIND: &str = \"readings.aggregate_window\";\n".into(),
+            },
+            SourceFile {
+                path: "apps/worker/src/kinds/aggregate.rs".into(),
+                text: "const KIND: &str = AggregateWindowArgs::KIND; // not \"readings.aggregate_windows\"\n".into(),
+            },
+        ];
+        let violations = check(&ws);
+        assert_eq!(
+            violations,
+            [Violation::HandWrittenJobKind {
+                file: "apps/ingest/src/sink.rs".into(),
+                line: 2,
+                kind: "readings.aggregate_window".into()
+            }]
+        );
+        assert!(
+            violations[0]
+                .to_string()
+                .starts_with("apps/ingest/src/sink.rs:2 writes the job kind \"readings.aggregate_window\" by hand"),
+            "{}",
+            violations[0]
         );
     }
 

@@ -7,8 +7,28 @@
 //! Every RPC in a generated server trait has a default body answering
 //! `UNIMPLEMENTED`, so an app registers its service first and fills in RPCs as
 //! its issues land.
+//!
+//! Job kinds one app enqueues for another are contracts too
+//! (`proto/platform/jobs/v1/job_kinds.proto`): their argument messages
+//! implement [`JobArgs`], generated from the proto's `job` option, so the
+//! enqueuing app and the worker take the kind, the queue and the JSON shape
+//! from the same place. [`json`] is the one JSON mapping of
+//! `google.protobuf.Struct` those arguments need.
 
 #![allow(missing_docs, clippy::all)] // generated code carries the .proto comments
+
+pub mod json;
+
+/// The arguments of a job kind declared in the contracts: the kind's name
+/// and default queue, and (through serde) the JSON the job stores.
+pub trait JobArgs: serde::Serialize + serde::de::DeserializeOwned {
+    /// The job kind, e.g. `readings.aggregate_window`.
+    const KIND: &'static str;
+    /// The queue it goes to unless the enqueuer says otherwise.
+    const QUEUE: &'static str;
+}
+
+include!(concat!(env!("OUT_DIR"), "/job_kinds.rs"));
 
 /// Build and process identity, served by every app through the runtime.
 pub mod service {

@@ -183,6 +183,19 @@ impl NewJob {
         self
     }
 
+    /// A job of `kind` whose args are `args` serialised to JSON (typed
+    /// args, such as the contracts' job-argument messages).
+    pub fn with_args<A: serde::Serialize>(
+        kind: impl Into<String>,
+        args: &A,
+    ) -> Result<Self, crate::JobsError> {
+        let args = serde_json::to_value(args).map_err(|error| crate::JobsError::InvalidJob {
+            field: "args",
+            problem: format!("do not serialise to JSON: {error}"),
+        })?;
+        Ok(Self::new(kind, args))
+    }
+
     /// Runs with `priority` (0 first, 4 last).
     pub fn with_priority(mut self, priority: i16) -> Self {
         self.priority = priority;

@@ -23,6 +23,28 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
+/// The URL of a service a test needs (`DATABASE_URL`, `NATS_URL`), or
+/// `None` to skip that test, saying so on stderr. Under
+/// `REQUIRE_SERVICES=1` (set by `.ci/run`) an unset variable fails the
+/// test instead: in CI a missing service must not pass as a skip.
+#[allow(
+    clippy::print_stderr,
+    reason = "test support: the skip notice and the failure report"
+)]
+pub fn service_url(variable: &str) -> Option<String> {
+    match std::env::var(variable) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("REQUIRE_SERVICES").is_ok_and(|v| v == "1") => panic!(
+            "{variable} is not set but REQUIRE_SERVICES=1: this test needs the service \
+             (.ci/run sets {variable} to the service on loopback)"
+        ),
+        _ => {
+            eprintln!("skipping the part that needs {variable}: it is not set");
+            None
+        }
+    }
+}
+
 /// Replaces the database name in a PostgreSQL URL, keeping its query.
 pub fn with_database(url: &str, database: &str) -> String {
     let (base, query) = url
@@ -49,18 +71,12 @@ pub struct ScratchPostgres {
 }
 
 impl ScratchPostgres {
-    /// `None`, saying so on stderr, when `DATABASE_URL` is unset (CI sets
-    /// it, so there nothing skips). Panics when it is set but unreachable.
-    #[allow(
-        clippy::print_stderr,
-        clippy::expect_used,
-        reason = "test support: a panic is the report"
-    )]
+    /// `None` when `DATABASE_URL` is unset (see [`service_url`]: under
+    /// `REQUIRE_SERVICES=1` that fails instead). Panics when it is set but
+    /// unreachable.
+    #[allow(clippy::expect_used, reason = "test support: a panic is the report")]
     pub async fn create(prefix: &str) -> Option<Self> {
-        let Ok(admin_url) = std::env::var("DATABASE_URL") else {
-            eprintln!("skipping the PostgreSQL part: DATABASE_URL is not set");
-            return None;
-        };
+        let admin_url = service_url("DATABASE_URL")?;
         let name = unique_name(prefix);
         let mut admin = PgConnection::connect(&admin_url)
             .await

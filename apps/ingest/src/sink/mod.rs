@@ -20,13 +20,11 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
+use contracts::{JobArgs as _, jobs::v1::AggregateWindowArgs};
 use jobs::{JobState, NewJob, UniqueOpts};
 use sqlx::{PgConnection, PgPool};
 
 use crate::{reading::Reading, window::Windowing};
-
-/// The job kind the worker runs for a closed window.
-pub const AGGREGATE_WINDOW: &str = "readings.aggregate_window";
 
 /// What writing one batch did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -89,29 +87,31 @@ pub fn migrator() -> sqlx::migrate::Migrator {
     ])
 }
 
-/// The aggregation job for one window, unique for ever per (series,
-/// window, lateness), so redelivery never enqueues it twice and a late
-/// window is re-aggregated once.
+/// The aggregation job for one window (the worker's
+/// `readings.aggregate_window`, whose kind, queue and args are the
+/// contracts' `AggregateWindowArgs`), unique for ever per (series, window,
+/// lateness), so redelivery never enqueues it twice and a late window is
+/// re-aggregated once.
 pub fn aggregation_job(
     series: &Series,
     start: DateTime<Utc>,
     windowing: &Windowing,
     late: bool,
-) -> NewJob {
-    let args = serde_json::json!({
-        "tenant_id": series.0,
-        "device_id": series.1,
-        "metric": series.2,
-        "window_start": start.to_rfc3339(),
-        "window_seconds": windowing.length.num_seconds(),
-        "late": late,
-    });
-    NewJob::new(AGGREGATE_WINDOW, args)
-        .with_queue("aggregation")
+) -> Result<NewJob, jobs::JobsError> {
+    let args = AggregateWindowArgs {
+        tenant_id: series.0.clone(),
+        device_id: series.1.clone(),
+        metric: series.2.clone(),
+        window_start: start.to_rfc3339(),
+        window_seconds: windowing.length.num_seconds(),
+        late,
+    };
+    Ok(NewJob::with_args(AggregateWindowArgs::KIND, &args)?
+        .with_queue(AggregateWindowArgs::QUEUE)
         .unique(UniqueOpts {
             states: JobState::ALL.to_vec(),
             ..UniqueOpts::default()
-        })
+        }))
 }
 
 /// (tenant, device, metric).
@@ -124,7 +124,7 @@ pub fn plan(
     by_series: &BTreeMap<Series, Vec<DateTime<Utc>>>,
     before: &BTreeMap<Series, DateTime<Utc>>,
     windowing: &Windowing,
-) -> (Vec<DateTime<Utc>>, Vec<NewJob>) {
+) -> Result<(Vec<DateTime<Utc>>, Vec<NewJob>), jobs::JobsError> {
     let mut marks = Vec::with_capacity(by_series.len());
     let mut jobs = Vec::new();
     for (series, times) in by_series {
@@ -135,10 +135,10 @@ pub fn plan(
         });
         marks.push(after);
         for (start, late) in windowing.to_aggregate(before, after, times.iter().copied()) {
-            jobs.push(aggregation_job(series, start, windowing, late));
+            jobs.push(aggregation_job(series, start, windowing, late)?);
         }
     }
-    (marks, jobs)
+    Ok((marks, jobs))
 }
 
 /// Writes `readings` in one transaction (see the module doc), running it
@@ -281,7 +281,7 @@ async fn write_in<R: Borrow<Reading> + Sync>(
     let old: BTreeMap<Series, DateTime<Utc>> =
         old.into_iter().map(|(t, d, m, w)| ((t, d, m), w)).collect();
 
-    let (new_marks, jobs) = plan(&by_series, &old, windowing);
+    let (new_marks, jobs) = plan(&by_series, &old, windowing)?;
     sqlx::query(
         "INSERT INTO ingest.series_watermark (tenant_id, device_id, metric, watermark)
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])

@@ -96,7 +96,7 @@ pub async fn write_batch<R: Borrow<Reading> + Sync>(
             before.insert(series.clone(), from_micros(row.try_get("watermark")?)?);
         }
     }
-    let (marks, jobs) = plan(&by_series, &before, windowing);
+    let (marks, jobs) = plan(&by_series, &before, windowing)?;
     for (series, mark) in by_series.keys().zip(marks) {
         sqlx::query(
             "INSERT INTO ingest_series_watermark (tenant_id, device_id, metric, watermark) VALUES (?, ?, ?, ?)

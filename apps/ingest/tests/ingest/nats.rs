@@ -15,11 +15,7 @@ use crate::{publish::now_reading, support::IngestProcess};
 const PATIENCE: Duration = Duration::from_secs(240);
 
 fn nats_url() -> Option<String> {
-    let url = std::env::var("NATS_URL").ok().filter(|u| !u.is_empty());
-    if url.is_none() {
-        eprintln!("skipped: NATS_URL is not set (CI sets it; see .ci/run)");
-    }
-    url
+    jobs::testing::service_url("NATS_URL")
 }
 
 /// A stream, subject prefix and consumer of this test's own.

@@ -1,9 +1,10 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
+use contracts::jobs::v1::AggregateWindowArgs;
 use ingest::{
     reading::Reading,
-    sink::{AGGREGATE_WINDOW, WriteReport, migrator},
+    sink::{WriteReport, migrator},
     window::Windowing,
 };
 use jobs::JobStore as _;
@@ -30,7 +31,7 @@ impl Store {
 
     async fn aggregation_jobs(&self) -> Vec<serde_json::Value> {
         let filter = jobs::ListFilter {
-            kind: Some(AGGREGATE_WINDOW.into()),
+            kind: Some(<AggregateWindowArgs as contracts::JobArgs>::KIND.into()),
             limit: 500,
             ..jobs::ListFilter::default()
         };

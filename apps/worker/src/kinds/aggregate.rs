@@ -12,42 +12,24 @@ use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use contracts::{
+    JobArgs as _,
+    jobs::v1::{AggregateWindowArgs, DeliverWebhookArgs},
+};
+use contracts::{
     ingest::v1::{self as pb, ingest_service_client::IngestServiceClient},
     numerics::v1 as numerics_pb,
 };
 use jobs::{Done, JobContext, JobError, JobState, JobStore, NewJob, UniqueOpts, Worker};
-use serde::{Deserialize, Serialize};
 use service_runtime::TracedChannel;
 use tonic::Code;
 
 use crate::numerics::{Numerics, NumericsError, features};
-
-/// The kind ingest enqueues.
-pub const KIND: &str = "readings.aggregate_window";
 
 /// Most readings one window may hold before the job gives up.
 const MAX_READINGS: usize = 1_000_000;
 
 /// A window is anomalous from this model score up.
 pub const ANOMALOUS_FROM: f64 = 0.5;
-
-/// One window, as ingest's sink describes it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WindowArgs {
-    /// Tenant.
-    pub tenant_id: String,
-    /// Device.
-    pub device_id: String,
-    /// Metric.
-    pub metric: String,
-    /// Inclusive start.
-    pub window_start: DateTime<Utc>,
-    /// Length in seconds.
-    pub window_seconds: i64,
-    /// A re-aggregation after late readings.
-    pub late: bool,
-}
 
 /// Aggregates windows.
 pub struct AggregateWindow<S> {
@@ -116,14 +98,31 @@ impl<S: JobStore> AggregateWindow<S> {
 }
 
 impl<S: JobStore> Worker for AggregateWindow<S> {
-    type Args = WindowArgs;
-    const KIND: &'static str = KIND;
+    type Args = AggregateWindowArgs;
+    const KIND: &'static str = AggregateWindowArgs::KIND;
 
     fn timeout(&self) -> Option<Duration> {
         Some(Duration::from_secs(120))
     }
 
-    async fn work(&self, _ctx: JobContext, args: WindowArgs) -> Result<Done, JobError> {
+    async fn work(&self, _ctx: JobContext, args: AggregateWindowArgs) -> Result<Done, JobError> {
+        for (field, value) in [
+            ("tenant_id", &args.tenant_id),
+            ("device_id", &args.device_id),
+            ("metric", &args.metric),
+        ] {
+            if value.is_empty() {
+                return Err(JobError::Discard(format!("{field}: is required")));
+            }
+        }
+        let window_start = DateTime::parse_from_rfc3339(&args.window_start)
+            .map_err(|error| {
+                JobError::Discard(format!(
+                    "window_start: {:?} is not an RFC 3339 time ({error})",
+                    args.window_start
+                ))
+            })?
+            .with_timezone(&Utc);
         if !(1..=86_400).contains(&args.window_seconds) {
             return Err(JobError::Discard(format!(
                 "window_seconds: must be 1 to 86400, got {}",
@@ -134,13 +133,13 @@ impl<S: JobStore> Worker for AggregateWindow<S> {
             tenant_id: args.tenant_id.clone(),
             device_id: args.device_id.clone(),
             metric: args.metric.clone(),
-            window_start: Some(stamp(args.window_start)),
+            window_start: Some(stamp(window_start)),
             window_length: Some(prost_types::Duration {
                 seconds: args.window_seconds,
                 nanos: 0,
             }),
         };
-        let points = self.read_window(&key, args.window_start).await?;
+        let points = self.read_window(&key, window_start).await?;
         if points.is_empty() {
             // Pruned before its aggregation ran: there is nothing to
             // measure, and numerics refuses statistics of no values.
@@ -230,39 +229,39 @@ impl<S: JobStore> Worker for AggregateWindow<S> {
             args.tenant_id,
             args.device_id,
             args.metric,
-            args.window_start.to_rfc3339(),
+            window_start.to_rfc3339(),
             args.window_seconds,
             if args.late { "/late" } else { "" }
         );
-        let delivery = NewJob::new(
-            <super::DeliverWebhook as Worker>::KIND,
-            serde_json::json!({
-                "url": url,
-                "event": "window.anomalous",
-                "payload": {
-                    "window": window_id,
-                    "tenant_id": args.tenant_id,
-                    "device_id": args.device_id,
-                    "metric": args.metric,
-                    "window_start": args.window_start.to_rfc3339(),
-                    "window_seconds": args.window_seconds,
-                    "late": args.late,
-                    "anomaly_score": score,
-                    "statistics": {
-                        "count": statistics.count, "mean": statistics.mean,
-                        "min": statistics.min, "max": statistics.max,
-                    },
-                },
-            }),
-        )
-        .with_queue("webhooks")
-        // One delivery per window, whatever a retry recomputes.
-        .unique(UniqueOpts {
-            by_args: Some(vec!["url".into(), "event".into()]),
-            salt: Some(window_id),
-            states: JobState::ALL.to_vec(),
-            ..UniqueOpts::default()
+        let payload = serde_json::json!({
+            "window": window_id,
+            "tenant_id": args.tenant_id,
+            "device_id": args.device_id,
+            "metric": args.metric,
+            "window_start": window_start.to_rfc3339(),
+            "window_seconds": args.window_seconds,
+            "late": args.late,
+            "anomaly_score": score,
+            "statistics": {
+                "count": statistics.count, "mean": statistics.mean,
+                "min": statistics.min, "max": statistics.max,
+            },
         });
+        let delivery = DeliverWebhookArgs {
+            url: url.clone(),
+            event: "window.anomalous".to_owned(),
+            payload: Some(contracts::json::json_to_struct(&payload)),
+        };
+        let delivery = NewJob::with_args(DeliverWebhookArgs::KIND, &delivery)
+            .map_err(|error| JobError::Discard(format!("webhook args: {error}")))?
+            .with_queue(DeliverWebhookArgs::QUEUE)
+            // One delivery per window, whatever a retry recomputes.
+            .unique(UniqueOpts {
+                by_args: Some(vec!["url".into(), "event".into()]),
+                salt: Some(window_id),
+                states: JobState::ALL.to_vec(),
+                ..UniqueOpts::default()
+            });
         self.store
             .insert_many(&[delivery])
             .await

@@ -6,11 +6,11 @@ pub mod prune;
 mod record_run;
 pub mod webhook;
 
-pub use aggregate::{AggregateWindow, WindowArgs};
+pub use aggregate::AggregateWindow;
 pub use noop::Noop;
 pub use prune::{PruneArgs, PruneReadings};
 pub use record_run::RecordRun;
-pub use webhook::{DeliverWebhook, WebhookArgs};
+pub use webhook::DeliverWebhook;
 
 use contracts::ingest::v1::ingest_service_client::IngestServiceClient;
 use service_runtime::TracedChannel;

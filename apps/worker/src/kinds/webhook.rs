@@ -11,24 +11,12 @@
 use std::time::Duration;
 
 use base64::Engine as _;
+use contracts::{JobArgs as _, jobs::v1::DeliverWebhookArgs};
 use hmac::{Hmac, Mac as _};
 use jobs::{Done, JobContext, JobError, Worker};
-use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::config::Secret;
-
-/// What to deliver where.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookArgs {
-    /// `http://` or `https://` URL of the receiver.
-    pub url: String,
-    /// Event name, e.g. `window.anomalous`.
-    pub event: String,
-    /// The event's data.
-    pub payload: serde_json::Value,
-}
 
 /// An HTTP client for webhooks with the signing key.
 #[derive(Debug, Clone)]
@@ -76,8 +64,8 @@ pub struct DeliverWebhook {
 }
 
 impl Worker for DeliverWebhook {
-    type Args = WebhookArgs;
-    const KIND: &'static str = "webhook.deliver";
+    type Args = DeliverWebhookArgs;
+    const KIND: &'static str = DeliverWebhookArgs::KIND;
 
     /// Receivers recover in minutes, not days: `base * 2^(attempt-1)` with
     /// up to 10% jitter, capped at an hour (the engine's default curve is
@@ -87,7 +75,7 @@ impl Worker for DeliverWebhook {
         jobs::with_jitter(self.backoff.mul_f64(doubling)).min(Duration::from_secs(3600))
     }
 
-    async fn work(&self, ctx: JobContext, args: WebhookArgs) -> Result<Done, JobError> {
+    async fn work(&self, ctx: JobContext, args: DeliverWebhookArgs) -> Result<Done, JobError> {
         if !(args.url.starts_with("http://") || args.url.starts_with("https://")) {
             return Err(JobError::Discard(format!(
                 "url {:?} is not http:// or https://",
@@ -98,7 +86,7 @@ impl Worker for DeliverWebhook {
         let body = serde_json::to_vec(&serde_json::json!({
             "type": args.event,
             "timestamp": chrono::Utc::now().to_rfc3339(),
-            "data": args.payload,
+            "data": args.payload.map(contracts::json::struct_to_json),
         }))
         .map_err(|e| JobError::Discard(format!("payload does not serialise: {e}")))?;
         let timestamp = chrono::Utc::now().timestamp();
