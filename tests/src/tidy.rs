@@ -82,7 +82,21 @@ pub struct Workspace {
     /// The Rust sources under `apps/*/src` and `libs/*/src`.
     pub sources: Vec<SourceFile>,
     /// The job kinds declared in the contracts (`contracts::JOB_KINDS`).
-    pub job_kinds: Vec<String>,
+    pub job_kinds: Vec<ContractKind>,
+    /// Every Markdown file of the repository.
+    pub markdown: Vec<SourceFile>,
+    /// Every file and folder of the repository (relative, `/`-separated),
+    /// without `target/`, `.git/` and `data/`.
+    pub paths: std::collections::BTreeSet<String>,
+}
+
+/// A job kind declared in the contracts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContractKind {
+    /// e.g. `readings.aggregate_window`.
+    pub kind: String,
+    /// Its arguments message, e.g. `platform.jobs.v1.AggregateWindowArgs`.
+    pub message: String,
 }
 
 /// A broken rule, naming what breaks it.
@@ -153,6 +167,28 @@ pub enum Violation {
         /// The kind written out.
         kind: String,
     },
+    /// A Markdown file names a repository path that does not exist.
+    MissingPath {
+        /// The Markdown file.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// The path as written.
+        path: String,
+    },
+    /// A job kind the worker serves is not in its README.
+    UndocumentedJobKind {
+        /// The kind.
+        kind: String,
+    },
+    /// An architecture section lacks its `Owner:` line or its
+    /// `**Architecture invariant:**` sentence.
+    IncompleteSection {
+        /// The section's directory, e.g. `apps/ingest`.
+        section: String,
+        /// What it lacks.
+        missing: &'static str,
+    },
     /// A member outside `apps/` and `libs/` that is not a composer.
     UnknownRole {
         /// The crate.
@@ -206,6 +242,18 @@ impl fmt::Display for Violation {
                 "{file}:{line} writes the job kind \"{kind}\" by hand: take it from the contracts \
                  (`<ArgsMessage as contracts::JobArgs>::KIND`, proto/platform/jobs/v1/job_kinds.proto), \
                  so a rename cannot strand queued jobs"
+            ),
+            Self::MissingPath { file, line, path } => write!(
+                f,
+                "{file}:{line} names `{path}`, which does not exist: fix the path or the text"
+            ),
+            Self::UndocumentedJobKind { kind } => write!(
+                f,
+                "the worker serves job kind `{kind}`, which apps/worker/README.md does not list: add a row to its job table"
+            ),
+            Self::IncompleteSection { section, missing } => write!(
+                f,
+                "docs/architecture.md section `{section}` lacks {missing}"
             ),
             Self::UnknownRole { crate_name, dir } => write!(
                 f,
@@ -268,7 +316,141 @@ pub fn check(workspace: &Workspace) -> Vec<Violation> {
         }
     }
     violations.extend(hand_written_job_kinds(workspace));
+    violations.extend(missing_paths(workspace));
+    violations.extend(undocumented_job_kinds(workspace));
+    for dir in std::iter::once("proto").chain(workspace.members.iter().map(|m| m.dir.as_str())) {
+        let Some(section) = section(&workspace.architecture, dir) else {
+            continue; // NoArchitectureSection already says so.
+        };
+        for (needle, missing) in [
+            ("Owner:", "an `Owner:` line"),
+            (
+                "**Architecture invariant:**",
+                "an `**Architecture invariant:**` sentence saying what it deliberately does not know",
+            ),
+        ] {
+            if !section.contains(needle) {
+                violations.push(Violation::IncompleteSection {
+                    section: dir.to_owned(),
+                    missing,
+                });
+            }
+        }
+    }
     violations
+}
+
+/// The text of the `### \`dir\`` section, up to the next heading.
+fn section(architecture: &str, dir: &str) -> Option<String> {
+    let heading = format!("### `{dir}`");
+    let mut lines = architecture.lines().skip_while(|l| l.trim() != heading);
+    lines.next()?;
+    Some(
+        lines
+            .take_while(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+}
+
+/// Top-level folders whose paths a document may name from the root.
+const ROOT_FOLDERS: [&str; 7] = [
+    "apps/", "libs/", "proto/", "deploy/", "docs/", "tests/", ".ci/",
+];
+/// Folders an app's or lib's README may name relative to itself.
+const CRATE_FOLDERS: [&str; 6] = [
+    "src/",
+    "tests/",
+    "migrations/",
+    "model/",
+    "bench/",
+    "benches/",
+];
+
+/// Backticked repository paths in Markdown that do not exist. A path is a
+/// backticked token starting with a top-level folder (or, in a crate's
+/// README, with one of the crate's folders); patterns (`*`, `<x>`, `{a,b}`)
+/// and `:line` suffixes are not checked.
+fn missing_paths(workspace: &Workspace) -> Vec<Violation> {
+    let mut found = Vec::new();
+    for file in &workspace.markdown {
+        let folder = file.path.rsplit_once('/').map_or("", |(dir, _)| dir);
+        let in_crate = folder.starts_with("apps/") || folder.starts_with("libs/");
+        for (number, line) in file.text.lines().enumerate() {
+            for token in line.split('`').skip(1).step_by(2) {
+                if token.contains(char::is_whitespace)
+                    || token.contains(['*', '<', '>', '{', '}', '$', '|'])
+                {
+                    continue;
+                }
+                let path = token
+                    .split(':')
+                    .next()
+                    .unwrap_or(token)
+                    .trim_end_matches('/');
+                let full = if ROOT_FOLDERS.iter().any(|f| token.starts_with(f)) {
+                    path.to_owned()
+                } else if in_crate && CRATE_FOLDERS.iter().any(|f| token.starts_with(f)) {
+                    format!("{folder}/{path}")
+                } else {
+                    continue;
+                };
+                if !workspace.paths.contains(&full) {
+                    found.push(Violation::MissingPath {
+                        file: file.path.clone(),
+                        line: number + 1,
+                        path: token.to_owned(),
+                    });
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Kinds the worker serves (`const KIND` in `apps/worker/src/kinds/`,
+/// either a string or a contract's `Args::KIND`) missing from its README.
+fn undocumented_job_kinds(workspace: &Workspace) -> Vec<Violation> {
+    let readme = workspace
+        .markdown
+        .iter()
+        .find(|f| f.path == "apps/worker/README.md")
+        .map_or("", |f| f.text.as_str());
+    let mut kinds = Vec::new();
+    for file in workspace
+        .sources
+        .iter()
+        .filter(|f| f.path.starts_with("apps/worker/src/kinds/"))
+    {
+        for line in file.text.lines() {
+            let Some((_, value)) = line.split_once("KIND: &") else {
+                continue;
+            };
+            let Some((_, value)) = value.split_once('=') else {
+                continue;
+            };
+            let value = value.trim().trim_end_matches(';');
+            if let Some(literal) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+                kinds.push(literal.to_owned());
+            } else if let Some(message) = value.strip_suffix("::KIND") {
+                let message = message.rsplit("::").next().unwrap_or(message);
+                kinds.extend(
+                    workspace
+                        .job_kinds
+                        .iter()
+                        .filter(|k| k.message.rsplit('.').next() == Some(message))
+                        .map(|k| k.kind.clone()),
+                );
+            }
+        }
+    }
+    kinds.sort();
+    kinds.dedup();
+    kinds
+        .into_iter()
+        .filter(|kind| !readme.contains(&format!("`{kind}`")))
+        .map(|kind| Violation::UndocumentedJobKind { kind })
+        .collect()
 }
 
 /// Every string literal that is a contract's job kind, outside the
@@ -284,11 +466,11 @@ fn hand_written_job_kinds(workspace: &Workspace) -> Vec<Violation> {
                 continue;
             }
             for kind in &workspace.job_kinds {
-                if line.contains(&format!("\"{kind}\"")) {
+                if line.contains(&format!("\"{}\"", kind.kind)) {
                     found.push(Violation::HandWrittenJobKind {
                         file: file.path.clone(),
                         line: number + 1,
-                        kind: kind.clone(),
+                        kind: kind.kind.clone(),
                     });
                 }
             }
@@ -388,9 +570,37 @@ struct Target {
     src_path: PathBuf,
 }
 
+/// Every file and folder below `dir`, relative to `root`, skipping build
+/// output, git's folder and the quick start's data.
+fn repository_paths(
+    root: &Path,
+    dir: &Path,
+    out: &mut std::collections::BTreeSet<String>,
+) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let relative = path
+            .strip_prefix(root)
+            .unwrap_or(&path)
+            .to_string_lossy()
+            .replace('\\', "/");
+        if ["target", ".git", "data", "node_modules"].contains(&relative.as_str()) {
+            continue;
+        }
+        let is_dir = entry.file_type()?.is_dir();
+        out.insert(relative);
+        if is_dir {
+            repository_paths(root, &path, out)?;
+        }
+    }
+    Ok(())
+}
+
 /// Reads the workspace that contains `manifest_dir` (any member's
-/// directory); `job_kinds` are the contracts' (`contracts::JOB_KINDS`).
-pub fn load(manifest_dir: &Path, job_kinds: &[&str]) -> Result<Workspace, LoadError> {
+/// directory); `job_kinds` are the contracts' (`contracts::JOB_KINDS`:
+/// kind and arguments message).
+pub fn load(manifest_dir: &Path, job_kinds: &[(&str, &str)]) -> Result<Workspace, LoadError> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(cargo)
         .args([
@@ -550,12 +760,35 @@ pub fn load(manifest_dir: &Path, job_kinds: &[&str]) -> Result<Workspace, LoadEr
             })
         })
         .collect::<Result<_, LoadError>>()?;
+    let mut paths = std::collections::BTreeSet::new();
+    repository_paths(&root, &root, &mut paths).map_err(|source| LoadError::Read {
+        path: root.clone(),
+        source,
+    })?;
+    let markdown = paths
+        .iter()
+        .filter(|p| p.ends_with(".md"))
+        .map(|p| {
+            Ok(SourceFile {
+                path: p.clone(),
+                text: read(root.join(p))?,
+            })
+        })
+        .collect::<Result<_, LoadError>>()?;
     Ok(Workspace {
         members: result,
         codeowners: read(root.join("CODEOWNERS"))?,
         architecture: read(root.join("docs/architecture.md"))?,
         sources,
-        job_kinds: job_kinds.iter().map(|k| (*k).to_owned()).collect(),
+        job_kinds: job_kinds
+            .iter()
+            .map(|(kind, message)| ContractKind {
+                kind: (*kind).to_owned(),
+                message: (*message).to_owned(),
+            })
+            .collect(),
+        markdown,
+        paths,
     })
 }
 
@@ -581,14 +814,24 @@ mod tests {
             .collect();
         let architecture = members
             .iter()
-            .map(|m| format!("### `{}`\n\ntext\n", m.dir))
+            .map(|m| {
+                format!(
+                    "### `{}`\n\nOwner: @team. Text.\n\n**Architecture invariant:** it knows nothing else.\n",
+                    m.dir
+                )
+            })
             .collect();
         Workspace {
             members,
             codeowners,
             architecture,
             sources: Vec::new(),
-            job_kinds: vec!["readings.aggregate_window".into()],
+            job_kinds: vec![ContractKind {
+                kind: "readings.aggregate_window".into(),
+                message: "platform.jobs.v1.AggregateWindowArgs".into(),
+            }],
+            markdown: Vec::new(),
+            paths: Default::default(),
         }
     }
 
@@ -731,6 +974,83 @@ mod tests {
                 .starts_with("apps/ingest/src/sink.rs:2 writes the job kind \"readings.aggregate_window\" by hand"),
             "{}",
             violations[0]
+        );
+    }
+
+    #[test]
+    fn a_markdown_path_that_does_not_exist_is_named() {
+        let mut ws = platform(&[]);
+        ws.paths = [
+            "apps",
+            "apps/ingest",
+            "apps/ingest/src",
+            "apps/ingest/src/sink.rs",
+            "docs",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        ws.markdown = vec![
+            SourceFile {
+                path: "README.md".into(),
+                text: "See `apps/ingest/src/sink.rs:40`, `apps/ingest/`, `apps/*/src` and `cargo test -p x`.\nGone: `apps/worker/src/window_stats.rs`.\n".into(),
+            },
+            SourceFile {
+                path: "apps/ingest/README.md".into(),
+                text: "Code in `src/sink.rs` and `src/missing.rs`.\n".into(),
+            },
+        ];
+        let text: Vec<String> = check(&ws).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "README.md:2 names `apps/worker/src/window_stats.rs`, which does not exist: fix the path or the text",
+                "apps/ingest/README.md:1 names `src/missing.rs`, which does not exist: fix the path or the text",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_registered_job_kind_missing_from_the_worker_readme_is_named() {
+        let mut ws = platform(&[]);
+        ws.sources = vec![SourceFile {
+            path: "apps/worker/src/kinds/aggregate.rs".into(),
+            text: "    const KIND: &'static str = AggregateWindowArgs::KIND;\n    const KIND: &'static str = \"noop\";\npub const KIND: &str = \"readings.prune\";\n".into(),
+        }];
+        ws.markdown = vec![SourceFile {
+            path: "apps/worker/README.md".into(),
+            text: "| `noop` | {} | nothing |\n".into(),
+        }];
+        assert_eq!(
+            check(&ws),
+            [
+                Violation::UndocumentedJobKind {
+                    kind: "readings.aggregate_window".into()
+                },
+                Violation::UndocumentedJobKind {
+                    kind: "readings.prune".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn an_architecture_section_without_owner_or_invariant_is_named() {
+        let mut ws = platform(&[]);
+        ws.architecture = ws
+            .architecture
+            .replacen("Owner: @team. Text.", "Text.", 1)
+            .replace(
+                "### `apps/worker`\n\nOwner: @team. Text.\n\n**Architecture invariant:** it knows nothing else.",
+                "### `apps/worker`\n\nOwner: @team. Text.",
+            );
+        let text: Vec<String> = check(&ws).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "docs/architecture.md section `apps/ingest` lacks an `Owner:` line",
+                "docs/architecture.md section `apps/worker` lacks an `**Architecture invariant:**` sentence saying what it deliberately does not know",
+            ]
         );
     }
 

@@ -10,9 +10,9 @@ use platform_tests::tidy;
 
 #[test]
 fn workspace_keeps_its_rules() {
-    let kinds: Vec<&str> = contracts::JOB_KINDS
+    let kinds: Vec<(&str, &str)> = contracts::JOB_KINDS
         .iter()
-        .map(|(kind, ..)| *kind)
+        .map(|(kind, _, message)| (*kind, *message))
         .collect();
     assert!(!kinds.is_empty(), "the contracts declare job kinds");
     let workspace =
