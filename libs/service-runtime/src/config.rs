@@ -395,6 +395,62 @@ mod tests {
         assert!(text.contains("\"nonsense\""), "{text}");
     }
 
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            /// Every whole number with every unit parses to that many units.
+            #[test]
+            fn durations_parse_every_unit(number in 0u64..1_000_000, unit in 0usize..6) {
+                let (suffix, seconds_per) = [("", 1.0), ("s", 1.0), ("ms", 0.001), ("m", 60.0), ("h", 3_600.0), ("d", 86_400.0)][unit];
+                let parsed = Duration::parse_env(&format!("{number}{suffix}")).unwrap();
+                let expected = number as f64 * seconds_per;
+                prop_assert!((parsed.as_secs_f64() - expected).abs() <= 1e-9 * expected.max(1.0), "{number}{suffix}: {parsed:?}");
+            }
+
+            /// Any text either parses or is a problem naming the variable
+            /// and quoting the value; reading never panics, and a value
+            /// that does not parse leaves the default.
+            #[test]
+            fn any_value_parses_or_is_reported_with_its_variable(raw in "\\PC{0,16}") {
+                let mut env = EnvReader::from_vars("APP_", [("APP_GRACE", raw.clone())]);
+                let grace = env.get_or("GRACE", Duration::from_secs(7));
+                let parsed = Duration::parse_env(raw.trim());
+                match env.finish() {
+                    Ok(()) => prop_assert!(
+                        raw.trim().is_empty() && grace == Duration::from_secs(7)
+                            || parsed == Ok(grace),
+                        "{raw:?} accepted as {grace:?}"
+                    ),
+                    Err(error) => {
+                        prop_assert!(parsed.is_err(), "{raw:?}");
+                        prop_assert_eq!(grace, Duration::from_secs(7));
+                        prop_assert_eq!(error.problems.len(), 1);
+                        prop_assert_eq!(error.problems[0].variable.as_str(), "APP_GRACE");
+                        let quoted = format!("{:?}", raw.trim());
+                        prop_assert!(error.problems[0].problem.contains(&quoted), "{}", error);
+                    }
+                }
+            }
+
+            /// A variable with the app's prefix that no setting reads is
+            /// reported as unknown; one with another prefix is not seen.
+            #[test]
+            fn unread_prefixed_variables_are_unknown(name in "[A-Z][A-Z_]{0,12}", value in "[a-z0-9]{0,8}") {
+                let env = EnvReader::from_vars(
+                    "APP_",
+                    [(format!("APP_{name}"), value.clone()), (format!("OTHER_{name}"), value)],
+                );
+                let error = env.finish().unwrap_err();
+                prop_assert_eq!(error.problems.len(), 1);
+                prop_assert_eq!(&error.problems[0].variable, &format!("APP_{name}"));
+                prop_assert!(error.problems[0].problem.starts_with("unknown setting"));
+            }
+        }
+    }
+
     #[test]
     fn durations_accept_common_units() {
         assert_eq!(Duration::parse_env("250ms"), Ok(Duration::from_millis(250)));

@@ -9,6 +9,7 @@
 
 mod support;
 
+mod cron_properties;
 mod insert;
 mod lifecycle;
 mod maintenance;
