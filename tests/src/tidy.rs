@@ -167,6 +167,14 @@ pub enum Violation {
         /// The kind written out.
         kind: String,
     },
+    /// A public library function or type returns `Result<_, String>`:
+    /// callers cannot act on an error they can only print.
+    StringError {
+        /// The file, relative to the workspace root.
+        file: String,
+        /// 1-based line where the item starts.
+        line: usize,
+    },
     /// A Markdown file names a repository path that does not exist.
     MissingPath {
         /// The Markdown file.
@@ -243,6 +251,10 @@ impl fmt::Display for Violation {
                  (`<ArgsMessage as contracts::JobArgs>::KIND`, proto/platform/jobs/v1/job_kinds.proto), \
                  so a rename cannot strand queued jobs"
             ),
+            Self::StringError { file, line } => write!(
+                f,
+                "{file}:{line} is public library API returning `Result<_, String>`: return a `thiserror` enum with variants a caller can act on"
+            ),
             Self::MissingPath { file, line, path } => write!(
                 f,
                 "{file}:{line} names `{path}`, which does not exist: fix the path or the text"
@@ -316,6 +328,7 @@ pub fn check(workspace: &Workspace) -> Vec<Violation> {
         }
     }
     violations.extend(hand_written_job_kinds(workspace));
+    violations.extend(string_errors(workspace));
     violations.extend(missing_paths(workspace));
     violations.extend(undocumented_job_kinds(workspace));
     for dir in std::iter::once("proto").chain(workspace.members.iter().map(|m| m.dir.as_str())) {
@@ -351,6 +364,44 @@ fn section(architecture: &str, dir: &str) -> Option<String> {
             .collect::<Vec<_>>()
             .join("\n"),
     )
+}
+
+/// Public items of libraries (`pub fn`, `pub async fn`, `pub type`, from
+/// the keyword to the body or `;`) whose signature holds `Result<..., String>`.
+fn string_errors(workspace: &Workspace) -> Vec<Violation> {
+    let mut found = Vec::new();
+    for file in workspace
+        .sources
+        .iter()
+        .filter(|f| f.path.starts_with("libs/"))
+    {
+        let lines: Vec<&str> = file.text.lines().collect();
+        for (start, line) in lines.iter().enumerate() {
+            let item = line.trim_start();
+            if !["pub fn ", "pub async fn ", "pub type "]
+                .iter()
+                .any(|p| item.starts_with(p))
+            {
+                continue;
+            }
+            let mut signature = String::new();
+            for next in &lines[start..] {
+                let end = next.find(['{', ';']);
+                signature.push_str(end.map_or(next, |end| &next[..end]));
+                if end.is_some() {
+                    break;
+                }
+            }
+            let compact: String = signature.split_whitespace().collect();
+            if compact.contains("Result<") && compact.contains(",String>") {
+                found.push(Violation::StringError {
+                    file: file.path.clone(),
+                    line: start + 1,
+                });
+            }
+        }
+    }
+    found
 }
 
 /// Top-level folders whose paths a document may name from the root.
@@ -1051,6 +1102,28 @@ mod tests {
                 "docs/architecture.md section `apps/ingest` lacks an `Owner:` line",
                 "docs/architecture.md section `apps/worker` lacks an `**Architecture invariant:**` sentence saying what it deliberately does not know",
             ]
+        );
+    }
+
+    #[test]
+    fn a_public_library_function_returning_a_string_error_is_named() {
+        let mut ws = platform(&[]);
+        ws.sources = vec![
+            SourceFile {
+                path: "libs/jobs/src/worker.rs".into(),
+                text: "pub fn validate(\n    args: &Value,\n) -> Result<(), String> {\n    todo!()\n}\nfn private() -> Result<(), String> {}\npub(crate) fn inner() -> Result<(), String> {}\npub fn fine() -> Result<(), ArgsError> {}\n".into(),
+            },
+            SourceFile {
+                path: "apps/worker/src/cli.rs".into(),
+                text: "pub fn run() -> Result<(), String> {}\n".into(),
+            },
+        ];
+        assert_eq!(
+            check(&ws),
+            [Violation::StringError {
+                file: "libs/jobs/src/worker.rs".into(),
+                line: 1
+            }]
         );
     }
 

@@ -88,7 +88,16 @@ impl Config {
             ..defaults
         };
         if let Err(problem) = pipeline.validate() {
-            env.reject("MAX_IN_FLIGHT", problem);
+            // The variable that sets the setting at fault.
+            let variable = match problem.setting() {
+                "processors" => "PROCESSORS",
+                "batch_size" => "BATCH_SIZE",
+                "batch_timeout" => "BATCH_TIMEOUT",
+                "batch_processors" => "SINK_CONCURRENCY",
+                "max_in_flight_bytes" => "MAX_IN_FLIGHT_BYTES",
+                _ => "MAX_IN_FLIGHT",
+            };
+            env.reject(variable, problem.to_string());
         }
         let queue_bytes: u32 = env.get_or("QUEUE_BYTES", 16 * 1024 * 1024);
         if queue_bytes < 1024 * 1024 {

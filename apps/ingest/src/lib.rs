@@ -99,7 +99,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 async move {
                     match state {
                         async_nats::connection::State::Connected => Ok(()),
-                        other => Err(format!("NATS connection is {other}")),
+                        other => Err(format!("NATS connection is {other}").into()),
                     }
                 }
             })
@@ -129,7 +129,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         ))
         .readiness_check("database", move || {
             let store = ping.clone();
-            async move { store.ping().await.map_err(|e| e.to_string()) }
+            async move { store.ping().await.map_err(Into::into) }
         })
         .background("pipeline.grpc", move |stop| async move {
             stop.cancelled().await;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use contracts::jobs::v1::{self as pb, jobs_service_server::JobsService};
-use jobs::{JobStore, JobsError, ListFilter, NewJob, QueueConfig, Registry, UniqueOpts};
+use jobs::{ArgsError, JobStore, JobsError, ListFilter, NewJob, QueueConfig, Registry, UniqueOpts};
 use tonic::{Request, Response, Status};
 
 use crate::convert::{job_to_pb, state_from_pb, struct_to_json, timestamp_to_chrono};
@@ -46,12 +46,9 @@ impl<S: JobStore> JobsApi<S> {
             .map_or_else(|| serde_json::json!({}), struct_to_json);
         self.registry
             .validate(&spec.kind, &args)
-            .map_err(|problem| {
-                if problem.starts_with("unknown job kind") {
-                    invalid("kind", problem)
-                } else {
-                    invalid("args", problem)
-                }
+            .map_err(|error| match error {
+                ArgsError::UnknownKind { .. } => invalid("kind", error.to_string()),
+                ArgsError::Invalid(_) => invalid("args", error.to_string()),
             })?;
         let mut job = NewJob::new(spec.kind, args).with_tags(spec.tags);
         if !spec.queue.is_empty() {

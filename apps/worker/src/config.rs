@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use jobs::QueueConfig;
-use service_runtime::{CommonConfig, DatabaseUrl, EnvReader, EnvValue, ServiceUrl};
+use service_runtime::{CommonConfig, DatabaseUrl, EnvReader, EnvValue, InvalidValue, ServiceUrl};
 
 /// Everything the worker can be told at start-up.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,7 +56,7 @@ pub struct Config {
 pub struct TenantWebhooks(pub std::collections::BTreeMap<String, String>);
 
 impl EnvValue for TenantWebhooks {
-    fn parse_env(raw: &str) -> Result<Self, String> {
+    fn parse_env(raw: &str) -> Result<Self, InvalidValue> {
         let mut map = std::collections::BTreeMap::new();
         for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let (tenant, url) = entry
@@ -64,15 +64,16 @@ impl EnvValue for TenantWebhooks {
                 .ok_or_else(|| format!("entry {entry:?}: expected tenant=url"))?;
             let (tenant, url) = (tenant.trim(), url.trim());
             if tenant.is_empty() {
-                return Err(format!("entry {entry:?}: the tenant is empty"));
+                return Err(format!("entry {entry:?}: the tenant is empty").into());
             }
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(format!(
                     "entry {entry:?}: the url must start with http:// or https://"
-                ));
+                )
+                .into());
             }
             if map.insert(tenant.to_owned(), url.to_owned()).is_some() {
-                return Err(format!("tenant {tenant:?} is listed twice"));
+                return Err(format!("tenant {tenant:?} is listed twice").into());
             }
         }
         Ok(Self(map))
@@ -97,9 +98,9 @@ impl std::fmt::Debug for Secret {
 }
 
 impl EnvValue for Secret {
-    fn parse_env(raw: &str) -> Result<Self, String> {
+    fn parse_env(raw: &str) -> Result<Self, InvalidValue> {
         if raw.len() < 16 {
-            return Err("must be at least 16 characters".to_owned());
+            return Err("must be at least 16 characters".into());
         }
         Ok(Self(raw.to_owned()))
     }
@@ -110,7 +111,7 @@ impl EnvValue for Secret {
 pub struct Queues(pub Vec<QueueConfig>);
 
 impl EnvValue for Queues {
-    fn parse_env(raw: &str) -> Result<Self, String> {
+    fn parse_env(raw: &str) -> Result<Self, InvalidValue> {
         let mut queues = Vec::new();
         for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let problem = || {
@@ -129,10 +130,10 @@ impl EnvValue for Queues {
                 .transpose()
                 .map_err(|_| problem())?;
             if name.trim().is_empty() || local == 0 || global == Some(0) {
-                return Err(problem());
+                return Err(problem().into());
             }
             if queues.iter().any(|q: &QueueConfig| q.name == name.trim()) {
-                return Err(format!("queue {:?} is listed twice", name.trim()));
+                return Err(format!("queue {:?} is listed twice", name.trim()).into());
             }
             queues.push(QueueConfig {
                 name: name.trim().to_owned(),
@@ -141,7 +142,7 @@ impl EnvValue for Queues {
             });
         }
         if queues.is_empty() {
-            return Err("expected at least one queue".to_owned());
+            return Err("expected at least one queue".to_owned().into());
         }
         Ok(Self(queues))
     }
@@ -218,11 +219,13 @@ mod tests {
         assert!(
             Queues::parse_env("default=0")
                 .unwrap_err()
+                .0
                 .contains("\"default=0\"")
         );
         assert!(
             Queues::parse_env("a=1,a=2")
                 .unwrap_err()
+                .0
                 .contains("listed twice")
         );
     }

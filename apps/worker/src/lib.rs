@@ -99,7 +99,7 @@ async fn serve<S: JobStore>(
         .add_grpc_service(JobsServiceServer::new(api))
         .readiness_check("database", move || {
             let storage = ping.clone();
-            async move { storage.ping().await.map_err(|e| e.to_string()) }
+            async move { storage.ping().await.map_err(Into::into) }
         });
     if config.run_jobs {
         let mut node = NodeConfig::new(config.queues.0.clone());

@@ -40,4 +40,4 @@ pub use store::{
     embedded_migrations, embedded_migrator,
 };
 pub use unique::{UniqueOpts, unique_key};
-pub use worker::{Done, JobContext, JobError, Registry, Worker};
+pub use worker::{ArgsError, Done, JobContext, JobError, Registry, Worker};

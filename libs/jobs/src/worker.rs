@@ -82,7 +82,7 @@ type WorkFuture = Pin<Box<dyn Future<Output = Result<Done, JobError>> + Send>>;
 /// A worker with its argument type erased, so kinds share one map.
 pub(crate) trait ErasedWorker: Send + Sync {
     fn run(self: Arc<Self>, ctx: JobContext, args: serde_json::Value) -> WorkFuture;
-    fn validate(&self, args: &serde_json::Value) -> Result<(), String>;
+    fn validate(&self, args: &serde_json::Value) -> Result<(), serde_json::Error>;
     fn timeout(&self) -> Option<Duration>;
     fn backoff(&self, attempt: i32) -> Duration;
 }
@@ -98,10 +98,8 @@ impl<W: Worker> ErasedWorker for W {
         }
     }
 
-    fn validate(&self, args: &serde_json::Value) -> Result<(), String> {
-        W::Args::deserialize(args)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    fn validate(&self, args: &serde_json::Value) -> Result<(), serde_json::Error> {
+        W::Args::deserialize(args).map(|_| ())
     }
 
     fn timeout(&self) -> Option<Duration> {
@@ -114,6 +112,22 @@ impl<W: Worker> ErasedWorker for W {
 }
 
 use serde::Deserialize as _;
+
+/// Why a job cannot be enqueued as given: a caller fixes the field named.
+#[derive(Debug, thiserror::Error)]
+pub enum ArgsError {
+    /// No job type of that kind is registered.
+    #[error("unknown job kind {kind:?} (known: {})", known.join(", "))]
+    UnknownKind {
+        /// The kind asked for.
+        kind: String,
+        /// The kinds this node runs.
+        known: Vec<&'static str>,
+    },
+    /// The args do not decode as the kind's typed args.
+    #[error("{0}")]
+    Invalid(serde_json::Error),
+}
 
 /// The job types a node can run, by kind.
 #[derive(Clone, Default)]
@@ -149,13 +163,13 @@ impl Registry {
     }
 
     /// Checks, before enqueueing, that `kind` exists and `args` decode.
-    pub fn validate(&self, kind: &str, args: &serde_json::Value) -> Result<(), String> {
+    pub fn validate(&self, kind: &str, args: &serde_json::Value) -> Result<(), ArgsError> {
         match self.workers.get(kind) {
-            None => Err(format!(
-                "unknown job kind {kind:?} (known: {})",
-                self.kinds().join(", ")
-            )),
-            Some(worker) => worker.validate(args),
+            None => Err(ArgsError::UnknownKind {
+                kind: kind.to_owned(),
+                known: self.kinds(),
+            }),
+            Some(worker) => worker.validate(args).map_err(ArgsError::Invalid),
         }
     }
 

@@ -141,8 +141,8 @@ fn same_dtype(a: &Tensor, b: &Tensor) -> Result<(), EngineError> {
 /// `op(a, b)` with broadcasting; both operands of one dtype.
 pub fn binary(op: Binary, a: &Tensor, b: &Tensor) -> Result<Tensor, EngineError> {
     same_dtype(a, b)?;
-    let shape =
-        broadcast_shapes(a.shape(), b.shape()).map_err(|p| EngineError::invalid("operands", p))?;
+    let shape = broadcast_shapes(a.shape(), b.shape())
+        .map_err(|p| EngineError::invalid("operands", p.to_string()))?;
     let (sa, sb) = (a.shape(), b.shape());
     macro_rules! float {
         ($x:expr, $y:expr, $variant:ident, $t:ty) => {{

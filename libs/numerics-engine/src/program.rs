@@ -108,7 +108,7 @@ pub fn apply(op: &Op, operands: &[&Tensor], limits: &Limits) -> Result<Tensor, E
     // can produce far more elements than their operands.
     if let Op::Binary(_) = op {
         let out = shape::broadcast_shapes(operands[0].shape(), operands[1].shape())
-            .map_err(|p| EngineError::invalid("operands", p))?;
+            .map_err(|p| EngineError::invalid("operands", p.to_string()))?;
         let n = out
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))

@@ -14,9 +14,25 @@ pub fn strides(shape: &[usize]) -> Vec<usize> {
     strides
 }
 
+/// Two shapes that do not broadcast, and the first axis where they clash.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("shapes {a:?} and {b:?} do not broadcast (axis {axis}: {left} vs {right})")]
+pub struct ShapeMismatch {
+    /// The left shape.
+    pub a: Vec<usize>,
+    /// The right shape.
+    pub b: Vec<usize>,
+    /// The axis of the broadcast result where they clash.
+    pub axis: usize,
+    /// The left dimension there.
+    pub left: usize,
+    /// The right dimension there.
+    pub right: usize,
+}
+
 /// numpy's broadcast of two shapes: aligned on the right, each pair of
 /// dimensions equal or one of them 1.
-pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
+pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>, ShapeMismatch> {
     let rank = a.len().max(b.len());
     let mut out = vec![0; rank];
     for i in 0..rank {
@@ -35,9 +51,13 @@ pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> 
             (1, y) => y,
             (x, 1) => x,
             _ => {
-                return Err(format!(
-                    "shapes {a:?} and {b:?} do not broadcast (axis {i}: {da} vs {db})"
-                ));
+                return Err(ShapeMismatch {
+                    a: a.to_vec(),
+                    b: b.to_vec(),
+                    axis: i,
+                    left: da,
+                    right: db,
+                });
             }
         };
     }

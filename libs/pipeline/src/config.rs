@@ -56,9 +56,44 @@ impl Default for PipelineConfig {
     }
 }
 
+/// A setting that cannot work, named so a caller can point at its own
+/// source of it (an environment variable, a flag).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidConfig {
+    /// A count that must be positive is zero.
+    #[error("{setting} must be at least 1")]
+    Zero {
+        /// The setting, e.g. `batch_size`.
+        setting: &'static str,
+    },
+    /// `batch_timeout` is zero.
+    #[error("batch_timeout must be above zero")]
+    ZeroBatchTimeout,
+    /// An in-flight bound does not fit the budget's 32-bit counters.
+    #[error("{setting} must fit in 32 bits")]
+    TooLarge {
+        /// `max_in_flight` or `max_in_flight_bytes`.
+        setting: &'static str,
+    },
+    /// A rate limit of no messages or over no time.
+    #[error("rate_limit needs at least 1 message per non-zero interval")]
+    RateLimit,
+}
+
+impl InvalidConfig {
+    /// The setting at fault, as named in [`PipelineConfig`].
+    pub fn setting(&self) -> &'static str {
+        match self {
+            Self::Zero { setting } | Self::TooLarge { setting } => setting,
+            Self::ZeroBatchTimeout => "batch_timeout",
+            Self::RateLimit => "rate_limit",
+        }
+    }
+}
+
 impl PipelineConfig {
     /// Names the first setting that cannot work.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
         let positive = [
             ("processors", self.processors),
             ("batchers", self.batchers),
@@ -69,21 +104,26 @@ impl PipelineConfig {
             ("max_in_flight_bytes", self.max_in_flight_bytes),
             ("channel_capacity", self.channel_capacity),
         ];
-        for (name, value) in positive {
+        for (setting, value) in positive {
             if value == 0 {
-                return Err(format!("{name} must be at least 1"));
+                return Err(InvalidConfig::Zero { setting });
             }
         }
         if self.batch_timeout.is_zero() {
-            return Err("batch_timeout must be above zero".into());
+            return Err(InvalidConfig::ZeroBatchTimeout);
         }
-        if self.max_in_flight > u32::MAX as usize || self.max_in_flight_bytes > u32::MAX as usize {
-            return Err("max_in_flight and max_in_flight_bytes must fit in 32 bits".into());
+        for (setting, value) in [
+            ("max_in_flight", self.max_in_flight),
+            ("max_in_flight_bytes", self.max_in_flight_bytes),
+        ] {
+            if value > u32::MAX as usize {
+                return Err(InvalidConfig::TooLarge { setting });
+            }
         }
         if let Some(limit) = self.rate_limit
             && (limit.messages == 0 || limit.interval.is_zero())
         {
-            return Err("rate_limit needs at least 1 message per non-zero interval".into());
+            return Err(InvalidConfig::RateLimit);
         }
         Ok(())
     }

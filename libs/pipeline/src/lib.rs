@@ -22,7 +22,7 @@ mod stats;
 pub mod testing;
 mod topology;
 
-pub use config::{PipelineConfig, RateLimit};
+pub use config::{InvalidConfig, PipelineConfig, RateLimit};
 pub use handler::{Handler, ItemFailure, Processed};
 pub use message::{AckRef, Acknowledger, Failure, FailureKind, Incoming, TraceCarrier};
 pub use producer::Producer;

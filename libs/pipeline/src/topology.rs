@@ -83,7 +83,7 @@ pub struct PipelineError {
     /// The pipeline.
     pub name: String,
     /// The setting that cannot work.
-    pub problem: String,
+    pub problem: crate::InvalidConfig,
 }
 
 /// What draining did.

@@ -35,7 +35,9 @@ async fn ready(State(readiness): State<Readiness>) -> impl IntoResponse {
         .into_iter()
         .map(|(name, result)| match result {
             Ok(()) => serde_json::json!({ "name": name, "ok": true }),
-            Err(error) => serde_json::json!({ "name": name, "ok": false, "error": error }),
+            Err(error) => {
+                serde_json::json!({ "name": name, "ok": false, "error": error.to_string() })
+            }
         })
         .collect();
     let status = if ready {

@@ -49,7 +49,26 @@ impl fmt::Display for ConfigError {
 /// A value that can be read from one environment variable.
 pub trait EnvValue: Sized {
     /// Parses the raw value, or says what is wrong with it.
-    fn parse_env(raw: &str) -> Result<Self, String>;
+    fn parse_env(raw: &str) -> Result<Self, InvalidValue>;
+}
+
+/// Why a raw environment value does not parse, in words an operator can
+/// act on ("expected a duration such as 250ms ..."); [`EnvReader`] adds
+/// the variable's name and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
+
+impl From<&str> for InvalidValue {
+    fn from(problem: &str) -> Self {
+        Self(problem.to_owned())
+    }
+}
+
+impl From<String> for InvalidValue {
+    fn from(problem: String) -> Self {
+        Self(problem)
+    }
 }
 
 /// Reads an app's variables and collects every problem.
@@ -144,30 +163,30 @@ impl EnvReader {
 }
 
 impl EnvValue for String {
-    fn parse_env(raw: &str) -> Result<Self, String> {
+    fn parse_env(raw: &str) -> Result<Self, InvalidValue> {
         Ok(raw.to_owned())
     }
 }
 
 impl EnvValue for PathBuf {
-    fn parse_env(raw: &str) -> Result<Self, String> {
+    fn parse_env(raw: &str) -> Result<Self, InvalidValue> {
         Ok(PathBuf::from(raw))
     }
 }
 
 impl EnvValue for SocketAddr {
-    fn parse_env(raw: &str) -> Result<Self, String> {
+    fn parse_env(raw: &str) -> Result<Self, InvalidValue> {
         raw.parse()
-            .map_err(|_| "expected a socket address such as 127.0.0.1:8080".to_owned())
+            .map_err(|_| "expected a socket address such as 127.0.0.1:8080".into())
     }
 }
 
 impl EnvValue for bool {
-    fn parse_env(raw: &str) -> Result<Self, String> {
+    fn parse_env(raw: &str) -> Result<Self, InvalidValue> {
         match raw.to_ascii_lowercase().as_str() {
             "1" | "true" | "yes" | "on" => Ok(true),
             "0" | "false" | "no" | "off" => Ok(false),
-            _ => Err("expected true or false".to_owned()),
+            _ => Err("expected true or false".into()),
         }
     }
 }
@@ -175,10 +194,10 @@ impl EnvValue for bool {
 macro_rules! env_integer {
     ($($t:ty),*) => {$(
         impl EnvValue for $t {
-            fn parse_env(raw: &str) -> Result<Self, String> {
+            fn parse_env(raw: &str) -> Result<Self, InvalidValue> {
                 raw.parse().map_err(|_| format!(
                     "expected a whole number from {} to {}", <$t>::MIN, <$t>::MAX
-                ))
+                ).into())
             }
         }
     )*};
@@ -187,8 +206,8 @@ env_integer!(u16, u32, u64, usize);
 
 impl EnvValue for Duration {
     /// Accepts `250ms`, `10s`, `5m`, `1h`, `7d`; a bare number means seconds.
-    fn parse_env(raw: &str) -> Result<Self, String> {
-        let problem = || "expected a duration such as 250ms, 10s, 5m, 1h or 7d".to_owned();
+    fn parse_env(raw: &str) -> Result<Self, InvalidValue> {
+        let problem = || InvalidValue::from("expected a duration such as 250ms, 10s, 5m, 1h or 7d");
         let split = raw
             .find(|c: char| !c.is_ascii_digit() && c != '.')
             .unwrap_or(raw.len());
@@ -207,8 +226,8 @@ impl EnvValue for Duration {
 }
 
 impl EnvValue for LogFormat {
-    fn parse_env(raw: &str) -> Result<Self, String> {
-        raw.parse()
+    fn parse_env(raw: &str) -> Result<Self, InvalidValue> {
+        raw.parse().map_err(InvalidValue)
     }
 }
 
@@ -230,14 +249,16 @@ impl fmt::Display for ServiceUrl {
 }
 
 impl EnvValue for ServiceUrl {
-    fn parse_env(raw: &str) -> Result<Self, String> {
+    fn parse_env(raw: &str) -> Result<Self, InvalidValue> {
         let rest = raw
             .strip_prefix("http://")
             .or_else(|| raw.strip_prefix("https://"))
-            .ok_or_else(|| "expected a URL starting with http:// or https://".to_owned())?;
+            .ok_or_else(|| {
+                InvalidValue::from("expected a URL starting with http:// or https://")
+            })?;
         let authority = rest.trim_end_matches('/');
         if authority.is_empty() || authority.contains('/') || !authority.contains(':') {
-            return Err("expected a URL of the form http://host:port".to_owned());
+            return Err("expected a URL of the form http://host:port".into());
         }
         Ok(Self(raw.trim_end_matches('/').to_owned()))
     }
@@ -293,14 +314,14 @@ impl fmt::Debug for DatabaseUrl {
 }
 
 impl EnvValue for DatabaseUrl {
-    fn parse_env(raw: &str) -> Result<Self, String> {
+    fn parse_env(raw: &str) -> Result<Self, InvalidValue> {
         if raw.starts_with("postgres://")
             || raw.starts_with("postgresql://")
             || raw.starts_with("sqlite:")
         {
             Ok(Self(raw.to_owned()))
         } else {
-            Err("expected a postgres:// or sqlite:// URL".to_owned())
+            Err("expected a postgres:// or sqlite:// URL".into())
         }
     }
 }

@@ -21,11 +21,12 @@ pub mod testing;
 pub use build_info::{BuildInfo, instance_id, uptime};
 pub use client::{TracedChannel, traced_channel};
 pub use config::{
-    CommonConfig, ConfigError, ConfigProblem, DatabaseUrl, EnvReader, EnvValue, ServiceUrl,
+    CommonConfig, ConfigError, ConfigProblem, DatabaseUrl, EnvReader, EnvValue, InvalidValue,
+    ServiceUrl,
 };
 pub use main_loop::{
     AppMain, StandardArgs, StartFuture, load_config, load_config_from, run_main, run_with_args,
     shutdown_signal,
 };
-pub use serve::{CheckFuture, Running, ServiceBuilder, ShutdownReport, StartError};
+pub use serve::{CheckError, CheckFuture, Running, ServiceBuilder, ShutdownReport, StartError};
 pub use tokio_util::sync::CancellationToken;

@@ -31,8 +31,12 @@ const HEALTH_REFRESH: Duration = Duration::from_secs(5);
 /// How long one readiness check may take before it counts as failed.
 pub(crate) const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Why a dependency is not ready: any error of the app's (a database
+/// error, a connection state), shown by `/readyz` through its `Display`.
+pub type CheckError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A readiness check: `Ok` when the dependency is reachable, otherwise why not.
-pub type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+pub type CheckFuture = Pin<Box<dyn Future<Output = Result<(), CheckError>> + Send>>;
 type CheckFn = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
 type TaskFn = Box<dyn FnOnce(CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
@@ -78,11 +82,11 @@ pub(crate) struct Readiness {
 
 impl Readiness {
     /// Runs every check concurrently; `(name, result)` per check.
-    pub(crate) async fn run_checks(&self) -> Vec<(&'static str, Result<(), String>)> {
+    pub(crate) async fn run_checks(&self) -> Vec<(&'static str, Result<(), CheckError>)> {
         let runs = self.checks.iter().map(|c| async move {
             let result = match tokio::time::timeout(CHECK_TIMEOUT, (c.check)()).await {
                 Ok(result) => result,
-                Err(_) => Err(format!("timed out after {CHECK_TIMEOUT:?}")),
+                Err(_) => Err(format!("timed out after {CHECK_TIMEOUT:?}").into()),
             };
             (c.name, result)
         });
@@ -149,7 +153,7 @@ impl ServiceBuilder {
     pub fn readiness_check<F, Fut>(mut self, name: &'static str, check: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), String>> + Send + 'static,
+        Fut: Future<Output = Result<(), CheckError>> + Send + 'static,
     {
         self.checks.push(ReadinessCheck {
             name,

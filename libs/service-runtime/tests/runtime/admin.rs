@@ -34,7 +34,7 @@ async fn readyz_follows_dependency_checks_and_names_the_failing_one() {
                 if up {
                     Ok(())
                 } else {
-                    Err("connection refused".to_owned())
+                    Err("connection refused".into())
                 }
             }
         })
