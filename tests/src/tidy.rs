@@ -167,6 +167,13 @@ pub enum Violation {
         /// The kind written out.
         kind: String,
     },
+    /// An app builds a gRPC status outside its error module.
+    StatusOutsideErrorModule {
+        /// The file, relative to the workspace root.
+        file: String,
+        /// 1-based line.
+        line: usize,
+    },
     /// A public library function or type returns `Result<_, String>`:
     /// callers cannot act on an error they can only print.
     StringError {
@@ -251,6 +258,10 @@ impl fmt::Display for Violation {
                  (`<ArgsMessage as contracts::JobArgs>::KIND`, proto/platform/jobs/v1/job_kinds.proto), \
                  so a rename cannot strand queued jobs"
             ),
+            Self::StatusOutsideErrorModule { file, line } => write!(
+                f,
+                "{file}:{line} builds a `tonic::Status`: an app maps errors to statuses only in its `src/error.rs` (add a variant there)"
+            ),
             Self::StringError { file, line } => write!(
                 f,
                 "{file}:{line} is public library API returning `Result<_, String>`: return a `thiserror` enum with variants a caller can act on"
@@ -329,6 +340,7 @@ pub fn check(workspace: &Workspace) -> Vec<Violation> {
     }
     violations.extend(hand_written_job_kinds(workspace));
     violations.extend(string_errors(workspace));
+    violations.extend(statuses_outside_error_modules(workspace));
     violations.extend(missing_paths(workspace));
     violations.extend(undocumented_job_kinds(workspace));
     for dir in std::iter::once("proto").chain(workspace.members.iter().map(|m| m.dir.as_str())) {
@@ -364,6 +376,34 @@ fn section(architecture: &str, dir: &str) -> Option<String> {
             .collect::<Vec<_>>()
             .join("\n"),
     )
+}
+
+/// `Status::` (tonic's, not `ServingStatus::` and the like) in an app's
+/// sources other than its `src/error.rs`; comments are not code.
+fn statuses_outside_error_modules(workspace: &Workspace) -> Vec<Violation> {
+    let mut found = Vec::new();
+    for file in workspace
+        .sources
+        .iter()
+        .filter(|f| f.path.starts_with("apps/") && !f.path.ends_with("/src/error.rs"))
+    {
+        for (number, line) in file.text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            let built = code.match_indices("Status::").any(|(at, _)| {
+                !code[..at]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| c.is_alphanumeric() || c == '_')
+            });
+            if built {
+                found.push(Violation::StatusOutsideErrorModule {
+                    file: file.path.clone(),
+                    line: number + 1,
+                });
+            }
+        }
+    }
+    found
 }
 
 /// Public items of libraries (`pub fn`, `pub async fn`, `pub type`, from
@@ -1123,6 +1163,28 @@ mod tests {
             [Violation::StringError {
                 file: "libs/jobs/src/worker.rs".into(),
                 line: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn a_status_built_outside_an_apps_error_module_is_named() {
+        let mut ws = platform(&[]);
+        ws.sources = vec![
+            SourceFile {
+                path: "apps/ingest/src/api.rs".into(),
+                text: "// Status::internal in a comment\nlet s = ServingStatus::Serving;\nreturn Err(tonic::Status::internal(\"x\"));\n".into(),
+            },
+            SourceFile {
+                path: "apps/ingest/src/error.rs".into(),
+                text: "Status::internal(\"x\")\n".into(),
+            },
+        ];
+        assert_eq!(
+            check(&ws),
+            [Violation::StatusOutsideErrorModule {
+                file: "apps/ingest/src/api.rs".into(),
+                line: 3
             }]
         );
     }

@@ -1,7 +1,7 @@
 //! `platform.ingest.v1.IngestService`: publishing into the pipeline (unary
 //! and streaming, answered when durable), pipeline stats, and the window
 //! read, result and prune RPCs over the store.
-//! Store errors become gRPC statuses in one place, [`status`].
+//! Errors become gRPC statuses in one place, [`crate::error`].
 
 use std::{pin::Pin, sync::Arc};
 
@@ -16,9 +16,10 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
 use crate::{
+    error::ApiError,
     source::grpc::{Admission, Outcome, Ticket, WhenFull},
     stats::Pipelines,
-    store::{IngestStore, ResultQuery, Statistics, StoreError, StoredResult, WindowQuery},
+    store::{IngestStore, ResultQuery, Statistics, StoredResult, WindowQuery},
 };
 
 /// Most batches of one stream waiting for their acknowledgement; beyond it
@@ -56,12 +57,15 @@ pub(crate) fn server(
 }
 
 impl IngestApi {
-    fn check_size(&self, readings: usize) -> Result<(), Status> {
+    fn check_size(&self, readings: usize) -> Result<(), ApiError> {
         if readings > self.max_batch_readings {
-            return Err(Status::invalid_argument(format!(
-                "readings: at most {} per batch, got {readings}",
-                self.max_batch_readings
-            )));
+            return Err(ApiError::invalid(
+                "readings",
+                format!(
+                    "at most {} per batch, got {readings}",
+                    self.max_batch_readings
+                ),
+            ));
         }
         Ok(())
     }
@@ -72,7 +76,7 @@ impl IngestApi {
         sequence: u64,
         readings: Vec<pb::Reading>,
         when_full: WhenFull,
-    ) -> Result<tokio::sync::oneshot::Receiver<Outcome>, Status> {
+    ) -> Result<tokio::sync::oneshot::Receiver<Outcome>, ApiError> {
         let (ticket, answer) = Ticket::new(sequence, readings.len());
         if readings.is_empty() {
             pipeline::Acknowledger::ack(&*ticket, &[], &[]);
@@ -86,68 +90,17 @@ impl IngestApi {
     }
 }
 
-/// A batch dropped unanswered: the pipeline stopped before storing it.
-fn shutting_down(_: tokio::sync::oneshot::error::RecvError) -> Status {
-    Status::unavailable("ingest is shutting down; the batch was not stored, resend it")
-}
-
 type AckStream = Pin<Box<dyn Stream<Item = Result<pb::StreamReadingsResponse, Status>> + Send>>;
 
-/// The one mapping from store errors to gRPC statuses: the database being
-/// unreachable or overloaded is `UNAVAILABLE` (retry later); a row that
-/// cannot be read back, or any other failure, is `INTERNAL` (retrying will
-/// not help; operators are told through the log and
-/// `ingest.store.corrupt_rows`).
-fn status(error: StoreError) -> Status {
-    match &error {
-        StoreError::Database(database) if transient(database) => {
-            tracing::warn!(%error, "store unavailable");
-            Status::unavailable("the readings database is unavailable; retry later")
-        }
-        StoreError::Corrupt { column, .. } => Status::internal(format!(
-            "a stored row cannot be read ({column}); this is a fault on our side, reported to operators"
-        )),
-        _ => {
-            tracing::error!(%error, "store failed");
-            Status::internal("the readings store failed; this is a fault on our side")
-        }
-    }
-}
-
-/// Failures that pass: the database unreachable, restarting, overloaded or
-/// aborting a transaction for a conflict (SQLSTATE classes 08, 53, 57, 40;
-/// SQLite busy or locked).
-fn transient(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
-            if code.len() == 5 {
-                // A PostgreSQL SQLSTATE.
-                ["08", "53", "57", "40"]
-                    .iter()
-                    .any(|class| code.starts_with(class))
-            } else {
-                // An SQLite result code: SQLITE_BUSY (5) or SQLITE_LOCKED
-                // (6), extended or not.
-                code.parse::<u32>()
-                    .is_ok_and(|code| matches!(code & 0xff, 5 | 6))
-            }
-        }),
-        _ => false,
-    }
-}
-
-fn timestamp(field: &str, value: Option<prost_types::Timestamp>) -> Result<DateTime<Utc>, Status> {
-    let value = value.ok_or_else(|| Status::invalid_argument(format!("{field}: is required")))?;
+fn timestamp(
+    field: &str,
+    value: Option<prost_types::Timestamp>,
+) -> Result<DateTime<Utc>, ApiError> {
+    let value = value.ok_or_else(|| ApiError::invalid(field, "is required"))?;
     u32::try_from(value.nanos)
         .ok()
         .and_then(|nanos| DateTime::from_timestamp(value.seconds, nanos))
-        .ok_or_else(|| Status::invalid_argument(format!("{field}: is not a valid timestamp")))
+        .ok_or_else(|| ApiError::invalid(field, "is not a valid timestamp"))
 }
 
 /// `<micros>:<event id>` of the last reading on a page.
@@ -155,11 +108,11 @@ fn page_token(at: DateTime<Utc>, event_id: &str) -> String {
     format!("{}:{event_id}", at.timestamp_micros())
 }
 
-fn parse_token(token: &str) -> Result<Option<(DateTime<Utc>, String)>, Status> {
+fn parse_token(token: &str) -> Result<Option<(DateTime<Utc>, String)>, ApiError> {
     if token.is_empty() {
         return Ok(None);
     }
-    let malformed = || Status::invalid_argument("page_token: malformed");
+    let malformed = || ApiError::invalid("page_token", "malformed");
     let (micros, event_id) = token.split_once(':').ok_or_else(malformed)?;
     let at = micros
         .parse()
@@ -171,7 +124,7 @@ fn parse_token(token: &str) -> Result<Option<(DateTime<Utc>, String)>, Status> {
 
 /// The contract's statistics, each value finite (JSON has no NaN, and a
 /// stored NaN would read back as a corrupt row).
-fn statistics_from_wire(s: &pb::WindowStatistics) -> Result<Statistics, Status> {
+fn statistics_from_wire(s: &pb::WindowStatistics) -> Result<Statistics, ApiError> {
     let values = [
         ("mean", s.mean),
         ("variance", s.variance),
@@ -184,9 +137,10 @@ fn statistics_from_wire(s: &pb::WindowStatistics) -> Result<Statistics, Status> 
         ("trend_r_squared", s.trend_r_squared),
     ];
     if let Some((field, value)) = values.iter().find(|(_, v)| !v.is_finite()) {
-        return Err(Status::invalid_argument(format!(
-            "result.statistics.{field}: must be finite, got {value}"
-        )));
+        return Err(ApiError::invalid(
+            format!("result.statistics.{field}"),
+            format!("must be finite, got {value}"),
+        ));
     }
     Ok(Statistics {
         count: s.count,
@@ -233,14 +187,11 @@ impl IngestService for IngestApi {
         let readings = request.into_inner().readings;
         self.check_size(readings.len())?;
         let answer = self.publish(0, readings, WhenFull::Reject).await?;
-        let ack = answer.await.map_err(shutting_down)??;
+        let ack = answer.await.map_err(|_| ApiError::ShuttingDown)?;
         // A unary caller resends the whole request on UNAVAILABLE; only
         // streams carry the failure inside the acknowledgement.
-        if let Some(error) = &ack.error {
-            return Err(Status::new(
-                tonic::Code::from(error.code),
-                error.message.clone(),
-            ));
+        if let Some(error) = ack.error {
+            return Err(ApiError::NotStored(error.message).into());
         }
         Ok(Response::new(pb::PublishReadingsResponse {
             ack: Some(ack),
@@ -266,9 +217,8 @@ impl IngestService for IngestApi {
                     // stream goes on.
                     Some(outcome) = pending.next(), if !pending.is_empty() => {
                         let message = match outcome {
-                            Ok(Ok(ack)) => Ok(pb::StreamReadingsResponse { ack: Some(ack) }),
-                            Ok(Err(status)) => Err(status),
-                            Err(error) => Err(shutting_down(error)),
+                            Ok(ack) => Ok(pb::StreamReadingsResponse { ack: Some(ack) }),
+                            Err(_) => Err(ApiError::ShuttingDown.into()),
                         };
                         let failed = message.is_err();
                         if tx.send(message).await.is_err() || failed {
@@ -282,19 +232,19 @@ impl IngestService for IngestApi {
                             Some(Ok(batch)) => batch,
                         };
                         let checked = api.check_size(batch.readings.len()).and_then(|()| match last_sequence {
-                            Some(last) if batch.sequence <= last => Err(Status::invalid_argument(format!(
-                                "sequence: must increase within a stream, got {} after {last}", batch.sequence
-                            ))),
+                            Some(last) if batch.sequence <= last => Err(ApiError::invalid(
+                                "sequence", format!("must increase within a stream, got {} after {last}", batch.sequence),
+                            )),
                             _ => Ok(()),
                         });
-                        if let Err(status) = checked {
-                            let _ = tx.send(Err(status)).await;
+                        if let Err(error) = checked {
+                            let _ = tx.send(Err(error.into())).await;
                             return;
                         }
                         last_sequence = Some(batch.sequence);
                         match api.publish(batch.sequence, batch.readings, WhenFull::Wait).await {
                             Ok(answer) => pending.push(answer),
-                            Err(status) => { let _ = tx.send(Err(status)).await; return; }
+                            Err(error) => { let _ = tx.send(Err(error.into())).await; return; }
                         }
                     }
                     else => return,
@@ -320,17 +270,17 @@ impl IngestService for IngestApi {
         let result = request
             .into_inner()
             .result
-            .ok_or_else(|| Status::invalid_argument("result: is required"))?;
+            .ok_or_else(|| ApiError::invalid("result", "is required"))?;
         let window = result
             .window
-            .ok_or_else(|| Status::invalid_argument("result.window: is required"))?;
+            .ok_or_else(|| ApiError::invalid("result.window", "is required"))?;
         for (field, value) in [
             ("result.window.tenant_id", &window.tenant_id),
             ("result.window.device_id", &window.device_id),
             ("result.window.metric", &window.metric),
         ] {
             if value.is_empty() {
-                return Err(Status::invalid_argument(format!("{field}: is required")));
+                return Err(ApiError::invalid(field, "is required").into());
             }
         }
         let window_seconds = window
@@ -339,18 +289,17 @@ impl IngestService for IngestApi {
             .and_then(|s| i32::try_from(s).ok())
             .filter(|s| (1..=86_400).contains(s))
             .ok_or_else(|| {
-                Status::invalid_argument(
-                    "result.window.window_length: must be 1 s to 1 day, in whole seconds",
+                ApiError::invalid(
+                    "result.window.window_length",
+                    "must be 1 s to 1 day, in whole seconds",
                 )
             })?;
         if !(0.0..=1.0).contains(&result.anomaly_score) {
-            return Err(Status::invalid_argument(
-                "result.anomaly_score: must be within [0, 1]",
-            ));
+            return Err(ApiError::invalid("result.anomaly_score", "must be within [0, 1]").into());
         }
         let statistics = result
             .statistics
-            .ok_or_else(|| Status::invalid_argument("result.statistics: is required"))?;
+            .ok_or_else(|| ApiError::invalid("result.statistics", "is required"))?;
         let stored = StoredResult {
             tenant_id: window.tenant_id,
             device_id: window.device_id,
@@ -362,7 +311,7 @@ impl IngestService for IngestApi {
             anomalous: result.anomalous,
             model_version: result.model_version,
         };
-        let created = self.store.record_result(&stored).await.map_err(status)?;
+        let created = self.store.record_result(&stored).await?;
         Ok(Response::new(pb::RecordWindowResultResponse { created }))
     }
 
@@ -372,12 +321,12 @@ impl IngestService for IngestApi {
     ) -> Result<Response<pb::ListWindowResultsResponse>, Status> {
         let request = request.into_inner();
         if request.tenant_id.is_empty() {
-            return Err(Status::invalid_argument("tenant_id: is required"));
+            return Err(ApiError::invalid("tenant_id", "is required").into());
         }
         let after = if request.page_token.is_empty() {
             None
         } else {
-            let malformed = || Status::invalid_argument("page_token: malformed");
+            let malformed = || ApiError::invalid("page_token", "malformed");
             let mut parts = request.page_token.splitn(3, '|');
             let at = parts
                 .next()
@@ -404,7 +353,7 @@ impl IngestService for IngestApi {
             after,
             limit,
         };
-        let results = self.store.list_results(&query).await.map_err(status)?;
+        let results = self.store.list_results(&query).await?;
         let next_page_token = match results.last() {
             Some(last) if results.len() == limit as usize => {
                 format!(
@@ -449,14 +398,14 @@ impl IngestService for IngestApi {
         let request = request.into_inner();
         let window = request
             .window
-            .ok_or_else(|| Status::invalid_argument("window: is required"))?;
+            .ok_or_else(|| ApiError::invalid("window", "is required"))?;
         for (field, value) in [
             ("window.tenant_id", &window.tenant_id),
             ("window.device_id", &window.device_id),
             ("window.metric", &window.metric),
         ] {
             if value.is_empty() {
-                return Err(Status::invalid_argument(format!("{field}: is required")));
+                return Err(ApiError::invalid(field, "is required").into());
             }
         }
         let start = timestamp("window.window_start", window.window_start)?;
@@ -465,7 +414,7 @@ impl IngestService for IngestApi {
             .and_then(|d| std::time::Duration::try_from(d).ok())
             .filter(|d| !d.is_zero() && d.as_secs() <= 86_400)
             .ok_or_else(|| {
-                Status::invalid_argument("window.window_length: must be between 1 ns and 1 day")
+                ApiError::invalid("window.window_length", "must be between 1 ns and 1 day")
             })?;
         let limit = match request.page_size {
             0 => DEFAULT_PAGE,
@@ -480,7 +429,7 @@ impl IngestService for IngestApi {
             after: parse_token(&request.page_token)?,
             limit,
         };
-        let readings = self.store.read_window(&query).await.map_err(status)?;
+        let readings = self.store.read_window(&query).await?;
         let next_page_token = match readings.last() {
             Some(last) if readings.len() == limit as usize => {
                 page_token(last.observed_at, &last.event_id)
@@ -514,7 +463,7 @@ impl IngestService for IngestApi {
             0 => DEFAULT_PRUNE,
             n => n.min(MAX_PRUNE),
         };
-        let deleted = self.store.prune(older_than, batch).await.map_err(status)?;
+        let deleted = self.store.prune(older_than, batch).await?;
         Ok(Response::new(pb::PruneReadingsResponse { deleted }))
     }
 }

@@ -11,6 +11,7 @@ mod api;
 pub mod bench;
 mod config;
 pub mod demo;
+pub mod error;
 pub mod handler;
 pub mod reading;
 pub mod sink;

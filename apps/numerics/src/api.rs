@@ -11,7 +11,7 @@ use contracts::numerics::v1::{
     numerics_service_server::{NumericsService, NumericsServiceServer},
 };
 use numerics_engine::{
-    EngineError, ErrorKind, Tensor,
+    EngineError, Tensor,
     linalg::{self, Decomposition},
     ops::{Binary, Reduce, Unary},
     program::{self, Limits, Op, Step},
@@ -20,11 +20,7 @@ use numerics_engine::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::{
-    pool::{CpuPool, PoolError},
-    serving::{ModelServer, ScoreError},
-    wire,
-};
+use crate::{error::status, pool::CpuPool, serving::ModelServer, wire};
 
 /// The caller's deadline, from the `grpc-timeout` header (`<n><unit>`).
 fn deadline<T>(request: &Request<T>) -> Option<std::time::Instant> {
@@ -41,15 +37,6 @@ fn deadline<T>(request: &Request<T>) -> Option<std::time::Instant> {
         _ => return None,
     };
     Some(std::time::Instant::now() + timeout)
-}
-
-fn score_status(error: ScoreError) -> Status {
-    match error {
-        ScoreError::Invalid(message) => Status::invalid_argument(message),
-        ScoreError::Full(_) => Status::resource_exhausted(error.to_string()),
-        ScoreError::Expired => Status::deadline_exceeded(error.to_string()),
-        ScoreError::Stopped => Status::unavailable(error.to_string()),
-    }
 }
 
 fn stamp(at: std::time::SystemTime) -> prost_types::Timestamp {
@@ -81,21 +68,6 @@ pub(crate) fn server(
     })
     .max_decoding_message_size(max_message_bytes)
     .max_encoding_message_size(max_message_bytes)
-}
-
-/// The one mapping from engine and pool errors to statuses.
-fn status(error: EngineError) -> Status {
-    match error.kind {
-        ErrorKind::Invalid | ErrorKind::TooLarge => Status::invalid_argument(error.to_string()),
-        ErrorKind::NotConverged => Status::failed_precondition(error.to_string()),
-    }
-}
-
-fn pool_status(error: PoolError) -> Status {
-    match error {
-        PoolError::Full(_) => Status::resource_exhausted(error.to_string()),
-        PoolError::Lost(_) => Status::unavailable(error.to_string()),
-    }
 }
 
 /// The contract's op and attributes as an engine operation.
@@ -179,7 +151,7 @@ impl NumericsApi {
         self.pool
             .run_sized(small, job)
             .await
-            .map_err(pool_status)?
+            .map_err(status)?
             .map_err(status)
     }
 }
@@ -194,14 +166,15 @@ impl NumericsService for NumericsApi {
         let features = request
             .into_inner()
             .features
-            .ok_or_else(|| Status::invalid_argument("features: is required"))?;
+            .ok_or_else(|| status(EngineError::invalid("features", "is required")))?;
         let tensor = wire::decode("features", &features, &self.limits, false).map_err(status)?;
         let width = self.model.current().model.input_width();
         let rows = match tensor.shape() {
             [rows, w] if *w == width => *rows,
             shape => {
-                return Err(Status::invalid_argument(format!(
-                    "features.shape: must be [n, {width}], got {shape:?}"
+                return Err(status(EngineError::invalid(
+                    "features.shape",
+                    format!("must be [n, {width}], got {shape:?}"),
                 )));
             }
         };
@@ -210,7 +183,7 @@ impl NumericsService for NumericsApi {
             .model
             .score(values, rows, deadline)
             .await
-            .map_err(score_status)?;
+            .map_err(status)?;
         Ok(Response::new(pb::ScoreAnomaliesResponse {
             scores: scores.iter().map(|&s| f64::from(s)).collect(),
             model_version,
@@ -324,12 +297,12 @@ impl NumericsService for NumericsApi {
             Ok(pb::Decomposition::Qr) => Decomposition::Qr,
             Ok(pb::Decomposition::Svd) => Decomposition::Svd,
             Ok(pb::Decomposition::Eigh) => Decomposition::Eigh,
-            _ => return Err(Status::invalid_argument("decomposition: is required")),
+            _ => return Err(status(EngineError::invalid("decomposition", "is required"))),
         };
         let a = request
             .a
             .as_ref()
-            .ok_or_else(|| Status::invalid_argument("a: is required"))?;
+            .ok_or_else(|| status(EngineError::invalid("a", "is required")))?;
         let a = wire::decode("a", a, &self.limits, false).map_err(status)?;
         let b = request
             .b
@@ -355,10 +328,13 @@ impl NumericsService for NumericsApi {
     ) -> Result<Response<pb::ComputeWindowStatisticsResponse>, Status> {
         let request = request.into_inner();
         if request.values.len() > self.limits.max_elements {
-            return Err(Status::invalid_argument(format!(
-                "values: {} values are above the limit of {}",
-                request.values.len(),
-                self.limits.max_elements
+            return Err(status(EngineError::invalid(
+                "values",
+                format!(
+                    "{} values are above the limit of {}",
+                    request.values.len(),
+                    self.limits.max_elements
+                ),
             )));
         }
         let small = request.values.len() <= INLINE_ELEMENTS;

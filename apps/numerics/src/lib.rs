@@ -10,6 +10,7 @@
 mod api;
 pub mod bench;
 mod config;
+pub mod error;
 pub mod model_dir;
 pub mod pool;
 pub mod serving;

@@ -7,7 +7,10 @@ use contracts::jobs::v1::{self as pb, jobs_service_server::JobsService};
 use jobs::{ArgsError, JobStore, JobsError, ListFilter, NewJob, QueueConfig, Registry, UniqueOpts};
 use tonic::{Request, Response, Status};
 
-use crate::convert::{job_to_pb, state_from_pb, struct_to_json, timestamp_to_chrono};
+use crate::{
+    convert::{job_to_pb, state_from_pb, struct_to_json, timestamp_to_chrono},
+    error::{ApiError, status},
+};
 
 /// Most jobs one `EnqueueJobs` call may carry.
 pub const MAX_BATCH: usize = 10_000;
@@ -36,7 +39,7 @@ impl<S: JobStore> JobsApi<S> {
     /// Turns a request's job into an engine job, naming the field at fault.
     fn new_job(&self, spec: pb::JobSpec, field: &str) -> Result<NewJob, Status> {
         let invalid = |name: &str, problem: String| {
-            Status::invalid_argument(format!("{field}.{name}: {problem}"))
+            status(ApiError::invalid(format!("{field}.{name}"), problem))
         };
         if spec.kind.is_empty() {
             return Err(invalid("kind", "is required".into()));
@@ -144,28 +147,12 @@ impl<S: JobStore> JobsApi<S> {
     }
 }
 
-/// The one mapping from engine errors to gRPC statuses.
-pub fn status(error: JobsError) -> Status {
-    match error {
-        JobsError::InvalidJob { .. } => Status::invalid_argument(error.to_string()),
-        JobsError::NotFound(_) => Status::not_found(error.to_string()),
-        JobsError::WrongState { .. } => Status::failed_precondition(error.to_string()),
-        JobsError::Database(_) => {
-            tracing::warn!(%error, "database error");
-            Status::unavailable("the jobs database is unavailable; retry later")
-        }
-        JobsError::Migrate(_) | JobsError::MigrationLock { .. } | JobsError::Corrupt(_) => {
-            tracing::error!(%error, "internal error");
-            Status::internal("internal error")
-        }
-    }
-}
-
 fn queue_name(queue: &str) -> Result<&str, Status> {
     if queue.is_empty() || queue.len() > 128 {
-        return Err(Status::invalid_argument(
-            "queue: must be 1 to 128 characters",
-        ));
+        return Err(status(ApiError::invalid(
+            "queue",
+            "must be 1 to 128 characters",
+        )));
     }
     Ok(queue)
 }
@@ -179,13 +166,13 @@ impl<S: JobStore> JobsService for JobsApi<S> {
         let spec = request
             .into_inner()
             .job
-            .ok_or_else(|| Status::invalid_argument("job: is required"))?;
+            .ok_or_else(|| status(ApiError::invalid("job", "is required")))?;
         let job = self.new_job(spec, "job")?;
         let inserted = self.store.insert_many(&[job]).await.map_err(status)?;
         let inserted = inserted
             .into_iter()
             .next()
-            .ok_or_else(|| Status::internal("insert returned nothing"))?;
+            .ok_or_else(|| status(ApiError::Internal("insert returned nothing")))?;
         Ok(Response::new(pb::EnqueueJobResponse {
             job: Some(job_to_pb(inserted.job)),
             duplicate: inserted.duplicate,
@@ -198,9 +185,9 @@ impl<S: JobStore> JobsService for JobsApi<S> {
     ) -> Result<Response<pb::EnqueueJobsResponse>, Status> {
         let specs = request.into_inner().jobs;
         if specs.len() > MAX_BATCH {
-            return Err(Status::invalid_argument(format!(
-                "jobs: at most {MAX_BATCH} per call, got {}",
-                specs.len()
+            return Err(status(ApiError::invalid(
+                "jobs",
+                format!("at most {MAX_BATCH} per call, got {}", specs.len()),
             )));
         }
         // Validate every job before writing any: all or none.
@@ -247,7 +234,10 @@ impl<S: JobStore> JobsService for JobsApi<S> {
             .map(|s| pb::JobState::try_from(*s).ok().and_then(state_from_pb))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| {
-                Status::invalid_argument("states: contains an unknown or unspecified state")
+                status(ApiError::invalid(
+                    "states",
+                    "contains an unknown or unspecified state",
+                ))
             })?;
         let before_id = if request.page_token.is_empty() {
             None
@@ -256,7 +246,7 @@ impl<S: JobStore> JobsService for JobsApi<S> {
                 request
                     .page_token
                     .parse::<i64>()
-                    .map_err(|_| Status::invalid_argument("page_token: malformed"))?,
+                    .map_err(|_| status(ApiError::invalid("page_token", "malformed")))?,
             )
         };
         let limit = if request.page_size == 0 {

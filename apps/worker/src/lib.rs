@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cli;
 mod config;
 mod convert;
+pub mod error;
 pub mod kinds;
 pub mod numerics;
 mod storage;

@@ -8,25 +8,21 @@
 use std::{
     collections::VecDeque,
     sync::{Arc, Mutex, PoisonError},
-    time::Duration,
 };
 
+use crate::{
+    error::ApiError,
+    handler::{Envelope, IN_MEMORY_OVERHEAD, Tally, TenantBinding},
+    reading::Rejection,
+};
 use contracts::ingest::v1 as pb;
 use pipeline::{AckRef, Acknowledger, Failure, FailureKind, Incoming, Producer, TraceCarrier};
 use prost::Message as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tonic::Status;
 
-use crate::{
-    handler::{Envelope, IN_MEMORY_OVERHEAD, Tally, TenantBinding},
-    reading::Rejection,
-};
-
-/// The hint sent with `RESOURCE_EXHAUSTED`, in gRPC's retry-pushback header.
-pub const RETRY_PUSHBACK: Duration = Duration::from_millis(200);
-
-/// How a batch ended: its acknowledgement, or a status to retry on.
-pub type Outcome = Result<pb::BatchAck, Status>;
+/// How a batch ended: its acknowledgement (with `error` set when readings
+/// were not stored).
+pub type Outcome = pb::BatchAck;
 
 /// One published batch: the readings' acknowledger and the tally of
 /// rejections and duplicates; answers once, when the last reading's fate is
@@ -84,13 +80,13 @@ impl TicketState {
             ),
             not_stored: failed,
         });
-        let _ = answer.send(Ok(pb::BatchAck {
+        let _ = answer.send(pb::BatchAck {
             sequence: self.sequence,
             accepted: self.succeeded - self.duplicates,
             duplicates: self.duplicates,
             rejected: std::mem::take(&mut self.rejected),
             error,
-        }));
+        });
     }
 }
 
@@ -184,19 +180,6 @@ pub enum WhenFull {
     Wait,
 }
 
-fn exhausted() -> Status {
-    let mut status = Status::resource_exhausted(format!(
-        "the ingest pipeline is full; retry after {} ms",
-        RETRY_PUSHBACK.as_millis()
-    ));
-    if let Ok(value) = RETRY_PUSHBACK.as_millis().to_string().parse() {
-        status
-            .metadata_mut()
-            .insert("grpc-retry-pushback-ms", value);
-    }
-    status
-}
-
 impl Admission {
     /// Queues `readings` under `ticket`; their fate reaches the ticket.
     pub async fn admit(
@@ -205,7 +188,7 @@ impl Admission {
         ticket: &Arc<Ticket>,
         trace: Option<TraceCarrier>,
         when_full: WhenFull,
-    ) -> Result<(), Status> {
+    ) -> Result<(), ApiError> {
         let sizes: Vec<u32> = readings
             .iter()
             .map(|r| (r.encoded_len() + IN_MEMORY_OVERHEAD).min(u32::MAX as usize) as u32)
@@ -217,13 +200,13 @@ impl Admission {
                 .room
                 .clone()
                 .try_acquire_many_owned(want)
-                .map_err(|_| exhausted())?,
+                .map_err(|_| ApiError::Full)?,
             WhenFull::Wait => self
                 .room
                 .clone()
                 .acquire_many_owned(want)
                 .await
-                .map_err(|_| Status::unavailable("ingest is shutting down; retry"))?,
+                .map_err(|_| ApiError::ShuttingDown)?,
         };
         let acker: Arc<dyn Acknowledger> = ticket.clone();
         let tally: Arc<dyn Tally> = ticket.clone();
@@ -251,16 +234,14 @@ impl Admission {
         };
         match when_full {
             WhenFull::Reject => self.queue.try_send(queued).map_err(|error| match error {
-                mpsc::error::TrySendError::Full(_) => exhausted(),
-                mpsc::error::TrySendError::Closed(_) => {
-                    Status::unavailable("ingest is shutting down; retry")
-                }
+                mpsc::error::TrySendError::Full(_) => ApiError::Full,
+                mpsc::error::TrySendError::Closed(_) => ApiError::ShuttingDown,
             }),
             WhenFull::Wait => self
                 .queue
                 .send(queued)
                 .await
-                .map_err(|_| Status::unavailable("ingest is shutting down; retry")),
+                .map_err(|_| ApiError::ShuttingDown),
         }
     }
 }
