@@ -123,7 +123,7 @@ impl Scratch {
             .await?;
         Ok(Self {
             admin_url: admin_url.to_owned(),
-            url: jobs::testing::with_database(admin_url, &name),
+            url: jobs::postgres::with_database(admin_url, &name),
             name,
         })
     }

@@ -20,6 +20,7 @@ mod node;
 pub mod postgres;
 pub mod sqlite;
 mod store;
+#[cfg(feature = "testing")]
 pub mod testing;
 mod trace;
 mod unique;

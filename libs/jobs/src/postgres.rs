@@ -47,6 +47,20 @@ pub fn migrator() -> Migrator {
     )
 }
 
+/// Replaces the database name in a PostgreSQL URL, keeping its query.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_end..].find('/').map(|i| i + authority_end);
+    let base = path_start.map_or(base, |i| &base[..i]);
+    match query {
+        Some(query) => format!("{base}/{database}?{query}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
 /// A [`JobStore`] on a PostgreSQL pool.
 #[derive(Debug, Clone)]
 pub struct PgStore {

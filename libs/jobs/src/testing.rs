@@ -9,6 +9,8 @@ use std::{
 
 use sqlx::{Connection as _, Executor as _, PgConnection, PgPool, SqlitePool};
 
+pub use crate::postgres::with_database;
+
 /// `<prefix>_<pid>_<n>_<time>`: unique across tests and test processes.
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -42,20 +44,6 @@ pub fn service_url(variable: &str) -> Option<String> {
             eprintln!("skipping the part that needs {variable}: it is not set");
             None
         }
-    }
-}
-
-/// Replaces the database name in a PostgreSQL URL, keeping its query.
-pub fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let authority_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_end..].find('/').map(|i| i + authority_end);
-    let base = path_start.map_or(base, |i| &base[..i]);
-    match query {
-        Some(query) => format!("{base}/{database}?{query}"),
-        None => format!("{base}/{database}"),
     }
 }
 

@@ -19,6 +19,7 @@ mod handler;
 mod message;
 mod producer;
 mod stats;
+#[cfg(feature = "testing")]
 pub mod testing;
 mod topology;
 

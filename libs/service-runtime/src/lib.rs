@@ -16,6 +16,7 @@ mod config;
 mod info;
 mod main_loop;
 mod serve;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use build_info::{BuildInfo, instance_id, uptime};
