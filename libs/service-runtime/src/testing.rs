@@ -1,5 +1,6 @@
 //! Helpers for tests that start apps in-process: a plain HTTP/1.1 GET with
-//! no client library, enough for `/readyz`, `/metrics` and JSON endpoints.
+//! no client library, enough for `/readyz`, `/metrics` and JSON endpoints,
+//! and [`wait_until`], the one way a test waits for something to happen.
 
 use std::net::SocketAddr;
 
@@ -80,4 +81,26 @@ fn dechunk(mut body: &str) -> String {
 /// must pass an address to a child process instead of binding port 0.
 pub fn free_local_addr() -> std::io::Result<SocketAddr> {
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+/// Polls `condition` every 10 ms until it yields a value, for up to
+/// `patience`; panics naming `what` when it never does. A test waits for a
+/// state it can observe, never for a fixed time; `patience` is a hang
+/// guard, not a timing claim.
+#[allow(clippy::panic, reason = "test support: the panic is the report")]
+pub async fn wait_until<T, F, Fut>(what: &str, patience: std::time::Duration, mut condition: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        if let Some(value) = condition().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{what}: not seen within {patience:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

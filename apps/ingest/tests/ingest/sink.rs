@@ -219,24 +219,21 @@ async fn concurrent_batches_over_the_same_series_neither_deadlock_nor_double_enq
 /// blocked on a lock: the deterministic point where both transactions hold
 /// what they hold and want what the other has.
 async fn until_waiting_on_locks(pool: &PgPool, sessions: i64) {
-    let patience = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if waiting >= sessions {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < patience,
-            "{waiting} of {sessions} sessions waiting on a lock after 20 s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    service_runtime::testing::wait_until(
+        &format!("{sessions} sessions waiting on a lock"),
+        std::time::Duration::from_secs(20),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            (waiting >= sessions).then_some(())
+        },
+    )
+    .await;
 }
 
 async fn migrated_postgres(prefix: &str) -> Option<jobs::testing::ScratchPostgres> {

@@ -37,18 +37,18 @@ impl IngestProcess {
 
     /// Waits (up to 30 s) until `/readyz` answers 200.
     pub async fn ready(&self) {
-        let patience = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            let answer = service_runtime::testing::http_get(self.admin_addr, "/readyz", &[]).await;
-            if answer.is_ok_and(|answer| answer.status == 200) {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < patience,
-                "ingest not ready after 30 s"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        let admin = self.admin_addr;
+        service_runtime::testing::wait_until(
+            "ingest /readyz answering 200",
+            std::time::Duration::from_secs(30),
+            || async move {
+                let answer = service_runtime::testing::http_get(admin, "/readyz", &[]).await;
+                answer
+                    .is_ok_and(|answer| answer.status == 200)
+                    .then_some(())
+            },
+        )
+        .await;
     }
 
     /// The sum of every series of a Prometheus metric on `/metrics`.

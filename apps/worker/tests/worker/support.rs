@@ -73,18 +73,23 @@ pub async fn wait_for_job(
     done: impl Fn(contracts::jobs::v1::JobState) -> bool,
 ) -> contracts::jobs::v1::Job {
     use contracts::jobs::v1::GetJobRequest;
-    for _ in 0..200 {
-        let job = client
-            .get_job(GetJobRequest { id })
-            .await
-            .unwrap()
-            .into_inner()
-            .job
-            .unwrap();
-        if done(job.state()) {
-            return job;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("job {id} never reached the expected state");
+    let done = &done;
+    service_runtime::testing::wait_until(
+        &format!("job {id} in the expected state"),
+        Duration::from_secs(10),
+        || {
+            let mut client = client.clone();
+            async move {
+                let job = client
+                    .get_job(GetJobRequest { id })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .job
+                    .unwrap();
+                done(job.state()).then_some(job)
+            }
+        },
+    )
+    .await
 }
