@@ -16,10 +16,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::plan::{AppPlan, child_environment, plan};
 
-/// First restart delay; doubles per consecutive crash.
-const BACKOFF_START: Duration = Duration::from_millis(250);
-/// Longest delay between restarts.
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// The delay before a restart: 250 ms, doubling per consecutive crash, at
+/// most 10 s (one child restarting: no jitter needed).
+const RESTART: jobs::Backoff =
+    jobs::Backoff::exponential(Duration::from_millis(250), Duration::from_secs(10))
+        .without_jitter();
 /// A child that stayed up this long resets its backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// How often a starting child's `/readyz` is polled.
@@ -135,7 +136,7 @@ impl Supervised {
     #[allow(clippy::print_stderr, reason = "the launcher talks to its user")]
     async fn run(self, stop: CancellationToken, ready: mpsc::Sender<&'static str>) {
         let name = self.plan.name.as_str();
-        let mut backoff = BACKOFF_START;
+        let mut crashes = 0u32;
         let mut reported_ready = false;
         loop {
             let launched = Instant::now();
@@ -143,10 +144,10 @@ impl Supervised {
                 Ok(child) => child,
                 Err(error) => {
                     eprintln!("platform: cannot start {name}: {error}");
-                    if sleep_or_stop(&stop, backoff).await {
+                    crashes += 1;
+                    if sleep_or_stop(&stop, RESTART.delay(crashes)).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
                 }
             };
@@ -159,15 +160,13 @@ impl Supervised {
             }
             tokio::select! {
                 status = child.wait() => {
-                    if launched.elapsed() >= STABLE_AFTER {
-                        backoff = BACKOFF_START;
-                    }
+                    crashes = if launched.elapsed() >= STABLE_AFTER { 1 } else { crashes + 1 };
+                    let backoff = RESTART.delay(crashes);
                     let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
                     eprintln!("platform: {name} exited ({status}); restarting in {} ms", backoff.as_millis());
                     if sleep_or_stop(&stop, backoff).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
                 () = stop.cancelled() => {
                     self.stop(child).await;

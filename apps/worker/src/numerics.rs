@@ -18,8 +18,12 @@ const OPEN_AFTER: u32 = 5;
 /// How long it stays open before one trial call, and how long a trial may
 /// go unreported before another is let through.
 const OPEN_FOR: Duration = Duration::from_secs(10);
-/// Quick retries of an `UNAVAILABLE` call, and the pause before each.
-const RETRIES: [Duration; 2] = [Duration::from_millis(50), Duration::from_millis(200)];
+/// Quick retries of an `UNAVAILABLE` call.
+const QUICK_RETRIES: u32 = 2;
+/// The pause before each: 50 ms, then 200 ms.
+const RETRY_PAUSE: jobs::Backoff =
+    jobs::Backoff::exponential(Duration::from_millis(50), Duration::from_millis(200))
+        .with_factor(4.0);
 
 /// Closed, open until an instant, or letting one trial through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,7 +202,7 @@ impl Numerics {
             return Err(NumericsError::CircuitOpen);
         };
         let mut outcome = TrialGuard::new(&self.breaker, permit);
-        let mut pauses = RETRIES.iter();
+        let mut retries = 0;
         loop {
             match call(self.client.clone()).await {
                 Ok(response) => {
@@ -206,10 +210,9 @@ impl Numerics {
                     return Ok(response.into_inner());
                 }
                 Err(status) if transient(&status) => {
-                    if status.code() == Code::Unavailable
-                        && let Some(pause) = pauses.next()
-                    {
-                        tokio::time::sleep(*pause).await;
+                    if status.code() == Code::Unavailable && retries < QUICK_RETRIES {
+                        retries += 1;
+                        tokio::time::sleep(RETRY_PAUSE.delay(retries)).await;
                         continue;
                     }
                     outcome.record(false);

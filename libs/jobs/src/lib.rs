@@ -26,7 +26,7 @@ mod trace;
 mod unique;
 mod worker;
 
-pub use backoff::{default_backoff, with_jitter};
+pub use backoff::{Backoff, default_backoff};
 pub use cron::{CronError, CronJob, CronSchedule};
 pub use error::JobsError;
 pub use job::{

@@ -31,6 +31,13 @@ use crate::{
     worker::{Done, JobContext, JobError, Registry},
 };
 
+/// Waits between claims after the store failed: 200 ms doubling to 6.4 s.
+const CLAIM_RETRY: crate::Backoff =
+    crate::Backoff::exponential(Duration::from_millis(200), Duration::from_millis(6_400));
+/// Waits between attempts to record finished jobs: 100 ms doubling to 6.4 s.
+const RECORD_RETRY: crate::Backoff =
+    crate::Backoff::exponential(Duration::from_millis(100), Duration::from_millis(6_400));
+
 /// One queue as a node runs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueConfig {
@@ -395,10 +402,9 @@ async fn produce<S: JobStore>(
                 Err(error) => {
                     failures += 1;
                     tracing::warn!(queue = %queue.config.name, %error, "claim failed");
-                    let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
                     tokio::select! {
                         () = stop.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => continue,
+                        () = tokio::time::sleep(CLAIM_RETRY.delay(failures)) => continue,
                     }
                 }
             }
@@ -620,7 +626,7 @@ async fn record_completions<S: JobStore>(
                 Err(error) => {
                     failures += 1;
                     tracing::warn!(%error, jobs = batch.len(), "recording job results failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(50 * 2u64.pow(failures.min(7)))).await;
+                    tokio::time::sleep(RECORD_RETRY.delay(failures)).await;
                 }
             }
         }

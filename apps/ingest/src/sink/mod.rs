@@ -55,6 +55,13 @@ pub enum SinkError {
 /// deadlock or serialization failure.
 pub const CONFLICT_ATTEMPTS: u32 = 4;
 
+/// The wait before running an aborted transaction again: a few
+/// milliseconds, growing; the other transaction usually commits within one.
+const CONFLICT_RETRY: jobs::Backoff = jobs::Backoff::exponential(
+    std::time::Duration::from_millis(10),
+    std::time::Duration::from_millis(100),
+);
+
 impl SinkError {
     /// A deadlock (40P01) or serialization failure (40001): the transaction
     /// was rolled back whole and running it again is safe and likely to
@@ -167,12 +174,7 @@ pub async fn write_batch<R: Borrow<Reading> + Sync>(
                     )
                     .build()
                     .add(1, &[]);
-                // A few milliseconds, growing, with jitter: the other
-                // transaction usually commits within one.
-                tokio::time::sleep(jobs::with_jitter(std::time::Duration::from_millis(
-                    5 << attempt,
-                )))
-                .await;
+                tokio::time::sleep(CONFLICT_RETRY.delay(attempt)).await;
                 attempt += 1;
             }
             other => return other,

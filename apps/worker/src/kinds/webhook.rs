@@ -71,8 +71,8 @@ impl Worker for DeliverWebhook {
     /// up to 10% jitter, capped at an hour (the engine's default curve is
     /// `attempt^4 + 15s`).
     fn backoff(&self, attempt: i32) -> Duration {
-        let doubling = 2f64.powi(attempt.clamp(1, 30) - 1);
-        jobs::with_jitter(self.backoff.mul_f64(doubling)).min(Duration::from_secs(3600))
+        jobs::Backoff::exponential(self.backoff, Duration::from_secs(3600))
+            .delay(u32::try_from(attempt).unwrap_or(1))
     }
 
     async fn work(&self, ctx: JobContext, args: DeliverWebhookArgs) -> Result<Done, JobError> {
