@@ -142,7 +142,8 @@ impl PgStore {
 
 /// Inserts jobs on `conn`, which may be inside the caller's transaction
 /// (`&mut *tx`): the jobs become visible, and nodes are notified, only when
-/// that transaction commits.
+/// that transaction commits. Unique jobs that already exist come back as
+/// duplicates, with the job that holds their key.
 pub async fn insert_many(
     conn: &mut PgConnection,
     jobs: &[NewJob],
@@ -150,43 +151,94 @@ pub async fn insert_many(
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
-    let now = Utc::now();
-    let mut kinds = Vec::with_capacity(jobs.len());
-    let mut queues = Vec::with_capacity(jobs.len());
-    let mut args = Vec::with_capacity(jobs.len());
-    let mut metas = Vec::with_capacity(jobs.len());
-    let mut tags = Vec::with_capacity(jobs.len());
-    let mut priorities = Vec::with_capacity(jobs.len());
-    let mut max_attempts = Vec::with_capacity(jobs.len());
-    let mut scheduled = Vec::with_capacity(jobs.len());
-    let mut keys: Vec<Option<Vec<u8>>> = Vec::with_capacity(jobs.len());
-    let mut masks = Vec::with_capacity(jobs.len());
-    let mut meta_values = Vec::with_capacity(jobs.len());
-    let carrier = crate::trace::current_carrier();
-    for job in jobs {
-        job.validate()?;
-        let meta = crate::trace::meta_with_trace(&job.meta, &carrier);
-        kinds.push(job.kind.as_str());
-        queues.push(job.queue.as_str());
-        args.push(job.args.to_string());
-        // NULL for the common empty cases: no JSON or array to parse.
-        metas.push(
-            meta.as_object()
-                .is_none_or(|m| !m.is_empty())
-                .then(|| meta.to_string()),
-        );
-        meta_values.push(meta);
-        tags.push((!job.tags.is_empty()).then(|| array_literal(&job.tags)));
-        priorities.push(job.priority);
-        max_attempts.push(job.max_attempts);
-        scheduled.push(job.scheduled_at);
-        keys.push(job.unique.as_ref().map(|u| unique_key(job, u, now)));
-        masks.push(job.unique.as_ref().map(crate::UniqueOpts::states_mask));
+    let columns = InsertColumns::of(jobs)?;
+    let rows = insert_rows(conn, &columns).await?;
+    let mut matched = match_rows(jobs, &columns, rows);
+    let missing: Vec<Vec<u8>> = std::mem::take(&mut matched.pending_keys)
+        .into_iter()
+        .filter(|k| !matched.by_key.contains_key(k))
+        .collect();
+    if !missing.is_empty() {
+        matched.by_key.extend(unique_holders(conn, &missing).await?);
     }
-    // Rows are inserted in input order, so identity values (and the
-    // returned rows sorted by id) follow it; duplicates are skipped by the
-    // partial unique index and resolved below. Only the columns the
-    // database chose come back: the rest are the caller's own values.
+    let out = matched.resolve(&columns.keys)?;
+    notify_available(conn, &out).await?;
+    Ok(out)
+}
+
+/// The jobs to insert, column by column, for one `unnest` statement.
+struct InsertColumns<'a> {
+    kinds: Vec<&'a str>,
+    queues: Vec<&'a str>,
+    args: Vec<String>,
+    /// `meta` with the trace; `NULL` for the common empty case.
+    metas: Vec<Option<String>>,
+    meta_values: Vec<serde_json::Value>,
+    tags: Vec<Option<String>>,
+    priorities: Vec<i16>,
+    max_attempts: Vec<i32>,
+    scheduled: Vec<Option<DateTime<Utc>>>,
+    keys: Vec<Option<Vec<u8>>>,
+    masks: Vec<Option<i32>>,
+}
+
+impl<'a> InsertColumns<'a> {
+    /// Validates every job and lays them out as columns.
+    fn of(jobs: &'a [NewJob]) -> Result<Self, JobsError> {
+        let now = Utc::now();
+        let carrier = crate::trace::current_carrier();
+        let mut columns = Self {
+            kinds: Vec::with_capacity(jobs.len()),
+            queues: Vec::with_capacity(jobs.len()),
+            args: Vec::with_capacity(jobs.len()),
+            metas: Vec::with_capacity(jobs.len()),
+            meta_values: Vec::with_capacity(jobs.len()),
+            tags: Vec::with_capacity(jobs.len()),
+            priorities: Vec::with_capacity(jobs.len()),
+            max_attempts: Vec::with_capacity(jobs.len()),
+            scheduled: Vec::with_capacity(jobs.len()),
+            keys: Vec::with_capacity(jobs.len()),
+            masks: Vec::with_capacity(jobs.len()),
+        };
+        for job in jobs {
+            job.validate()?;
+            let meta = crate::trace::meta_with_trace(&job.meta, &carrier);
+            columns.kinds.push(job.kind.as_str());
+            columns.queues.push(job.queue.as_str());
+            columns.args.push(job.args.to_string());
+            // NULL for the common empty cases: no JSON or array to parse.
+            columns.metas.push(
+                meta.as_object()
+                    .is_none_or(|m| !m.is_empty())
+                    .then(|| meta.to_string()),
+            );
+            columns.meta_values.push(meta);
+            columns
+                .tags
+                .push((!job.tags.is_empty()).then(|| array_literal(&job.tags)));
+            columns.priorities.push(job.priority);
+            columns.max_attempts.push(job.max_attempts);
+            columns.scheduled.push(job.scheduled_at);
+            columns
+                .keys
+                .push(job.unique.as_ref().map(|u| unique_key(job, u, now)));
+            columns
+                .masks
+                .push(job.unique.as_ref().map(crate::UniqueOpts::states_mask));
+        }
+        Ok(columns)
+    }
+}
+
+/// One statement for all the jobs. Rows are inserted in input order, so
+/// identity values (and the returned rows sorted by id) follow it;
+/// duplicates are skipped by the partial unique index and resolved by the
+/// caller. Only the columns the database chose come back: the rest are the
+/// caller's own values.
+async fn insert_rows(
+    conn: &mut PgConnection,
+    columns: &InsertColumns<'_>,
+) -> Result<Vec<InsertedRow>, JobsError> {
     let mut rows: Vec<InsertedRow> = sqlx::query_as(
         "INSERT INTO jobs.job (kind, queue, args, meta, tags, priority, max_attempts, state, scheduled_at,
                                unique_key, unique_states)
@@ -203,32 +255,51 @@ pub async fn insert_many(
          DO NOTHING
          RETURNING id, inserted_at, unique_key",
     )
-    .bind(&kinds)
-    .bind(&queues)
-    .bind(&args)
-    .bind(&metas)
-    .bind(&tags)
-    .bind(&priorities)
-    .bind(&max_attempts)
-    .bind(&scheduled)
-    .bind(&keys)
-    .bind(&masks)
+    .bind(&columns.kinds)
+    .bind(&columns.queues)
+    .bind(&columns.args)
+    .bind(&columns.metas)
+    .bind(&columns.tags)
+    .bind(&columns.priorities)
+    .bind(&columns.max_attempts)
+    .bind(&columns.scheduled)
+    .bind(&columns.keys)
+    .bind(&columns.masks)
     .fetch_all(&mut *conn)
     .await?;
     rows.sort_by_key(|row| row.0);
-    let mut inserted_rows = rows.into_iter().peekable();
+    Ok(rows)
+}
 
-    // Walk the input in order: a job without a key was inserted; a job with
-    // a key was inserted if it is the first of its key in this call and the
-    // next returned row carries that key.
-    let mut by_key: HashMap<Vec<u8>, Job> = HashMap::new();
-    let mut results: Vec<Option<Inserted>> = Vec::with_capacity(jobs.len());
-    let mut pending_keys = Vec::new();
-    for ((job, key), meta) in jobs.iter().zip(&keys).zip(meta_values) {
+/// Which input job each returned row belongs to.
+struct Matched {
+    /// Per input job: the inserted job, or `None` for a duplicate.
+    results: Vec<Option<Inserted>>,
+    /// The job holding each unique key, as far as known.
+    by_key: HashMap<Vec<u8>, Job>,
+    /// Keys of duplicates whose holder is not among the inserted rows.
+    pending_keys: Vec<Vec<u8>>,
+}
+
+/// Walks the input in order: a job without a key was inserted; a job with a
+/// key was inserted if it is the first of its key in this call and the next
+/// returned row carries that key.
+fn match_rows(jobs: &[NewJob], columns: &InsertColumns<'_>, rows: Vec<InsertedRow>) -> Matched {
+    let mut inserted_rows = rows.into_iter().peekable();
+    let mut matched = Matched {
+        results: Vec::with_capacity(jobs.len()),
+        by_key: HashMap::new(),
+        pending_keys: Vec::new(),
+    };
+    for ((job, key), meta) in jobs
+        .iter()
+        .zip(&columns.keys)
+        .zip(columns.meta_values.iter().cloned())
+    {
         let takes_row = match key {
             None => inserted_rows.peek().is_some(),
             Some(key) => {
-                !by_key.contains_key(key)
+                !matched.by_key.contains_key(key)
                     && inserted_rows
                         .peek()
                         .is_some_and(|row| row.2.as_ref() == Some(key))
@@ -236,91 +307,109 @@ pub async fn insert_many(
         };
         match inserted_rows.next_if(|_| takes_row) {
             Some((id, inserted_at, _)) => {
-                let scheduled_at = job.scheduled_at.unwrap_or(inserted_at);
-                let state = if scheduled_at > inserted_at {
-                    JobState::Scheduled
-                } else {
-                    JobState::Available
-                };
-                let job = Job {
-                    id,
-                    state,
-                    queue: job.queue.clone(),
-                    kind: job.kind.clone(),
-                    args: job.args.clone(),
-                    meta,
-                    tags: job.tags.clone(),
-                    errors: Vec::new(),
-                    priority: job.priority,
-                    attempt: 0,
-                    max_attempts: job.max_attempts,
-                    attempted_by: None,
-                    inserted_at,
-                    scheduled_at,
-                    attempted_at: None,
-                    finalized_at: None,
-                    cancel_requested_at: None,
-                };
+                let job = inserted_job(job, id, inserted_at, meta);
                 if let Some(key) = key {
-                    by_key.insert(key.clone(), job.clone());
+                    matched.by_key.insert(key.clone(), job.clone());
                 }
-                results.push(Some(Inserted {
+                matched.results.push(Some(Inserted {
                     job,
                     duplicate: false,
                 }));
             }
             None => {
-                results.push(None);
+                matched.results.push(None);
                 if let Some(key) = key {
-                    pending_keys.push(key.clone());
+                    matched.pending_keys.push(key.clone());
                 }
             }
         }
     }
-    let missing: Vec<Vec<u8>> = pending_keys
-        .into_iter()
-        .filter(|k| !by_key.contains_key(k))
-        .collect();
-    if !missing.is_empty() {
-        let sql = format!(
-            "SELECT {JOB_COLUMNS}, unique_key FROM jobs.job
-             WHERE unique_key = ANY($1) AND (unique_states & jobs.state_bit(state)) <> 0"
-        );
-        for row in sqlx::query(&sql)
-            .bind(&missing)
-            .fetch_all(&mut *conn)
-            .await?
-        {
-            let key: Vec<u8> = row.try_get("unique_key")?;
-            by_key.insert(key, job_from_row(&row)?);
-        }
+    matched
+}
+
+/// The job as stored, from the input and the columns the database chose.
+fn inserted_job(job: &NewJob, id: i64, inserted_at: DateTime<Utc>, meta: serde_json::Value) -> Job {
+    let scheduled_at = job.scheduled_at.unwrap_or(inserted_at);
+    let state = if scheduled_at > inserted_at {
+        JobState::Scheduled
+    } else {
+        JobState::Available
+    };
+    Job {
+        id,
+        state,
+        queue: job.queue.clone(),
+        kind: job.kind.clone(),
+        args: job.args.clone(),
+        meta,
+        tags: job.tags.clone(),
+        errors: Vec::new(),
+        priority: job.priority,
+        attempt: 0,
+        max_attempts: job.max_attempts,
+        attempted_by: None,
+        inserted_at,
+        scheduled_at,
+        attempted_at: None,
+        finalized_at: None,
+        cancel_requested_at: None,
     }
-    let mut out = Vec::with_capacity(jobs.len());
-    for (result, key) in results.into_iter().zip(&keys) {
-        match (result, key) {
-            (Some(inserted), _) => out.push(inserted),
-            (None, Some(key)) => match by_key.get(key) {
-                Some(job) => out.push(Inserted {
-                    job: job.clone(),
-                    duplicate: true,
-                }),
-                // The holder finished between our insert and our look-up:
-                // the caller may simply insert again.
-                None => {
-                    return Err(JobsError::Database(sqlx::Error::Protocol(
-                        "a unique job's holder changed state during insert; retry the insert"
-                            .into(),
-                    )));
+}
+
+/// The live jobs holding `keys` (the duplicates' originals).
+async fn unique_holders(
+    conn: &mut PgConnection,
+    keys: &[Vec<u8>],
+) -> Result<Vec<(Vec<u8>, Job)>, JobsError> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS}, unique_key FROM jobs.job
+         WHERE unique_key = ANY($1) AND (unique_states & jobs.state_bit(state)) <> 0"
+    );
+    let mut holders = Vec::new();
+    for row in sqlx::query(&sql).bind(keys).fetch_all(&mut *conn).await? {
+        let key: Vec<u8> = row.try_get("unique_key")?;
+        holders.push((key, job_from_row(&row)?));
+    }
+    Ok(holders)
+}
+
+impl Matched {
+    /// One answer per input job, in order: inserted, or a duplicate with
+    /// the job holding its key.
+    fn resolve(self, keys: &[Option<Vec<u8>>]) -> Result<Vec<Inserted>, JobsError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for (result, key) in self.results.into_iter().zip(keys) {
+            match (result, key) {
+                (Some(inserted), _) => out.push(inserted),
+                (None, Some(key)) => match self.by_key.get(key) {
+                    Some(job) => out.push(Inserted {
+                        job: job.clone(),
+                        duplicate: true,
+                    }),
+                    // The holder finished between our insert and our
+                    // look-up: the caller may simply insert again.
+                    None => {
+                        return Err(JobsError::Database(sqlx::Error::Protocol(
+                            "a unique job's holder changed state during insert; retry the insert"
+                                .into(),
+                        )));
+                    }
+                },
+                (None, None) => {
+                    return Err(JobsError::Corrupt(
+                        "an inserted job was not returned".into(),
+                    ));
                 }
-            },
-            (None, None) => {
-                return Err(JobsError::Corrupt(
-                    "an inserted job was not returned".into(),
-                ));
             }
         }
+        Ok(out)
     }
-    let woken: std::collections::BTreeSet<&str> = out
+}
+
+/// One NOTIFY per queue that gained an available job (delivered when the
+/// transaction commits).
+async fn notify_available(conn: &mut PgConnection, inserted: &[Inserted]) -> Result<(), JobsError> {
+    let woken: std::collections::BTreeSet<&str> = inserted
         .iter()
         .filter(|i| !i.duplicate && i.job.state == JobState::Available)
         .map(|i| i.job.queue.as_str())
@@ -333,7 +422,7 @@ pub async fn insert_many(
             .execute(&mut *conn)
             .await?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The claim statement: `$1` queue, `$2` limit, `$3` node.
