@@ -97,15 +97,17 @@ impl<S: JobStore> AggregateWindow<S> {
     }
 }
 
-impl<S: JobStore> Worker for AggregateWindow<S> {
-    type Args = AggregateWindowArgs;
-    const KIND: &'static str = AggregateWindowArgs::KIND;
+/// A window's arguments, checked: what the job works on.
+struct Window {
+    args: AggregateWindowArgs,
+    start: DateTime<Utc>,
+    key: pb::WindowKey,
+}
 
-    fn timeout(&self) -> Option<Duration> {
-        Some(Duration::from_secs(120))
-    }
-
-    async fn work(&self, _ctx: JobContext, args: AggregateWindowArgs) -> Result<Done, JobError> {
+impl Window {
+    /// Names the first argument that cannot work (the job is discarded:
+    /// retrying cannot fix its args).
+    fn parse(args: AggregateWindowArgs) -> Result<Self, JobError> {
         for (field, value) in [
             ("tenant_id", &args.tenant_id),
             ("device_id", &args.device_id),
@@ -115,7 +117,7 @@ impl<S: JobStore> Worker for AggregateWindow<S> {
                 return Err(JobError::Discard(format!("{field}: is required")));
             }
         }
-        let window_start = DateTime::parse_from_rfc3339(&args.window_start)
+        let start = DateTime::parse_from_rfc3339(&args.window_start)
             .map_err(|error| {
                 JobError::Discard(format!(
                     "window_start: {:?} is not an RFC 3339 time ({error})",
@@ -133,24 +135,51 @@ impl<S: JobStore> Worker for AggregateWindow<S> {
             tenant_id: args.tenant_id.clone(),
             device_id: args.device_id.clone(),
             metric: args.metric.clone(),
-            window_start: Some(stamp(window_start)),
+            window_start: Some(stamp(start)),
             window_length: Some(prost_types::Duration {
                 seconds: args.window_seconds,
                 nanos: 0,
             }),
         };
-        let points = self.read_window(&key, window_start).await?;
-        if points.is_empty() {
-            // Pruned before its aggregation ran: there is nothing to
-            // measure, and numerics refuses statistics of no values.
-            return Ok(Done::Cancel(
-                "the window holds no readings (pruned before it was aggregated)".to_owned(),
-            ));
-        }
-        let numerics_failed = |error: NumericsError| match error {
-            NumericsError::Rejected(reason) => JobError::Discard(format!("numerics: {reason}")),
-            other => JobError::Retry(other.to_string()),
-        };
+        Ok(Self { args, start, key })
+    }
+
+    /// `tenant/device/metric/start/seconds[/late]`: names the window in the
+    /// webhook and keeps its delivery unique.
+    fn id(&self) -> String {
+        let args = &self.args;
+        format!(
+            "{}/{}/{}/{}/{}{}",
+            args.tenant_id,
+            args.device_id,
+            args.metric,
+            self.start.to_rfc3339(),
+            args.window_seconds,
+            if args.late { "/late" } else { "" }
+        )
+    }
+}
+
+/// The window's statistics and the model's verdict on them.
+struct Scored {
+    statistics: pb::WindowStatistics,
+    score: f64,
+    anomalous: bool,
+    model_version: String,
+}
+
+/// Numerics failures: a refused request is discarded, the rest retried.
+fn numerics_failed(error: NumericsError) -> JobError {
+    match error {
+        NumericsError::Rejected(reason) => JobError::Discard(format!("numerics: {reason}")),
+        other => JobError::Retry(other.to_string()),
+    }
+}
+
+impl<S: JobStore> AggregateWindow<S> {
+    /// Statistics of `points` (offset, value) and the anomaly score, from
+    /// numerics.
+    async fn score(&self, points: Vec<(f64, f64)>) -> Result<Scored, JobError> {
         let (offsets, values): (Vec<f64>, Vec<f64>) = points.into_iter().unzip();
         let computed = self
             .numerics
@@ -180,7 +209,6 @@ impl<S: JobStore> Worker for AggregateWindow<S> {
             .copied()
             .unwrap_or(0.0)
             .clamp(0.0, 1.0);
-        let anomalous = computed.count >= 3 && score >= ANOMALOUS_FROM;
         let quantile = |q: f64| {
             computed
                 .quantiles
@@ -188,67 +216,63 @@ impl<S: JobStore> Worker for AggregateWindow<S> {
                 .find(|x| x.q == q)
                 .map_or(0.0, |x| x.value)
         };
-        let statistics = pb::WindowStatistics {
-            count: computed.count,
-            mean: computed.mean,
-            variance: computed.variance,
-            min: computed.min,
-            max: computed.max,
-            p50: quantile(0.5),
-            p95: quantile(0.95),
-            p99: quantile(0.99),
-            trend_slope: computed.trend_slope,
-            trend_r_squared: computed.trend_r_squared,
-        };
-        tracing::info!(
-            readings = statistics.count,
-            anomaly_score = score,
-            anomalous,
-            model = %scored.model_version,
-            "window aggregated"
-        );
+        Ok(Scored {
+            statistics: pb::WindowStatistics {
+                count: computed.count,
+                mean: computed.mean,
+                variance: computed.variance,
+                min: computed.min,
+                max: computed.max,
+                p50: quantile(0.5),
+                p95: quantile(0.95),
+                p99: quantile(0.99),
+                trend_slope: computed.trend_slope,
+                trend_r_squared: computed.trend_r_squared,
+            },
+            score,
+            anomalous: computed.count >= 3 && score >= ANOMALOUS_FROM,
+            model_version: scored.model_version,
+        })
+    }
+
+    /// Stores the result through ingest's API (idempotent per window).
+    async fn record(&self, window: &Window, scored: &Scored) -> Result<(), JobError> {
         self.ingest
             .clone()
             .record_window_result(pb::RecordWindowResultRequest {
                 result: Some(pb::WindowResult {
-                    window: Some(key),
-                    statistics: Some(statistics),
-                    anomaly_score: score,
-                    anomalous,
+                    window: Some(window.key.clone()),
+                    statistics: Some(scored.statistics),
+                    anomaly_score: scored.score,
+                    anomalous: scored.anomalous,
                     model_version: scored.model_version.clone(),
                     computed_at: Some(stamp(Utc::now())),
                 }),
             })
             .await
             .map_err(|status| rpc_error("storing the result", &status))?;
-        let Some(url) = self.webhooks.get(&args.tenant_id).filter(|_| anomalous) else {
-            return Ok(Done::Completed);
-        };
-        let window_id = format!(
-            "{}/{}/{}/{}/{}{}",
-            args.tenant_id,
-            args.device_id,
-            args.metric,
-            window_start.to_rfc3339(),
-            args.window_seconds,
-            if args.late { "/late" } else { "" }
-        );
+        Ok(())
+    }
+
+    /// Enqueues the window's one `webhook.deliver` to `url`.
+    async fn notify(&self, window: &Window, scored: &Scored, url: &str) -> Result<(), JobError> {
+        let args = &window.args;
         let payload = serde_json::json!({
-            "window": window_id,
+            "window": window.id(),
             "tenant_id": args.tenant_id,
             "device_id": args.device_id,
             "metric": args.metric,
-            "window_start": window_start.to_rfc3339(),
+            "window_start": window.start.to_rfc3339(),
             "window_seconds": args.window_seconds,
             "late": args.late,
-            "anomaly_score": score,
+            "anomaly_score": scored.score,
             "statistics": {
-                "count": statistics.count, "mean": statistics.mean,
-                "min": statistics.min, "max": statistics.max,
+                "count": scored.statistics.count, "mean": scored.statistics.mean,
+                "min": scored.statistics.min, "max": scored.statistics.max,
             },
         });
         let delivery = DeliverWebhookArgs {
-            url: url.clone(),
+            url: url.to_owned(),
             event: "window.anomalous".to_owned(),
             payload: Some(contracts::json::json_to_struct(&payload)),
         };
@@ -258,7 +282,7 @@ impl<S: JobStore> Worker for AggregateWindow<S> {
             // One delivery per window, whatever a retry recomputes.
             .unique(UniqueOpts {
                 by_args: Some(vec!["url".into(), "event".into()]),
-                salt: Some(window_id),
+                salt: Some(window.id()),
                 states: JobState::ALL.to_vec(),
                 ..UniqueOpts::default()
             });
@@ -266,6 +290,42 @@ impl<S: JobStore> Worker for AggregateWindow<S> {
             .insert_many(&[delivery])
             .await
             .map_err(|error| JobError::Retry(format!("enqueueing the webhook: {error}")))?;
+        Ok(())
+    }
+}
+
+impl<S: JobStore> Worker for AggregateWindow<S> {
+    type Args = AggregateWindowArgs;
+    const KIND: &'static str = AggregateWindowArgs::KIND;
+
+    fn timeout(&self) -> Option<Duration> {
+        Some(Duration::from_secs(120))
+    }
+
+    async fn work(&self, _ctx: JobContext, args: AggregateWindowArgs) -> Result<Done, JobError> {
+        let window = Window::parse(args)?;
+        let points = self.read_window(&window.key, window.start).await?;
+        if points.is_empty() {
+            // Pruned before its aggregation ran: there is nothing to
+            // measure, and numerics refuses statistics of no values.
+            return Ok(Done::Cancel(
+                "the window holds no readings (pruned before it was aggregated)".to_owned(),
+            ));
+        }
+        let scored = self.score(points).await?;
+        tracing::info!(
+            readings = scored.statistics.count,
+            anomaly_score = scored.score,
+            anomalous = scored.anomalous,
+            model = %scored.model_version,
+            "window aggregated"
+        );
+        self.record(&window, &scored).await?;
+        if scored.anomalous
+            && let Some(url) = self.webhooks.get(&window.args.tenant_id)
+        {
+            self.notify(&window, &scored, url).await?;
+        }
         Ok(Done::Completed)
     }
 }
