@@ -302,132 +302,21 @@ pub fn reduce(
             "argmax takes one axis (or none for all)",
         ));
     }
-    let reduced: usize = axes.iter().map(|&a| x.shape()[a]).product();
-    if reduced == 0 && !matches!(op, Reduce::Sum) {
+    let plan = Reduction::plan(x, &axes);
+    if plan.reduced == 0 && !matches!(op, Reduce::Sum) {
         return Err(EngineError::invalid(
             "operands[0]",
             "reduction over an empty axis",
         ));
     }
-    let out_shape_kept: Vec<usize> = (0..rank)
-        .map(|d| if axes.contains(&d) { 1 } else { x.shape()[d] })
-        .collect();
-    let out_strides: Vec<usize> = {
-        let s = strides(&out_shape_kept);
-        (0..rank)
-            .map(|d| if axes.contains(&d) { 0 } else { s[d] })
-            .collect()
-    };
-    let out_len = element_count(&out_shape_kept).unwrap_or(0);
-    let in_strides = strides(x.shape());
-    // Argmax needs the position along the reduced axes: the in-offset
-    // minus the out-offset's base, read through the reduced axes' strides.
-    let reduced_strides: Vec<usize> = {
-        let shape_r: Vec<usize> = axes.iter().map(|&a| x.shape()[a]).collect();
-        let s = strides(&shape_r);
-        (0..rank)
-            .map(|d| axes.iter().position(|&a| a == d).map_or(0, |p| s[p]))
-            .collect()
-    };
-    let values = x.to_f64_vec();
     let data = match op {
-        Reduce::Sum | Reduce::Mean | Reduce::Variance(_) => {
-            let mut sums = vec![0.0f64; out_len];
-            walk(x.shape(), [&in_strides, &out_strides], |[i, o]| {
-                sums[o] += values[i]
-            });
-            if op == Reduce::Sum {
-                match x.data() {
-                    Data::F32(_) => Data::F32(sums.iter().map(|&s| s as f32).collect()),
-                    Data::F64(_) => Data::F64(sums),
-                    Data::I32(v) => {
-                        let mut exact = vec![0i64; out_len];
-                        walk(x.shape(), [&in_strides, &out_strides], |[i, o]| {
-                            exact[o] += i64::from(v[i])
-                        });
-                        Data::I64(exact)
-                    }
-                    Data::I64(v) => {
-                        let mut exact = vec![Some(0i64); out_len];
-                        walk(x.shape(), [&in_strides, &out_strides], |[i, o]| {
-                            exact[o] = exact[o].and_then(|s| s.checked_add(v[i]));
-                        });
-                        Data::I64(int_result(exact, "overflow")?)
-                    }
-                }
-            } else if op == Reduce::Mean {
-                {
-                    let means: Vec<f64> = sums.iter().map(|s| s / reduced as f64).collect();
-                    match x.data() {
-                        Data::F32(_) => Data::F32(means.iter().map(|&m| m as f32).collect()),
-                        _ => Data::F64(means),
-                    }
-                }
-            } else {
-                let ddof = if let Reduce::Variance(ddof) = op {
-                    ddof
-                } else {
-                    0
-                };
-                {
-                    if reduced <= ddof as usize {
-                        return Err(EngineError::invalid(
-                            "attributes.ddof",
-                            format!("{ddof} leaves no degrees of freedom for {reduced} values"),
-                        ));
-                    }
-                    let means: Vec<f64> = sums.iter().map(|s| s / reduced as f64).collect();
-                    let mut squares = vec![0.0f64; out_len];
-                    walk(x.shape(), [&in_strides, &out_strides], |[i, o]| {
-                        let d = values[i] - means[o];
-                        squares[o] += d * d;
-                    });
-                    let var: Vec<f64> = squares
-                        .iter()
-                        .map(|s| s / (reduced - ddof as usize) as f64)
-                        .collect();
-                    match x.data() {
-                        Data::F32(_) => Data::F32(var.iter().map(|&m| m as f32).collect()),
-                        _ => Data::F64(var),
-                    }
-                }
-            }
-        }
-        Reduce::Min | Reduce::Max | Reduce::Argmax => {
-            let better = |candidate: f64, best: f64| match op {
-                Reduce::Min => candidate < best || candidate.is_nan() && !best.is_nan(),
-                _ => candidate > best || candidate.is_nan() && !best.is_nan(),
-            };
-            let mut best: Vec<Option<(f64, usize, usize)>> = vec![None; out_len];
-            walk(
-                x.shape(),
-                [&in_strides, &out_strides, &reduced_strides],
-                |[i, o, r]| {
-                    let v = values[i];
-                    match best[o] {
-                        Some((b, _, _)) if !better(v, b) => {}
-                        _ => best[o] = Some((v, i, r)),
-                    }
-                },
-            );
-            let picks: Vec<(f64, usize, usize)> = best
-                .into_iter()
-                .map(|b| b.unwrap_or((f64::NAN, 0, 0)))
-                .collect();
-            if op == Reduce::Argmax {
-                Data::I64(picks.iter().map(|&(_, _, r)| r as i64).collect())
-            } else {
-                match x.data() {
-                    Data::F32(v) => Data::F32(picks.iter().map(|&(_, i, _)| v[i]).collect()),
-                    Data::F64(v) => Data::F64(picks.iter().map(|&(_, i, _)| v[i]).collect()),
-                    Data::I32(v) => Data::I32(picks.iter().map(|&(_, i, _)| v[i]).collect()),
-                    Data::I64(v) => Data::I64(picks.iter().map(|&(_, i, _)| v[i]).collect()),
-                }
-            }
-        }
+        Reduce::Sum => plan.sum()?,
+        Reduce::Mean => plan.mean(),
+        Reduce::Variance(ddof) => plan.variance(ddof)?,
+        Reduce::Min | Reduce::Max | Reduce::Argmax => plan.pick(op),
     };
     let shape = if keep_dims {
-        out_shape_kept
+        plan.out_shape_kept
     } else {
         (0..rank)
             .filter(|d| !axes.contains(d))
@@ -435,6 +324,170 @@ pub fn reduce(
             .collect()
     };
     Tensor::new(shape, data)
+}
+
+/// How a reduction walks its input: each input element's offset, the
+/// output cell it lands in, and its position along the reduced axes.
+struct Reduction<'a> {
+    x: &'a Tensor,
+    values: Vec<f64>,
+    in_strides: Vec<usize>,
+    /// 0 on reduced axes, so every element of a group lands in one cell.
+    out_strides: Vec<usize>,
+    /// The position along the reduced axes (argmax's answer).
+    reduced_strides: Vec<usize>,
+    out_shape_kept: Vec<usize>,
+    out_len: usize,
+    /// Elements per output cell.
+    reduced: usize,
+}
+
+impl<'a> Reduction<'a> {
+    fn plan(x: &'a Tensor, axes: &[usize]) -> Self {
+        let rank = x.shape().len();
+        let out_shape_kept: Vec<usize> = (0..rank)
+            .map(|d| if axes.contains(&d) { 1 } else { x.shape()[d] })
+            .collect();
+        let out_strides: Vec<usize> = {
+            let s = strides(&out_shape_kept);
+            (0..rank)
+                .map(|d| if axes.contains(&d) { 0 } else { s[d] })
+                .collect()
+        };
+        // Argmax needs the position along the reduced axes: the in-offset
+        // minus the out-offset's base, read through the reduced axes' strides.
+        let reduced_strides: Vec<usize> = {
+            let shape_r: Vec<usize> = axes.iter().map(|&a| x.shape()[a]).collect();
+            let s = strides(&shape_r);
+            (0..rank)
+                .map(|d| axes.iter().position(|&a| a == d).map_or(0, |p| s[p]))
+                .collect()
+        };
+        Self {
+            x,
+            values: x.to_f64_vec(),
+            in_strides: strides(x.shape()),
+            out_strides,
+            reduced_strides,
+            out_len: element_count(&out_shape_kept).unwrap_or(0),
+            out_shape_kept,
+            reduced: axes.iter().map(|&a| x.shape()[a]).product(),
+        }
+    }
+
+    /// Sums in f64, one per output cell.
+    fn sums(&self) -> Vec<f64> {
+        let mut sums = vec![0.0f64; self.out_len];
+        walk(
+            self.x.shape(),
+            [&self.in_strides, &self.out_strides],
+            |[i, o]| sums[o] += self.values[i],
+        );
+        sums
+    }
+
+    /// Sums in the input's dtype; integers exactly (i64), overflow named.
+    fn sum(&self) -> Result<Data, EngineError> {
+        let walk_exact = |add: &mut dyn FnMut(usize, usize)| {
+            walk(
+                self.x.shape(),
+                [&self.in_strides, &self.out_strides],
+                |[i, o]| add(i, o),
+            );
+        };
+        Ok(match self.x.data() {
+            Data::F32(_) => Data::F32(self.sums().iter().map(|&s| s as f32).collect()),
+            Data::F64(_) => Data::F64(self.sums()),
+            Data::I32(v) => {
+                let mut exact = vec![0i64; self.out_len];
+                walk_exact(&mut |i, o| exact[o] += i64::from(v[i]));
+                Data::I64(exact)
+            }
+            Data::I64(v) => {
+                let mut exact = vec![Some(0i64); self.out_len];
+                walk_exact(&mut |i, o| exact[o] = exact[o].and_then(|s| s.checked_add(v[i])));
+                Data::I64(int_result(exact, "overflow")?)
+            }
+        })
+    }
+
+    /// Floats stay in their width; integers give f64 means.
+    fn float_result(&self, values: Vec<f64>) -> Data {
+        match self.x.data() {
+            Data::F32(_) => Data::F32(values.iter().map(|&m| m as f32).collect()),
+            _ => Data::F64(values),
+        }
+    }
+
+    fn means(&self) -> Vec<f64> {
+        self.sums()
+            .iter()
+            .map(|s| s / self.reduced as f64)
+            .collect()
+    }
+
+    fn mean(&self) -> Data {
+        self.float_result(self.means())
+    }
+
+    /// Two passes (mean, then squared deviations), with `ddof` as numpy.
+    fn variance(&self, ddof: u32) -> Result<Data, EngineError> {
+        let reduced = self.reduced;
+        if reduced <= ddof as usize {
+            return Err(EngineError::invalid(
+                "attributes.ddof",
+                format!("{ddof} leaves no degrees of freedom for {reduced} values"),
+            ));
+        }
+        let means = self.means();
+        let mut squares = vec![0.0f64; self.out_len];
+        walk(
+            self.x.shape(),
+            [&self.in_strides, &self.out_strides],
+            |[i, o]| {
+                let d = self.values[i] - means[o];
+                squares[o] += d * d;
+            },
+        );
+        let var = squares
+            .iter()
+            .map(|s| s / (reduced - ddof as usize) as f64)
+            .collect();
+        Ok(self.float_result(var))
+    }
+
+    /// Min, max (the first, NaN winning as numpy) or argmax.
+    fn pick(&self, op: Reduce) -> Data {
+        let better = |candidate: f64, best: f64| match op {
+            Reduce::Min => candidate < best || candidate.is_nan() && !best.is_nan(),
+            _ => candidate > best || candidate.is_nan() && !best.is_nan(),
+        };
+        let mut best: Vec<Option<(f64, usize, usize)>> = vec![None; self.out_len];
+        walk(
+            self.x.shape(),
+            [&self.in_strides, &self.out_strides, &self.reduced_strides],
+            |[i, o, r]| {
+                let v = self.values[i];
+                match best[o] {
+                    Some((b, _, _)) if !better(v, b) => {}
+                    _ => best[o] = Some((v, i, r)),
+                }
+            },
+        );
+        let picks: Vec<(f64, usize, usize)> = best
+            .into_iter()
+            .map(|b| b.unwrap_or((f64::NAN, 0, 0)))
+            .collect();
+        if op == Reduce::Argmax {
+            return Data::I64(picks.iter().map(|&(_, _, r)| r as i64).collect());
+        }
+        match self.x.data() {
+            Data::F32(v) => Data::F32(picks.iter().map(|&(_, i, _)| v[i]).collect()),
+            Data::F64(v) => Data::F64(picks.iter().map(|&(_, i, _)| v[i]).collect()),
+            Data::I32(v) => Data::I32(picks.iter().map(|&(_, i, _)| v[i]).collect()),
+            Data::I64(v) => Data::I64(picks.iter().map(|&(_, i, _)| v[i]).collect()),
+        }
+    }
 }
 
 /// numpy's `matmul`: 1-D operands are promoted (and the added axis
