@@ -688,6 +688,106 @@ fn repository_paths(
     Ok(())
 }
 
+/// One workspace member as the rules see it, from its metadata and files.
+fn member_of(
+    package: &Package,
+    root: &Path,
+    member_dirs: &[(String, PathBuf)],
+) -> Result<Member, LoadError> {
+    let read = |path: PathBuf| {
+        std::fs::read_to_string(&path).map_err(|source| LoadError::Read { path, source })
+    };
+    let dir_abs = package
+        .manifest_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let dir = dir_abs
+        .strip_prefix(root)
+        .unwrap_or(&dir_abs)
+        .to_string_lossy()
+        .replace('\\', "/");
+    let manifest: toml::Table =
+        read(package.manifest_path.clone())?
+            .parse()
+            .map_err(|e: toml::de::Error| LoadError::Parse {
+                what: dir.clone(),
+                message: e.to_string(),
+            })?;
+    let inherits_lints = manifest
+        .get("lints")
+        .and_then(|l| l.get("workspace"))
+        .and_then(toml::Value::as_bool)
+        .unwrap_or(false);
+    let declared_composer = package
+        .metadata
+        .as_ref()
+        .and_then(|m| m.pointer("/platform/role"))
+        .and_then(serde_json::Value::as_str)
+        == Some("composer");
+    let role = if declared_composer {
+        Role::Composer
+    } else if dir.starts_with("apps/") {
+        Role::App
+    } else if dir.starts_with("libs/") {
+        Role::Lib
+    } else {
+        return Err(LoadError::Parse {
+            what: dir.clone(),
+            message: Violation::UnknownRole {
+                crate_name: package.name.clone(),
+                dir: dir.clone(),
+            }
+            .to_string(),
+        });
+    };
+    let internal_deps = package
+        .dependencies
+        .iter()
+        .filter_map(|d| {
+            let path = d.path.as_ref()?;
+            let (name, _) = member_dirs.iter().find(|(_, dir)| dir == path)?;
+            let kind = match d.kind.as_deref() {
+                Some("dev") => DepKind::Dev,
+                Some("build") => DepKind::Build,
+                _ => DepKind::Normal,
+            };
+            Some((name.clone(), kind))
+        })
+        .collect();
+    let mut undocumented_roots = Vec::new();
+    for target in &package.targets {
+        if !target
+            .kind
+            .iter()
+            .any(|k| k == "lib" || k == "bin" || k == "proc-macro")
+        {
+            continue;
+        }
+        let text = read(target.src_path.clone())?;
+        let first = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or_default();
+        if !first.starts_with("//!") {
+            let file = target
+                .src_path
+                .strip_prefix(root)
+                .unwrap_or(&target.src_path);
+            undocumented_roots.push(file.to_string_lossy().into_owned());
+        }
+    }
+    Ok(Member {
+        name: package.name.clone(),
+        dir,
+        role,
+        internal_deps,
+        inherits_lints,
+        undocumented_roots,
+    })
+}
+
 /// Reads the workspace that contains `manifest_dir` (any member's
 /// directory); `job_kinds` are the contracts' (`contracts::JOB_KINDS`:
 /// kind and arguments message).
@@ -736,98 +836,10 @@ pub fn load(manifest_dir: &Path, job_kinds: &[(&str, &str)]) -> Result<Workspace
         })
         .collect();
 
-    let mut result = Vec::new();
-    for package in &members {
-        let dir_abs = package
-            .manifest_path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let dir = dir_abs
-            .strip_prefix(&root)
-            .unwrap_or(&dir_abs)
-            .to_string_lossy()
-            .replace('\\', "/");
-        let manifest: toml::Table =
-            read(package.manifest_path.clone())?
-                .parse()
-                .map_err(|e: toml::de::Error| LoadError::Parse {
-                    what: dir.clone(),
-                    message: e.to_string(),
-                })?;
-        let inherits_lints = manifest
-            .get("lints")
-            .and_then(|l| l.get("workspace"))
-            .and_then(toml::Value::as_bool)
-            .unwrap_or(false);
-        let declared_composer = package
-            .metadata
-            .as_ref()
-            .and_then(|m| m.pointer("/platform/role"))
-            .and_then(serde_json::Value::as_str)
-            == Some("composer");
-        let role = if declared_composer {
-            Role::Composer
-        } else if dir.starts_with("apps/") {
-            Role::App
-        } else if dir.starts_with("libs/") {
-            Role::Lib
-        } else {
-            return Err(LoadError::Parse {
-                what: dir.clone(),
-                message: Violation::UnknownRole {
-                    crate_name: package.name.clone(),
-                    dir: dir.clone(),
-                }
-                .to_string(),
-            });
-        };
-        let internal_deps = package
-            .dependencies
-            .iter()
-            .filter_map(|d| {
-                let path = d.path.as_ref()?;
-                let (name, _) = member_dirs.iter().find(|(_, dir)| dir == path)?;
-                let kind = match d.kind.as_deref() {
-                    Some("dev") => DepKind::Dev,
-                    Some("build") => DepKind::Build,
-                    _ => DepKind::Normal,
-                };
-                Some((name.clone(), kind))
-            })
-            .collect();
-        let mut undocumented_roots = Vec::new();
-        for target in &package.targets {
-            if !target
-                .kind
-                .iter()
-                .any(|k| k == "lib" || k == "bin" || k == "proc-macro")
-            {
-                continue;
-            }
-            let text = read(target.src_path.clone())?;
-            let first = text
-                .lines()
-                .map(str::trim)
-                .find(|l| !l.is_empty())
-                .unwrap_or_default();
-            if !first.starts_with("//!") {
-                let file = target
-                    .src_path
-                    .strip_prefix(&root)
-                    .unwrap_or(&target.src_path);
-                undocumented_roots.push(file.to_string_lossy().into_owned());
-            }
-        }
-        result.push(Member {
-            name: package.name.clone(),
-            dir,
-            role,
-            internal_deps,
-            inherits_lints,
-            undocumented_roots,
-        });
-    }
+    let result = members
+        .iter()
+        .map(|package| member_of(package, &root, &member_dirs))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut paths = Vec::new();
     for member in &result {
         let src = root.join(&member.dir).join("src");

@@ -55,71 +55,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         producer,
         handler.clone(),
     )
-    .map_err(|error| StartError::Dependency {
-        what: "pipeline",
-        message: error.to_string(),
-    })?;
+    .map_err(pipeline_error)?;
     let mut pipelines = stats::Pipelines::default();
     pipelines.push(stats::PipelineView::new("grpc", grpc_pipeline.monitor()));
     let budget = config.drain_budget();
-    let nats = match &config.nats {
-        Some(nats) => {
-            let source = source::nats::connect(
-                nats,
-                config.pipeline.max_in_flight,
-                config.pipeline.max_demand,
-            )
-            .await
-            .map_err(|error| StartError::Dependency {
-                what: "nats",
-                message: error.to_string(),
-            })?;
-            let nats_pipeline = pipeline::start(
-                "ingest.nats",
-                config.pipeline.clone(),
-                source.producer,
-                handler.clone(),
-            )
-            .map_err(|error| StartError::Dependency {
-                what: "pipeline",
-                message: error.to_string(),
-            })?;
-            pipelines.push(stats::PipelineView::new("nats", nats_pipeline.monitor()));
-            Some((source.client, source.acker, nats_pipeline))
-        }
-        None => None,
-    };
+    let mut service = ServiceBuilder::new(INFO, config.common.clone());
+    if let Some(nats) = &config.nats {
+        let source = NatsPipeline::start(nats, &config.pipeline, handler).await?;
+        pipelines.push(stats::PipelineView::new("nats", source.pipeline.monitor()));
+        service = source.serve(service, budget);
+    }
     let ping = store.clone();
     let sampler = pipelines.clone();
-    let mut service = ServiceBuilder::new(INFO, config.common);
-    if let Some((client, acker, nats_pipeline)) = nats {
-        let state = client.clone();
-        service = service
-            .readiness_check("nats", move || {
-                let state = state.connection_state();
-                async move {
-                    match state {
-                        async_nats::connection::State::Connected => Ok(()),
-                        other => Err(format!("NATS connection is {other}").into()),
-                    }
-                }
-            })
-            .background("pipeline.nats", move |stop| async move {
-                let acks_done = CancellationToken::new();
-                let acks = tokio::spawn(acker.run(acks_done.clone()));
-                stop.cancelled().await;
-                let report = nats_pipeline.drain(budget).await;
-                acks_done.cancel();
-                let _ = acks.await;
-                // Flush the acks to the server before the connection goes.
-                let _ = client.flush().await;
-                tracing::info!(
-                    complete = report.complete,
-                    unacknowledged = report.unacknowledged,
-                    "NATS pipeline drained; unacknowledged messages are redelivered"
-                );
-            });
-    }
     service
         .grpc(config.grpc_addr)
         .add_grpc_service(api::server(
@@ -144,6 +91,79 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .background("pipeline stats", move |stop| sampler.sample_until(stop))
         .start()
         .await
+}
+
+fn pipeline_error(error: pipeline::PipelineError) -> StartError {
+    StartError::Dependency {
+        what: "pipeline",
+        message: error.to_string(),
+    }
+}
+
+/// The JetStream source with its own pipeline, when `INGEST_NATS_URL` is set.
+struct NatsPipeline {
+    client: async_nats::Client,
+    acker: source::nats::AckSender,
+    pipeline: pipeline::PipelineHandle,
+}
+
+impl NatsPipeline {
+    /// Connects the durable consumer and starts its pipeline.
+    async fn start(
+        nats: &NatsConfig,
+        settings: &pipeline::PipelineConfig,
+        handler: Arc<handler::ReadingsHandler>,
+    ) -> Result<Self, StartError> {
+        let source = source::nats::connect(nats, settings.max_in_flight, settings.max_demand)
+            .await
+            .map_err(|error| StartError::Dependency {
+                what: "nats",
+                message: error.to_string(),
+            })?;
+        let pipeline = pipeline::start("ingest.nats", settings.clone(), source.producer, handler)
+            .map_err(pipeline_error)?;
+        Ok(Self {
+            client: source.client,
+            acker: source.acker,
+            pipeline,
+        })
+    }
+
+    /// Adds its readiness check (the connection) and its background task:
+    /// at shutdown drain the pipeline, then flush the acks, then close.
+    fn serve(self, service: ServiceBuilder, budget: std::time::Duration) -> ServiceBuilder {
+        let Self {
+            client,
+            acker,
+            pipeline,
+        } = self;
+        let state = client.clone();
+        service
+            .readiness_check("nats", move || {
+                let state = state.connection_state();
+                async move {
+                    match state {
+                        async_nats::connection::State::Connected => Ok(()),
+                        other => Err(format!("NATS connection is {other}").into()),
+                    }
+                }
+            })
+            .background("pipeline.nats", move |stop| async move {
+                let acks_done = CancellationToken::new();
+                let acks = tokio::spawn(acker.run(acks_done.clone()));
+                stop.cancelled().await;
+                let report = pipeline.drain(budget).await;
+                acks_done.cancel();
+                let _ = acks.await;
+                // Flush the acks to the server before the connection goes.
+                let _ = client.flush().await;
+                tracing::info!(
+                    complete = report.complete,
+                    unacknowledged = report.unacknowledged,
+                    "NATS pipeline drained; unacknowledged messages are redelivered"
+                );
+            })
+    }
 }
 
 /// The app as the shared runtime's `main` (and the launcher) runs it.

@@ -7,6 +7,10 @@
     clippy::expect_used,
     reason = "a panic is the test failure report"
 )]
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one scenario, start to finish"
+)]
 
 mod api;
 mod crash;
