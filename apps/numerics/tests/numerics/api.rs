@@ -9,7 +9,8 @@ use numerics_engine::{Tensor, program::Limits};
 use service_runtime::{ServiceUrl, TracedChannel, traced_channel};
 use tonic::Code;
 
-async fn client(running: &service_runtime::Running) -> NumericsServiceClient<TracedChannel> {
+/// A client of the app under test (shared by the test modules).
+pub async fn client(running: &service_runtime::Running) -> NumericsServiceClient<TracedChannel> {
     let timeout = Duration::from_secs(30);
     let channel = traced_channel(
         &ServiceUrl::local(running.grpc_addr.unwrap().port()),

@@ -3,22 +3,11 @@
 //! weights is refused with an error that names the field and never shows
 //! what the file holds.
 
-use std::time::Duration;
-
 use contracts::numerics::v1::{self as pb, numerics_service_client::NumericsServiceClient};
-use service_runtime::{ServiceUrl, TracedChannel, traced_channel};
+use service_runtime::TracedChannel;
 use tonic::Code;
 
-async fn client(running: &service_runtime::Running) -> NumericsServiceClient<TracedChannel> {
-    let timeout = Duration::from_secs(30);
-    let channel = traced_channel(
-        &ServiceUrl::local(running.grpc_addr.unwrap().port()),
-        timeout,
-        timeout,
-    )
-    .unwrap();
-    NumericsServiceClient::new(channel)
-}
+use crate::api::client;
 
 /// The bytes a secret file starts with, and what an error would show if
 /// it read them as a safetensors header length.
