@@ -275,6 +275,40 @@ pub struct Inserted {
     pub duplicate: bool,
 }
 
+/// The job as stored, from the input and the columns the database chose.
+pub(crate) fn inserted_job(
+    job: &NewJob,
+    id: i64,
+    inserted_at: DateTime<Utc>,
+    meta: serde_json::Value,
+) -> Job {
+    let scheduled_at = job.scheduled_at.unwrap_or(inserted_at);
+    let state = if scheduled_at > inserted_at {
+        JobState::Scheduled
+    } else {
+        JobState::Available
+    };
+    Job {
+        id,
+        state,
+        queue: job.queue.clone(),
+        kind: job.kind.clone(),
+        args: job.args.clone(),
+        meta,
+        tags: job.tags.clone(),
+        errors: Vec::new(),
+        priority: job.priority,
+        attempt: 0,
+        max_attempts: job.max_attempts,
+        attempted_by: None,
+        inserted_at,
+        scheduled_at,
+        attempted_at: None,
+        finalized_at: None,
+        cancel_requested_at: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

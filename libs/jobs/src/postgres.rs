@@ -307,7 +307,7 @@ fn match_rows(jobs: &[NewJob], columns: &InsertColumns<'_>, rows: Vec<InsertedRo
         };
         match inserted_rows.next_if(|_| takes_row) {
             Some((id, inserted_at, _)) => {
-                let job = inserted_job(job, id, inserted_at, meta);
+                let job = crate::job::inserted_job(job, id, inserted_at, meta);
                 if let Some(key) = key {
                     matched.by_key.insert(key.clone(), job.clone());
                 }
@@ -325,35 +325,6 @@ fn match_rows(jobs: &[NewJob], columns: &InsertColumns<'_>, rows: Vec<InsertedRo
         }
     }
     matched
-}
-
-/// The job as stored, from the input and the columns the database chose.
-fn inserted_job(job: &NewJob, id: i64, inserted_at: DateTime<Utc>, meta: serde_json::Value) -> Job {
-    let scheduled_at = job.scheduled_at.unwrap_or(inserted_at);
-    let state = if scheduled_at > inserted_at {
-        JobState::Scheduled
-    } else {
-        JobState::Available
-    };
-    Job {
-        id,
-        state,
-        queue: job.queue.clone(),
-        kind: job.kind.clone(),
-        args: job.args.clone(),
-        meta,
-        tags: job.tags.clone(),
-        errors: Vec::new(),
-        priority: job.priority,
-        attempt: 0,
-        max_attempts: job.max_attempts,
-        attempted_by: None,
-        inserted_at,
-        scheduled_at,
-        attempted_at: None,
-        finalized_at: None,
-        cancel_requested_at: None,
-    }
 }
 
 /// The live jobs holding `keys` (the duplicates' originals).

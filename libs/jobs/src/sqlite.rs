@@ -227,64 +227,168 @@ pub async fn insert_many(
     jobs: &[NewJob],
 ) -> Result<Vec<Inserted>, JobsError> {
     let now = Utc::now();
-    let insert = format!(
-        "INSERT INTO jobs_job (kind, queue, args, meta, tags, priority, max_attempts, state, inserted_at,
-                               scheduled_at, unique_key, unique_states)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (unique_key) WHERE {UNIQUE_HELD} DO NOTHING
-         RETURNING {JOB_COLUMNS}"
-    );
-    let existing =
-        format!("SELECT {JOB_COLUMNS} FROM jobs_job WHERE unique_key = ? AND {UNIQUE_HELD}");
-    let mut out = Vec::with_capacity(jobs.len());
     let carrier = crate::trace::current_carrier();
+    let mut out = Vec::with_capacity(jobs.len());
+    // Runs of jobs without a unique key go in multi-row statements; a
+    // unique job goes alone, as it may resolve to an existing job.
+    let mut rest = jobs;
+    while let Some(first) = rest.first() {
+        let run = if first.unique.is_some() {
+            1
+        } else {
+            rest.iter()
+                .take(ROWS_PER_INSERT)
+                .take_while(|job| job.unique.is_none())
+                .count()
+        };
+        let (chunk, tail) = rest.split_at(run);
+        if first.unique.is_some() {
+            out.push(insert_unique(conn, first, now, &carrier).await?);
+        } else {
+            out.extend(insert_plain(conn, chunk, now, &carrier).await?);
+        }
+        rest = tail;
+    }
+    Ok(out)
+}
+
+/// Rows per multi-row insert: 12 parameters a row stays well under
+/// SQLite's 32,766 bound parameters per statement.
+const ROWS_PER_INSERT: usize = 1_000;
+
+const INSERT_COLUMNS: &str = "INSERT INTO jobs_job (kind, queue, args, meta, tags, priority, max_attempts, state, \
+     inserted_at, scheduled_at, unique_key, unique_states)";
+
+/// The state a new job starts in.
+fn initial_state(job: &NewJob, now: DateTime<Utc>) -> (JobState, DateTime<Utc>) {
+    let scheduled_at = job.scheduled_at.unwrap_or(now);
+    if scheduled_at > now {
+        (JobState::Scheduled, scheduled_at)
+    } else {
+        (JobState::Available, scheduled_at)
+    }
+}
+
+/// Binds one job's twelve values, in `INSERT_COLUMNS` order.
+fn bind_job<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    job: &'q NewJob,
+    now: DateTime<Utc>,
+    carrier: &std::collections::HashMap<String, String>,
+    key: Option<Vec<u8>>,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    let (state, scheduled_at) = initial_state(job, now);
+    query
+        .bind(&job.kind)
+        .bind(&job.queue)
+        .bind(job.args.to_string())
+        .bind(crate::trace::meta_with_trace(&job.meta, carrier).to_string())
+        .bind(serde_json::Value::from(job.tags.clone()).to_string())
+        .bind(job.priority)
+        .bind(job.max_attempts)
+        .bind(state.as_str())
+        .bind(micros(now))
+        .bind(micros(scheduled_at))
+        .bind(key)
+        .bind(job.unique.as_ref().map(crate::UniqueOpts::states_mask))
+}
+
+/// Jobs without unique keys, in one statement. Rowids are assigned in
+/// `VALUES` order within the statement, so the returned ids sorted are the
+/// input in order; only the ids come back, the rest is the caller's own.
+async fn insert_plain(
+    conn: &mut SqliteConnection,
+    jobs: &[NewJob],
+    now: DateTime<Utc>,
+    carrier: &std::collections::HashMap<String, String>,
+) -> Result<Vec<Inserted>, JobsError> {
     for job in jobs {
         job.validate()?;
-        let scheduled_at = job.scheduled_at.unwrap_or(now);
-        let state = if scheduled_at > now {
-            JobState::Scheduled
-        } else {
-            JobState::Available
-        };
-        let key = job.unique.as_ref().map(|u| unique_key(job, u, now));
-        let row = sqlx::query(&insert)
+    }
+    // Stored to the microsecond: the returned jobs say what a read says.
+    let now = from_micros(micros(now))?;
+    let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; jobs.len()].join(", ");
+    let sql = format!("{INSERT_COLUMNS} VALUES {values} RETURNING id");
+    let mut query = sqlx::query_scalar(&sql);
+    let metas: Vec<serde_json::Value> = jobs
+        .iter()
+        .map(|job| crate::trace::meta_with_trace(&job.meta, carrier))
+        .collect();
+    for (job, meta) in jobs.iter().zip(&metas) {
+        let (state, scheduled_at) = initial_state(job, now);
+        query = query
             .bind(&job.kind)
             .bind(&job.queue)
             .bind(job.args.to_string())
-            .bind(crate::trace::meta_with_trace(&job.meta, &carrier).to_string())
+            .bind(meta.to_string())
             .bind(serde_json::Value::from(job.tags.clone()).to_string())
             .bind(job.priority)
             .bind(job.max_attempts)
             .bind(state.as_str())
             .bind(micros(now))
             .bind(micros(scheduled_at))
-            .bind(&key)
-            .bind(job.unique.as_ref().map(crate::UniqueOpts::states_mask))
-            .fetch_optional(&mut *conn)
-            .await?;
-        match (row, key) {
-            (Some(row), _) => out.push(Inserted {
-                job: job_from_row(&row)?,
-                duplicate: false,
-            }),
-            (None, Some(key)) => {
-                let row = sqlx::query(&existing)
-                    .bind(key)
-                    .fetch_one(&mut *conn)
-                    .await?;
-                out.push(Inserted {
-                    job: job_from_row(&row)?,
-                    duplicate: true,
-                });
-            }
-            (None, None) => {
-                return Err(JobsError::Corrupt(
-                    "an inserted job was not returned".into(),
-                ));
-            }
-        }
+            .bind(None::<Vec<u8>>)
+            .bind(None::<i32>);
     }
-    Ok(out)
+    let mut ids: Vec<i64> = query.fetch_all(&mut *conn).await?;
+    if ids.len() != jobs.len() {
+        return Err(JobsError::Corrupt(format!(
+            "{} jobs inserted, {} ids returned",
+            jobs.len(),
+            ids.len()
+        )));
+    }
+    ids.sort_unstable();
+    Ok(jobs
+        .iter()
+        .zip(ids)
+        .zip(metas)
+        .map(|((job, id), meta)| Inserted {
+            job: crate::job::inserted_job(job, id, now, meta),
+            duplicate: false,
+        })
+        .collect())
+}
+
+/// One unique job: inserted, or the live job already holding its key.
+async fn insert_unique(
+    conn: &mut SqliteConnection,
+    job: &NewJob,
+    now: DateTime<Utc>,
+    carrier: &std::collections::HashMap<String, String>,
+) -> Result<Inserted, JobsError> {
+    job.validate()?;
+    let key = job.unique.as_ref().map(|u| unique_key(job, u, now));
+    let sql = format!(
+        "{INSERT_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (unique_key) WHERE {UNIQUE_HELD} DO NOTHING
+         RETURNING {JOB_COLUMNS}"
+    );
+    let row = bind_job(sqlx::query(&sql), job, now, carrier, key.clone())
+        .fetch_optional(&mut *conn)
+        .await?;
+    match (row, key) {
+        (Some(row), _) => Ok(Inserted {
+            job: job_from_row(&row)?,
+            duplicate: false,
+        }),
+        (None, Some(key)) => {
+            let existing = format!(
+                "SELECT {JOB_COLUMNS} FROM jobs_job WHERE unique_key = ? AND {UNIQUE_HELD}"
+            );
+            let row = sqlx::query(&existing)
+                .bind(key)
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok(Inserted {
+                job: job_from_row(&row)?,
+                duplicate: true,
+            })
+        }
+        (None, None) => Err(JobsError::Corrupt(
+            "an inserted job was not returned".into(),
+        )),
+    }
 }
 
 /// Inserts one job on `conn` (see [`insert_many`]).
