@@ -32,9 +32,12 @@ pub struct PublishArgs {
 #[allow(clippy::print_stdout, reason = "the command's output")]
 pub async fn publish(args: &PublishArgs) -> Result<(), String> {
     let url = ServiceUrl::parse_env(&args.url).map_err(|e| format!("--url: {e}"))?;
-    let channel =
-        service_runtime::traced_channel(&url, Duration::from_secs(5), Duration::from_secs(60))
-            .map_err(|e| format!("--url: {e}"))?;
+    let channel = service_runtime::traced_channel(
+        &url,
+        service_runtime::CONNECT_TIMEOUT,
+        Duration::from_secs(60),
+    )
+    .map_err(|e| format!("--url: {e}"))?;
     let mut client = IngestServiceClient::new(channel);
     let now = Utc::now();
     let per_device = args.minutes.max(1) * 30;

@@ -177,7 +177,7 @@ impl IngestStore {
         if url.is_postgres() {
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(pool_size.max(2))
-                .acquire_timeout(std::time::Duration::from_secs(5))
+                .acquire_timeout(service_runtime::CONNECT_TIMEOUT)
                 .connect(url.as_str())
                 .await?;
             Ok(Self::Postgres(pool))

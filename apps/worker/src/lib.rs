@@ -65,7 +65,7 @@ async fn serve<S: JobStore>(
         })?;
     let ingest = service_runtime::traced_channel(
         &config.ingest_url,
-        config.ingest_timeout.min(std::time::Duration::from_secs(5)),
+        config.ingest_timeout.min(service_runtime::CONNECT_TIMEOUT),
         config.ingest_timeout,
     )
     .map_err(|error| StartError::Dependency {
@@ -76,7 +76,7 @@ async fn serve<S: JobStore>(
         &config.numerics_url,
         config
             .numerics_timeout
-            .min(std::time::Duration::from_secs(5)),
+            .min(service_runtime::CONNECT_TIMEOUT),
         config.numerics_timeout,
     )
     .map_err(|error| StartError::Dependency {

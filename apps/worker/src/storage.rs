@@ -27,7 +27,7 @@ impl Storage {
             let options = PgConnectOptions::from_str(url.as_str())?.application_name("worker");
             let pool = PgPoolOptions::new()
                 .max_connections(pool_size.max(2))
-                .acquire_timeout(std::time::Duration::from_secs(5))
+                .acquire_timeout(service_runtime::CONNECT_TIMEOUT)
                 .connect_with(options)
                 .await?;
             Ok(Self::Postgres(PgStore::new(pool)))

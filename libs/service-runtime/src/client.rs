@@ -6,6 +6,11 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::ServiceUrl;
 
+/// The longest wait for a connection to another service or a database
+/// (a connection attempt, a pool's acquire): past it the dependency is
+/// treated as unavailable and the caller's own retry takes over.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A channel that propagates the caller's trace to the callee.
 pub type TracedChannel = telemetry::ClientTraceService<Channel>;
 

@@ -20,7 +20,7 @@ mod serve;
 pub mod testing;
 
 pub use build_info::{BuildInfo, instance_id, uptime};
-pub use client::{TracedChannel, traced_channel};
+pub use client::{CONNECT_TIMEOUT, TracedChannel, traced_channel};
 pub use config::{
     CommonConfig, ConfigError, ConfigProblem, DatabaseUrl, EnvReader, EnvValue, InvalidValue,
     ServiceUrl,

@@ -28,6 +28,13 @@ use crate::numerics::{Numerics, NumericsError, features};
 /// Most readings one window may hold before the job gives up.
 const MAX_READINGS: usize = 1_000_000;
 
+/// The quantiles asked of numerics: the result's p50, p95 and p99 (the
+/// model's features use p50 and p99 of the same answer).
+const QUANTILES: [f64; 3] = [0.5, 0.95, 0.99];
+
+/// Readings per `ReadWindow` page (ingest's largest).
+const READ_PAGE: u32 = 10_000;
+
 /// A window is anomalous from this model score up.
 pub const ANOMALOUS_FROM: f64 = 0.5;
 
@@ -72,7 +79,7 @@ impl<S: JobStore> AggregateWindow<S> {
                 .clone()
                 .read_window(pb::ReadWindowRequest {
                     window: Some(key.clone()),
-                    page_size: 10_000,
+                    page_size: READ_PAGE,
                     page_token: token,
                 })
                 .await
@@ -186,7 +193,7 @@ impl<S: JobStore> AggregateWindow<S> {
             .window_statistics(numerics_pb::ComputeWindowStatisticsRequest {
                 values,
                 offsets_seconds: offsets,
-                quantiles: vec![0.5, 0.95, 0.99],
+                quantiles: QUANTILES.to_vec(),
                 ..Default::default()
             })
             .await
@@ -223,9 +230,9 @@ impl<S: JobStore> AggregateWindow<S> {
                 variance: computed.variance,
                 min: computed.min,
                 max: computed.max,
-                p50: quantile(0.5),
-                p95: quantile(0.95),
-                p99: quantile(0.99),
+                p50: quantile(QUANTILES[0]),
+                p95: quantile(QUANTILES[1]),
+                p99: quantile(QUANTILES[2]),
                 trend_slope: computed.trend_slope,
                 trend_r_squared: computed.trend_r_squared,
             },

@@ -32,7 +32,7 @@ impl WebhookClient {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .connect_timeout(timeout.min(service_runtime::CONNECT_TIMEOUT))
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("platform-worker/", env!("CARGO_PKG_VERSION")))
             .build()
