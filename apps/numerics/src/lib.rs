@@ -29,7 +29,7 @@ pub const INFO: BuildInfo = BuildInfo::new("numerics");
 pub async fn start(config: Config) -> Result<Running, StartError> {
     numerics_engine::ops::set_matmul_threads(config.workers);
     let pool = pool::CpuPool::new(config.workers, config.queue);
-    let model = serving::ModelServer::start(config.serving.clone()).map_err(|error| {
+    let (model, batcher) = serving::ModelServer::new(config.serving.clone()).map_err(|error| {
         StartError::Dependency {
             what: "model",
             message: error.to_string(),
@@ -43,6 +43,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             config.limits,
             config.max_message_bytes,
         ))
+        // Owned by the runtime: at shutdown it answers what is queued and
+        // waits for the forward passes in flight.
+        .background("model batcher", move |stop| batcher.run(stop))
         .start()
         .await
 }

@@ -179,9 +179,44 @@ pub fn load(
     AnomalyModel::from_weights(&weights)
 }
 
+/// The batching loop of a [`ModelServer`], for the app's runtime to own:
+/// [`Batcher::run`] serves until shutdown, then answers what is queued and
+/// waits for the forward passes in flight.
+pub struct Batcher {
+    requests: mpsc::Receiver<Pending>,
+    model: Arc<RwLock<Arc<Loaded>>>,
+    config: ServingConfig,
+    counts: Arc<BatchCounts>,
+}
+
+impl Batcher {
+    /// Batches until `stop`, then drains (see the type's doc).
+    pub async fn run(self, stop: service_runtime::CancellationToken) {
+        batcher(
+            self.requests,
+            self.model,
+            self.config,
+            Metrics::new(),
+            self.counts,
+            stop,
+        )
+        .await;
+    }
+}
+
 impl ModelServer {
-    /// Loads the configured weights and starts the batcher.
+    /// Loads the configured weights and starts the batcher on its own task,
+    /// stopped when every handle to the server is dropped (benchmarks and
+    /// tests; the app hands the batcher to its runtime with [`Self::new`]).
     pub fn start(config: ServingConfig) -> Result<Self, EngineError> {
+        let (server, batcher) = Self::new(config)?;
+        tokio::spawn(batcher.run(service_runtime::CancellationToken::new()));
+        Ok(server)
+    }
+
+    /// Loads the configured weights; the returned batcher must be run for
+    /// requests to be answered.
+    pub fn new(config: ServingConfig) -> Result<(Self, Batcher), EngineError> {
         let (server, requests) = Self::unstarted(config)?;
         let weak = server.queue.downgrade();
         let depth = opentelemetry::global::meter("platform.numerics")
@@ -197,14 +232,13 @@ impl ModelServer {
             _depth: Some(Arc::new(depth)),
             ..server
         };
-        tokio::spawn(batcher(
+        let batcher = Batcher {
             requests,
-            server.model.clone(),
-            server.config.clone(),
-            Metrics::new(),
-            server.counts.clone(),
-        ));
-        Ok(server)
+            model: server.model.clone(),
+            config: server.config.clone(),
+            counts: server.counts.clone(),
+        };
+        Ok((server, batcher))
     }
 
     /// The server with its queue's receiving end, not yet batching.
@@ -313,15 +347,26 @@ async fn batcher(
     config: ServingConfig,
     metrics: Metrics,
     counts: Arc<BatchCounts>,
+    stop: service_runtime::CancellationToken,
 ) {
     let replicas = Arc::new(Semaphore::new(config.replicas.max(1)));
     let mut carried: Option<Pending> = None;
+    let mut stopping = false;
     loop {
         let first = match carried.take() {
             Some(p) => p,
-            None => match requests.recv().await {
-                Some(p) => p,
-                None => return,
+            None => tokio::select! {
+                next = requests.recv() => match next {
+                    Some(p) => p,
+                    None => break,
+                },
+                // At shutdown: refuse new requests (their senders hear
+                // `Stopped`) and answer the ones already queued.
+                () = stop.cancelled(), if !stopping => {
+                    stopping = true;
+                    requests.close();
+                    continue;
+                }
             },
         };
         let close_at = tokio::time::Instant::now() + config.max_wait;
@@ -339,12 +384,18 @@ async fn batcher(
                     None => break,
                 },
                 () = tokio::time::sleep_until(close_at) => break,
+                // Shutdown while a batch gathers: close the queue, so the
+                // batch takes what is queued and runs now.
+                () = stop.cancelled(), if !stopping => {
+                    stopping = true;
+                    requests.close();
+                }
             }
         }
         // A replica first: while all are busy, requests keep queueing (and
         // the bounded queue pushes back).
         let Ok(permit) = replicas.clone().acquire_owned().await else {
-            return;
+            break;
         };
         let now = Instant::now();
         let (live, expired): (Vec<Pending>, Vec<Pending>) = batch
@@ -373,6 +424,9 @@ async fn batcher(
             run_batch(live, &loaded.model, &metrics);
         });
     }
+    // Every replica back: the forward passes in flight have answered.
+    let all = u32::try_from(config.replicas.max(1)).unwrap_or(u32::MAX);
+    let _ = replicas.acquire_many(all).await;
 }
 
 fn run_batch(batch: Vec<Pending>, model: &AnomalyModel, metrics: &Metrics) {
@@ -429,6 +483,47 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "a panic is the test failure report")]
 
     use super::*;
+
+    /// The runtime's shutdown: requests already queued are answered, not
+    /// dropped, and the batcher returns only once they are; a request after
+    /// it is refused as `Stopped`.
+    #[tokio::test]
+    async fn at_shutdown_queued_requests_are_answered_and_new_ones_refused() {
+        let (server, batcher) = ModelServer::new(ServingConfig {
+            // No batch would close by time during the test.
+            max_wait: Duration::from_secs(3_600),
+            ..config(16)
+        })
+        .unwrap();
+        let queued: Vec<_> = (0..3)
+            .map(|_| {
+                let server = server.clone();
+                tokio::spawn(async move { server.score(vec![0.1; 8], 1, None).await })
+            })
+            .collect();
+        service_runtime::testing::wait_until(
+            "three requests queued",
+            Duration::from_secs(10),
+            || {
+                let waiting = server.queue.max_capacity() - server.queue.capacity();
+                async move { (waiting == 3).then_some(()) }
+            },
+        )
+        .await;
+        let stop = service_runtime::CancellationToken::new();
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), batcher.run(stop))
+            .await
+            .expect("the batcher drains and returns (hang guard, not a timing claim)");
+        for request in queued {
+            let (scores, _) = request.await.unwrap().expect("answered at shutdown");
+            assert_eq!(scores.len(), 1);
+        }
+        assert_eq!(
+            server.score(vec![0.1; 8], 1, None).await,
+            Err(ScoreError::Stopped)
+        );
+    }
 
     fn config(queue: usize) -> ServingConfig {
         ServingConfig {
