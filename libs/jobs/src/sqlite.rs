@@ -274,7 +274,7 @@ fn bind_job<'q>(
     query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
     job: &'q NewJob,
     now: DateTime<Utc>,
-    carrier: &std::collections::HashMap<String, String>,
+    meta: &serde_json::Value,
     key: Option<Vec<u8>>,
 ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
     let (state, scheduled_at) = initial_state(job, now);
@@ -282,7 +282,7 @@ fn bind_job<'q>(
         .bind(&job.kind)
         .bind(&job.queue)
         .bind(job.args.to_string())
-        .bind(crate::trace::meta_with_trace(&job.meta, carrier).to_string())
+        .bind(meta.to_string())
         .bind(serde_json::Value::from(job.tags.clone()).to_string())
         .bind(job.priority)
         .bind(job.max_attempts)
@@ -309,28 +309,20 @@ async fn insert_plain(
     let now = from_micros(micros(now))?;
     let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; jobs.len()].join(", ");
     let sql = format!("{INSERT_COLUMNS} VALUES {values} RETURNING id");
-    let mut query = sqlx::query_scalar(&sql);
+    let mut query = sqlx::query(&sql);
     let metas: Vec<serde_json::Value> = jobs
         .iter()
         .map(|job| crate::trace::meta_with_trace(&job.meta, carrier))
         .collect();
     for (job, meta) in jobs.iter().zip(&metas) {
-        let (state, scheduled_at) = initial_state(job, now);
-        query = query
-            .bind(&job.kind)
-            .bind(&job.queue)
-            .bind(job.args.to_string())
-            .bind(meta.to_string())
-            .bind(serde_json::Value::from(job.tags.clone()).to_string())
-            .bind(job.priority)
-            .bind(job.max_attempts)
-            .bind(state.as_str())
-            .bind(micros(now))
-            .bind(micros(scheduled_at))
-            .bind(None::<Vec<u8>>)
-            .bind(None::<i32>);
+        query = bind_job(query, job, now, meta, None);
     }
-    let mut ids: Vec<i64> = query.fetch_all(&mut *conn).await?;
+    let mut ids = query
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|row| row.try_get::<i64, _>("id"))
+        .collect::<Result<Vec<_>, _>>()?;
     if ids.len() != jobs.len() {
         return Err(JobsError::Corrupt(format!(
             "{} jobs inserted, {} ids returned",
@@ -364,7 +356,8 @@ async fn insert_unique(
          ON CONFLICT (unique_key) WHERE {UNIQUE_HELD} DO NOTHING
          RETURNING {JOB_COLUMNS}"
     );
-    let row = bind_job(sqlx::query(&sql), job, now, carrier, key.clone())
+    let meta = crate::trace::meta_with_trace(&job.meta, carrier);
+    let row = bind_job(sqlx::query(&sql), job, now, &meta, key.clone())
         .fetch_optional(&mut *conn)
         .await?;
     match (row, key) {
