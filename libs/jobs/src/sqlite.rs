@@ -60,10 +60,19 @@ const SETUP_LOCK_PATIENCE: Duration = Duration::from_secs(60);
 /// (`flock`, released when the process exits, even by a crash); PostgreSQL
 /// gets the same from sqlx's advisory lock. In-memory databases are
 /// private to their process and take no lock.
+///
+/// Every migrator runs on one connection. SQLite connections cache the
+/// schema, and a connection that last read it before a migration can fail
+/// to prepare a statement the new schema allows (an `ON CONFLICT` target
+/// that only the new key matches is refused without a schema re-check).
+/// Run this at start-up, before the pool serves anything else.
 pub async fn run_migrations(pool: &SqlitePool, migrators: &[Migrator]) -> Result<(), JobsError> {
     let _lock = SetupLock::acquire(pool.connect_options().get_filename()).await?;
+    let mut connection = pool.acquire().await?;
     for migrator in migrators {
-        migrator.run(pool).await?;
+        // `run(&mut *connection)` is refused in a `Send` future ("Acquire
+        // is not general enough"); sqlx's own `run` calls `run_direct`.
+        migrator.run_direct(&mut *connection).await?;
     }
     Ok(())
 }

@@ -415,14 +415,22 @@ async fn the_tenant_key_migration_keeps_existing_data() {
     .execute(&sqlite.pool)
     .await
     .unwrap();
-    ingest::sink::sqlite::migrator()
-        .run(&sqlite.pool)
-        .await
-        .unwrap();
+    // The new version starts: a fresh pool migrates the file and serves.
+    sqlite.pool.close().await;
+    let upgraded = ingest::store::IngestStore::connect(
+        &service_runtime::EnvValue::parse_env(&sqlite.url).unwrap(),
+        4,
+    )
+    .await
+    .unwrap();
+    upgraded.migrate().await.unwrap();
+    let ingest::store::IngestStore::Sqlite(pool) = upgraded else {
+        panic!("an sqlite:// URL opens SQLite");
+    };
     let kept: Vec<(String, String, f64, i64)> = sqlx::query_as(
         "SELECT tenant_id, event_id, value, observed_at FROM ingest_reading ORDER BY event_id",
     )
-    .fetch_all(&sqlite.pool)
+    .fetch_all(&pool)
     .await
     .unwrap();
     assert_eq!(
@@ -433,11 +441,11 @@ async fn the_tenant_key_migration_keeps_existing_data() {
         ]
     );
     let letter: Option<String> = sqlx::query_scalar("SELECT tenant_id FROM ingest_dead_letter")
-        .fetch_one(&sqlite.pool)
+        .fetch_one(&pool)
         .await
         .unwrap();
     assert_eq!(letter.as_deref(), Some("acme"));
-    let store = Store::Sqlite(sqlite.pool.clone());
+    let store = Store::Sqlite(pool.clone());
     let mut theirs = reading("e1", "d1", 5);
     theirs.tenant_id = "globex".into();
     assert_eq!(
@@ -445,6 +453,7 @@ async fn the_tenant_key_migration_keeps_existing_data() {
         1,
         "keyed by tenant now"
     );
+    pool.close().await;
     sqlite.remove().await;
 
     // PostgreSQL.
