@@ -64,7 +64,7 @@ pub struct Member {
 /// A Rust source file of a member's `src/`.
 #[derive(Debug, Clone)]
 pub struct SourceFile {
-    /// Relative to the workspace root, e.g. `apps/ingest/src/sink/mod.rs`.
+    /// Relative to the workspace root, e.g. `apps/ingest/src/sink.rs`.
     pub path: String,
     /// Its text.
     pub text: String,

@@ -19,7 +19,7 @@ use crate::{
     error::ApiError,
     source::grpc::{Admission, Outcome, Ticket, WhenFull},
     stats::Pipelines,
-    store::{IngestStore, ResultQuery, Statistics, StoredResult, WindowQuery},
+    store::{ReadingStore, ResultQuery, Statistics, StoredResult, WindowQuery},
 };
 
 /// Most batches of one stream waiting for their acknowledgement; beyond it
@@ -35,19 +35,19 @@ const MAX_PRUNE: u32 = 100_000;
 
 /// The gRPC handler over the pipeline and the store.
 #[derive(Debug, Clone)]
-pub(crate) struct IngestApi {
-    store: IngestStore,
+pub(crate) struct IngestApi<S> {
+    store: S,
     admission: Admission,
     pipelines: Pipelines,
     max_batch_readings: usize,
 }
 
-pub(crate) fn server(
-    store: IngestStore,
+pub(crate) fn server<S: ReadingStore>(
+    store: S,
     admission: Admission,
     pipelines: Pipelines,
     max_batch_readings: usize,
-) -> IngestServiceServer<IngestApi> {
+) -> IngestServiceServer<IngestApi<S>> {
     IngestServiceServer::new(IngestApi {
         store,
         admission,
@@ -56,7 +56,7 @@ pub(crate) fn server(
     })
 }
 
-impl IngestApi {
+impl<S: ReadingStore> IngestApi<S> {
     fn check_size(&self, readings: usize) -> Result<(), ApiError> {
         if readings > self.max_batch_readings {
             return Err(ApiError::invalid(
@@ -179,7 +179,7 @@ fn proto_stamp(at: DateTime<Utc>) -> prost_types::Timestamp {
 }
 
 #[tonic::async_trait]
-impl IngestService for IngestApi {
+impl<S: ReadingStore> IngestService for IngestApi<S> {
     async fn publish_readings(
         &self,
         request: Request<pb::PublishReadingsRequest>,

@@ -3,10 +3,15 @@
 //! streamed over gRPC into PostgreSQL through the whole app, against the
 //! same rows written by a raw binary `COPY` into the same table in the same
 //! run (the physical limit); (c) readings consumed from NATS JetStream into
-//! PostgreSQL with explicit acks. Each PostgreSQL phase uses a scratch
-//! database created and dropped on the given server.
+//! PostgreSQL with explicit acks; (d) the embedded SQLite store's batch
+//! write against the row-by-row statements it used before, in the same run
+//! on the same rows. Each PostgreSQL phase uses a scratch database created
+//! and dropped on the given server; (d) a scratch file in the temp folder.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use async_nats::jetstream;
 use chrono::Utc;
@@ -36,7 +41,7 @@ pub struct BenchArgs {
     /// NATS server for (c) (default: `NATS_URL`).
     #[arg(long)]
     pub nats_url: Option<String>,
-    /// Run only these parts (a, b, c); all by default.
+    /// Run only these parts (a, b, c, d); all by default.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 }
@@ -407,6 +412,153 @@ pub async fn nats(args: &BenchArgs) -> Result<(), BenchError> {
     scratch.drop().await
 }
 
+/// (d): `--readings` readings in batches of `--batch` through
+/// [`SqliteReadingStore::write_batch`] (multi-row statements, watermarks
+/// and aggregation jobs included), against the same rows inserted one
+/// statement per reading and two per series for its watermark, in one
+/// `BEGIN IMMEDIATE` transaction per batch (the store's previous strategy;
+/// without the aggregation jobs, which both write the same way, so the
+/// ratio understates the gain), each into a fresh file.
+#[allow(clippy::print_stdout, reason = "the benchmark's report")]
+pub async fn sqlite(args: &BenchArgs) -> Result<(), BenchError> {
+    use crate::store::{ReadingStore as _, SqliteReadingStore};
+    if !args.wants("d") {
+        return Ok(());
+    }
+    let now = Utc::now();
+    let limits = crate::reading::Limits::default();
+    let readings = readings(args.readings, "sqlite")
+        .into_iter()
+        .map(|raw| crate::reading::Reading::parse(raw, now, &limits))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|rejection| BenchError::Other(format!("bench reading: {rejection}")))?;
+    let windowing = crate::window::Windowing::default();
+    let fresh = |name: &str| -> Result<(String, std::path::PathBuf), BenchError> {
+        let path =
+            std::env::temp_dir().join(format!("ingest-bench-{name}-{}.db", std::process::id()));
+        remove_sqlite(&path);
+        Ok((format!("sqlite://{}", path.display()), path))
+    };
+
+    let (url, path) = fresh("store")?;
+    let store = SqliteReadingStore::connect(&url)
+        .await
+        .map_err(|e| BenchError::Other(e.to_string()))?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| BenchError::Other(e.to_string()))?;
+    let started = Instant::now();
+    let mut jobs = 0;
+    for batch in readings.chunks(args.batch.max(1)) {
+        let report = store
+            .write_batch(batch, &windowing)
+            .await
+            .map_err(|e| BenchError::Other(e.to_string()))?;
+        jobs += report.jobs_enqueued;
+    }
+    let multi_row = started.elapsed();
+    store.pool().close().await;
+    remove_sqlite(&path);
+
+    let (url, path) = fresh("rows")?;
+    let store = SqliteReadingStore::connect(&url)
+        .await
+        .map_err(|e| BenchError::Other(e.to_string()))?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| BenchError::Other(e.to_string()))?;
+    let started = Instant::now();
+    write_row_by_row(&store, &readings, args.batch.max(1), now).await?;
+    let row_by_row = started.elapsed();
+    store.pool().close().await;
+    remove_sqlite(&path);
+
+    println!(
+        "(d) SQLite store, {} readings in batches of {}:\n    \
+         write_batch (multi-row, with watermarks and {jobs} aggregation jobs) {:.2} s = {:.0} readings/s\n    \
+         statement per reading and per series (previous, without jobs)      {:.2} s = {:.0} readings/s\n    \
+         ratio {:.1}x",
+        readings.len(),
+        args.batch,
+        multi_row.as_secs_f64(),
+        rate(readings.len(), multi_row),
+        row_by_row.as_secs_f64(),
+        rate(readings.len(), row_by_row),
+        row_by_row.as_secs_f64() / multi_row.as_secs_f64().max(f64::EPSILON),
+    );
+    Ok(())
+}
+
+/// The SQLite store's previous batch write, kept as (d)'s baseline: one
+/// statement per reading and two per series for its watermark.
+async fn write_row_by_row(
+    store: &crate::store::SqliteReadingStore,
+    readings: &[crate::reading::Reading],
+    batch_size: usize,
+    now: chrono::DateTime<Utc>,
+) -> Result<(), BenchError> {
+    for batch in readings.chunks(batch_size) {
+        let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+        for r in batch {
+            sqlx::query(
+                "INSERT INTO ingest_reading (event_id, tenant_id, device_id, metric, value, observed_at, attributes, ingested_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (tenant_id, event_id) DO NOTHING",
+            )
+            .bind(&r.event_id)
+            .bind(&r.tenant_id)
+            .bind(&r.device_id)
+            .bind(&r.metric)
+            .bind(r.value)
+            .bind(r.observed_at.timestamp_micros())
+            .bind(serde_json::json!(r.attributes).to_string())
+            .bind(now.timestamp_micros())
+            .execute(&mut *tx)
+            .await?;
+        }
+        // And two statements per series for its watermark, as before.
+        let mut latest: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
+        for r in batch {
+            let at = latest
+                .entry((&r.tenant_id, &r.device_id, &r.metric))
+                .or_default();
+            *at = (*at).max(r.observed_at.timestamp_micros());
+        }
+        for ((tenant, device, metric), at) in latest {
+            let _: Option<i64> = sqlx::query_scalar(
+                "SELECT watermark FROM ingest_series_watermark WHERE tenant_id = ? AND device_id = ? AND metric = ?",
+            )
+            .bind(tenant)
+            .bind(device)
+            .bind(metric)
+            .fetch_optional(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO ingest_series_watermark (tenant_id, device_id, metric, watermark) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (tenant_id, device_id, metric)
+                 DO UPDATE SET watermark = max(watermark, excluded.watermark)",
+            )
+            .bind(tenant)
+            .bind(device)
+            .bind(metric)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// Deletes an SQLite file and its journals, if present.
+fn remove_sqlite(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm", ".setup.lock"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
 /// Runs the parts asked for, printing as it goes.
 pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
     let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
@@ -421,6 +573,7 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         .map_err(|e| BenchError::Other(e.to_string()))?;
     runtime.block_on(async {
         grpc(args).await?;
-        nats(args).await
+        nats(args).await?;
+        sqlite(args).await
     })
 }

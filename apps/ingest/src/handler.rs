@@ -14,7 +14,7 @@ use pipeline::{Failure, FailureKind, Handler, ItemFailure, Processed};
 
 use crate::{
     reading::{Limits, Reading, Rejection},
-    store::{DeadLetter, IngestStore},
+    store::{DeadLetter, ReadingStore},
     window::Windowing,
 };
 
@@ -80,16 +80,16 @@ impl Borrow<Reading> for Accepted {
 }
 
 /// Validation, batching into the sink, dead letters.
-pub struct ReadingsHandler {
-    store: IngestStore,
+pub struct ReadingsHandler<S> {
+    store: S,
     windowing: Windowing,
     limits: Limits,
     readings: Counter<u64>,
 }
 
-impl ReadingsHandler {
+impl<S: ReadingStore> ReadingsHandler<S> {
     /// A handler writing into `store`.
-    pub fn new(store: IngestStore, windowing: Windowing, limits: Limits) -> Self {
+    pub fn new(store: S, windowing: Windowing, limits: Limits) -> Self {
         let readings = opentelemetry::global::meter("platform.ingest")
             .u64_counter("ingest.readings")
             .with_description("Readings by outcome: stored, duplicate, rejected")
@@ -163,7 +163,7 @@ fn undecodable_payload(raw: &[u8]) -> serde_json::Value {
     serde_json::json!({ "bytes_hex": hex, "length": raw.len() })
 }
 
-impl Handler for ReadingsHandler {
+impl<S: ReadingStore> Handler for ReadingsHandler<S> {
     type In = Envelope;
     type Out = Accepted;
 

@@ -22,6 +22,8 @@ pub mod window;
 
 use std::sync::Arc;
 
+use store::ReadingStore;
+
 use service_runtime::{AppMain, BuildInfo, CancellationToken, Running, ServiceBuilder, StartError};
 
 pub use config::{Config, NatsConfig};
@@ -33,15 +35,26 @@ pub const INFO: BuildInfo = BuildInfo::new("ingest");
 /// then serves gRPC. At shutdown the pipelines drain within
 /// [`Config::drain_budget`]: what was not stored is not acknowledged.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let dependency = |what| {
-        move |error: store::StoreError| StartError::Dependency {
-            what,
-            message: error.to_string(),
-        }
-    };
-    let store = store::IngestStore::connect(&config.database_url, config.database_pool)
-        .await
-        .map_err(dependency("database"))?;
+    let url = config.database_url.as_str();
+    if config.database_url.is_postgres() {
+        let store = store::PgReadingStore::connect(url, config.database_pool).await;
+        serve(config, store.map_err(dependency("database"))?).await
+    } else {
+        let store = store::SqliteReadingStore::connect(url).await;
+        serve(config, store.map_err(dependency("database"))?).await
+    }
+}
+
+/// A start-up error naming the dependency `what` that failed.
+fn dependency(what: &'static str) -> impl Fn(store::StoreError) -> StartError {
+    move |error| StartError::Dependency {
+        what,
+        message: error.to_string(),
+    }
+}
+
+/// [`start`] on a connected store.
+async fn serve<S: ReadingStore>(config: Config, store: S) -> Result<Running, StartError> {
     store.migrate().await.map_err(dependency("migrations"))?;
     let handler = Arc::new(handler::ReadingsHandler::new(
         store.clone(),
@@ -112,7 +125,7 @@ impl NatsPipeline {
     async fn start(
         nats: &NatsConfig,
         settings: &pipeline::PipelineConfig,
-        handler: Arc<handler::ReadingsHandler>,
+        handler: Arc<handler::ReadingsHandler<impl ReadingStore>>,
     ) -> Result<Self, StartError> {
         let source = source::nats::connect(nats, settings.max_in_flight, settings.max_demand)
             .await

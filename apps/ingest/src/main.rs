@@ -26,8 +26,9 @@ enum Command {
     /// Publish synthetic readings to a running ingest (try the platform
     /// locally: `--spike` makes one window per device anomalous).
     Publish(ingest::demo::PublishArgs),
-    /// Measure the stage kit, gRPC into PostgreSQL (against raw COPY) and
-    /// NATS JetStream into PostgreSQL.
+    /// Measure the stage kit, gRPC into PostgreSQL (against raw COPY), NATS
+    /// JetStream into PostgreSQL and the SQLite store (against its previous
+    /// statements).
     Bench(ingest::bench::BenchArgs),
 }
 

@@ -4,7 +4,6 @@
 
 use std::{
     collections::HashMap,
-    str::FromStr as _,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -80,11 +79,13 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         admin
             .execute(format!("CREATE DATABASE {name}").as_str())
             .await?;
-        let options = sqlx::postgres::PgConnectOptions::from_str(&admin_url)?.database(&name);
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(args.pool)
-            .connect_with(options)
-            .await?;
+        let pool = jobs::postgres::connect(
+            &jobs::postgres::with_database(&admin_url, &name),
+            "worker bench",
+            args.pool,
+            service_runtime::CONNECT_TIMEOUT,
+        )
+        .await?;
         let settings = postgres_settings(&pool).await?;
         let store = jobs::PgStore::new(pool.clone());
         let result = measure(

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use jobs::{JobStore, NewJob};
 use service_runtime::{StandardArgs, load_config};
 
-use crate::{Storage, app, bench::BenchArgs};
+use crate::{WorkerStore as _, app, bench::BenchArgs, storage};
 
 /// Command line of the `worker` binary.
 #[derive(Debug, Parser)]
@@ -86,11 +86,15 @@ pub fn run(command: Command) -> ExitCode {
         if let Command::Bench(args) = command {
             return crate::bench::run(&config, args).await;
         }
-        let storage = Storage::connect(&config.database_url, config.database_pool).await?;
-        storage.migrate().await?;
-        match storage {
-            Storage::Postgres(store) => execute(store, command).await,
-            Storage::Sqlite(store) => execute(store, command).await,
+        let url = config.database_url.as_str();
+        if config.database_url.is_postgres() {
+            let store = storage::postgres::connect(url, config.database_pool).await?;
+            store.migrate_all().await?;
+            execute(store, command).await
+        } else {
+            let store = storage::sqlite::connect(url).await?;
+            store.migrate_all().await?;
+            execute(store, command).await
         }
     });
     match result {

@@ -14,19 +14,19 @@ mod convert;
 pub mod error;
 pub mod kinds;
 pub mod numerics;
-mod storage;
+pub mod storage;
 
 use contracts::{
     ingest::v1::ingest_service_client::IngestServiceClient,
     jobs::v1::jobs_service_server::JobsServiceServer,
 };
-use jobs::{JobStore, Node, NodeConfig};
+use jobs::{Node, NodeConfig};
 use service_runtime::{AppMain, BuildInfo, Running, ServiceBuilder, StartError};
 
 pub use api::JobsApi;
 pub use config::{Config, Queues, Secret, TenantWebhooks};
 pub use service_runtime::DatabaseUrl;
-pub use storage::{RunLog, Storage};
+pub use storage::WorkerStore;
 
 /// This app's name and build, as reported by `--version` and ServiceInfo.
 pub const INFO: BuildInfo = BuildInfo::new("worker");
@@ -41,21 +41,22 @@ fn dependency(what: &'static str) -> impl Fn(jobs::JobsError) -> StartError {
 /// Connects to the database, applies migrations, then serves the jobs API
 /// and (unless `WORKER_RUN_JOBS=false`) runs a jobs node.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let storage = Storage::connect(&config.database_url, config.database_pool)
-        .await
-        .map_err(dependency("database"))?;
-    storage.migrate().await.map_err(dependency("migrations"))?;
-    match storage.clone() {
-        Storage::Postgres(store) => serve(config, storage, store).await,
-        Storage::Sqlite(store) => serve(config, storage, store).await,
+    let url = config.database_url.as_str();
+    if config.database_url.is_postgres() {
+        let store = storage::postgres::connect(url, config.database_pool).await;
+        serve(config, store.map_err(dependency("database"))?).await
+    } else {
+        let store = storage::sqlite::connect(url).await;
+        serve(config, store.map_err(dependency("database"))?).await
     }
 }
 
-async fn serve<S: JobStore>(
-    config: Config,
-    storage: Storage,
-    store: S,
-) -> Result<Running, StartError> {
+/// [`start`] on a connected store.
+async fn serve<S: WorkerStore>(config: Config, store: S) -> Result<Running, StartError> {
+    store
+        .migrate_all()
+        .await
+        .map_err(dependency("migrations"))?;
     let node_id = jobs::new_node_id();
     let webhooks =
         kinds::webhook::WebhookClient::new(config.webhook_secret.clone(), config.webhook_timeout)
@@ -85,7 +86,6 @@ async fn serve<S: JobStore>(
     })?;
     let registry = kinds::registry(kinds::Dependencies {
         numerics: numerics::Numerics::new(numerics),
-        run_log: storage.run_log(),
         node_id: node_id.clone(),
         webhooks,
         webhook_backoff: config.webhook_backoff,
@@ -94,13 +94,13 @@ async fn serve<S: JobStore>(
         tenant_webhooks: config.tenant_webhooks.0.clone(),
     });
     let api = JobsApi::new(store.clone(), registry.clone(), config.queues.0.clone());
-    let ping = storage.clone();
+    let ping = store.clone();
     let mut builder = ServiceBuilder::new(INFO, config.common.clone())
         .grpc(config.grpc_addr)
         .add_grpc_service(JobsServiceServer::new(api))
         .readiness_check("database", move || {
-            let storage = ping.clone();
-            async move { storage.ping().await.map_err(Into::into) }
+            let store = ping.clone();
+            async move { store.ping().await.map_err(Into::into) }
         });
     if config.run_jobs {
         let mut node = NodeConfig::new(config.queues.0.clone());

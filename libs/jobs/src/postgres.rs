@@ -47,6 +47,31 @@ pub fn migrator() -> Migrator {
     )
 }
 
+/// Opens a pool of at least two connections, each named
+/// `application_name` in `pg_stat_activity` and the server log (so an
+/// operator sees which app holds a lock), waiting at most
+/// `acquire_timeout` for a connection. Every app's PostgreSQL pool comes
+/// from here.
+pub async fn connect(
+    url: &str,
+    application_name: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> Result<PgPool, JobsError> {
+    let options: sqlx::postgres::PgConnectOptions = url.parse()?;
+    Ok(sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max_connections.max(2))
+        .acquire_timeout(acquire_timeout)
+        .connect_with(options.application_name(application_name))
+        .await?)
+}
+
+/// Answers when the database does: the readiness check of every app on
+/// PostgreSQL.
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(pool).await.map(drop)
+}
+
 /// Replaces the database name in a PostgreSQL URL, keeping its query.
 pub fn with_database(url: &str, database: &str) -> String {
     let (base, query) = url

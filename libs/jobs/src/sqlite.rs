@@ -132,6 +132,12 @@ impl Drop for SetupLock {
     }
 }
 
+/// Answers when the database does: the readiness check of every app on
+/// SQLite.
+pub async fn ping(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(pool).await.map(drop)
+}
+
 /// Opens (creating if needed) an SQLite database tuned for a job queue:
 /// WAL, `synchronous = NORMAL` (durable across process crashes; a power
 /// loss may drop the last transactions), a busy timeout for the writer.
@@ -302,6 +308,14 @@ fn bind_job<'q>(
         .bind(job.unique.as_ref().map(crate::UniqueOpts::states_mask))
 }
 
+/// The `VALUES` list of a multi-row insert: `rows` tuples of `columns`
+/// anonymous parameters, `(?, ?), (?, ?)`. Callers keep
+/// `rows * columns` under SQLite's limit of 32,766 parameters.
+pub fn placeholders(rows: usize, columns: usize) -> String {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    vec![row.as_str(); rows].join(", ")
+}
+
 /// Jobs without unique keys, in one statement. Rowids are assigned in
 /// `VALUES` order within the statement, so the returned ids sorted are the
 /// input in order; only the ids come back, the rest is the caller's own.
@@ -316,8 +330,10 @@ async fn insert_plain(
     }
     // Stored to the microsecond: the returned jobs say what a read says.
     let now = from_micros(micros(now))?;
-    let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; jobs.len()].join(", ");
-    let sql = format!("{INSERT_COLUMNS} VALUES {values} RETURNING id");
+    let sql = format!(
+        "{INSERT_COLUMNS} VALUES {} RETURNING id",
+        placeholders(jobs.len(), 12)
+    );
     let mut query = sqlx::query(&sql);
     let metas: Vec<serde_json::Value> = jobs
         .iter()

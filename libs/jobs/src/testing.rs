@@ -74,9 +74,7 @@ impl ScratchPostgres {
             .await
             .expect("create the scratch database");
         let url = with_database(&admin_url, &name);
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(8)
-            .connect(&url)
+        let pool = crate::postgres::connect(&url, "test", 8, std::time::Duration::from_secs(30))
             .await
             .expect("connect to the scratch database");
         Some(Self {

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use contracts::ingest::v1::{self as pb, ingest_service_client::IngestServiceClient};
-use ingest::{reading::Reading, window::Windowing};
+use ingest::{reading::Reading, store::ReadingStore as _, window::Windowing};
 use service_runtime::{ServiceUrl, traced_channel};
 use tonic::Code;
 
@@ -232,7 +232,8 @@ async fn window_reads_page_in_event_time_and_pruning_is_bounded() {
     let sqlite = jobs::testing::ScratchSqlite::create("ingest_api").await;
     let pool = sqlite.pool.clone();
     exercise(&sqlite.url, async move {
-        ingest::sink::sqlite::write_batch(&pool, &readings(), &Windowing::default())
+        ingest::store::SqliteReadingStore::new(pool)
+            .write_batch(&readings(), &Windowing::default())
             .await
             .unwrap();
     })
@@ -242,7 +243,8 @@ async fn window_reads_page_in_event_time_and_pruning_is_bounded() {
     if let Some(postgres) = jobs::testing::ScratchPostgres::create("ingest_api").await {
         let pool = postgres.pool.clone();
         exercise(&postgres.url, async move {
-            ingest::sink::write_batch(&pool, &readings(), &Windowing::default())
+            ingest::store::PgReadingStore::new(pool)
+                .write_batch(&readings(), &Windowing::default())
                 .await
                 .unwrap();
         })

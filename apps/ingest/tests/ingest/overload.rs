@@ -19,6 +19,7 @@ use service_runtime::{ServiceUrl, traced_channel};
 use tonic::Code;
 
 use crate::{publish::now_reading, support::IngestProcess};
+use ingest::store::ReadingStore as _;
 
 const LOAD: Duration = Duration::from_secs(30);
 /// 500 readings every 10 ms: 50,000 a second, about ten times the sink.
@@ -35,7 +36,7 @@ async fn ten_times_the_sink_rate_for_30_s_stays_under_the_memory_ceiling_and_los
         return;
     };
     let pool = postgres.pool.clone();
-    let store = ingest::store::IngestStore::Postgres(pool.clone());
+    let store = ingest::store::PgReadingStore::new(pool.clone());
     store.migrate().await.unwrap();
     // A slow database: every insert statement into readings takes 50 ms
     // more, so the sink writes a few thousand readings a second.

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use contracts::ingest::v1::{self as pb, ingest_service_client::IngestServiceClient};
-use service_runtime::{EnvValue as _, Running, ServiceUrl, TracedChannel, traced_channel};
+use ingest::store::{PgReadingStore, ReadingStore as _, SqliteReadingStore};
+use service_runtime::{Running, ServiceUrl, TracedChannel, traced_channel};
 use tonic::Code;
 
 type Channel = TracedChannel;
@@ -179,13 +180,13 @@ async fn a_unary_publish_is_answered_once_durable_with_duplicates_and_rejections
         assert_eq!(stats.in_flight_bytes, 0);
         assert!(stats.in_flight_bytes_limit > 0);
 
-        let store = ingest::store::IngestStore::connect(
-            &service_runtime::DatabaseUrl::parse_env(&url).unwrap(),
-            2,
-        )
-        .await
-        .unwrap();
-        let letters = store.dead_letters(10).await.unwrap();
+        let letters = if url.starts_with("postgres") {
+            let store = PgReadingStore::connect(&url, 2).await.unwrap();
+            store.dead_letters(10).await.unwrap()
+        } else {
+            let store = SqliteReadingStore::connect(&url).await.unwrap();
+            store.dead_letters(10).await.unwrap()
+        };
         assert_eq!(letters.len(), 2);
         assert_eq!(
             (

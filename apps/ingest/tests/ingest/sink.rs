@@ -4,7 +4,8 @@ use chrono::{DateTime, Duration, Utc};
 use contracts::jobs::v1::AggregateWindowArgs;
 use ingest::{
     reading::Reading,
-    sink::{WriteReport, migrator},
+    sink::WriteReport,
+    store::{PgReadingStore, ReadingStore as _, SqliteReadingStore, postgres::migrator},
     window::Windowing,
 };
 use jobs::JobStore as _;
@@ -20,10 +21,12 @@ enum Store {
 impl Store {
     async fn write(&self, readings: &[Reading]) -> WriteReport {
         match self {
-            Self::Postgres(pool) => ingest::sink::write_batch(pool, readings, &rules())
+            Self::Postgres(pool) => PgReadingStore::new(pool.clone())
+                .write_batch(readings, &rules())
                 .await
                 .unwrap(),
-            Self::Sqlite(pool) => ingest::sink::sqlite::write_batch(pool, readings, &rules())
+            Self::Sqlite(pool) => SqliteReadingStore::new(pool.clone())
+                .write_batch(readings, &rules())
                 .await
                 .unwrap(),
         }
@@ -71,7 +74,7 @@ where
 {
     let sqlite = jobs::testing::ScratchSqlite::create("ingest_test").await;
     jobs::sqlite::migrator().run(&sqlite.pool).await.unwrap();
-    ingest::sink::sqlite::migrator()
+    ingest::store::sqlite::migrator()
         .run(&sqlite.pool)
         .await
         .unwrap();
@@ -280,7 +283,11 @@ async fn a_batch_and_its_resend_in_opposite_orders_do_not_deadlock() {
     ];
     let spawn = |batch: Vec<Reading>| {
         let pool = pool.clone();
-        tokio::spawn(async move { ingest::sink::write_batch(&pool, &batch, &rules()).await })
+        tokio::spawn(async move {
+            PgReadingStore::new(pool.clone())
+                .write_batch(&batch, &rules())
+                .await
+        })
     };
     let (one, other) = (spawn(one), spawn(other));
     until_waiting_on_locks(&pool, 2).await;
@@ -311,7 +318,8 @@ async fn a_batch_aborted_by_a_deadlock_is_retried_and_stored() {
         return;
     };
     let pool = postgres.pool.clone();
-    ingest::sink::write_batch(&pool, &[reading("seed", "d1", 1)], &rules())
+    PgReadingStore::new(pool.clone())
+        .write_batch(&[reading("seed", "d1", 1)], &rules())
         .await
         .unwrap();
     let mut other = pool.begin().await.unwrap();
@@ -326,7 +334,9 @@ async fn a_batch_aborted_by_a_deadlock_is_retried_and_stored() {
     let sink = {
         let pool = pool.clone();
         tokio::spawn(async move {
-            ingest::sink::write_batch(&pool, &[reading("contested", "d1", 2)], &rules()).await
+            PgReadingStore::new(pool.clone())
+                .write_batch(&[reading("contested", "d1", 2)], &rules())
+                .await
         })
     };
     // The sink holds `contested` and waits for the watermark; now take
@@ -417,16 +427,9 @@ async fn the_tenant_key_migration_keeps_existing_data() {
     .unwrap();
     // The new version starts: a fresh pool migrates the file and serves.
     sqlite.pool.close().await;
-    let upgraded = ingest::store::IngestStore::connect(
-        &service_runtime::EnvValue::parse_env(&sqlite.url).unwrap(),
-        4,
-    )
-    .await
-    .unwrap();
+    let upgraded = SqliteReadingStore::connect(&sqlite.url).await.unwrap();
     upgraded.migrate().await.unwrap();
-    let ingest::store::IngestStore::Sqlite(pool) = upgraded else {
-        panic!("an sqlite:// URL opens SQLite");
-    };
+    let pool = upgraded.pool().clone();
     let kept: Vec<(String, String, f64, i64)> = sqlx::query_as(
         "SELECT tenant_id, event_id, value, observed_at FROM ingest_reading ORDER BY event_id",
     )

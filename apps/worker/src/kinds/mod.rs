@@ -15,12 +15,8 @@ pub use webhook::DeliverWebhook;
 use contracts::ingest::v1::ingest_service_client::IngestServiceClient;
 use service_runtime::TracedChannel;
 
-use crate::storage::RunLog;
-
 /// What the job types need from the rest of the app.
 pub struct Dependencies<S> {
-    /// The runs table (crash tests).
-    pub run_log: RunLog,
     /// This node's id.
     pub node_id: String,
     /// Signs and sends webhooks.
@@ -31,18 +27,19 @@ pub struct Dependencies<S> {
     pub ingest: IngestServiceClient<TracedChannel>,
     /// Numerics: window statistics and anomaly scores.
     pub numerics: crate::numerics::Numerics,
-    /// The jobs store, for jobs that enqueue jobs.
+    /// The jobs store, for jobs that enqueue jobs, and the worker's runs
+    /// table (crash tests).
     pub store: S,
     /// Webhook URL per tenant.
     pub tenant_webhooks: std::collections::BTreeMap<String, String>,
 }
 
 /// Every job type this app runs.
-pub fn registry<S: jobs::JobStore>(deps: Dependencies<S>) -> jobs::Registry {
+pub fn registry<S: crate::WorkerStore>(deps: Dependencies<S>) -> jobs::Registry {
     jobs::Registry::new()
         .register(Noop)
         .register(RecordRun {
-            log: deps.run_log,
+            log: deps.store.clone(),
             node_id: deps.node_id,
         })
         .register(DeliverWebhook {

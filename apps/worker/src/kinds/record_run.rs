@@ -6,12 +6,12 @@ use std::time::Duration;
 use jobs::{Done, JobContext, JobError, Worker};
 use serde::Deserialize;
 
-use crate::storage::RunLog;
+use crate::WorkerStore;
 
 /// Records its run, optionally after a pause (to be caught mid-run).
 #[derive(Debug, Clone)]
-pub struct RecordRun {
-    pub(crate) log: RunLog,
+pub struct RecordRun<S> {
+    pub(crate) log: S,
     pub(crate) node_id: String,
 }
 
@@ -23,7 +23,7 @@ pub struct RecordRunArgs {
     pub sleep_ms: u64,
 }
 
-impl Worker for RecordRun {
+impl<S: WorkerStore> Worker for RecordRun<S> {
     type Args = RecordRunArgs;
     const KIND: &'static str = "record_run";
 
@@ -32,7 +32,7 @@ impl Worker for RecordRun {
             tokio::time::sleep(Duration::from_millis(args.sleep_ms.min(60_000))).await;
         }
         self.log
-            .record(ctx.id, ctx.attempt, &self.node_id)
+            .record_run(ctx.id, ctx.attempt, &self.node_id)
             .await
             .map_err(|e| JobError::Retry(format!("recording the run failed: {e}")))?;
         Ok(Done::Completed)

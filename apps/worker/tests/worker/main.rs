@@ -14,5 +14,6 @@
 
 mod api;
 mod crash;
+mod storage;
 mod support;
 mod webhooks;

@@ -1,0 +1,340 @@
+//! Ingest's database, in the jobs engine's pattern: one trait,
+//! [`ReadingStore`], with a PostgreSQL store (schema `ingest`,
+//! [`postgres`]) and an embedded SQLite one (tables `ingest_*`,
+//! [`sqlite`]) side by side, next to the jobs tables ingest enqueues into.
+//! The app picks one at start-up from the database URL and is generic over
+//! it from there; both run the same behaviour suites.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::{borrow::Borrow, future::Future};
+
+use chrono::{DateTime, Utc};
+
+pub use postgres::PgReadingStore;
+pub use sqlite::SqliteReadingStore;
+
+use crate::{
+    reading::Reading,
+    sink::{SinkError, WriteReport},
+    window::Windowing,
+};
+
+/// One stored reading as a window read returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredReading {
+    /// Event id.
+    pub event_id: String,
+    /// Value.
+    pub value: f64,
+    /// Event time.
+    pub observed_at: DateTime<Utc>,
+}
+
+/// Which series and range a window read covers, and where a page starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowQuery {
+    /// Tenant.
+    pub tenant_id: String,
+    /// Device.
+    pub device_id: String,
+    /// Metric.
+    pub metric: String,
+    /// Inclusive start.
+    pub start: DateTime<Utc>,
+    /// Exclusive end.
+    pub end: DateTime<Utc>,
+    /// Resume after this (observed_at, event_id).
+    pub after: Option<(DateTime<Utc>, String)>,
+    /// Most readings returned.
+    pub limit: u32,
+}
+
+/// A window's statistics as stored (JSON with these field names). Every
+/// field is required when read back: a row missing one is corrupt, not a
+/// window of zeros.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Statistics {
+    /// Readings in the window.
+    pub count: u64,
+    /// Mean.
+    pub mean: f64,
+    /// Variance.
+    pub variance: f64,
+    /// Minimum.
+    pub min: f64,
+    /// Maximum.
+    pub max: f64,
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Trend slope per second.
+    pub trend_slope: f64,
+    /// Trend fit.
+    pub trend_r_squared: f64,
+}
+
+/// A computed window result as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResult {
+    /// Tenant.
+    pub tenant_id: String,
+    /// Device.
+    pub device_id: String,
+    /// Metric.
+    pub metric: String,
+    /// Window start.
+    pub window_start: DateTime<Utc>,
+    /// Window length in seconds.
+    pub window_seconds: i32,
+    /// The window's statistics (the contract's `WindowStatistics`).
+    pub statistics: Statistics,
+    /// Anomaly score in [0, 1].
+    pub anomaly_score: f64,
+    /// Whether the window is anomalous.
+    pub anomalous: bool,
+    /// Model that scored it.
+    pub model_version: String,
+}
+
+/// Filters for listing results of one tenant, oldest window first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultQuery {
+    /// Required.
+    pub tenant_id: String,
+    /// Optional filters.
+    pub device_id: Option<String>,
+    /// Optional metric.
+    pub metric: Option<String>,
+    /// Only anomalous windows.
+    pub anomalous_only: bool,
+    /// Windows starting at or after this.
+    pub since: DateTime<Utc>,
+    /// Resume after this (window_start, device_id, metric).
+    pub after: Option<(DateTime<Utc>, String, String)>,
+    /// Most results returned.
+    pub limit: u32,
+}
+
+/// What ingest needs from a database (the jobs engine's `JobStore`
+/// pattern: a trait, a PostgreSQL and an SQLite implementation).
+pub trait ReadingStore: Clone + Send + Sync + 'static {
+    /// Applies the jobs engine's migrations (ingest enqueues into its
+    /// tables) and then ingest's own; idempotent.
+    fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Answers when the database does (the readiness check).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Writes one batch of valid readings, with the aggregation jobs of the
+    /// windows it closes, in one transaction (see [`crate::sink`]).
+    fn write_batch<R: Borrow<Reading> + Sync>(
+        &self,
+        readings: &[R],
+        windowing: &Windowing,
+    ) -> impl Future<Output = Result<WriteReport, SinkError>> + Send;
+
+    /// A page of one series' readings in `[start, end)`, by event time.
+    fn read_window(
+        &self,
+        query: &WindowQuery,
+    ) -> impl Future<Output = Result<Vec<StoredReading>, StoreError>> + Send;
+
+    /// Deletes up to `batch` readings observed before `older_than`.
+    fn prune(
+        &self,
+        older_than: DateTime<Utc>,
+        batch: u32,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Stores a window's result; `false` when an identical one was already
+    /// stored (a re-run of the same aggregation changes nothing).
+    fn record_result(
+        &self,
+        result: &StoredResult,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// One tenant's results, oldest window first, keyset-paged.
+    fn list_results(
+        &self,
+        query: &ResultQuery,
+    ) -> impl Future<Output = Result<Vec<StoredResult>, StoreError>> + Send;
+
+    /// Stores dead letters, all or none.
+    fn dead_letter(
+        &self,
+        letters: &[DeadLetter],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Dead letters stored so far, oldest first (operators and tests).
+    fn dead_letters(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<DeadLetterRow>, StoreError>> + Send;
+}
+
+/// A result row as both databases return it: window start in microseconds
+/// and statistics as JSON text.
+pub(crate) type ResultRow = (String, String, String, i64, i32, String, f64, bool, String);
+
+/// Folds result rows into results; a row that does not read back is a
+/// corrupt-row error naming its column.
+pub(crate) fn results_from_rows(rows: Vec<ResultRow>) -> Result<Vec<StoredResult>, StoreError> {
+    rows.into_iter()
+        .map(
+            |(
+                tenant_id,
+                device_id,
+                metric,
+                start,
+                window_seconds,
+                statistics,
+                anomaly_score,
+                anomalous,
+                model_version,
+            )| {
+                Ok(StoredResult {
+                    tenant_id,
+                    device_id,
+                    metric,
+                    window_start: time_from_micros("window_result.window_start", start)?,
+                    window_seconds,
+                    statistics: serde_json::from_str(&statistics)
+                        .map_err(|e| corrupt("window_result.statistics", e.to_string()))?,
+                    anomaly_score,
+                    anomalous,
+                    model_version,
+                })
+            },
+        )
+        .collect()
+}
+
+/// Folds dead-letter rows into [`DeadLetterRow`]s.
+pub(crate) fn dead_letters_from_rows(rows: Vec<DeadLetterTuple>) -> Vec<DeadLetterRow> {
+    rows.into_iter()
+        .map(
+            |(source, tenant_id, event_id, field, reason, payload)| DeadLetterRow {
+                source,
+                tenant_id,
+                event_id,
+                field,
+                reason,
+                payload,
+            },
+        )
+        .collect()
+}
+
+/// The window-result statistics as stored (JSON text).
+pub(crate) fn statistics_json(result: &StoredResult) -> Result<String, StoreError> {
+    serde_json::to_string(&result.statistics)
+        .map_err(|e| corrupt("window_result.statistics", e.to_string()))
+}
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed or is unreachable.
+    #[error("database: {0}")]
+    Database(sqlx::Error),
+    /// A stored row cannot be read back (a bug or a foreign write): an
+    /// internal error, never a default value handed to a caller.
+    #[error("corrupt row: {column}: {problem}")]
+    Corrupt {
+        /// `table.column`, e.g. `window_result.statistics`.
+        column: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A migration failed.
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Connecting (or the jobs tables) failed.
+    #[error("{0}")]
+    Jobs(#[from] jobs::JobsError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// Decoding failures are corrupt rows; everything else is the database.
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::ColumnDecode { index, source } => corrupt(&index, source.to_string()),
+            sqlx::Error::Decode(source) => corrupt("row", source.to_string()),
+            other => Self::Database(other),
+        }
+    }
+}
+
+/// A corrupt-row error for `column`, counted (`ingest.store.corrupt_rows`)
+/// so operators see it even when a caller swallows the error.
+pub fn corrupt(column: &str, problem: impl Into<String>) -> StoreError {
+    opentelemetry::global::meter("platform.ingest")
+        .u64_counter("ingest.store.corrupt_rows")
+        .with_description("Stored rows that could not be read back")
+        .build()
+        .add(1, &[]);
+    let error = StoreError::Corrupt {
+        column: column.to_owned(),
+        problem: problem.into(),
+    };
+    tracing::error!(%error, "a stored row cannot be read");
+    error
+}
+
+/// Microseconds since the epoch as stored in SQLite, or a corrupt-row
+/// error naming `column` (never 1970).
+pub(crate) fn time_from_micros(column: &str, micros: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(micros)
+        .ok_or_else(|| corrupt(column, format!("{micros} is not a time")))
+}
+
+/// A message that can never be stored, kept with the field at fault so an
+/// operator can inspect, fix and replay it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// Where it came from (`grpc`, `nats`).
+    pub source: &'static str,
+    /// Whose it is: the tenant it named or, for NATS, the tenant of its
+    /// subject; `None` only when neither is known.
+    pub tenant_id: Option<String>,
+    /// Its event id, when it had one.
+    pub event_id: Option<String>,
+    /// The field at fault.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+    /// The message as received.
+    pub payload: serde_json::Value,
+}
+
+/// A stored dead letter, as operators read it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterRow {
+    /// `grpc` or `nats`.
+    pub source: String,
+    /// Whose it is, when known.
+    pub tenant_id: Option<String>,
+    /// Its event id, when it had one.
+    pub event_id: Option<String>,
+    /// The field at fault.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+    /// The message as received (JSON text).
+    pub payload: String,
+}
+
+pub(crate) type DeadLetterTuple = (
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    String,
+);

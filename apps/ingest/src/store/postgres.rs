@@ -1,0 +1,401 @@
+//! The production store: PostgreSQL, schema `ingest`.
+//!
+//! A batch's transaction takes its row locks in one global order —
+//! readings by (tenant, event id), then watermarks by series, then jobs by
+//! series and window — so two batches holding the same readings (a batch
+//! and its resend, JetStream redelivery beside a slow commit) wait for each
+//! other instead of deadlocking; one PostgreSQL still aborts as a deadlock
+//! or serialization failure is run again, up to [`CONFLICT_ATTEMPTS`]
+//! times.
+
+use std::{borrow::Borrow, collections::BTreeMap};
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+
+use super::{
+    DeadLetter, DeadLetterRow, DeadLetterTuple, ReadingStore, ResultQuery, ResultRow, StoreError,
+    StoredReading, StoredResult, WindowQuery, dead_letters_from_rows, results_from_rows,
+    statistics_json,
+};
+use crate::{
+    reading::Reading,
+    sink::{self, Series, SinkError, WriteReport},
+    window::Windowing,
+};
+
+/// Attempts of one batch's transaction when PostgreSQL aborts it as a
+/// deadlock or serialization failure.
+pub const CONFLICT_ATTEMPTS: u32 = 4;
+
+/// The wait before running an aborted transaction again: a few
+/// milliseconds, growing; the other transaction usually commits within one.
+const CONFLICT_RETRY: jobs::Backoff = jobs::Backoff::exponential(
+    std::time::Duration::from_millis(10),
+    std::time::Duration::from_millis(100),
+);
+
+/// The ingest app's PostgreSQL migrations (versions 200000+).
+pub fn migrator() -> sqlx::migrate::Migrator {
+    jobs::embedded_migrations(&[
+        (
+            200_001,
+            "ingest",
+            include_str!("../../migrations/postgres/200001_ingest.sql"),
+        ),
+        (
+            200_002,
+            "ingest tenant keys",
+            include_str!("../../migrations/postgres/200002_tenant_keys.sql"),
+        ),
+    ])
+}
+
+/// A [`ReadingStore`] on a PostgreSQL pool.
+#[derive(Debug, Clone)]
+pub struct PgReadingStore {
+    pool: PgPool,
+}
+
+impl PgReadingStore {
+    /// Connects a pool of `pool_size` connections named `ingest`.
+    pub async fn connect(url: &str, pool_size: u32) -> Result<Self, StoreError> {
+        let pool =
+            jobs::postgres::connect(url, "ingest", pool_size, service_runtime::CONNECT_TIMEOUT)
+                .await?;
+        Ok(Self::new(pool))
+    }
+
+    /// Wraps a pool.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The pool, for the jobs store on the same database.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+impl ReadingStore for PgReadingStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        jobs::postgres::migrator().run(&self.pool).await?;
+        migrator().run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(jobs::postgres::ping(&self.pool).await?)
+    }
+
+    async fn write_batch<R: Borrow<Reading> + Sync>(
+        &self,
+        readings: &[R],
+        windowing: &Windowing,
+    ) -> Result<WriteReport, SinkError> {
+        let mut attempt = 1;
+        loop {
+            let result = async {
+                let mut tx = self.pool.begin().await?;
+                let report = write_in(&mut tx, readings, windowing).await?;
+                tx.commit().await?;
+                Ok::<_, SinkError>(report)
+            }
+            .await;
+            match result {
+                Err(error) if error.is_transaction_conflict() && attempt < CONFLICT_ATTEMPTS => {
+                    tracing::info!(%error, attempt, readings = readings.len(), "batch transaction aborted by a lock conflict; running it again");
+                    opentelemetry::global::meter("platform.ingest")
+                        .u64_counter("ingest.sink.conflict_retries")
+                        .with_description(
+                            "Batch transactions run again after a deadlock or serialization failure",
+                        )
+                        .build()
+                        .add(1, &[]);
+                    tokio::time::sleep(CONFLICT_RETRY.delay(attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn read_window(&self, query: &WindowQuery) -> Result<Vec<StoredReading>, StoreError> {
+        let (after_at, after_id) = query
+            .after
+            .clone()
+            .map_or((None, None), |(at, id)| (Some(at), Some(id)));
+        let rows: Vec<(String, f64, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT event_id, value, observed_at FROM ingest.reading
+             WHERE tenant_id = $1 AND device_id = $2 AND metric = $3
+               AND observed_at >= $4 AND observed_at < $5
+               AND ($6::timestamptz IS NULL OR (observed_at, event_id) > ($6, $7))
+             ORDER BY observed_at, event_id LIMIT $8",
+        )
+        .bind(&query.tenant_id)
+        .bind(&query.device_id)
+        .bind(&query.metric)
+        .bind(query.start)
+        .bind(query.end)
+        .bind(after_at)
+        .bind(after_id)
+        .bind(i64::from(query.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(event_id, value, observed_at)| StoredReading {
+                event_id,
+                value,
+                observed_at,
+            })
+            .collect())
+    }
+
+    async fn prune(&self, older_than: DateTime<Utc>, batch: u32) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "DELETE FROM ingest.reading WHERE (tenant_id, event_id) IN (
+                    SELECT tenant_id, event_id FROM ingest.reading WHERE observed_at < $1
+                    ORDER BY observed_at LIMIT $2)",
+        )
+        .bind(older_than)
+        .bind(i64::from(batch))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn record_result(&self, result: &StoredResult) -> Result<bool, StoreError> {
+        let changed = sqlx::query(
+            "INSERT INTO ingest.window_result (tenant_id, device_id, metric, window_start, window_seconds,
+                                              statistics, anomaly_score, anomalous, model_version)
+             VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9)
+             ON CONFLICT (tenant_id, device_id, metric, window_start, window_seconds) DO UPDATE
+             SET statistics = excluded.statistics, anomaly_score = excluded.anomaly_score,
+                 anomalous = excluded.anomalous, model_version = excluded.model_version, computed_at = now()
+             WHERE (ingest.window_result.statistics, ingest.window_result.anomaly_score,
+                    ingest.window_result.anomalous, ingest.window_result.model_version)
+               IS DISTINCT FROM (excluded.statistics, excluded.anomaly_score, excluded.anomalous, excluded.model_version)",
+        )
+        .bind(&result.tenant_id)
+        .bind(&result.device_id)
+        .bind(&result.metric)
+        .bind(result.window_start)
+        .bind(result.window_seconds)
+        .bind(statistics_json(result)?)
+        .bind(result.anomaly_score)
+        .bind(result.anomalous)
+        .bind(&result.model_version)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    async fn list_results(&self, query: &ResultQuery) -> Result<Vec<StoredResult>, StoreError> {
+        let (after_at, after_device, after_metric) = query
+            .after
+            .clone()
+            .map_or((None, None, None), |(at, d, m)| {
+                (Some(at), Some(d), Some(m))
+            });
+        let rows: Vec<ResultRow> = sqlx::query_as(
+            "SELECT tenant_id, device_id, metric, (extract(epoch FROM window_start) * 1000000)::bigint,
+                    window_seconds, statistics::text, anomaly_score, anomalous, model_version
+             FROM ingest.window_result
+             WHERE tenant_id = $1 AND ($2::text IS NULL OR device_id = $2) AND ($3::text IS NULL OR metric = $3)
+               AND (NOT $4 OR anomalous) AND window_start >= $5
+               AND ($6::timestamptz IS NULL OR (window_start, device_id, metric) > ($6, $7, $8))
+             ORDER BY window_start, device_id, metric LIMIT $9",
+        )
+        .bind(&query.tenant_id)
+        .bind(&query.device_id)
+        .bind(&query.metric)
+        .bind(query.anomalous_only)
+        .bind(query.since)
+        .bind(after_at)
+        .bind(after_device)
+        .bind(after_metric)
+        .bind(i64::from(query.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        results_from_rows(rows)
+    }
+
+    async fn dead_letter(&self, letters: &[DeadLetter]) -> Result<(), StoreError> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let mut sources = Vec::with_capacity(letters.len());
+        let mut tenants = Vec::with_capacity(letters.len());
+        let mut event_ids = Vec::with_capacity(letters.len());
+        let mut fields = Vec::with_capacity(letters.len());
+        let mut reasons = Vec::with_capacity(letters.len());
+        let mut payloads = Vec::with_capacity(letters.len());
+        for letter in letters {
+            sources.push(letter.source);
+            tenants.push(letter.tenant_id.as_deref());
+            event_ids.push(letter.event_id.as_deref());
+            fields.push(letter.field.as_str());
+            reasons.push(letter.reason.as_str());
+            payloads.push(letter.payload.to_string());
+        }
+        sqlx::query(
+            "INSERT INTO ingest.dead_letter (source, event_id, field, reason, payload, tenant_id)
+             SELECT source, event_id, field, reason, payload::jsonb, tenant_id
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+                  AS input(source, event_id, field, reason, payload, tenant_id)",
+        )
+        .bind(&sources)
+        .bind(&event_ids)
+        .bind(&fields)
+        .bind(&reasons)
+        .bind(&payloads)
+        .bind(&tenants)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetterRow>, StoreError> {
+        let rows: Vec<DeadLetterTuple> = sqlx::query_as(
+            "SELECT source, tenant_id, event_id, field, reason, payload::text
+             FROM ingest.dead_letter ORDER BY id LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(dead_letters_from_rows(rows))
+    }
+}
+
+/// One batch in an open transaction: the new readings, then their series'
+/// watermarks, then the jobs of the windows they close.
+async fn write_in<R: Borrow<Reading> + Sync>(
+    conn: &mut PgConnection,
+    readings: &[R],
+    windowing: &Windowing,
+) -> Result<WriteReport, SinkError> {
+    let stored = insert_readings(conn, readings).await?;
+    let (by_series, mut report) = sink::fold_stored(readings, &stored);
+    if report.inserted == 0 {
+        return Ok(report);
+    }
+    let series: Vec<&Series> = by_series.keys().collect();
+    let before = lock_watermarks(conn, &series).await?;
+    let (marks, jobs) = sink::plan(&by_series, &before, windowing)?;
+    advance_watermarks(conn, &series, &marks).await?;
+    if !jobs.is_empty() {
+        let inserted = jobs::postgres::insert_many(conn, &jobs).await?;
+        report.jobs_enqueued = inserted.iter().filter(|i| !i.duplicate).count();
+    }
+    Ok(report)
+}
+
+/// Inserts the readings not stored yet and returns their keys (tenant,
+/// event id).
+///
+/// ON CONFLICT DO NOTHING: redelivered readings are skipped and not
+/// returned, so only new readings move watermarks and windows. ORDER BY:
+/// rows are inserted (and their key locks taken) in key order, whatever
+/// order the batch holds them in.
+async fn insert_readings<R: Borrow<Reading>>(
+    conn: &mut PgConnection,
+    readings: &[R],
+) -> Result<Vec<(String, String)>, SinkError> {
+    let n = readings.len();
+    let mut event_ids = Vec::with_capacity(n);
+    let mut tenants = Vec::with_capacity(n);
+    let mut devices = Vec::with_capacity(n);
+    let mut metrics = Vec::with_capacity(n);
+    let mut values = Vec::with_capacity(n);
+    let mut observed = Vec::with_capacity(n);
+    let mut attributes = Vec::with_capacity(n);
+    for r in readings {
+        let r: &Reading = r.borrow();
+        event_ids.push(r.event_id.as_str());
+        tenants.push(r.tenant_id.as_str());
+        devices.push(r.device_id.as_str());
+        metrics.push(r.metric.as_str());
+        values.push(r.value);
+        observed.push(r.observed_at);
+        attributes
+            .push((!r.attributes.is_empty()).then(|| serde_json::json!(r.attributes).to_string()));
+    }
+    Ok(sqlx::query_as(
+        "INSERT INTO ingest.reading (event_id, tenant_id, device_id, metric, value, observed_at, attributes)
+         SELECT event_id, tenant_id, device_id, metric, value, observed_at, COALESCE(attributes::jsonb, '{}')
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::timestamptz[], $7::text[])
+              AS input(event_id, tenant_id, device_id, metric, value, observed_at, attributes)
+         ORDER BY tenant_id, event_id
+         ON CONFLICT (tenant_id, event_id) DO NOTHING
+         RETURNING tenant_id, event_id",
+    )
+    .bind(&event_ids)
+    .bind(&tenants)
+    .bind(&devices)
+    .bind(&metrics)
+    .bind(&values)
+    .bind(&observed)
+    .bind(&attributes)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// The three key columns of `series`, as arrays for `unnest`.
+fn series_columns<'a>(series: &[&'a Series]) -> (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>) {
+    (
+        series.iter().map(|s| s.0.as_str()).collect(),
+        series.iter().map(|s| s.1.as_str()).collect(),
+        series.iter().map(|s| s.2.as_str()).collect(),
+    )
+}
+
+/// Locks the existing watermarks of `series` (given in key order), so
+/// concurrent batches over the same series serialise instead of
+/// deadlocking, and returns them.
+async fn lock_watermarks(
+    conn: &mut PgConnection,
+    series: &[&Series],
+) -> Result<BTreeMap<Series, DateTime<Utc>>, SinkError> {
+    let (t, d, m) = series_columns(series);
+    let old: Vec<(String, String, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT w.tenant_id, w.device_id, w.metric, w.watermark
+         FROM ingest.series_watermark w
+         JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(tenant_id, device_id, metric)
+           USING (tenant_id, device_id, metric)
+         ORDER BY 1, 2, 3
+         FOR UPDATE OF w",
+    )
+    .bind(&t)
+    .bind(&d)
+    .bind(&m)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(old.into_iter().map(|(t, d, m, w)| ((t, d, m), w)).collect())
+}
+
+/// Moves each series' watermark forward to its planned mark (never back),
+/// creating new series' rows in the same order as the locks.
+async fn advance_watermarks(
+    conn: &mut PgConnection,
+    series: &[&Series],
+    marks: &[DateTime<Utc>],
+) -> Result<(), SinkError> {
+    let (t, d, m) = series_columns(series);
+    sqlx::query(
+        "INSERT INTO ingest.series_watermark (tenant_id, device_id, metric, watermark)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+                       AS input(tenant_id, device_id, metric, watermark)
+         ORDER BY tenant_id, device_id, metric
+         ON CONFLICT (tenant_id, device_id, metric)
+         DO UPDATE SET watermark = GREATEST(ingest.series_watermark.watermark, excluded.watermark)",
+    )
+    .bind(&t)
+    .bind(&d)
+    .bind(&m)
+    .bind(marks)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
