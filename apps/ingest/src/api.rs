@@ -3,7 +3,7 @@
 //! read, result and prune RPCs over the store.
 //! Errors become gRPC statuses in one place, [`crate::error`].
 
-use std::{pin::Pin, sync::Arc};
+use std::{ops::ControlFlow, pin::Pin, sync::Arc};
 
 use chrono::{DateTime, Duration, Utc};
 use contracts::ingest::v1::{
@@ -11,7 +11,8 @@ use contracts::ingest::v1::{
     ingest_service_server::{IngestService, IngestServiceServer},
 };
 use futures_util::{Stream, StreamExt as _, stream::FuturesUnordered};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::AbortOnDropHandle;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
@@ -178,6 +179,102 @@ fn proto_stamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
+/// One `StreamReadings` call: admits each batch as it arrives (at most
+/// [`STREAM_WINDOW`] awaiting their acknowledgement) and sends the acks in
+/// order of durability. A batch that was not stored is acknowledged with
+/// its error and the stream goes on; a malformed batch ends the stream
+/// with a status naming the field.
+struct StreamSession<S> {
+    api: IngestApi<S>,
+    acks: mpsc::Sender<Result<pb::StreamReadingsResponse, Status>>,
+    pending: FuturesUnordered<oneshot::Receiver<Outcome>>,
+    last_sequence: Option<u64>,
+}
+
+impl<S: ReadingStore> StreamSession<S> {
+    async fn run(mut self, mut inbound: Streaming<pb::StreamReadingsRequest>) {
+        let mut inbound_open = true;
+        loop {
+            let flow = tokio::select! {
+                Some(outcome) = self.pending.next(), if !self.pending.is_empty() => {
+                    self.acknowledge(outcome).await
+                }
+                next = inbound.next(), if inbound_open && self.pending.len() < STREAM_WINDOW => {
+                    match next {
+                        None => {
+                            inbound_open = false;
+                            ControlFlow::Continue(())
+                        }
+                        Some(Err(status)) => {
+                            tracing::debug!(%status, "publisher stream broke");
+                            ControlFlow::Break(())
+                        }
+                        Some(Ok(batch)) => self.admit(batch).await,
+                    }
+                }
+                else => ControlFlow::Break(()),
+            };
+            if flow.is_break() {
+                return;
+            }
+        }
+    }
+
+    /// Sends one batch's acknowledgement; the stream ends if the client is
+    /// gone or the app is shutting down.
+    async fn acknowledge(
+        &self,
+        outcome: Result<Outcome, oneshot::error::RecvError>,
+    ) -> ControlFlow<()> {
+        let message = match outcome {
+            Ok(ack) => Ok(pb::StreamReadingsResponse { ack: Some(ack) }),
+            Err(_) => Err(ApiError::ShuttingDown.into()),
+        };
+        let failed = message.is_err();
+        if self.acks.send(message).await.is_err() || failed {
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Checks one batch (size, increasing sequence) and admits it; a bad
+    /// batch ends the stream with its error.
+    async fn admit(&mut self, batch: pb::StreamReadingsRequest) -> ControlFlow<()> {
+        let checked =
+            self.api
+                .check_size(batch.readings.len())
+                .and_then(|()| match self.last_sequence {
+                    Some(last) if batch.sequence <= last => Err(ApiError::invalid(
+                        "sequence",
+                        format!(
+                            "must increase within a stream, got {} after {last}",
+                            batch.sequence
+                        ),
+                    )),
+                    _ => Ok(()),
+                });
+        let admitted = match checked {
+            Ok(()) => {
+                self.last_sequence = Some(batch.sequence);
+                self.api
+                    .publish(batch.sequence, batch.readings, WhenFull::Wait)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        match admitted {
+            Ok(answer) => {
+                self.pending.push(answer);
+                ControlFlow::Continue(())
+            }
+            Err(error) => {
+                let _ = self.acks.send(Err(error.into())).await;
+                ControlFlow::Break(())
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl<S: ReadingStore> IngestService for IngestApi<S> {
     async fn publish_readings(
@@ -202,58 +299,24 @@ impl<S: ReadingStore> IngestService for IngestApi<S> {
         &self,
         request: Request<Streaming<pb::StreamReadingsRequest>>,
     ) -> Result<Response<AckStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(STREAM_WINDOW);
-        let api = self.clone();
-        let span = tracing::Span::current();
-        tokio::spawn(async move {
-            let mut pending = FuturesUnordered::new();
-            let mut last_sequence: Option<u64> = None;
-            let mut inbound_open = true;
-            loop {
-                tokio::select! {
-                    // Acks go out in order of durability; a batch that was
-                    // not stored is acknowledged with its error, and the
-                    // stream goes on.
-                    Some(outcome) = pending.next(), if !pending.is_empty() => {
-                        let message = match outcome {
-                            Ok(ack) => Ok(pb::StreamReadingsResponse { ack: Some(ack) }),
-                            Err(_) => Err(ApiError::ShuttingDown.into()),
-                        };
-                        let failed = message.is_err();
-                        if tx.send(message).await.is_err() || failed {
-                            return;
-                        }
-                    }
-                    next = inbound.next(), if inbound_open && pending.len() < STREAM_WINDOW => {
-                        let batch = match next {
-                            None => { inbound_open = false; continue; }
-                            Some(Err(status)) => { tracing::debug!(%status, "publisher stream broke"); return; }
-                            Some(Ok(batch)) => batch,
-                        };
-                        let checked = api.check_size(batch.readings.len()).and_then(|()| match last_sequence {
-                            Some(last) if batch.sequence <= last => Err(ApiError::invalid(
-                                "sequence", format!("must increase within a stream, got {} after {last}", batch.sequence),
-                            )),
-                            _ => Ok(()),
-                        });
-                        if let Err(error) = checked {
-                            let _ = tx.send(Err(error.into())).await;
-                            return;
-                        }
-                        last_sequence = Some(batch.sequence);
-                        match api.publish(batch.sequence, batch.readings, WhenFull::Wait).await {
-                            Ok(answer) => pending.push(answer),
-                            Err(error) => { let _ = tx.send(Err(error.into())).await; return; }
-                        }
-                    }
-                    else => return,
-                }
-            }
-        }.instrument(span));
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let (acks, rx) = mpsc::channel(STREAM_WINDOW);
+        let session = StreamSession {
+            api: self.clone(),
+            acks,
+            pending: FuturesUnordered::new(),
+            last_sequence: None,
+        };
+        let span = tracing::info_span!("ingest.stream");
+        // Owned by the response: when the client goes away tonic drops the
+        // stream, and with it the session.
+        let task = AbortOnDropHandle::new(tokio::spawn(
+            session.run(request.into_inner()).instrument(span),
+        ));
+        let acks = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(futures_util::stream::unfold(
+            (acks, task),
+            |(mut acks, task)| async move { acks.next().await.map(|ack| (ack, (acks, task))) },
+        ))))
     }
 
     async fn get_pipeline_stats(

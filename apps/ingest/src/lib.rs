@@ -163,7 +163,10 @@ impl NatsPipeline {
             })
             .background("pipeline.nats", move |stop| async move {
                 let acks_done = CancellationToken::new();
-                let acks = tokio::spawn(acker.run(acks_done.clone()));
+                let acks = tokio::spawn(tracing::Instrument::instrument(
+                    acker.run(acks_done.clone()),
+                    tracing::info_span!("ingest.nats.acker"),
+                ));
                 stop.cancelled().await;
                 let report = pipeline.drain(budget).await;
                 acks_done.cancel();

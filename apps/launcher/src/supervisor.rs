@@ -89,7 +89,11 @@ pub fn up() -> ExitCode {
         let mut children = Vec::new();
         for plan in plans {
             let child = Supervised { plan, exe: exe.clone(), env: env.clone() };
-            children.push(tokio::spawn(child.run(stop.clone(), ready_tx.clone())));
+            let span = tracing::info_span!("launcher.child", app = %child.plan.name.as_str());
+            children.push(tokio::spawn(tracing::Instrument::instrument(
+                child.run(stop.clone(), ready_tx.clone()),
+                span,
+            )));
         }
         drop(ready_tx);
         let mut ready = 0;
@@ -188,10 +192,16 @@ impl Supervised {
             .spawn()?;
         let name = self.plan.name.as_str();
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(forward_lines(name, out));
+            tokio::spawn(tracing::Instrument::instrument(
+                forward_lines(name, out),
+                tracing::info_span!("launcher.output", app = name, stream = "stdout"),
+            ));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(forward_lines(name, err));
+            tokio::spawn(tracing::Instrument::instrument(
+                forward_lines(name, err),
+                tracing::info_span!("launcher.output", app = name, stream = "stderr"),
+            ));
         }
         Ok(child)
     }

@@ -24,7 +24,7 @@ pub struct CpuPool {
     running: Arc<Semaphore>,
     admitted: Arc<Semaphore>,
     queue: usize,
-    _depth: Arc<opentelemetry::metrics::ObservableGauge<u64>>,
+    _gauges: Arc<[opentelemetry::metrics::ObservableGauge<u64>; 2]>,
 }
 
 impl std::fmt::Debug for CpuPool {
@@ -43,7 +43,21 @@ impl CpuPool {
         let running = Arc::new(Semaphore::new(workers));
         let admitted = Arc::new(Semaphore::new(workers + queue));
         let (weak_running, weak_admitted) = (Arc::downgrade(&running), Arc::downgrade(&admitted));
-        let depth = opentelemetry::global::meter("platform.numerics")
+        let meter = opentelemetry::global::meter("platform.numerics");
+        let weak_busy = Arc::downgrade(&running);
+        let busy = meter
+            .u64_observable_gauge("numerics.pool.busy")
+            .with_description("CPU workers computing now")
+            .with_callback(move |observer| {
+                if let Some(running) = weak_busy.upgrade() {
+                    observer.observe(
+                        workers.saturating_sub(running.available_permits()) as u64,
+                        &[],
+                    );
+                }
+            })
+            .build();
+        let depth = meter
             .u64_observable_gauge("numerics.pool.waiting")
             .with_description("Computations admitted and waiting for a CPU worker")
             .with_callback(move |observer| {
@@ -60,7 +74,7 @@ impl CpuPool {
             running,
             admitted,
             queue,
-            _depth: Arc::new(depth),
+            _gauges: Arc::new([busy, depth]),
         }
     }
 

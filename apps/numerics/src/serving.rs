@@ -210,7 +210,10 @@ impl ModelServer {
     /// tests; the app hands the batcher to its runtime with [`Self::new`]).
     pub fn start(config: ServingConfig) -> Result<Self, EngineError> {
         let (server, batcher) = Self::new(config)?;
-        tokio::spawn(batcher.run(service_runtime::CancellationToken::new()));
+        tokio::spawn(tracing::Instrument::instrument(
+            batcher.run(service_runtime::CancellationToken::new()),
+            tracing::info_span!("numerics.batcher"),
+        ));
         Ok(server)
     }
 

@@ -1,6 +1,9 @@
-//! Helpers for tests that start apps in-process: a plain HTTP/1.1 GET with
-//! no client library, enough for `/readyz`, `/metrics` and JSON endpoints,
-//! and [`wait_until`], the one way a test waits for something to happen.
+//! Helpers for tests that start apps: a plain HTTP/1.1 GET with no client
+//! library, enough for `/readyz`, `/metrics` and JSON endpoints;
+//! [`wait_until`], the one way a test waits for something to happen; and
+//! [`AppProcess`], an app's shipped binary run as a process with its
+//! default telemetry (for tests that kill it, read its metrics or measure
+//! its memory).
 
 use std::net::SocketAddr;
 
@@ -102,5 +105,105 @@ where
             panic!("{what}: not seen within {patience:?}");
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// An app's binary running as a child process on free local ports, with
+/// `RUST_LOG=warn` and an otherwise empty environment; killed when dropped.
+#[derive(Debug)]
+pub struct AppProcess {
+    child: std::process::Child,
+    name: String,
+    /// Where its gRPC API listens.
+    pub grpc_addr: SocketAddr,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub admin_addr: SocketAddr,
+}
+
+impl AppProcess {
+    /// Starts `binary` (an app's, e.g. `env!("CARGO_BIN_EXE_ingest")`),
+    /// whose settings are read from `<env_prefix>*`, with `env` on top.
+    #[allow(clippy::expect_used, reason = "test support: a panic is the report")]
+    pub fn start(binary: &str, env_prefix: &str, env: Vec<(String, String)>) -> Self {
+        let free = || free_local_addr().expect("a free local port");
+        let (grpc_addr, admin_addr) = (free(), free());
+        let child = std::process::Command::new(binary)
+            .env_clear()
+            .env(format!("{env_prefix}GRPC_ADDR"), grpc_addr.to_string())
+            .env(format!("{env_prefix}ADMIN_ADDR"), admin_addr.to_string())
+            .env("RUST_LOG", "warn")
+            .envs(env)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start the app binary");
+        Self {
+            child,
+            name: binary.rsplit('/').next().unwrap_or(binary).to_owned(),
+            grpc_addr,
+            admin_addr,
+        }
+    }
+
+    /// Waits (up to 30 s) until `/readyz` answers 200.
+    pub async fn ready(&self) {
+        let admin = self.admin_addr;
+        wait_until(
+            &format!("{} /readyz answering 200", self.name),
+            std::time::Duration::from_secs(30),
+            || async move {
+                let answer = http_get(admin, "/readyz", &[]).await;
+                answer
+                    .is_ok_and(|answer| answer.status == 200)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// The sum of every series on `/metrics` whose name starts with `name`
+    /// (so a counter's `_total` counts; 0 when there is none yet).
+    #[allow(clippy::expect_used, reason = "test support: a panic is the report")]
+    pub async fn metric(&self, name: &str) -> f64 {
+        let metrics = http_get(self.admin_addr, "/metrics", &[])
+            .await
+            .expect("GET /metrics");
+        metrics
+            .body
+            .lines()
+            .filter(|line| line.starts_with(name))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// SIGKILL: no drain, no acks for what was in flight.
+    #[allow(clippy::expect_used, reason = "test support: a panic is the report")]
+    pub fn kill_9(mut self) {
+        self.child.kill().expect("kill the app");
+        self.child.wait().expect("reap the app");
+    }
+
+    /// Resident memory now and at its peak (`VmRSS`, `VmHWM`), in bytes.
+    #[allow(clippy::expect_used, reason = "test support: a panic is the report")]
+    pub fn memory(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read the app's /proc status");
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|kb| kb.parse::<u64>().ok())
+                .expect("a memory figure in kB")
+                * 1024
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for AppProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

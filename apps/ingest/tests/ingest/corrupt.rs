@@ -9,7 +9,7 @@ use contracts::ingest::v1::{self as pb, ingest_service_client::IngestServiceClie
 use service_runtime::{ServiceUrl, TracedChannel, traced_channel};
 use tonic::Code;
 
-use crate::support::IngestProcess;
+use crate::support::{IngestProcess, start_ingest};
 
 fn client(process: &IngestProcess) -> IngestServiceClient<TracedChannel> {
     let timeout = Duration::from_secs(10);
@@ -44,7 +44,7 @@ const CORRUPT_ROWS: &str = "ingest_store_corrupt_rows";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_rows_are_internal_errors_named_and_counted_on_sqlite() {
     let sqlite = jobs::testing::ScratchSqlite::create("ingest_corrupt").await;
-    let process = IngestProcess::start(&sqlite.url, Vec::new());
+    let process = start_ingest(&sqlite.url, Vec::new());
     process.ready().await;
     let insert = "INSERT INTO ingest_window_result (tenant_id, device_id, metric, window_start,
                       window_seconds, statistics, anomaly_score, anomalous, model_version, computed_at)
@@ -81,7 +81,7 @@ async fn corrupt_rows_are_internal_errors_named_and_counted_on_postgres() {
     let Some(postgres) = jobs::testing::ScratchPostgres::create("ingest_corrupt").await else {
         return;
     };
-    let process = IngestProcess::start(&postgres.url, Vec::new());
+    let process = start_ingest(&postgres.url, Vec::new());
     process.ready().await;
     sqlx::query(
         "INSERT INTO ingest.window_result (tenant_id, device_id, metric, window_start, window_seconds,

@@ -9,7 +9,7 @@ use chrono::Utc;
 use contracts::ingest::v1 as pb;
 use prost::Message as _;
 
-use crate::{publish::now_reading, support::IngestProcess};
+use crate::{publish::now_reading, support::start_ingest};
 
 /// Hang guard, not a timing claim.
 const PATIENCE: Duration = Duration::from_secs(240);
@@ -219,7 +219,7 @@ async fn kill_9_mid_stream_stores_every_reading_once_and_enqueues_every_closed_w
     let client = async_nats::connect(&url).await.unwrap();
     let js = jetstream::new(client);
     // The first process creates the stream; publishing waits for it.
-    let first = IngestProcess::start(&postgres.url, names.env(&url));
+    let first = start_ingest(&postgres.url, names.env(&url));
     let started = Instant::now();
     while js.get_stream(&names.stream).await.is_err() {
         assert!(
@@ -278,7 +278,7 @@ async fn kill_9_mid_stream_stores_every_reading_once_and_enqueues_every_closed_w
     }
     first.kill_9();
     let at_kill = stored().await;
-    let second = IngestProcess::start(&postgres.url, names.env(&url));
+    let second = start_ingest(&postgres.url, names.env(&url));
     publisher.await.unwrap();
     while !(stored().await == (DEVICES * PER_DEVICE) as i64 && settled(&js, &names).await) {
         assert!(

@@ -18,7 +18,7 @@ use contracts::ingest::v1::{self as pb, ingest_service_client::IngestServiceClie
 use service_runtime::{ServiceUrl, traced_channel};
 use tonic::Code;
 
-use crate::{publish::now_reading, support::IngestProcess};
+use crate::{publish::now_reading, support::start_ingest};
 use ingest::store::ReadingStore as _;
 
 const LOAD: Duration = Duration::from_secs(30);
@@ -55,7 +55,7 @@ async fn ten_times_the_sink_rate_for_30_s_stays_under_the_memory_ceiling_and_los
     .await
     .unwrap();
 
-    let ingest = IngestProcess::start(
+    let ingest = start_ingest(
         &postgres.url,
         vec![
             ("INGEST_QUEUE_BYTES", QUEUE_BYTES.to_string()),
