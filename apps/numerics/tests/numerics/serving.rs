@@ -94,27 +94,47 @@ async fn concurrent_callers_are_batched_and_each_gets_its_own_answer_across_a_re
     .model;
     std::fs::write(&path, next.to_weights().to_bytes()).unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Every version any caller was answered with, as the answers come.
+    let answered = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let load: Vec<_> = (0..8)
         .map(|tag| {
             let mut client = client.clone();
-            let stop = stop.clone();
+            let (stop, answered) = (stop.clone(), answered.clone());
             tokio::spawn(async move {
-                let mut versions = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    versions.push(
-                        client
-                            .score_anomalies(request(&row(tag)))
-                            .await
-                            .unwrap()
-                            .into_inner()
-                            .model_version,
-                    );
+                    let version = client
+                        .score_anomalies(request(&row(tag)))
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .model_version;
+                    answered.lock().unwrap().push(version);
                 }
-                versions
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let answers_with = |version: &str, at_least: usize| {
+        let (answered, version) = (answered.clone(), version.to_owned());
+        move || {
+            let (answered, version) = (answered.clone(), version.clone());
+            async move {
+                let n = answered
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|v| **v == version)
+                    .count();
+                (n >= at_least).then_some(())
+            }
+        }
+    };
+    // The load is running on the shipped model before the reload...
+    service_runtime::testing::wait_until(
+        "the load to be answered by the shipped model",
+        Duration::from_secs(10),
+        answers_with(shipped.version(), 8),
+    )
+    .await;
     let reloaded = client
         .clone()
         .reload_model(pb::ReloadModelRequest {
@@ -131,12 +151,19 @@ async fn concurrent_callers_are_batched_and_each_gets_its_own_answer_across_a_re
         ),
         (shipped.version(), "test-v2")
     );
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // ...and goes on, without an error, on the new one after it.
+    service_runtime::testing::wait_until(
+        "the load to be answered by the reloaded model",
+        Duration::from_secs(10),
+        answers_with("test-v2", 8),
+    )
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut seen = std::collections::BTreeSet::new();
     for caller in load {
-        seen.extend(caller.await.unwrap());
+        caller.await.unwrap();
     }
+    let seen: std::collections::BTreeSet<String> =
+        answered.lock().unwrap().iter().cloned().collect();
     assert!(seen.contains("test-v2"), "{seen:?}");
     let answer = client
         .clone()

@@ -283,7 +283,22 @@ async fn operators_cancel_retry_pause_and_resume() {
             .job
             .unwrap()
             .id;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A control job on a running queue, enqueued after it: once the
+        // node has run the control, it has had its chance at the paused one.
+        let control = client
+            .enqueue_job(pb::EnqueueJobRequest {
+                job: Some(pb::JobSpec {
+                    queue: "maintenance".into(),
+                    ..spec("noop")
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap()
+            .id;
+        wait_for_state(&mut client, control, JobState::Completed).await;
         let job = client
             .get_job(pb::GetJobRequest { id })
             .await

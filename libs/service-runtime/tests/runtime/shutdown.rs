@@ -1,8 +1,16 @@
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{Router, routing::get};
 use service_runtime::{
-    BuildInfo, CommonConfig, ServiceBuilder, ServiceUrl, TracedChannel, testing::http_get,
+    BuildInfo, CommonConfig, ServiceBuilder, ServiceUrl, TracedChannel,
+    testing::{http_get, wait_until},
     traced_channel,
 };
 use tonic_health::pb::{
@@ -13,13 +21,19 @@ fn any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-/// A handler that holds the request open until the test releases it.
-fn slow_router(release: tokio::sync::watch::Receiver<bool>) -> Router {
+/// Requests that have reached the slow handler.
+type Arrived = Arc<AtomicUsize>;
+
+/// A handler that counts its request in `arrived`, then holds it open until
+/// the test releases it.
+fn slow_router(release: tokio::sync::watch::Receiver<bool>, arrived: Arrived) -> Router {
     Router::new().route(
         "/slow",
         get(move || {
             let mut release = release.clone();
+            let arrived = arrived.clone();
             async move {
+                arrived.fetch_add(1, Ordering::SeqCst);
                 let _ = release.wait_for(|go| *go).await;
                 "finished"
             }
@@ -27,27 +41,52 @@ fn slow_router(release: tokio::sync::watch::Receiver<bool>) -> Router {
     )
 }
 
+/// Waits until a request is inside the slow handler.
+async fn until_arrived(arrived: &Arrived) {
+    wait_until(
+        "the request to reach its handler",
+        Duration::from_secs(10),
+        || async { (arrived.load(Ordering::SeqCst) > 0).then_some(()) },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn in_flight_requests_finish_before_the_app_stops() {
     let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let arrived = Arrived::default();
     let running = ServiceBuilder::new(BuildInfo::new("drain-test"), CommonConfig::for_tests())
-        .http(any_port(), slow_router(release_rx))
+        .http(any_port(), slow_router(release_rx, arrived.clone()))
         .start()
         .await
         .unwrap();
     let http = running.http_addr.unwrap();
     let admin = running.admin_addr;
     let in_flight = tokio::spawn(async move { http_get(http, "/slow", &[]).await });
-    // Let the request reach its handler before shutdown begins.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_arrived(&arrived).await;
     let shutdown = tokio::spawn(running.shutdown());
-    tokio::time::sleep(Duration::from_millis(100)).await;
 
     // Draining: not ready, but still answering probes and in-flight work.
-    assert_eq!(http_get(admin, "/readyz", &[]).await.unwrap().status, 503);
+    wait_until("/readyz to answer 503", Duration::from_secs(10), || async {
+        (http_get(admin, "/readyz", &[]).await.unwrap().status == 503).then_some(())
+    })
+    .await;
+    // Then the listener closes: a new connection is refused (a path the
+    // router does not hold, so an accepted one would answer 404 at once).
+    wait_until(
+        "new connections to be refused while draining",
+        Duration::from_secs(10),
+        || async {
+            http_get(http, "/elsewhere", &[])
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
     assert!(
-        http_get(http, "/slow", &[]).await.is_err(),
-        "new connections are refused while draining"
+        !in_flight.is_finished(),
+        "the in-flight request is still held"
     );
     release_tx.send(true).unwrap();
 
@@ -61,16 +100,17 @@ async fn in_flight_requests_finish_before_the_app_stops() {
 #[tokio::test]
 async fn work_past_the_grace_period_is_aborted() {
     let (_never, release_rx) = tokio::sync::watch::channel(false);
+    let arrived = Arrived::default();
     let mut common = CommonConfig::for_tests();
     common.shutdown_grace = Duration::from_millis(300);
     let running = ServiceBuilder::new(BuildInfo::new("abort-test"), common)
-        .http(any_port(), slow_router(release_rx))
+        .http(any_port(), slow_router(release_rx, arrived.clone()))
         .start()
         .await
         .unwrap();
     let http = running.http_addr.unwrap();
     let stuck = tokio::spawn(async move { http_get(http, "/slow", &[]).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_arrived(&arrived).await;
     let report = running.shutdown().await;
     assert_eq!(report.aborted, ["http"]);
     stuck.abort();
@@ -95,11 +135,19 @@ async fn grpc_health_turns_not_serving_before_listeners_close() {
     );
 
     let shutdown = tokio::spawn(running.shutdown());
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        health.check(check()).await.unwrap().into_inner().status(),
-        ServingStatus::NotServing
-    );
+    // Within the shutdown delay the listener is still open and says so.
+    wait_until(
+        "health to turn NOT_SERVING",
+        Duration::from_secs(10),
+        || {
+            let mut health = health.clone();
+            async move {
+                let status = health.check(check()).await.unwrap().into_inner().status();
+                (status == ServingStatus::NotServing).then_some(())
+            }
+        },
+    )
+    .await;
     let report = shutdown.await.unwrap();
     assert!(report.aborted.is_empty(), "{report:?}");
 }
