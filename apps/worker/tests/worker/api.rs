@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use contracts::jobs::v1::{self as pb, JobState};
 use prost_types::{Struct, Value, value::Kind};
 use tonic::Code;
