@@ -2,12 +2,14 @@
 //! `NATS_URL` is set; CI sets it): in-process on SQLite, and as real
 //! processes on PostgreSQL with a `kill -9` mid-stream.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, Context};
 use chrono::Utc;
 use contracts::ingest::v1 as pb;
 use prost::Message as _;
+
+use service_runtime::testing::wait_until;
 
 use crate::{publish::now_reading, support::start_ingest};
 
@@ -109,11 +111,10 @@ async fn jetstream_messages_are_acked_after_storing_and_poison_is_dead_lettered_
     payloads.push(b"\xff\xff not protobuf".to_vec());
     publish_all(&js, &format!("{}.acme", names.subject), payloads).await;
 
-    let started = Instant::now();
-    while !settled(&js, &names).await {
-        assert!(started.elapsed() < PATIENCE, "the consumer never settled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the consumer to settle", PATIENCE, || async {
+        settled(&js, &names).await.then_some(())
+    })
+    .await;
     let pool = sqlite.pool.clone();
     let stored: i64 =
         sqlx::query_scalar("SELECT count(*) FROM ingest_reading WHERE device_id = 'nats-1'")
@@ -169,11 +170,10 @@ async fn a_subject_binds_its_readings_to_its_tenant() {
         ],
     )
     .await;
-    let started = Instant::now();
-    while !settled(&js, &names).await {
-        assert!(started.elapsed() < PATIENCE, "the consumer never settled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the consumer to settle", PATIENCE, || async {
+        settled(&js, &names).await.then_some(())
+    })
+    .await;
     let stored: Vec<(String, String)> =
         sqlx::query_as("SELECT tenant_id, event_id FROM ingest_reading ORDER BY event_id")
             .fetch_all(&sqlite.pool)
@@ -220,14 +220,10 @@ async fn kill_9_mid_stream_stores_every_reading_once_and_enqueues_every_closed_w
     let js = jetstream::new(client);
     // The first process creates the stream; publishing waits for it.
     let first = start_ingest(&postgres.url, names.env(&url));
-    let started = Instant::now();
-    while js.get_stream(&names.stream).await.is_err() {
-        assert!(
-            started.elapsed() < PATIENCE,
-            "ingest never created the stream"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("ingest to create the stream", PATIENCE, || async {
+        js.get_stream(&names.stream).await.is_ok().then_some(())
+    })
+    .await;
 
     let t0 = Utc::now() - chrono::Duration::milliseconds(SPACING_MS * PER_DEVICE as i64 + 60_000);
     let reading = |device: usize, i: usize| {
@@ -269,25 +265,25 @@ async fn kill_9_mid_stream_stores_every_reading_once_and_enqueues_every_closed_w
             .await
             .unwrap()
     };
-    while stored().await < 30_000 {
-        assert!(
-            started.elapsed() < PATIENCE,
-            "ingest stalled before the kill"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        "30,000 readings stored before the kill",
+        PATIENCE,
+        || async { (stored().await >= 30_000).then_some(()) },
+    )
+    .await;
     first.kill_9();
     let at_kill = stored().await;
     let second = start_ingest(&postgres.url, names.env(&url));
     publisher.await.unwrap();
-    while !(stored().await == (DEVICES * PER_DEVICE) as i64 && settled(&js, &names).await) {
-        assert!(
-            started.elapsed() < PATIENCE,
-            "not every reading arrived: {} stored",
-            stored().await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        "every reading stored and the consumer settled",
+        PATIENCE,
+        || async {
+            (stored().await == (DEVICES * PER_DEVICE) as i64 && settled(&js, &names).await)
+                .then_some(())
+        },
+    )
+    .await;
     assert!(
         at_kill < (DEVICES * PER_DEVICE) as i64,
         "the kill came mid-stream"

@@ -72,16 +72,7 @@ async fn ten_times_the_sink_rate_for_30_s_stays_under_the_memory_ceiling_and_los
     )
     .unwrap();
     let client = IngestServiceClient::new(channel);
-    let started = Instant::now();
-    while client
-        .clone()
-        .get_pipeline_stats(pb::GetPipelineStatsRequest {})
-        .await
-        .is_err()
-    {
-        assert!(started.elapsed() < timeout, "ingest never served");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    ingest.ready().await;
     let (idle, _) = ingest.memory();
 
     // Open loop: a batch every OFFER_EVERY whatever the answers, each on

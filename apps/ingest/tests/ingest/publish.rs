@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use contracts::ingest::v1::{self as pb, ingest_service_client::IngestServiceClient};
 use ingest::store::{PgReadingStore, ReadingStore as _, SqliteReadingStore};
-use service_runtime::{Running, ServiceUrl, TracedChannel, traced_channel};
+use service_runtime::{Running, ServiceUrl, TracedChannel, testing::wait_until, traced_channel};
 use tonic::Code;
 
 type Channel = TracedChannel;
@@ -293,22 +293,27 @@ async fn a_full_queue_answers_resource_exhausted_with_a_retry_hint_and_loses_not
             tokio::spawn(async move { client.publish_readings(request).await })
         };
         let first = publish(batch("a"));
-        let mut probe = client.clone();
-        loop {
-            let stats = probe
-                .get_pipeline_stats(pb::GetPipelineStatsRequest {})
-                .await
-                .unwrap()
-                .into_inner();
-            if stats
-                .stages
-                .iter()
-                .any(|s| s.stage == "grpc.producer" && s.messages_in == 10)
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let probe = client.clone();
+        wait_until(
+            "the first batch to fill the queue",
+            Duration::from_secs(10),
+            || {
+                let mut probe = probe.clone();
+                async move {
+                    let stats = probe
+                        .get_pipeline_stats(pb::GetPipelineStatsRequest {})
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    stats
+                        .stages
+                        .iter()
+                        .any(|s| s.stage == "grpc.producer" && s.messages_in == 10)
+                        .then_some(())
+                }
+            },
+        )
+        .await;
         let (second, third) = tokio::join!(publish(batch("b")), publish(batch("c")));
         let outcomes = [second.unwrap(), third.unwrap()];
         let refused: Vec<&tonic::Status> =
