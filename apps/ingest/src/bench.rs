@@ -421,7 +421,7 @@ pub async fn nats(args: &BenchArgs) -> Result<(), BenchError> {
 /// ratio understates the gain), each into a fresh file.
 #[allow(clippy::print_stdout, reason = "the benchmark's report")]
 pub async fn sqlite(args: &BenchArgs) -> Result<(), BenchError> {
-    use crate::store::{ReadingStore as _, SqliteReadingStore};
+    use crate::store::ReadingStore as _;
     if !args.wants("d") {
         return Ok(());
     }
@@ -433,47 +433,27 @@ pub async fn sqlite(args: &BenchArgs) -> Result<(), BenchError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|rejection| BenchError::Other(format!("bench reading: {rejection}")))?;
     let windowing = crate::window::Windowing::default();
-    let fresh = |name: &str| -> Result<(String, std::path::PathBuf), BenchError> {
-        let path =
-            std::env::temp_dir().join(format!("ingest-bench-{name}-{}.db", std::process::id()));
-        remove_sqlite(&path);
-        Ok((format!("sqlite://{}", path.display()), path))
-    };
+    let batch = args.batch.max(1);
 
-    let (url, path) = fresh("store")?;
-    let store = SqliteReadingStore::connect(&url)
-        .await
-        .map_err(|e| BenchError::Other(e.to_string()))?;
-    store
-        .migrate()
-        .await
-        .map_err(|e| BenchError::Other(e.to_string()))?;
+    let store = ScratchStore::open("store").await?;
     let started = Instant::now();
     let mut jobs = 0;
-    for batch in readings.chunks(args.batch.max(1)) {
+    for chunk in readings.chunks(batch) {
         let report = store
-            .write_batch(batch, &windowing)
+            .store
+            .write_batch(chunk, &windowing)
             .await
             .map_err(|e| BenchError::Other(e.to_string()))?;
         jobs += report.jobs_enqueued;
     }
     let multi_row = started.elapsed();
-    store.pool().close().await;
-    remove_sqlite(&path);
+    store.remove().await;
 
-    let (url, path) = fresh("rows")?;
-    let store = SqliteReadingStore::connect(&url)
-        .await
-        .map_err(|e| BenchError::Other(e.to_string()))?;
-    store
-        .migrate()
-        .await
-        .map_err(|e| BenchError::Other(e.to_string()))?;
+    let store = ScratchStore::open("rows").await?;
     let started = Instant::now();
-    write_row_by_row(&store, &readings, args.batch.max(1), now).await?;
+    write_row_by_row(&store.store, &readings, batch, now).await?;
     let row_by_row = started.elapsed();
-    store.pool().close().await;
-    remove_sqlite(&path);
+    store.remove().await;
 
     println!(
         "(d) SQLite store, {} readings in batches of {}:\n    \
@@ -550,6 +530,34 @@ async fn write_row_by_row(
         tx.commit().await?;
     }
     Ok(())
+}
+
+/// A migrated SQLite store on a fresh file in the temp folder.
+struct ScratchStore {
+    store: crate::store::SqliteReadingStore,
+    path: std::path::PathBuf,
+}
+
+impl ScratchStore {
+    async fn open(name: &str) -> Result<Self, BenchError> {
+        use crate::store::ReadingStore as _;
+        let path =
+            std::env::temp_dir().join(format!("ingest-bench-{name}-{}.db", std::process::id()));
+        remove_sqlite(&path);
+        let other = |e: crate::store::StoreError| BenchError::Other(e.to_string());
+        let store =
+            crate::store::SqliteReadingStore::connect(&format!("sqlite://{}", path.display()))
+                .await
+                .map_err(other)?;
+        store.migrate().await.map_err(other)?;
+        Ok(Self { store, path })
+    }
+
+    /// Closes the pool and deletes the file.
+    async fn remove(self) {
+        self.store.pool().close().await;
+        remove_sqlite(&self.path);
+    }
 }
 
 /// Deletes an SQLite file and its journals, if present.
