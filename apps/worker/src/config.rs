@@ -32,6 +32,12 @@ pub struct Config {
     /// `WORKER_WEBHOOK_BACKOFF`: first retry delay of a failed delivery;
     /// doubles per attempt (with jitter), capped at one hour.
     pub webhook_backoff: Duration,
+    /// `WORKER_WEBHOOK_ALLOW`: networks webhooks may reach although they
+    /// are private, loopback and so on (`10.1.0.0/16,::1`); none by default.
+    pub webhook_allow: WebhookNetworks,
+    /// `WORKER_WEBHOOK_ALLOW_HTTP`: allow plain `http://` receivers
+    /// (development); `https` only by default.
+    pub webhook_allow_http: bool,
     /// `WORKER_INGEST_URL`: ingest's gRPC API (windows, results, pruning).
     pub ingest_url: ServiceUrl,
     /// `WORKER_INGEST_TIMEOUT`: longest one call to ingest may take.
@@ -103,6 +109,21 @@ impl EnvValue for Secret {
             return Err("must be at least 16 characters".into());
         }
         Ok(Self(raw.to_owned()))
+    }
+}
+
+/// Networks webhooks may reach despite the SSRF guard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebhookNetworks(pub Vec<security::AllowedNet>);
+
+impl EnvValue for WebhookNetworks {
+    fn parse_env(raw: &str) -> Result<Self, InvalidValue> {
+        raw.split(',')
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .map(|part| security::AllowedNet::parse(part).map_err(|e| InvalidValue(e.to_string())))
+            .collect::<Result<_, _>>()
+            .map(Self)
     }
 }
 
@@ -179,6 +200,8 @@ impl Config {
             ),
             webhook_timeout: env.get_or("WEBHOOK_TIMEOUT", Duration::from_secs(10)),
             webhook_backoff: env.get_or("WEBHOOK_BACKOFF", Duration::from_secs(10)),
+            webhook_allow: env.get_or("WEBHOOK_ALLOW", WebhookNetworks::default()),
+            webhook_allow_http: env.get_or("WEBHOOK_ALLOW_HTTP", false),
             ingest_url: env.get_or("INGEST_URL", ServiceUrl::local(50051)),
             ingest_timeout: env.get_or("INGEST_TIMEOUT", Duration::from_secs(10)),
             numerics_url: env.get_or("NUMERICS_URL", ServiceUrl::local(50053)),
@@ -190,12 +213,31 @@ impl Config {
         }
     }
 
+    /// What webhook deliveries may reach: public `https` receivers, plus
+    /// what `WORKER_WEBHOOK_ALLOW` and `WORKER_WEBHOOK_ALLOW_HTTP` add.
+    pub fn webhook_policy(&self) -> security::OutboundPolicy {
+        security::OutboundPolicy {
+            allow_http: self.webhook_allow_http,
+            allow: self.webhook_allow.0.clone(),
+            timeout: self.webhook_timeout,
+            connect_timeout: self.webhook_timeout.min(service_runtime::CONNECT_TIMEOUT),
+            ..security::OutboundPolicy::strict()
+        }
+    }
+
     /// Port 0 everywhere and the given database, for in-process tests.
     pub fn for_tests(database_url: &str) -> Self {
         let mut env = EnvReader::from_vars("WORKER_", [("WORKER_DATABASE_URL", database_url)]);
         let mut config = Self::from_env(&mut env);
         config.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.poll_interval = Duration::from_millis(100);
+        // The tests' receivers listen on loopback, over plain HTTP.
+        config.webhook_allow = WebhookNetworks(
+            security::AllowedNet::parse("127.0.0.0/8")
+                .into_iter()
+                .collect(),
+        );
+        config.webhook_allow_http = true;
         config.common = CommonConfig::for_tests();
         config
     }
@@ -204,6 +246,20 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webhook_networks_parse_and_name_a_bad_entry() {
+        let networks = WebhookNetworks::parse_env("10.1.0.0/16, ::1").unwrap().0;
+        assert_eq!(networks.len(), 2);
+        assert!(networks[0].contains("10.1.200.3".parse().unwrap()));
+        assert_eq!(
+            WebhookNetworks::parse_env("10.0.0.0/8,intranet")
+                .unwrap_err()
+                .0,
+            "\"intranet\" is not an IP address"
+        );
+        assert_eq!(WebhookNetworks::parse_env("").unwrap().0, Vec::new());
+    }
 
     #[test]
     fn queues_parse_with_optional_global_limits() {

@@ -59,11 +59,11 @@ async fn serve<S: WorkerStore>(config: Config, store: S) -> Result<Running, Star
         .map_err(dependency("migrations"))?;
     let node_id = jobs::new_node_id();
     let webhooks =
-        kinds::webhook::WebhookClient::new(config.webhook_secret.clone(), config.webhook_timeout)
+        kinds::webhook::WebhookClient::new(config.webhook_secret.clone(), config.webhook_policy())
             .map_err(|message| StartError::Dependency {
-            what: "webhooks",
-            message,
-        })?;
+                what: "webhooks",
+                message,
+            })?;
     let ingest = service_runtime::traced_channel(
         &config.ingest_url,
         config.ingest_timeout.min(service_runtime::CONNECT_TIMEOUT),

@@ -18,25 +18,23 @@ use sha2::Sha256;
 
 use crate::config::Secret;
 
-/// An HTTP client for webhooks with the signing key.
+/// The SSRF-guarded outbound client (`security::OutboundClient`) with the
+/// signing key.
 #[derive(Debug, Clone)]
 pub struct WebhookClient {
-    http: reqwest::Client,
+    http: security::OutboundClient,
     secret: Secret,
 }
 
 impl WebhookClient {
-    /// A client whose requests time out after `timeout`.
-    pub fn new(secret: Secret, timeout: Duration) -> Result<Self, String> {
-        // The process-wide TLS provider; a second install is a no-op error.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(service_runtime::CONNECT_TIMEOUT))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("platform-worker/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("webhook HTTP client: {e}"))?;
+    /// A client whose requests reach what `policy` allows and time out
+    /// after its timeout.
+    pub fn new(secret: Secret, policy: security::OutboundPolicy) -> Result<Self, String> {
+        let http = security::OutboundClient::new(
+            policy,
+            concat!("platform-worker/", env!("CARGO_PKG_VERSION")),
+        )
+        .map_err(|e| e.to_string())?;
         Ok(Self { http, secret })
     }
 
@@ -76,12 +74,12 @@ impl Worker for DeliverWebhook {
     }
 
     async fn work(&self, ctx: JobContext, args: DeliverWebhookArgs) -> Result<Done, JobError> {
-        if !(args.url.starts_with("http://") || args.url.starts_with("https://")) {
-            return Err(JobError::Discard(format!(
-                "url {:?} is not http:// or https://",
-                args.url
-            )));
-        }
+        // A destination the guard refuses stays refused: discard at once.
+        let request = self
+            .client
+            .http
+            .post(&args.url)
+            .map_err(|e| JobError::Discard(e.to_string()))?;
         let id = format!("job_{}", ctx.id);
         let body = serde_json::to_vec(&serde_json::json!({
             "type": args.event,
@@ -91,10 +89,7 @@ impl Worker for DeliverWebhook {
         .map_err(|e| JobError::Discard(format!("payload does not serialise: {e}")))?;
         let timestamp = chrono::Utc::now().timestamp();
         let signature = self.client.sign(&id, timestamp, &body);
-        let mut request = self
-            .client
-            .http
-            .post(&args.url)
+        let mut request = request
             .header("content-type", "application/json")
             .header("webhook-id", &id)
             .header("webhook-timestamp", timestamp.to_string())
@@ -114,13 +109,13 @@ impl Worker for DeliverWebhook {
         if status.is_success() {
             return Ok(Done::Completed);
         }
-        let snippet: String = response
-            .text()
+        let body = self
+            .client
+            .http
+            .read_bounded(response)
             .await
-            .unwrap_or_default()
-            .chars()
-            .take(200)
-            .collect();
+            .unwrap_or_default();
+        let snippet: String = String::from_utf8_lossy(&body).chars().take(200).collect();
         let reason = format!("receiver answered {status}: {snippet}");
         if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
             Err(JobError::Retry(reason))

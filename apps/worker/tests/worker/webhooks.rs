@@ -209,3 +209,48 @@ async fn an_unreachable_receiver_is_retried_until_attempts_run_out() {
     })
     .await;
 }
+
+/// The SSRF guard: a webhook aimed at the cloud metadata address or at a
+/// private network is discarded on its first attempt, naming the range,
+/// and nothing is sent (the tests allow only loopback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_to_a_non_public_address_is_discarded_naming_the_range() {
+    on_both(|running| async move {
+        let mut client = client(&running);
+        for (url, range) in [
+            (
+                "http://169.254.169.254/latest/meta-data/",
+                "link-local and cloud metadata (169.254.0.0/16)",
+            ),
+            ("http://10.0.0.7:8080/hook", "private (10.0.0.0/8)"),
+            (
+                "http://[::ffff:a9fe:a9fe]/",
+                "link-local and cloud metadata (169.254.0.0/16)",
+            ),
+        ] {
+            let id = client
+                .enqueue_job(pb::EnqueueJobRequest {
+                    job: Some(webhook_job(url)),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .job
+                .unwrap()
+                .id;
+            let done = finished(&mut client, id).await;
+            assert_eq!(
+                (done.state(), done.attempt),
+                (JobState::Discarded, 1),
+                "{url}"
+            );
+            assert!(
+                done.errors[0].error.contains(range),
+                "{url}: {:?}",
+                done.errors
+            );
+        }
+        running
+    })
+    .await;
+}

@@ -1,0 +1,12 @@
+//! Security controls the apps share, so each is written and reviewed once.
+//!
+//! - [`outbound`]: the one HTTP client for calls to addresses a tenant or
+//!   an operator chose (webhooks). It refuses private, loopback,
+//!   link-local, metadata and other non-public destinations (SSRF), checks
+//!   the addresses it connects to rather than the name it was given (no DNS
+//!   rebinding), follows no redirects, ignores proxy variables, bounds the
+//!   response it reads and times out.
+
+pub mod outbound;
+
+pub use outbound::{AllowedNet, OutboundClient, OutboundError, OutboundPolicy, forbidden_range};
