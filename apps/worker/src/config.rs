@@ -26,7 +26,7 @@ pub struct Config {
     /// `WORKER_PRUNE_AGE`: finished jobs older than this are deleted.
     pub prune_age: Duration,
     /// `WORKER_WEBHOOK_SECRET`: key for signing webhook bodies.
-    pub webhook_secret: Secret,
+    pub webhook_secret: security::Secret,
     /// `WORKER_WEBHOOK_TIMEOUT`: longest one webhook request may take.
     pub webhook_timeout: Duration,
     /// `WORKER_WEBHOOK_BACKOFF`: first retry delay of a failed delivery;
@@ -83,32 +83,6 @@ impl EnvValue for TenantWebhooks {
             }
         }
         Ok(Self(map))
-    }
-}
-
-/// A secret that never prints.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret's bytes, for signing.
-    pub fn expose(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(\"***\")")
-    }
-}
-
-impl EnvValue for Secret {
-    fn parse_env(raw: &str) -> Result<Self, InvalidValue> {
-        if raw.len() < 16 {
-            return Err("must be at least 16 characters".into());
-        }
-        Ok(Self(raw.to_owned()))
     }
 }
 
@@ -194,14 +168,20 @@ impl Config {
             poll_interval: env.get_or("POLL_INTERVAL", Duration::from_secs(1)),
             lease: env.get_or("LEASE", Duration::from_secs(30)),
             prune_age: env.get_or("PRUNE_AGE", Duration::from_secs(7 * 86_400)),
-            webhook_secret: env.get_or(
-                "WEBHOOK_SECRET",
-                Secret("local-development-webhook-secret".to_owned()),
-            ),
+            webhook_secret: env.secret("WEBHOOK_SECRET", security::secret::DEVELOPMENT_WEBHOOK_KEY),
             webhook_timeout: env.get_or("WEBHOOK_TIMEOUT", Duration::from_secs(10)),
             webhook_backoff: env.get_or("WEBHOOK_BACKOFF", Duration::from_secs(10)),
             webhook_allow: env.get_or("WEBHOOK_ALLOW", WebhookNetworks::default()),
-            webhook_allow_http: env.get_or("WEBHOOK_ALLOW_HTTP", false),
+            webhook_allow_http: {
+                let allow = env.get_or("WEBHOOK_ALLOW_HTTP", false);
+                if allow && env.environment() == service_runtime::Environment::Production {
+                    env.reject(
+                        "WEBHOOK_ALLOW_HTTP",
+                        "plain http receivers are refused in production",
+                    );
+                }
+                allow
+            },
             ingest_url: env.get_or("INGEST_URL", ServiceUrl::local(50051)),
             ingest_timeout: env.get_or("INGEST_TIMEOUT", Duration::from_secs(10)),
             numerics_url: env.get_or("NUMERICS_URL", ServiceUrl::local(50053)),
@@ -286,9 +266,84 @@ mod tests {
         );
     }
 
+    fn production(vars: &[(&str, &str)]) -> Result<Config, service_runtime::ConfigError> {
+        let mut env = EnvReader::from_vars(
+            "WORKER_",
+            vars.iter().copied().chain([("PLATFORM_ENV", "production")]),
+        );
+        let config = Config::from_env(&mut env);
+        env.finish().map(|()| config)
+    }
+
     #[test]
-    fn secrets_do_not_print() {
-        let secret = Secret::parse_env("0123456789abcdef").unwrap();
-        assert_eq!(format!("{secret:?}"), "Secret(\"***\")");
+    fn production_refuses_the_development_key_and_weak_keys_without_printing_them() {
+        let unset = production(&[]).unwrap_err().to_string();
+        assert!(
+            unset.contains("WORKER_WEBHOOK_SECRET: is required in production"),
+            "{unset}"
+        );
+        let shipped = production(&[(
+            "WORKER_WEBHOOK_SECRET",
+            security::secret::DEVELOPMENT_WEBHOOK_KEY,
+        )])
+        .unwrap_err();
+        assert!(
+            shipped
+                .to_string()
+                .contains("development default shipped in the repository"),
+            "{shipped}"
+        );
+        assert!(
+            !shipped
+                .to_string()
+                .contains(security::secret::DEVELOPMENT_WEBHOOK_KEY)
+        );
+        let weak = production(&[("WORKER_WEBHOOK_SECRET", "only-twenty-chars-xx")])
+            .unwrap_err()
+            .to_string();
+        assert!(weak.contains("is 20 bytes"), "{weak}");
+        assert!(!weak.contains("only-twenty"), "{weak}");
+        let strong = "k7Qd9vX2mP4sL8wZ1nR6tY3uB5cF0hJ2";
+        let http = production(&[
+            ("WORKER_WEBHOOK_SECRET", strong),
+            ("WORKER_WEBHOOK_ALLOW_HTTP", "true"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            http.contains("WORKER_WEBHOOK_ALLOW_HTTP: plain http"),
+            "{http}"
+        );
+        let config = production(&[("WORKER_WEBHOOK_SECRET", strong)]).unwrap();
+        assert_eq!(config.webhook_secret.expose(), strong.as_bytes());
+        assert_eq!(format!("{:?}", config.webhook_secret), "Secret(***)");
+    }
+
+    #[test]
+    fn a_secret_can_come_from_a_file_but_not_from_both() {
+        let path = std::env::temp_dir().join(format!("worker-secret-{}", std::process::id()));
+        std::fs::write(&path, "k7Qd9vX2mP4sL8wZ1nR6tY3uB5cF0hJ2\n").unwrap();
+        let file = path.display().to_string();
+        let config = production(&[("WORKER_WEBHOOK_SECRET_FILE", file.as_str())]).unwrap();
+        assert_eq!(
+            config.webhook_secret.expose(),
+            b"k7Qd9vX2mP4sL8wZ1nR6tY3uB5cF0hJ2",
+            "read and trimmed"
+        );
+        let both = production(&[
+            ("WORKER_WEBHOOK_SECRET_FILE", file.as_str()),
+            ("WORKER_WEBHOOK_SECRET", "k7Qd9vX2mP4sL8wZ1nR6tY3uB5cF0hJ2"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(both.contains("not both"), "{both}");
+        std::fs::remove_file(&path).unwrap();
+        let missing = production(&[("WORKER_WEBHOOK_SECRET_FILE", "/nonexistent/secret")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("WORKER_WEBHOOK_SECRET_FILE: cannot read"),
+            "{missing}"
+        );
     }
 }

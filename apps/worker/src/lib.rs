@@ -24,7 +24,7 @@ use jobs::{Node, NodeConfig};
 use service_runtime::{AppMain, BuildInfo, Running, ServiceBuilder, StartError};
 
 pub use api::JobsApi;
-pub use config::{Config, Queues, Secret, TenantWebhooks};
+pub use config::{Config, Queues, TenantWebhooks};
 pub use service_runtime::DatabaseUrl;
 pub use storage::WorkerStore;
 

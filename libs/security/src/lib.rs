@@ -6,7 +6,12 @@
 //!   the addresses it connects to rather than the name it was given (no DNS
 //!   rebinding), follows no redirects, ignores proxy variables, bounds the
 //!   response it reads and times out.
+//! - [`secret`]: [`Secret`], the one type for secrets in memory (never
+//!   printed, zeroised on drop) and what production calls weak.
 
 pub mod outbound;
+pub mod secret;
+
+pub use secret::Secret;
 
 pub use outbound::{AllowedNet, OutboundClient, OutboundError, OutboundPolicy, forbidden_range};

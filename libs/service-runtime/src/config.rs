@@ -48,8 +48,45 @@ impl fmt::Display for ConfigError {
 
 /// A value that can be read from one environment variable.
 pub trait EnvValue: Sized {
+    /// A secret: a malformed value is reported without the value.
+    const SECRET: bool = false;
+
     /// Parses the raw value, or says what is wrong with it.
     fn parse_env(raw: &str) -> Result<Self, InvalidValue>;
+}
+
+impl EnvValue for security::Secret {
+    const SECRET: bool = true;
+
+    fn parse_env(raw: &str) -> Result<Self, InvalidValue> {
+        Ok(Self::new(raw))
+    }
+}
+
+/// Where a process runs: development allows the repository's default
+/// secrets and plain HTTP receivers; production refuses them at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    /// A developer's machine, tests, the quick start.
+    Development,
+    /// `PLATFORM_ENV=production`, and any process under Kubernetes unless
+    /// `PLATFORM_ENV=development` says otherwise.
+    Production,
+}
+
+impl Environment {
+    /// From `PLATFORM_ENV` and whether `KUBERNETES_SERVICE_HOST` is set.
+    fn detect(platform_env: Option<&str>, under_kubernetes: bool) -> Result<Self, String> {
+        match platform_env.map(str::trim) {
+            Some("production") => Ok(Self::Production),
+            Some("development") => Ok(Self::Development),
+            Some("") | None if under_kubernetes => Ok(Self::Production),
+            Some("") | None => Ok(Self::Development),
+            Some(other) => Err(format!(
+                "expected production or development (got {other:?})"
+            )),
+        }
+    }
 }
 
 /// Why a raw environment value does not parse, in words an operator can
@@ -75,6 +112,7 @@ impl From<String> for InvalidValue {
 #[derive(Debug)]
 pub struct EnvReader {
     prefix: String,
+    environment: Environment,
     vars: BTreeMap<String, String>,
     read: BTreeSet<String>,
     problems: Vec<ConfigProblem>,
@@ -92,16 +130,64 @@ impl EnvReader {
         prefix: &str,
         vars: impl IntoIterator<Item = (impl Into<String>, impl Into<String>)>,
     ) -> Self {
+        let mut platform_env = None;
+        let mut under_kubernetes = false;
         let vars = vars
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
+            .inspect(|(k, v)| match k.as_str() {
+                "PLATFORM_ENV" => platform_env = Some(v.clone()),
+                "KUBERNETES_SERVICE_HOST" => under_kubernetes = true,
+                _ => {}
+            })
             .filter(|(k, _)| k.starts_with(prefix))
             .collect();
+        let mut problems = Vec::new();
+        let environment = Environment::detect(platform_env.as_deref(), under_kubernetes)
+            .unwrap_or_else(|problem| {
+                problems.push(ConfigProblem {
+                    variable: "PLATFORM_ENV".into(),
+                    problem,
+                });
+                // Unknown: hold the process to production's rules.
+                Environment::Production
+            });
         Self {
             prefix: prefix.to_owned(),
+            environment,
             vars,
             read: BTreeSet::new(),
-            problems: Vec::new(),
+            problems,
+        }
+    }
+
+    /// Development or production (see [`Environment`]).
+    pub fn environment(&self) -> Environment {
+        self.environment
+    }
+
+    /// A secret from `<PREFIX><name>` or the file `<PREFIX><name>_FILE`
+    /// names. In development an unset secret is `development_default`; in
+    /// production it is a problem, and so is a weak value (see
+    /// `security::Secret::weakness`). No problem ever contains the value.
+    pub fn secret(&mut self, name: &str, development_default: &str) -> security::Secret {
+        let production = self.environment == Environment::Production;
+        match self.get::<security::Secret>(name) {
+            Some(secret) => {
+                if production && let Some(weakness) = secret.weakness() {
+                    self.reject(name, weakness);
+                }
+                secret
+            }
+            None => {
+                if production {
+                    self.reject(
+                        name,
+                        format!("is required in production (set it or {name}_FILE)"),
+                    );
+                }
+                security::Secret::new(development_default)
+            }
         }
     }
 
@@ -113,22 +199,63 @@ impl EnvReader {
 
     /// The value of `<PREFIX><name>` parsed as `T`, or `None` when unset,
     /// empty or malformed (recorded).
+    ///
+    /// `<PREFIX><name>_FILE` names a file holding the value instead (how
+    /// Kubernetes and Docker mount secrets); setting both is a problem.
     pub fn get<T: EnvValue>(&mut self, name: &str) -> Option<T> {
         let variable = format!("{}{name}", self.prefix);
-        self.read.insert(variable.clone());
-        let raw = self.vars.get(&variable)?.trim().to_owned();
-        if raw.is_empty() {
-            return None;
-        }
+        let raw = self.raw(&variable)?;
         match T::parse_env(&raw) {
             Ok(value) => Some(value),
             Err(problem) => {
+                let problem = if T::SECRET {
+                    format!("{problem} (value not shown: it is a secret)")
+                } else {
+                    format!("{problem} (got {raw:?})")
+                };
+                self.problems.push(ConfigProblem { variable, problem });
+                None
+            }
+        }
+    }
+
+    /// The trimmed value of `variable` or of the file `<variable>_FILE`
+    /// names; `None` when neither is set (or on a problem, recorded).
+    fn raw(&mut self, variable: &str) -> Option<String> {
+        let file_variable = format!("{variable}_FILE");
+        self.read.insert(variable.to_owned());
+        self.read.insert(file_variable.clone());
+        let direct = self
+            .vars
+            .get(variable)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty());
+        let file = self
+            .vars
+            .get(&file_variable)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty());
+        match (direct, file) {
+            (Some(_), Some(_)) => {
                 self.problems.push(ConfigProblem {
-                    variable,
-                    problem: format!("{problem} (got {raw:?})"),
+                    variable: variable.to_owned(),
+                    problem: format!("set either {variable} or {file_variable}, not both"),
                 });
                 None
             }
+            (Some(value), None) => Some(value.to_owned()),
+            (None, Some(path)) => match std::fs::read_to_string(path) {
+                Ok(contents) => Some(contents.trim().to_owned()).filter(|v| !v.is_empty()),
+                Err(error) => {
+                    let problem = format!("cannot read {path:?}: {error}");
+                    self.problems.push(ConfigProblem {
+                        variable: file_variable,
+                        problem,
+                    });
+                    None
+                }
+            },
+            (None, None) => None,
         }
     }
 
@@ -340,6 +467,8 @@ pub struct CommonConfig {
     pub log_format: LogFormat,
     /// `<P>GRPC_REFLECTION`: serve gRPC reflection (off by default).
     pub grpc_reflection: bool,
+    /// `PLATFORM_ENV` (see [`Environment`]).
+    pub environment: Environment,
 }
 
 impl CommonConfig {
@@ -356,6 +485,7 @@ impl CommonConfig {
             shutdown_delay,
             log_format: env.get_or("LOG_FORMAT", default_log_format()),
             grpc_reflection: env.get_or("GRPC_REFLECTION", false),
+            environment: env.environment(),
         }
     }
 
@@ -367,6 +497,7 @@ impl CommonConfig {
             shutdown_delay: Duration::ZERO,
             log_format: LogFormat::Pretty,
             grpc_reflection: true,
+            environment: Environment::Development,
         }
     }
 }
@@ -384,6 +515,63 @@ fn default_log_format() -> LogFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn production_is_declared_or_assumed_under_kubernetes() {
+        let env = |vars: &[(&str, &str)]| EnvReader::from_vars("APP_", vars.iter().copied());
+        assert_eq!(env(&[]).environment(), Environment::Development);
+        assert_eq!(
+            env(&[("PLATFORM_ENV", "production")]).environment(),
+            Environment::Production
+        );
+        assert_eq!(
+            env(&[("KUBERNETES_SERVICE_HOST", "10.0.0.1")]).environment(),
+            Environment::Production
+        );
+        assert_eq!(
+            env(&[
+                ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+                ("PLATFORM_ENV", "development")
+            ])
+            .environment(),
+            Environment::Development,
+            "the manifests may say otherwise"
+        );
+        let typo = env(&[("PLATFORM_ENV", "prod")]);
+        assert_eq!(
+            typo.environment(),
+            Environment::Production,
+            "unknown is strict"
+        );
+        let problem = typo.finish().unwrap_err().to_string();
+        assert!(
+            problem.contains("PLATFORM_ENV: expected production or development"),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_secret_is_reported_without_its_value() {
+        struct Pin;
+        impl EnvValue for Pin {
+            const SECRET: bool = true;
+            fn parse_env(raw: &str) -> Result<Self, InvalidValue> {
+                if raw.len() == 4 {
+                    Ok(Self)
+                } else {
+                    Err("must be 4 characters".into())
+                }
+            }
+        }
+        let mut env = EnvReader::from_vars("APP_", [("APP_PIN", "s3cr3t-value")]);
+        assert!(env.get::<Pin>("PIN").is_none());
+        let problem = env.finish().unwrap_err().to_string();
+        assert!(
+            problem.contains("APP_PIN: must be 4 characters (value not shown"),
+            "{problem}"
+        );
+        assert!(!problem.contains("s3cr3t"), "{problem}");
+    }
 
     #[test]
     fn every_problem_is_reported_with_its_variable() {

@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac as _};
 use jobs::{Done, JobContext, JobError, Worker};
 use sha2::Sha256;
 
-use crate::config::Secret;
+use security::Secret;
 
 /// The SSRF-guarded outbound client (`security::OutboundClient`) with the
 /// signing key.
