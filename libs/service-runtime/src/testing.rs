@@ -123,8 +123,19 @@ pub struct AppProcess {
 impl AppProcess {
     /// Starts `binary` (an app's, e.g. `env!("CARGO_BIN_EXE_ingest")`),
     /// whose settings are read from `<env_prefix>*`, with `env` on top.
-    #[allow(clippy::expect_used, reason = "test support: a panic is the report")]
     pub fn start(binary: &str, env_prefix: &str, env: Vec<(String, String)>) -> Self {
+        Self::start_with_stderr(binary, env_prefix, env, std::process::Stdio::inherit())
+    }
+
+    /// [`Self::start`] with the app's log (stderr) going to `stderr`, e.g.
+    /// a file a test reads afterwards.
+    #[allow(clippy::expect_used, reason = "test support: a panic is the report")]
+    pub fn start_with_stderr(
+        binary: &str,
+        env_prefix: &str,
+        env: Vec<(String, String)>,
+        stderr: impl Into<std::process::Stdio>,
+    ) -> Self {
         let free = || free_local_addr().expect("a free local port");
         let (grpc_addr, admin_addr) = (free(), free());
         let child = std::process::Command::new(binary)
@@ -134,7 +145,7 @@ impl AppProcess {
             .env("RUST_LOG", "warn")
             .envs(env)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start the app binary");
         Self {

@@ -254,3 +254,71 @@ async fn a_webhook_to_a_non_public_address_is_discarded_naming_the_range() {
     })
     .await;
 }
+
+/// No secret reaches the log at any level: the shipped binary at
+/// `RUST_LOG=trace` signs a webhook with the key, fails once and delivers;
+/// its whole log holds neither the key nor its base64.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_signing_key_never_reaches_the_log_at_any_level() {
+    let key = "log-probe-7c1f0e9a2b4d6f8013579bdf2468ace0";
+    let (addr, receiver) = start_receiver(vec![500]).await;
+    let scratch = jobs::testing::ScratchSqlite::create("worker_log").await;
+    let log_path = std::env::temp_dir().join(format!("worker-log-{}.txt", std::process::id()));
+    let worker = service_runtime::testing::AppProcess::start_with_stderr(
+        env!("CARGO_BIN_EXE_worker"),
+        "WORKER_",
+        [
+            ("WORKER_DATABASE_URL", scratch.url.as_str()),
+            ("WORKER_WEBHOOK_SECRET", key),
+            ("WORKER_WEBHOOK_ALLOW", "127.0.0.1"),
+            ("WORKER_WEBHOOK_ALLOW_HTTP", "true"),
+            ("WORKER_WEBHOOK_BACKOFF", "50ms"),
+            ("WORKER_POLL_INTERVAL", "100ms"),
+            ("RUST_LOG", "trace"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+        std::fs::File::create(&log_path).unwrap(),
+    );
+    worker.ready().await;
+    let mut client = {
+        let timeout = std::time::Duration::from_secs(10);
+        let url = service_runtime::ServiceUrl::local(worker.grpc_addr.port());
+        contracts::jobs::v1::jobs_service_client::JobsServiceClient::new(
+            service_runtime::traced_channel(&url, timeout, timeout).unwrap(),
+        )
+    };
+    let id = client
+        .enqueue_job(pb::EnqueueJobRequest {
+            job: Some(webhook_job(&format!("http://{addr}/hook"))),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
+        .id;
+    let done = finished(&mut client, id).await;
+    assert_eq!((done.state(), done.attempt), (JobState::Completed, 2));
+    // The key was in use: the delivery verifies with it.
+    let delivery = receiver.deliveries.lock().unwrap()[1].clone();
+    let header = |name: &str| delivery.headers[name].to_str().unwrap().to_owned();
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(format!("{}.{}.", header("webhook-id"), header("webhook-timestamp")).as_bytes());
+    mac.update(&delivery.body);
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    assert_eq!(header("webhook-signature"), format!("v1,{expected}"));
+    drop(worker);
+    scratch.remove().await;
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    std::fs::remove_file(&log_path).unwrap();
+    assert!(
+        log.contains("TRACE") || log.contains("\"level\":\"TRACE\""),
+        "trace level was on"
+    );
+    assert!(!log.contains(key), "the key is in the log");
+    let encoded = base64::engine::general_purpose::STANDARD.encode(key);
+    assert!(!log.contains(&encoded), "the key's base64 is in the log");
+}
