@@ -92,6 +92,7 @@ async fn serve<S: WorkerStore>(config: Config, store: S) -> Result<Running, Star
         ingest: IngestServiceClient::new(ingest),
         store: store.clone(),
         tenant_webhooks: config.tenant_webhooks.0.clone(),
+        environment: config.common.environment,
     });
     let api = JobsApi::new(store.clone(), registry.clone(), config.queues.0.clone());
     let ping = store.clone();

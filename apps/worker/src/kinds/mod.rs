@@ -32,16 +32,22 @@ pub struct Dependencies<S> {
     pub store: S,
     /// Webhook URL per tenant.
     pub tenant_webhooks: std::collections::BTreeMap<String, String>,
+    /// Production leaves out the kinds that exist for tests and benchmarks.
+    pub environment: service_runtime::Environment,
 }
 
-/// Every job type this app runs.
+/// Every job type this app runs. `noop` and `record_run` exist for tests,
+/// the crash tests and benchmarks: production does not register them, so
+/// the API refuses them as unknown kinds.
 pub fn registry<S: crate::WorkerStore>(deps: Dependencies<S>) -> jobs::Registry {
-    jobs::Registry::new()
-        .register(Noop)
-        .register(RecordRun {
+    let mut registry = jobs::Registry::new();
+    if deps.environment == service_runtime::Environment::Development {
+        registry = registry.register(Noop).register(RecordRun {
             log: deps.store.clone(),
             node_id: deps.node_id,
-        })
+        });
+    }
+    registry
         .register(DeliverWebhook {
             client: deps.webhooks,
             backoff: deps.webhook_backoff,

@@ -347,3 +347,32 @@ async fn operators_cancel_retry_pause_and_resume() {
     })
     .await;
 }
+
+/// Production registers only the platform's real job kinds: `noop` and
+/// `record_run` (tests, crash tests, benchmarks) are unknown there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_refuses_the_test_only_job_kinds() {
+    let scratch = crate::support::Scratch::sqlite().await;
+    let mut config = worker::Config::for_tests(&scratch.url());
+    config.common.environment = service_runtime::Environment::Production;
+    let running = worker::start(config).await.unwrap();
+    let mut client = client(&running);
+    for kind in ["noop", "record_run"] {
+        let refused = client
+            .enqueue_job(pb::EnqueueJobRequest {
+                job: Some(spec(kind)),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(
+            refused
+                .message()
+                .starts_with(&format!("job.kind: unknown job kind \"{kind}\"")),
+            "{}",
+            refused.message()
+        );
+    }
+    running.shutdown().await;
+    scratch.remove().await;
+}
