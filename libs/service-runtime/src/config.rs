@@ -469,6 +469,62 @@ pub struct CommonConfig {
     pub grpc_reflection: bool,
     /// `PLATFORM_ENV` (see [`Environment`]).
     pub environment: Environment,
+    /// What one gRPC client may hold of the server.
+    pub grpc_limits: GrpcLimits,
+}
+
+/// Bounds that keep one gRPC client from exhausting a server: streams and
+/// concurrent requests per connection, a cap on every request's deadline,
+/// HTTP/2 header and reset limits, keepalive that drops dead peers.
+/// Message sizes are per service (each app sets its own from its contract;
+/// tonic's default is 4 MiB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcLimits {
+    /// `<P>GRPC_MAX_STREAMS`: concurrent HTTP/2 streams per connection;
+    /// a client asking for more waits (its own streams, nobody else's).
+    pub max_streams_per_connection: u32,
+    /// `<P>GRPC_MAX_DEADLINE`: the longest a unary request (or a stream's
+    /// opening) may run, whatever deadline the client sent.
+    pub max_deadline: Duration,
+    /// Largest request header block (HTTP/2 `MAX_HEADER_LIST_SIZE`).
+    pub max_header_list_bytes: u32,
+    /// Streams a client may open and reset before the server answers them
+    /// (the HTTP/2 rapid-reset bound).
+    pub max_pending_resets: usize,
+    /// Keepalive ping interval, and how long an unanswered ping may wait
+    /// before the connection is closed.
+    pub keepalive: (Duration, Duration),
+}
+
+impl GrpcLimits {
+    /// Reads the two tunable limits; the rest are fixed.
+    fn from_env(env: &mut EnvReader) -> Self {
+        let defaults = Self::default();
+        let max_streams_per_connection =
+            env.get_or("GRPC_MAX_STREAMS", defaults.max_streams_per_connection);
+        if max_streams_per_connection == 0 {
+            env.reject("GRPC_MAX_STREAMS", "must be at least 1");
+        }
+        Self {
+            max_streams_per_connection: max_streams_per_connection.max(1),
+            max_deadline: env.get_or("GRPC_MAX_DEADLINE", defaults.max_deadline),
+            ..defaults
+        }
+    }
+}
+
+impl Default for GrpcLimits {
+    /// 256 streams per connection, 60 s deadlines, 16 KiB of headers, 64
+    /// pending resets, a ping every 30 s answered within 10 s.
+    fn default() -> Self {
+        Self {
+            max_streams_per_connection: 256,
+            max_deadline: Duration::from_secs(60),
+            max_header_list_bytes: 16 * 1024,
+            max_pending_resets: 64,
+            keepalive: (Duration::from_secs(30), Duration::from_secs(10)),
+        }
+    }
 }
 
 impl CommonConfig {
@@ -486,6 +542,7 @@ impl CommonConfig {
             log_format: env.get_or("LOG_FORMAT", default_log_format()),
             grpc_reflection: env.get_or("GRPC_REFLECTION", false),
             environment: env.environment(),
+            grpc_limits: GrpcLimits::from_env(env),
         }
     }
 
@@ -498,6 +555,7 @@ impl CommonConfig {
             log_format: LogFormat::Pretty,
             grpc_reflection: true,
             environment: Environment::Development,
+            grpc_limits: GrpcLimits::default(),
         }
     }
 }

@@ -23,7 +23,7 @@ pub use build_info::{BuildInfo, instance_id, uptime};
 pub use client::{CONNECT_TIMEOUT, TracedChannel, traced_channel};
 pub use config::{
     CommonConfig, ConfigError, ConfigProblem, DatabaseUrl, EnvReader, EnvValue, Environment,
-    InvalidValue, ServiceUrl,
+    GrpcLimits, InvalidValue, ServiceUrl,
 };
 pub use main_loop::{
     AppMain, StandardArgs, StartFuture, load_config, load_config_from, run_main, run_with_args,

@@ -24,7 +24,7 @@ use tonic::{
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::Instrument as _;
 
-use crate::{BuildInfo, CommonConfig, admin, info::ServiceInfo};
+use crate::{BuildInfo, CommonConfig, GrpcLimits, admin, info::ServiceInfo};
 
 /// How often dependency checks refresh the gRPC health status.
 const HEALTH_REFRESH: Duration = Duration::from_secs(5);
@@ -220,7 +220,12 @@ impl ServiceBuilder {
             refresh_health(&reporter, &names, &readiness).await;
             servers.push(spawn_server(
                 "grpc",
-                serve_grpc(listener, routes.routes(), stop_serving.clone()),
+                serve_grpc(
+                    listener,
+                    routes.routes(),
+                    self.common.grpc_limits,
+                    stop_serving.clone(),
+                ),
                 failed.clone(),
             ));
             let refresher = tokio::spawn(
@@ -294,14 +299,24 @@ async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, S
         })
 }
 
+/// Serves gRPC under `limits` (see [`GrpcLimits`]).
 async fn serve_grpc(
     listener: TcpListener,
     routes: Routes,
+    limits: GrpcLimits,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(limits.keepalive.0));
     tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .concurrency_limit_per_connection(limits.max_streams_per_connection as usize)
+        .timeout(limits.max_deadline)
+        .http2_max_header_list_size(limits.max_header_list_bytes)
+        .http2_max_pending_accept_reset_streams(Some(limits.max_pending_resets))
+        .http2_keepalive_interval(Some(limits.keepalive.0))
+        .http2_keepalive_timeout(Some(limits.keepalive.1))
         .layer(telemetry::ServerTraceLayer::new())
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())

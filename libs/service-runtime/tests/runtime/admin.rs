@@ -4,19 +4,17 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
 };
 
 use contracts::service::v1::{
     GetServiceInfoRequest, service_info_service_client::ServiceInfoServiceClient,
 };
-use service_runtime::{
-    BuildInfo, CommonConfig, ServiceBuilder, ServiceUrl, TracedChannel, testing::http_get,
-    traced_channel,
-};
+use service_runtime::{BuildInfo, CommonConfig, ServiceBuilder, testing::http_get};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+
+use crate::channel_to;
 
 fn any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
@@ -132,9 +130,4 @@ async fn a_port_in_use_fails_start_naming_the_listener() {
 
 fn common_addr(listener: &std::net::TcpListener) -> SocketAddr {
     listener.local_addr().unwrap()
-}
-
-fn channel_to(addr: SocketAddr) -> TracedChannel {
-    let timeout = Duration::from_secs(5);
-    traced_channel(&ServiceUrl::local(addr.port()), timeout, timeout).unwrap()
 }

@@ -12,4 +12,15 @@
 )]
 
 mod admin;
+mod limits;
 mod shutdown;
+
+use std::{net::SocketAddr, time::Duration};
+
+use service_runtime::{ServiceUrl, TracedChannel, traced_channel};
+
+/// A gRPC channel (one connection) to a server on loopback.
+fn channel_to(addr: SocketAddr) -> TracedChannel {
+    let timeout = Duration::from_secs(5);
+    traced_channel(&ServiceUrl::local(addr.port()), timeout, timeout).unwrap()
+}

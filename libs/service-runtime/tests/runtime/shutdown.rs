@@ -9,13 +9,14 @@ use std::{
 
 use axum::{Router, routing::get};
 use service_runtime::{
-    BuildInfo, CommonConfig, ServiceBuilder, ServiceUrl, TracedChannel,
+    BuildInfo, CommonConfig, ServiceBuilder,
     testing::{http_get, wait_until},
-    traced_channel,
 };
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+
+use crate::channel_to;
 
 fn any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
@@ -168,9 +169,4 @@ async fn background_tasks_are_told_to_stop_and_drain() {
     let report = running.shutdown().await;
     assert_eq!(done_rx.await.unwrap(), "flushed");
     assert_eq!(report.drained, ["flusher", "admin"]);
-}
-
-fn channel_to(addr: SocketAddr) -> TracedChannel {
-    let timeout = Duration::from_secs(5);
-    traced_channel(&ServiceUrl::local(addr.port()), timeout, timeout).unwrap()
 }
