@@ -520,13 +520,21 @@ impl<S: ReadingStore> IngestService for IngestApi<S> {
         &self,
         request: Request<pb::PruneReadingsRequest>,
     ) -> Result<Response<pb::PruneReadingsResponse>, Status> {
+        let actor = security::audit::peer_actor(&request);
         let request = request.into_inner();
         let older_than = timestamp("older_than", request.older_than)?;
         let batch = match request.batch_size {
             0 => DEFAULT_PRUNE,
             n => n.min(MAX_PRUNE),
         };
-        let deleted = self.store.prune(older_than, batch).await?;
+        let pruned = self.store.prune(older_than, batch).await;
+        security::audit::record(&security::audit::AuditEvent {
+            actor: &actor,
+            action: "readings.prune",
+            target: &format!("readings observed before {}", older_than.to_rfc3339()),
+            outcome: security::audit::AuditOutcome::of(&pruned),
+        });
+        let deleted = pruned?;
         Ok(Response::new(pb::PruneReadingsResponse { deleted }))
     }
 }

@@ -209,9 +209,22 @@ impl NumericsService for NumericsApi {
         &self,
         request: Request<pb::ReloadModelRequest>,
     ) -> Result<Response<pb::ReloadModelResponse>, Status> {
+        let actor = security::audit::peer_actor(&request);
         let path = request.into_inner().weights_path;
+        let target = if path.is_empty() {
+            "the configured weights".to_owned()
+        } else {
+            path.clone()
+        };
         let path = (!path.is_empty()).then(|| std::path::PathBuf::from(path));
-        let (previous_version, model_version) = self.model.reload(path).await.map_err(status)?;
+        let reloaded = self.model.reload(path).await;
+        security::audit::record(&security::audit::AuditEvent {
+            actor: &actor,
+            action: "model.reload",
+            target: &target,
+            outcome: security::audit::AuditOutcome::of(&reloaded),
+        });
+        let (previous_version, model_version) = reloaded.map_err(status)?;
         tracing::info!(%previous_version, %model_version, "model reloaded");
         Ok(Response::new(pb::ReloadModelResponse {
             previous_version,

@@ -147,6 +147,23 @@ impl<S: JobStore> JobsApi<S> {
     }
 }
 
+/// Writes an operator action's outcome to the audit log and passes the
+/// result on.
+fn audited<T>(
+    actor: &str,
+    action: &str,
+    target: &str,
+    result: Result<T, Status>,
+) -> Result<T, Status> {
+    security::audit::record(&security::audit::AuditEvent {
+        actor,
+        action,
+        target,
+        outcome: security::audit::AuditOutcome::of(&result),
+    });
+    result
+}
+
 fn queue_name(queue: &str) -> Result<&str, Status> {
     if queue.is_empty() || queue.len() > 128 {
         return Err(status(ApiError::invalid(
@@ -278,11 +295,14 @@ impl<S: JobStore> JobsService for JobsApi<S> {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
-        let job = self
-            .store
-            .cancel(request.into_inner().id)
-            .await
-            .map_err(status)?;
+        let actor = security::audit::peer_actor(&request);
+        let id = request.into_inner().id;
+        let job = audited(
+            &actor,
+            "job.cancel",
+            &id.to_string(),
+            self.store.cancel(id).await.map_err(status),
+        )?;
         Ok(Response::new(pb::CancelJobResponse {
             job: Some(job_to_pb(job)),
         }))
@@ -292,11 +312,14 @@ impl<S: JobStore> JobsService for JobsApi<S> {
         &self,
         request: Request<pb::RetryJobRequest>,
     ) -> Result<Response<pb::RetryJobResponse>, Status> {
-        let job = self
-            .store
-            .retry(request.into_inner().id)
-            .await
-            .map_err(status)?;
+        let actor = security::audit::peer_actor(&request);
+        let id = request.into_inner().id;
+        let job = audited(
+            &actor,
+            "job.retry",
+            &id.to_string(),
+            self.store.retry(id).await.map_err(status),
+        )?;
         Ok(Response::new(pb::RetryJobResponse {
             job: Some(job_to_pb(job)),
         }))
@@ -317,11 +340,13 @@ impl<S: JobStore> JobsService for JobsApi<S> {
         &self,
         request: Request<pb::PauseQueueRequest>,
     ) -> Result<Response<pb::PauseQueueResponse>, Status> {
+        let actor = security::audit::peer_actor(&request);
         let queue = request.into_inner().queue;
-        self.store
-            .set_paused(queue_name(&queue)?, true)
-            .await
-            .map_err(status)?;
+        let paused = match queue_name(&queue) {
+            Ok(name) => self.store.set_paused(name, true).await.map_err(status),
+            Err(invalid) => Err(invalid),
+        };
+        audited(&actor, "queue.pause", &queue, paused)?;
         let stats = self.queue_stats(Some(&queue)).await?.into_iter().next();
         Ok(Response::new(pb::PauseQueueResponse { queue: stats }))
     }
@@ -330,11 +355,13 @@ impl<S: JobStore> JobsService for JobsApi<S> {
         &self,
         request: Request<pb::ResumeQueueRequest>,
     ) -> Result<Response<pb::ResumeQueueResponse>, Status> {
+        let actor = security::audit::peer_actor(&request);
         let queue = request.into_inner().queue;
-        self.store
-            .set_paused(queue_name(&queue)?, false)
-            .await
-            .map_err(status)?;
+        let resumed = match queue_name(&queue) {
+            Ok(name) => self.store.set_paused(name, false).await.map_err(status),
+            Err(invalid) => Err(invalid),
+        };
+        audited(&actor, "queue.resume", &queue, resumed)?;
         let stats = self.queue_stats(Some(&queue)).await?.into_iter().next();
         Ok(Response::new(pb::ResumeQueueResponse { queue: stats }))
     }

@@ -8,7 +8,10 @@
 //!   response it reads and times out.
 //! - [`secret`]: [`Secret`], the one type for secrets in memory (never
 //!   printed, zeroised on drop) and what production calls weak.
+//! - [`audit`]: the security audit log (target `audit`), one event per
+//!   operator action, denial or key change.
 
+pub mod audit;
 pub mod outbound;
 pub mod secret;
 

@@ -244,10 +244,10 @@ impl EnvReader {
                 None
             }
             (Some(value), None) => Some(value.to_owned()),
-            (None, Some(path)) => match std::fs::read_to_string(path) {
+            (None, Some(path)) => match read_setting_file(path) {
                 Ok(contents) => Some(contents.trim().to_owned()).filter(|v| !v.is_empty()),
-                Err(error) => {
-                    let problem = format!("cannot read {path:?}: {error}");
+                Err(problem) => {
+                    let problem = format!("cannot read {path:?}: {problem}");
                     self.problems.push(ConfigProblem {
                         variable: file_variable,
                         problem,
@@ -287,6 +287,24 @@ impl EnvReader {
             })
         }
     }
+}
+
+/// The most a `<NAME>_FILE` may hold: settings and secrets are small, and
+/// a path such as `/dev/zero` must not hang start-up.
+const MAX_SETTING_FILE_BYTES: u64 = 64 * 1024;
+
+/// A setting file's text, at most [`MAX_SETTING_FILE_BYTES`].
+fn read_setting_file(path: &str) -> Result<String, String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    file.take(MAX_SETTING_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX_SETTING_FILE_BYTES {
+        return Err(format!("larger than {MAX_SETTING_FILE_BYTES} bytes"));
+    }
+    Ok(text)
 }
 
 impl EnvValue for String {

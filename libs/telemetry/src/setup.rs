@@ -104,6 +104,9 @@ fn use_colour() -> bool {
     env::var_os("CLICOLOR_FORCE").is_some_and(|v| v != "0") || std::io::stderr().is_terminal()
 }
 
+/// Keeps the audit log's events whatever `RUST_LOG` says of others.
+const AUDIT_DIRECTIVE: &str = "audit=info";
+
 /// Installs the global subscriber, tracer and meter providers and the W3C
 /// propagator. Call once, from a binary's `main`, before serving.
 pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
@@ -149,6 +152,17 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         Ok(_) => Err(TelemetryError::InvalidFilter(error.to_string())),
         Err(_) => Ok(EnvFilter::new("info")),
     })?;
+    // The security audit stream (target `audit`) is kept at any log level
+    // unless RUST_LOG names it.
+    let filter = if env::var("RUST_LOG").is_ok_and(|raw| raw.contains("audit")) {
+        filter
+    } else {
+        filter.add_directive(AUDIT_DIRECTIVE.parse().map_err(
+            |e: tracing_subscriber::filter::ParseError| {
+                TelemetryError::InvalidFilter(e.to_string())
+            },
+        )?)
+    };
     let log_layer = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()

@@ -376,3 +376,83 @@ async fn production_refuses_the_test_only_job_kinds() {
     running.shutdown().await;
     scratch.remove().await;
 }
+
+/// Operator actions reach the audit log (target `audit`) with actor,
+/// action, object and outcome, even when the rest of the log is at `warn`:
+/// the shipped binary pauses and resumes a queue and fails to cancel a job
+/// that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_actions_are_written_to_the_audit_log() {
+    let scratch = jobs::testing::ScratchSqlite::create("worker_audit").await;
+    let log_path = std::env::temp_dir().join(format!("worker-audit-{}.txt", std::process::id()));
+    let worker = service_runtime::testing::AppProcess::start_with_stderr(
+        env!("CARGO_BIN_EXE_worker"),
+        "WORKER_",
+        vec![
+            ("WORKER_DATABASE_URL".into(), scratch.url.clone()),
+            ("WORKER_LOG_FORMAT".into(), "json".into()),
+        ],
+        std::fs::File::create(&log_path).unwrap(),
+    );
+    worker.ready().await;
+    let mut client = {
+        let timeout = std::time::Duration::from_secs(10);
+        let url = service_runtime::ServiceUrl::local(worker.grpc_addr.port());
+        contracts::jobs::v1::jobs_service_client::JobsServiceClient::new(
+            service_runtime::traced_channel(&url, timeout, timeout).unwrap(),
+        )
+    };
+    client
+        .pause_queue(pb::PauseQueueRequest {
+            queue: "default".into(),
+        })
+        .await
+        .unwrap();
+    client
+        .resume_queue(pb::ResumeQueueRequest {
+            queue: "default".into(),
+        })
+        .await
+        .unwrap();
+    client
+        .cancel_job(pb::CancelJobRequest { id: 424_242 })
+        .await
+        .unwrap_err();
+    drop(worker);
+    scratch.remove().await;
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    std::fs::remove_file(&log_path).unwrap();
+    let audit: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["target"] == "audit")
+        .collect();
+    let seen: Vec<(String, String, String)> = audit
+        .iter()
+        .map(|event| {
+            assert!(
+                event["actor"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("peer 127.0.0.1:"),
+                "{event}"
+            );
+            (
+                event["action"].as_str().unwrap().to_owned(),
+                event["object"].as_str().unwrap().to_owned(),
+                event["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected = |a: &str, o: &str, r: &str| (a.to_owned(), o.to_owned(), r.to_owned());
+    assert_eq!(
+        seen,
+        [
+            expected("queue.pause", "default", "allowed"),
+            expected("queue.resume", "default", "allowed"),
+            expected("job.cancel", "424242", "failed"),
+        ],
+        "{log}"
+    );
+}
