@@ -88,6 +88,9 @@ pub struct Workspace {
     /// Every file and folder of the repository (relative, `/`-separated),
     /// without `target/`, `.git/` and `data/`.
     pub paths: std::collections::BTreeSet<String>,
+    /// The text of every Rust file a Markdown file links a test in
+    /// (`` `path.rs::test_name` ``), by path.
+    pub linked_sources: std::collections::BTreeMap<String, String>,
 }
 
 /// A job kind declared in the contracts.
@@ -191,6 +194,17 @@ pub enum Violation {
         /// The path as written.
         path: String,
     },
+    /// A Markdown file links a test that its file does not define.
+    MissingTest {
+        /// The Markdown file.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// The test's file.
+        path: String,
+        /// The test's name.
+        test: String,
+    },
     /// A job kind the worker serves is not in its README.
     UndocumentedJobKind {
         /// The kind.
@@ -270,6 +284,15 @@ impl fmt::Display for Violation {
                 f,
                 "{file}:{line} names `{path}`, which does not exist: fix the path or the text"
             ),
+            Self::MissingTest {
+                file,
+                line,
+                path,
+                test,
+            } => write!(
+                f,
+                "{file}:{line} links test `{test}` in {path}, which defines no `fn {test}`: fix the link or restore the test"
+            ),
             Self::UndocumentedJobKind { kind } => write!(
                 f,
                 "the worker serves job kind `{kind}`, which apps/worker/README.md does not list: add a row to its job table"
@@ -342,6 +365,7 @@ pub fn check(workspace: &Workspace) -> Vec<Violation> {
     violations.extend(string_errors(workspace));
     violations.extend(statuses_outside_error_modules(workspace));
     violations.extend(missing_paths(workspace));
+    violations.extend(missing_tests(workspace));
     violations.extend(undocumented_job_kinds(workspace));
     for dir in std::iter::once("proto").chain(workspace.members.iter().map(|m| m.dir.as_str())) {
         let Some(section) = section(&workspace.architecture, dir) else {
@@ -497,6 +521,49 @@ fn missing_paths(workspace: &Workspace) -> Vec<Violation> {
         }
     }
     found
+}
+
+/// `` `path.rs::test_name` `` tokens of every Markdown file: (file, line,
+/// path, test).
+fn test_links(markdown: &[SourceFile]) -> Vec<(String, usize, String, String)> {
+    let mut links = Vec::new();
+    for file in markdown {
+        for (number, line) in file.text.lines().enumerate() {
+            for token in line.split('`').skip(1).step_by(2) {
+                if let Some((path, test)) = token.split_once(".rs::")
+                    && !token.contains(char::is_whitespace)
+                {
+                    links.push((
+                        file.path.clone(),
+                        number + 1,
+                        format!("{path}.rs"),
+                        test.to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+    links
+}
+
+/// Linked tests (see [`test_links`]) their file does not define; a missing
+/// file is already a `MissingPath`.
+fn missing_tests(workspace: &Workspace) -> Vec<Violation> {
+    test_links(&workspace.markdown)
+        .into_iter()
+        .filter(|(_, _, path, test)| {
+            workspace
+                .linked_sources
+                .get(path)
+                .is_some_and(|text| !text.contains(&format!("fn {test}(")))
+        })
+        .map(|(file, line, path, test)| Violation::MissingTest {
+            file,
+            line,
+            path,
+            test,
+        })
+        .collect()
 }
 
 /// Kinds the worker serves (`const KIND` in `apps/worker/src/kinds/`,
@@ -676,7 +743,19 @@ fn repository_paths(
             .unwrap_or(&path)
             .to_string_lossy()
             .replace('\\', "/");
-        if ["target", ".git", "data", "node_modules"].contains(&relative.as_str()) {
+        // Build output anywhere (`fuzz/target` too), git, the quick start's
+        // data, fuzz corpora.
+        if [
+            "target",
+            ".git",
+            "data",
+            "node_modules",
+            "fuzz/corpus",
+            "fuzz/artifacts",
+        ]
+        .contains(&relative.as_str())
+            || entry.file_name() == "target"
+        {
             continue;
         }
         let is_dir = entry.file_type()?.is_dir();
@@ -686,6 +765,43 @@ fn repository_paths(
         }
     }
     Ok(())
+}
+
+/// Every path of the repository, its Markdown files, and the text of the
+/// Rust files those link tests in.
+type RepositoryFiles = (
+    std::collections::BTreeSet<String>,
+    Vec<SourceFile>,
+    std::collections::BTreeMap<String, String>,
+);
+
+fn repository_files(root: &Path) -> Result<RepositoryFiles, LoadError> {
+    let read = |path: PathBuf| {
+        std::fs::read_to_string(&path).map_err(|source| LoadError::Read { path, source })
+    };
+    let mut paths = std::collections::BTreeSet::new();
+    repository_paths(root, root, &mut paths).map_err(|source| LoadError::Read {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    let markdown: Vec<SourceFile> = paths
+        .iter()
+        .filter(|p| p.ends_with(".md"))
+        .map(|p| {
+            Ok(SourceFile {
+                path: p.clone(),
+                text: read(root.join(p))?,
+            })
+        })
+        .collect::<Result<_, LoadError>>()?;
+    let mut linked_sources = std::collections::BTreeMap::new();
+    for (_, _, path, _) in test_links(&markdown) {
+        if paths.contains(&path) && !linked_sources.contains_key(&path) {
+            let text = read(root.join(&path))?;
+            linked_sources.insert(path, text);
+        }
+    }
+    Ok((paths, markdown, linked_sources))
 }
 
 /// One workspace member as the rules see it, from its metadata and files.
@@ -863,21 +979,7 @@ pub fn load(manifest_dir: &Path, job_kinds: &[(&str, &str)]) -> Result<Workspace
             })
         })
         .collect::<Result<_, LoadError>>()?;
-    let mut paths = std::collections::BTreeSet::new();
-    repository_paths(&root, &root, &mut paths).map_err(|source| LoadError::Read {
-        path: root.clone(),
-        source,
-    })?;
-    let markdown = paths
-        .iter()
-        .filter(|p| p.ends_with(".md"))
-        .map(|p| {
-            Ok(SourceFile {
-                path: p.clone(),
-                text: read(root.join(p))?,
-            })
-        })
-        .collect::<Result<_, LoadError>>()?;
+    let (paths, markdown, linked_sources) = repository_files(&root)?;
     Ok(Workspace {
         members: result,
         codeowners: read(root.join("CODEOWNERS"))?,
@@ -892,6 +994,7 @@ pub fn load(manifest_dir: &Path, job_kinds: &[(&str, &str)]) -> Result<Workspace
             .collect(),
         markdown,
         paths,
+        linked_sources,
     })
 }
 
@@ -934,6 +1037,7 @@ mod tests {
                 message: "platform.jobs.v1.AggregateWindowArgs".into(),
             }],
             markdown: Vec::new(),
+            linked_sources: std::collections::BTreeMap::new(),
             paths: Default::default(),
         }
     }
@@ -1109,6 +1213,28 @@ mod tests {
             [
                 "README.md:2 names `apps/worker/src/window_stats.rs`, which does not exist: fix the path or the text",
                 "apps/ingest/README.md:1 names `src/missing.rs`, which does not exist: fix the path or the text",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_linked_test_that_its_file_does_not_define_is_named() {
+        let mut ws = platform(&[]);
+        ws.markdown = vec![SourceFile {
+            path: "docs/security.md".into(),
+            text: "| SSRF | `libs/security/tests/outbound.rs::refused` |\n| gone | `libs/security/tests/outbound.rs::renamed_away` |\n".into(),
+        }];
+        ws.linked_sources = [(
+            "libs/security/tests/outbound.rs".to_owned(),
+            "#[test]\nfn refused() {}\n".to_owned(),
+        )]
+        .into_iter()
+        .collect();
+        let text: Vec<String> = missing_tests(&ws).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "docs/security.md:2 links test `renamed_away` in libs/security/tests/outbound.rs, which defines no `fn renamed_away`: fix the link or restore the test"
             ]
         );
     }
