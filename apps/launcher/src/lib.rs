@@ -34,6 +34,35 @@ enum Command {
         /// gateway, ingest, worker or numerics.
         app: plan::AppName,
     },
+    /// Write a development PKI: a CA, a certificate and key per app and
+    /// one for an operator, for mutual TLS on this machine only.
+    Certs {
+        /// Where to write them.
+        #[arg(long, default_value = "data/certs")]
+        dir: std::path::PathBuf,
+    },
+}
+
+/// Who gets a development certificate: the four apps and an operator.
+pub const CERTIFIED: [&str; 5] = ["gateway", "ingest", "worker", "numerics", "operator"];
+
+/// `platform certs`: writes the development PKI and says where.
+#[allow(clippy::print_stdout, reason = "the command's report")]
+fn certs(dir: &std::path::Path) -> ExitCode {
+    match security::tls::dev_pki::generate(dir, &CERTIFIED) {
+        Ok(()) => {
+            println!(
+                "wrote {}/ca.pem and a certificate and key for each of {} (valid 90 days, development only)",
+                dir.display(),
+                CERTIFIED.join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("platform certs: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Entry point of the `platform` binary.
@@ -41,5 +70,6 @@ pub fn main() -> ExitCode {
     match Cli::parse().command.unwrap_or(Command::Up) {
         Command::Up => supervisor::up(),
         Command::Serve { app } => plan::serve(app),
+        Command::Certs { dir } => certs(&dir),
     }
 }

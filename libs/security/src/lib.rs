@@ -8,12 +8,16 @@
 //!   response it reads and times out.
 //! - [`secret`]: [`Secret`], the one type for secrets in memory (never
 //!   printed, zeroised on drop) and what production calls weak.
+//! - [`tls`]: mutual TLS between services (server and client
+//!   configurations from PEM files that reload when rotated, the caller's
+//!   identity from its certificate) and a development PKI.
 //! - [`audit`]: the security audit log (target `audit`), one event per
 //!   operator action, denial or key change.
 
 pub mod audit;
 pub mod outbound;
 pub mod secret;
+pub mod tls;
 
 pub use secret::Secret;
 

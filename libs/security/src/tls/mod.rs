@@ -1,0 +1,250 @@
+//! Mutual TLS between services: certificates and keys from PEM files, a
+//! server that requires a client certificate from the platform CA, a client
+//! that presents its own, and the caller's identity read from its
+//! certificate.
+//!
+//! A service's identity is the DNS name `<service>.platform.internal` in
+//! its certificate's subject alternative names (checked with the same
+//! webpki code that validates the chain). Certificate and key files are
+//! re-read when they change, at most once a second, so new connections pick
+//! up a rotated certificate without a restart; connections already open
+//! keep the one they started with (a rolling restart is the fallback). The
+//! CA is read once: rotating it is a rolling restart.
+
+pub mod dev_pki;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use rustls::{
+    RootCertStore,
+    client::ResolvesClientCert,
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _},
+    server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
+    sign::CertifiedKey,
+};
+
+/// The DNS name that carries `identity` in a platform certificate.
+pub fn identity_dns_name(identity: &str) -> String {
+    format!("{identity}.platform.internal")
+}
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or written.
+    #[error("{path}: {problem}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        problem: String,
+    },
+    /// The certificates or key do not make a valid configuration.
+    #[error("TLS configuration: {0}")]
+    Config(String),
+    /// Generating a development certificate failed.
+    #[error("generating certificates: {0}")]
+    Generate(String),
+}
+
+impl TlsError {
+    fn io(path: &Path, error: &std::io::Error) -> Self {
+        Self::File {
+            path: path.display().to_string(),
+            problem: error.to_string(),
+        }
+    }
+
+    fn pem(path: &Path, error: &rustls::pki_types::pem::Error) -> Self {
+        Self::File {
+            path: path.display().to_string(),
+            problem: format!("not a PEM file of the expected kind: {error}"),
+        }
+    }
+}
+
+/// Where a process's certificate, key and the platform CA are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// This process's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The CA that signs every platform certificate (PEM).
+    pub ca: PathBuf,
+}
+
+impl TlsFiles {
+    /// `<dir>/<identity>.pem`, `<dir>/<identity>.key` and `<dir>/ca.pem`, as
+    /// [`dev_pki::generate`] writes them.
+    pub fn in_dir(dir: &Path, identity: &str) -> Self {
+        Self {
+            cert: dir.join(format!("{identity}.pem")),
+            key: dir.join(format!("{identity}.key")),
+            ca: dir.join("ca.pem"),
+        }
+    }
+
+    fn roots(&self) -> Result<Arc<RootCertStore>, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for cert in
+            CertificateDer::pem_file_iter(&self.ca).map_err(|e| TlsError::pem(&self.ca, &e))?
+        {
+            let cert = cert.map_err(|e| TlsError::pem(&self.ca, &e))?;
+            roots
+                .add(cert)
+                .map_err(|e| TlsError::Config(format!("{}: {e}", self.ca.display())))?;
+        }
+        Ok(Arc::new(roots))
+    }
+}
+
+/// A server configuration that requires a client certificate signed by the
+/// platform CA and serves the (reloading) certificate in `files`.
+pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(files.roots()?, provider.clone())
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(ReloadingCert::load(files)?));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// A client configuration that trusts only the platform CA and presents
+/// the (reloading) certificate in `files`.
+pub fn client_config(files: &TlsFiles) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(files.roots()?)
+        .with_client_cert_resolver(Arc::new(ReloadingCert::load(files)?));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// Which of `identities` a peer's end-entity certificate names (see
+/// [`identity_dns_name`]); `None` when it names none of them. The chain
+/// itself was verified during the handshake.
+pub fn peer_identity<'a>(
+    certificate: &CertificateDer<'_>,
+    identities: &[&'a str],
+) -> Option<&'a str> {
+    let cert = webpki::EndEntityCert::try_from(certificate).ok()?;
+    identities.iter().copied().find(|identity| {
+        ServerName::try_from(identity_dns_name(identity))
+            .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
+    })
+}
+
+/// How often certificate files are checked for a change.
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// A certificate and key read from files and read again when either file's
+/// modification time changes (checked at most every [`RELOAD_CHECK`]). A
+/// file that does not parse keeps the previous certificate and is logged.
+#[derive(Debug)]
+struct ReloadingCert {
+    cert: PathBuf,
+    key: PathBuf,
+    state: Mutex<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    certified: Arc<CertifiedKey>,
+    stamps: (Option<SystemTime>, Option<SystemTime>),
+    checked: Instant,
+}
+
+impl ReloadingCert {
+    fn load(files: &TlsFiles) -> Result<Self, TlsError> {
+        let (certified, stamps) = read_certified(&files.cert, &files.key)?;
+        Ok(Self {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            state: Mutex::new(Loaded {
+                certified,
+                stamps,
+                checked: Instant::now(),
+            }),
+        })
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.checked.elapsed() >= RELOAD_CHECK {
+            state.checked = Instant::now();
+            if stamps(&self.cert, &self.key) != state.stamps {
+                match read_certified(&self.cert, &self.key) {
+                    Ok((certified, stamps)) => {
+                        tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+                        state.certified = certified;
+                        state.stamps = stamps;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "TLS certificate files changed but do not load; keeping the previous certificate");
+                    }
+                }
+            }
+        }
+        state.certified.clone()
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl ResolvesClientCert for ReloadingCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+fn stamps(cert: &Path, key: &Path) -> (Option<SystemTime>, Option<SystemTime>) {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    (modified(cert), modified(key))
+}
+
+type Stamps = (Option<SystemTime>, Option<SystemTime>);
+
+fn read_certified(cert: &Path, key: &Path) -> Result<(Arc<CertifiedKey>, Stamps), TlsError> {
+    let stamps = stamps(cert, key);
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| TlsError::pem(cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::pem(cert, &e))?;
+    if chain.is_empty() {
+        return Err(TlsError::File {
+            path: cert.display().to_string(),
+            problem: "holds no certificate".into(),
+        });
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::pem(key, &e))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
+        .map_err(|e| TlsError::Config(format!("{}: {e}", key.display())))?;
+    Ok((Arc::new(CertifiedKey::new(chain, signing)), stamps))
+}
