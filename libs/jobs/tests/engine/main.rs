@@ -13,6 +13,7 @@
 
 mod support;
 
+mod connect;
 mod cron_properties;
 mod insert;
 mod lifecycle;
