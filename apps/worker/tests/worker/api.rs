@@ -395,13 +395,7 @@ async fn operator_actions_are_written_to_the_audit_log() {
         std::fs::File::create(&log_path).unwrap(),
     );
     worker.ready().await;
-    let mut client = {
-        let timeout = std::time::Duration::from_secs(10);
-        let url = service_runtime::ServiceUrl::local(worker.grpc_addr.port());
-        contracts::jobs::v1::jobs_service_client::JobsServiceClient::new(
-            service_runtime::traced_channel(&url, timeout, timeout).unwrap(),
-        )
-    };
+    let mut client = crate::support::client_at(worker.grpc_addr.port());
     client
         .pause_queue(pb::PauseQueueRequest {
             queue: "default".into(),

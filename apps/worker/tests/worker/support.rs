@@ -44,9 +44,14 @@ pub async fn start_worker(scratch: &Scratch) -> Running {
 }
 
 pub fn client(running: &Running) -> JobsServiceClient<TracedChannel> {
+    client_at(running.grpc_addr.unwrap().port())
+}
+
+/// A client of the worker listening on `port` (an in-process app or the
+/// shipped binary).
+pub fn client_at(port: u16) -> JobsServiceClient<TracedChannel> {
     let timeout = Duration::from_secs(10);
-    let url = ServiceUrl::local(running.grpc_addr.unwrap().port());
-    JobsServiceClient::new(traced_channel(&url, timeout, timeout).unwrap())
+    JobsServiceClient::new(traced_channel(&ServiceUrl::local(port), timeout, timeout).unwrap())
 }
 
 /// Runs `test` against the worker on SQLite, then on PostgreSQL if set.

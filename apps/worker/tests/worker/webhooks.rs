@@ -282,13 +282,7 @@ async fn the_signing_key_never_reaches_the_log_at_any_level() {
         std::fs::File::create(&log_path).unwrap(),
     );
     worker.ready().await;
-    let mut client = {
-        let timeout = std::time::Duration::from_secs(10);
-        let url = service_runtime::ServiceUrl::local(worker.grpc_addr.port());
-        contracts::jobs::v1::jobs_service_client::JobsServiceClient::new(
-            service_runtime::traced_channel(&url, timeout, timeout).unwrap(),
-        )
-    };
+    let mut client = crate::support::client_at(worker.grpc_addr.port());
     let id = client
         .enqueue_job(pb::EnqueueJobRequest {
             job: Some(webhook_job(&format!("http://{addr}/hook"))),
