@@ -119,6 +119,31 @@ async fn a_platform_certificate_identifies_its_service_and_others_are_refused() 
     std::fs::remove_dir_all(&foreign).unwrap();
 }
 
+/// A platform-CA certificate must name exactly one identity, exactly: a
+/// wildcard or a second identity makes it no identity at all.
+#[test]
+fn wildcards_and_double_identities_name_no_one() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert_naming = |names: Vec<String>| {
+        rcgen::CertificateParams::new(names)
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .der()
+            .clone()
+    };
+    let one = cert_naming(vec!["worker.platform.internal".into()]);
+    assert_eq!(peer_identity(&one, &IDENTITIES), Some("worker"));
+    let wildcard = cert_naming(vec!["*.platform.internal".into()]);
+    assert_eq!(peer_identity(&wildcard, &IDENTITIES), None);
+    let both = cert_naming(vec![
+        "worker.platform.internal".into(),
+        "operator.platform.internal".into(),
+    ]);
+    assert_eq!(peer_identity(&both, &IDENTITIES), None);
+    assert!(dev_pki::generate(&scratch("bad-name"), &["ca"]).is_err());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_server_certificate_serves_new_connections_without_a_restart() {
     let dir = scratch("rotate");

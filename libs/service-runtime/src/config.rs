@@ -442,7 +442,9 @@ impl DatabaseUrl {
 impl fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // postgres://user:secret@host/db -> postgres://user:***@host/db
-        let shown = match (self.0.find("://"), self.0.find('@')) {
+        // The last `@` ends the credentials: a password may hold one (or an
+        // unescaped `/`); an `@` later in the URL only hides more.
+        let shown = match (self.0.find("://"), self.0.rfind('@')) {
             (Some(scheme), Some(at)) if at > scheme => {
                 let credentials = &self.0[scheme + 3..at];
                 match credentials.split_once(':') {
@@ -459,6 +461,9 @@ impl fmt::Debug for DatabaseUrl {
 }
 
 impl EnvValue for DatabaseUrl {
+    // It may hold a password: a malformed one is reported without it.
+    const SECRET: bool = true;
+
     fn parse_env(raw: &str) -> Result<Self, InvalidValue> {
         if raw.starts_with("postgres://")
             || raw.starts_with("postgresql://")
@@ -760,6 +765,17 @@ mod tests {
             "DatabaseUrl(\"postgres://app:***@db:5432/platform\")"
         );
         assert!(DatabaseUrl::parse_env("mysql://x").is_err());
+        let at_sign = DatabaseUrl::parse_env("postgres://app:p@ss/w@rd@db/platform").unwrap();
+        assert_eq!(
+            format!("{at_sign:?}"),
+            "DatabaseUrl(\"postgres://app:***@db/platform\")"
+        );
+        let mut env =
+            EnvReader::from_vars("W_", [("W_DATABASE_URL", "postgress://app:hunter2@db/x")]);
+        assert!(env.get::<DatabaseUrl>("DATABASE_URL").is_none());
+        let problem = env.finish().unwrap_err().to_string();
+        assert!(problem.contains("value not shown"), "{problem}");
+        assert!(!problem.contains("hunter2"), "{problem}");
     }
 
     #[test]

@@ -100,10 +100,20 @@ impl Worker for DeliverWebhook {
         }
         let response = match request.body(body).send().await {
             Ok(response) => response,
+            // Without the URL: its path and query often carry the
+            // receiver's token, and job errors are stored and shown.
             Err(error) if error.is_builder() => {
-                return Err(JobError::Discard(format!("bad request: {error}")));
+                return Err(JobError::Discard(format!(
+                    "bad request: {}",
+                    error_chain(&error.without_url())
+                )));
             }
-            Err(error) => return Err(JobError::Retry(format!("delivery failed: {error}"))),
+            Err(error) => {
+                return Err(JobError::Retry(format!(
+                    "delivery failed: {}",
+                    error_chain(&error.without_url())
+                )));
+            }
         };
         let status = response.status();
         if status.is_success() {
@@ -123,4 +133,16 @@ impl Worker for DeliverWebhook {
             Err(JobError::Discard(reason))
         }
     }
+}
+
+/// An error with its sources, `a: b: c`, so "delivery failed" says why.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -77,6 +77,11 @@ const FORBIDDEN_V6: &[(Ipv6Addr, u8, &str)] = &[
         "IPv4-compatible (::/96)",
     ),
     (
+        Ipv6Addr::new(0, 0, 0, 0, 0xffff, 0, 0, 0),
+        96,
+        "IPv4-translated (::ffff:0:0:0/96)",
+    ),
+    (
         Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0),
         96,
         "NAT64 (64:ff9b::/96)",
@@ -110,6 +115,16 @@ const FORBIDDEN_V6: &[(Ipv6Addr, u8, &str)] = &[
         Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0),
         20,
         "documentation (3fff::/20)",
+    ),
+    (
+        Ipv6Addr::new(0x5f00, 0, 0, 0, 0, 0, 0, 0),
+        16,
+        "segment routing (5f00::/16)",
+    ),
+    (
+        Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0),
+        10,
+        "site-local, deprecated (fec0::/10)",
     ),
     (
         Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0),
@@ -244,6 +259,8 @@ mod tests {
             ("fe80::1", "link-local (fe80::/10)"),
             ("2001:db8::1", "documentation (2001:db8::/32)"),
             ("ff02::1", "multicast (ff00::/8)"),
+            ("::ffff:0:7f00:1", "IPv4-translated (::ffff:0:0:0/96)"),
+            ("fec0::1", "site-local, deprecated (fec0::/10)"),
         ] {
             assert_eq!(forbidden_range(ip(address)), Some(range), "{address}");
         }

@@ -40,12 +40,13 @@ impl Resolve for GuardedResolver {
                         )
                     })
                     .collect();
-                let reasons = if reasons.is_empty() {
-                    "no addresses".to_owned()
-                } else {
-                    reasons.join(", ")
-                };
-                return Err(format!("host {host:?} is not reachable from here: {reasons}").into());
+                // The addresses stay in this process's log: a tenant who
+                // reads the job's error must not learn the internal network.
+                tracing::debug!(%host, refused = %reasons.join(", "), "outbound name refused");
+                return Err(format!(
+                    "host {host:?} is not reachable from here: it resolves to no public address"
+                )
+                .into());
             }
             let addrs: Addrs = Box::new(allowed.into_iter());
             Ok(addrs)

@@ -19,6 +19,18 @@ const VALID_DAYS: i64 = 90;
 /// leaf names its identity as the DNS name `<name>.platform.internal` and
 /// is valid for `localhost` and `127.0.0.1`, as a client and a server.
 pub fn generate(dir: &Path, identities: &[&str]) -> Result<(), TlsError> {
+    for name in identities {
+        let valid = !name.is_empty()
+            && *name != "ca"
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid {
+            return Err(TlsError::Generate(format!(
+                "identity {name:?} must be lowercase letters, digits and '-', and not \"ca\""
+            )));
+        }
+    }
     std::fs::create_dir_all(dir).map_err(|e| TlsError::io(dir, &e))?;
     let failed = |what: &str, e: rcgen::Error| TlsError::Generate(format!("{what}: {e}"));
     let ca_key = KeyPair::generate().map_err(|e| failed("CA key", e))?;

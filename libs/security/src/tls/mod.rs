@@ -22,14 +22,14 @@ use std::{
 use rustls::{
     RootCertStore,
     client::ResolvesClientCert,
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _},
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
     server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
     sign::CertifiedKey,
 };
 
 /// The DNS name that carries `identity` in a platform certificate.
 pub fn identity_dns_name(identity: &str) -> String {
-    format!("{identity}.platform.internal")
+    format!("{identity}{PLATFORM_DOMAIN}")
 }
 
 /// Why TLS could not be set up.
@@ -133,18 +133,36 @@ pub fn client_config(files: &TlsFiles) -> Result<rustls::ClientConfig, TlsError>
 }
 
 /// Which of `identities` a peer's end-entity certificate names (see
-/// [`identity_dns_name`]); `None` when it names none of them. The chain
-/// itself was verified during the handshake.
+/// [`identity_dns_name`]); `None` when it names none of them, several, or
+/// carries a wildcard platform name (`*.platform.internal` would otherwise
+/// pass for any identity). Names are compared exactly, without the
+/// wildcard rules of server-name checks. The chain itself was verified
+/// during the handshake.
 pub fn peer_identity<'a>(
     certificate: &CertificateDer<'_>,
     identities: &[&'a str],
 ) -> Option<&'a str> {
     let cert = webpki::EndEntityCert::try_from(certificate).ok()?;
-    identities.iter().copied().find(|identity| {
-        ServerName::try_from(identity_dns_name(identity))
-            .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
-    })
+    let platform: Vec<String> = cert
+        .valid_dns_names()
+        .map(str::to_ascii_lowercase)
+        .filter(|name| name.ends_with(PLATFORM_DOMAIN))
+        .collect();
+    if platform.iter().any(|name| name.contains('*')) {
+        return None;
+    }
+    let mut named = identities
+        .iter()
+        .copied()
+        .filter(|identity| platform.contains(&identity_dns_name(identity).to_ascii_lowercase()));
+    match (named.next(), named.next()) {
+        (Some(identity), None) => Some(identity),
+        _ => None,
+    }
 }
+
+/// The domain of platform identities.
+const PLATFORM_DOMAIN: &str = ".platform.internal";
 
 /// How often certificate files are checked for a change.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
@@ -181,26 +199,40 @@ impl ReloadingCert {
     }
 
     fn current(&self) -> Arc<CertifiedKey> {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if state.checked.elapsed() >= RELOAD_CHECK {
-            state.checked = Instant::now();
-            if stamps(&self.cert, &self.key) != state.stamps {
-                match read_certified(&self.cert, &self.key) {
-                    Ok((certified, stamps)) => {
-                        tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
-                        state.certified = certified;
-                        state.stamps = stamps;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "TLS certificate files changed but do not load; keeping the previous certificate");
-                    }
-                }
+        let (certified, due) = {
+            let mut state = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let due = state.checked.elapsed() >= RELOAD_CHECK
+                && stamps(&self.cert, &self.key) != state.stamps;
+            if state.checked.elapsed() >= RELOAD_CHECK {
+                state.checked = Instant::now();
+            }
+            (state.certified.clone(), due)
+        };
+        if !due {
+            return certified;
+        }
+        // Read outside the lock: other handshakes keep the current pair.
+        match read_certified(&self.cert, &self.key) {
+            Ok((fresh, stamps)) => {
+                tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+                let mut state = self
+                    .state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                state.certified = fresh.clone();
+                state.stamps = stamps;
+                fresh
+            }
+            Err(error) => {
+                // Half-rotated files (a new certificate beside the old key)
+                // land here too: the next check tries again.
+                tracing::warn!(%error, "TLS certificate files changed but do not load; keeping the previous certificate");
+                certified
             }
         }
-        state.certified.clone()
     }
 }
 
@@ -246,5 +278,10 @@ fn read_certified(cert: &Path, key: &Path) -> Result<(Arc<CertifiedKey>, Stamps)
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::pem(key, &e))?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
         .map_err(|e| TlsError::Config(format!("{}: {e}", key.display())))?;
-    Ok((Arc::new(CertifiedKey::new(chain, signing)), stamps))
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| TlsError::File {
+        path: key.display().to_string(),
+        problem: format!("does not match the certificate in {}: {e}", cert.display()),
+    })?;
+    Ok((Arc::new(certified), stamps))
 }
