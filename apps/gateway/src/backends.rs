@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use service_runtime::{ServiceUrl, TracedChannel, traced_channel};
+use service_runtime::{ChannelError, ServiceUrl, TracedChannel, traced_channel};
 
 use crate::Config;
 
@@ -26,13 +26,14 @@ pub(crate) struct Backends {
 impl Backends {
     /// Creates lazy channels: a backend that is down at start-up is
     /// reported as down, it does not stop the gateway from starting.
-    pub(crate) fn connect(config: &Config) -> Result<Self, tonic::transport::Error> {
+    pub(crate) fn connect(config: &Config) -> Result<Self, ChannelError> {
         let connect_timeout = config.status_timeout;
-        let backend = |name, url: &ServiceUrl| -> Result<Backend, tonic::transport::Error> {
+        let transport = &config.common.transport;
+        let backend = |name, url: &ServiceUrl| -> Result<Backend, ChannelError> {
             Ok(Backend {
                 name,
                 url: url.clone(),
-                channel: traced_channel(url, connect_timeout, REQUEST_TIMEOUT)?,
+                channel: traced_channel(url, transport, name, connect_timeout, REQUEST_TIMEOUT)?,
             })
         };
         Ok(Self {

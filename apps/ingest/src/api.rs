@@ -91,6 +91,45 @@ impl<S: ReadingStore> IngestApi<S> {
     }
 }
 
+/// The tenant a call is limited to: set when the gateway acts for a tenant
+/// (see `security::policy`), `None` for services and operators.
+fn scoped_tenant<T>(request: &Request<T>) -> Option<String> {
+    security::policy::Caller::of(request)
+        .and_then(|caller| caller.tenant())
+        .map(str::to_owned)
+}
+
+/// Holds `value` (a tenant id from the request) to `scope`: empty becomes
+/// the scoped tenant, another tenant is refused naming `field`.
+fn hold_to_tenant(scope: Option<&str>, field: &str, value: &mut String) -> Result<(), ApiError> {
+    match scope {
+        None => Ok(()),
+        Some(tenant) if value.is_empty() => {
+            tenant.clone_into(value);
+            Ok(())
+        }
+        Some(tenant) if value == tenant => Ok(()),
+        Some(_) => Err(ApiError::OtherTenant {
+            field: field.to_owned(),
+        }),
+    }
+}
+
+/// [`hold_to_tenant`] for every reading of a batch.
+fn hold_readings_to_tenant(
+    scope: Option<&str>,
+    readings: &mut [pb::Reading],
+) -> Result<(), ApiError> {
+    for (i, reading) in readings.iter_mut().enumerate() {
+        hold_to_tenant(
+            scope,
+            &format!("readings[{i}].tenant_id"),
+            &mut reading.tenant_id,
+        )?;
+    }
+    Ok(())
+}
+
 type AckStream = Pin<Box<dyn Stream<Item = Result<pb::StreamReadingsResponse, Status>> + Send>>;
 
 fn timestamp(
@@ -189,6 +228,8 @@ struct StreamSession<S> {
     acks: mpsc::Sender<Result<pb::StreamReadingsResponse, Status>>,
     pending: FuturesUnordered<oneshot::Receiver<Outcome>>,
     last_sequence: Option<u64>,
+    /// The tenant the stream acts for, if the gateway opened it for one.
+    tenant: Option<String>,
 }
 
 impl<S: ReadingStore> StreamSession<S> {
@@ -239,20 +280,19 @@ impl<S: ReadingStore> StreamSession<S> {
 
     /// Checks one batch (size, increasing sequence) and admits it; a bad
     /// batch ends the stream with its error.
-    async fn admit(&mut self, batch: pb::StreamReadingsRequest) -> ControlFlow<()> {
-        let checked =
-            self.api
-                .check_size(batch.readings.len())
-                .and_then(|()| match self.last_sequence {
-                    Some(last) if batch.sequence <= last => Err(ApiError::invalid(
-                        "sequence",
-                        format!(
-                            "must increase within a stream, got {} after {last}",
-                            batch.sequence
-                        ),
-                    )),
-                    _ => Ok(()),
-                });
+    async fn admit(&mut self, mut batch: pb::StreamReadingsRequest) -> ControlFlow<()> {
+        let checked = hold_readings_to_tenant(self.tenant.as_deref(), &mut batch.readings)
+            .and_then(|()| self.api.check_size(batch.readings.len()))
+            .and_then(|()| match self.last_sequence {
+                Some(last) if batch.sequence <= last => Err(ApiError::invalid(
+                    "sequence",
+                    format!(
+                        "must increase within a stream, got {} after {last}",
+                        batch.sequence
+                    ),
+                )),
+                _ => Ok(()),
+            });
         let admitted = match checked {
             Ok(()) => {
                 self.last_sequence = Some(batch.sequence);
@@ -281,7 +321,9 @@ impl<S: ReadingStore> IngestService for IngestApi<S> {
         &self,
         request: Request<pb::PublishReadingsRequest>,
     ) -> Result<Response<pb::PublishReadingsResponse>, Status> {
-        let readings = request.into_inner().readings;
+        let tenant = scoped_tenant(&request);
+        let mut readings = request.into_inner().readings;
+        hold_readings_to_tenant(tenant.as_deref(), &mut readings)?;
         self.check_size(readings.len())?;
         let answer = self.publish(0, readings, WhenFull::Reject).await?;
         let ack = answer.await.map_err(|_| ApiError::ShuttingDown)?;
@@ -305,6 +347,7 @@ impl<S: ReadingStore> IngestService for IngestApi<S> {
             acks,
             pending: FuturesUnordered::new(),
             last_sequence: None,
+            tenant: scoped_tenant(&request),
         };
         let span = tracing::info_span!("ingest.stream");
         // Owned by the response: when the client goes away tonic drops the
@@ -382,7 +425,9 @@ impl<S: ReadingStore> IngestService for IngestApi<S> {
         &self,
         request: Request<pb::ListWindowResultsRequest>,
     ) -> Result<Response<pb::ListWindowResultsResponse>, Status> {
-        let request = request.into_inner();
+        let tenant = scoped_tenant(&request);
+        let mut request = request.into_inner();
+        hold_to_tenant(tenant.as_deref(), "tenant_id", &mut request.tenant_id)?;
         if request.tenant_id.is_empty() {
             return Err(ApiError::invalid("tenant_id", "is required").into());
         }
@@ -458,10 +503,12 @@ impl<S: ReadingStore> IngestService for IngestApi<S> {
         &self,
         request: Request<pb::ReadWindowRequest>,
     ) -> Result<Response<pb::ReadWindowResponse>, Status> {
+        let tenant = scoped_tenant(&request);
         let request = request.into_inner();
-        let window = request
+        let mut window = request
             .window
             .ok_or_else(|| ApiError::invalid("window", "is required"))?;
+        hold_to_tenant(tenant.as_deref(), "window.tenant_id", &mut window.tenant_id)?;
         for (field, value) in [
             ("window.tenant_id", &window.tenant_id),
             ("window.device_id", &window.device_id),

@@ -268,6 +268,8 @@ pub async fn grpc(args: &BenchArgs) -> Result<(), BenchError> {
     let port = running.grpc_addr.map(|a| a.port()).unwrap_or_default();
     let channel = service_runtime::traced_channel(
         &ServiceUrl::local(port),
+        &service_runtime::Transport::Plaintext,
+        "ingest",
         Duration::from_secs(5),
         Duration::from_secs(600),
     )

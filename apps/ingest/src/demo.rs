@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::Utc;
 use clap::Args;
 use contracts::ingest::v1::{self as pb, ingest_service_client::IngestServiceClient};
-use service_runtime::{EnvValue as _, ServiceUrl};
+use service_runtime::{EnvValue as _, ServiceUrl, Transport};
 
 /// What to publish where.
 #[derive(Debug, Clone, Args)]
@@ -14,6 +14,14 @@ pub struct PublishArgs {
     /// Ingest's gRPC address.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub url: String,
+    /// Where `platform certs` wrote the certificates: the command connects
+    /// as the operator (`operator.pem`, `operator.key`, `ca.pem`).
+    #[arg(long, default_value = service_runtime::DEFAULT_CERT_DIR)]
+    pub tls_dir: std::path::PathBuf,
+    /// Connect without TLS (only to a loopback ingest started with
+    /// `INGEST_GRPC_PLAINTEXT=true`).
+    #[arg(long)]
+    pub plaintext: bool,
     /// Tenant of the readings.
     #[arg(long, default_value = "demo")]
     pub tenant: String,
@@ -32,8 +40,15 @@ pub struct PublishArgs {
 #[allow(clippy::print_stdout, reason = "the command's output")]
 pub async fn publish(args: &PublishArgs) -> Result<(), String> {
     let url = ServiceUrl::parse_env(&args.url).map_err(|e| format!("--url: {e}"))?;
+    let transport = if args.plaintext {
+        Transport::Plaintext
+    } else {
+        Transport::mutual_tls_in(&args.tls_dir, "operator")
+    };
     let channel = service_runtime::traced_channel(
         &url,
+        &transport,
+        "ingest",
         service_runtime::CONNECT_TIMEOUT,
         Duration::from_secs(60),
     )

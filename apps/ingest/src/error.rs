@@ -1,5 +1,6 @@
 //! The one place ingest's errors become gRPC statuses: what a caller sent
-//! wrong (`INVALID_ARGUMENT` naming the field), back-pressure
+//! wrong (`INVALID_ARGUMENT` naming the field), another tenant's data
+//! (`PERMISSION_DENIED` naming the field), back-pressure
 //! (`RESOURCE_EXHAUSTED` with a retry hint), shutting down and an
 //! unreachable database (`UNAVAILABLE`: resend), and faults on our side
 //! (`INTERNAL`: a corrupt row, a failing statement).
@@ -17,6 +18,12 @@ pub const RETRY_PUSHBACK: Duration = Duration::from_millis(200);
 /// Why a request was not answered with its result.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// A field names a tenant other than the one the caller acts for.
+    #[error("{field}: names another tenant than the one this call acts for")]
+    OtherTenant {
+        /// The field, e.g. `readings[3].tenant_id`.
+        field: String,
+    },
     /// A field of the request is missing or wrong.
     #[error("{field}: {problem}")]
     Invalid {
@@ -87,6 +94,7 @@ impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         match error {
             ApiError::Invalid { .. } => Status::invalid_argument(error.to_string()),
+            ApiError::OtherTenant { .. } => Status::permission_denied(error.to_string()),
             ApiError::Full => {
                 let mut status = Status::resource_exhausted(error.to_string());
                 if let Ok(value) = RETRY_PUSHBACK.as_millis().to_string().parse() {

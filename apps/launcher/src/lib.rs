@@ -38,7 +38,7 @@ enum Command {
     /// one for an operator, for mutual TLS on this machine only.
     Certs {
         /// Where to write them.
-        #[arg(long, default_value = "data/certs")]
+        #[arg(long, default_value = service_runtime::DEFAULT_CERT_DIR)]
         dir: std::path::PathBuf,
     },
 }
@@ -63,6 +63,40 @@ fn certs(dir: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes the development PKI to `data/certs` when the apps will use the
+/// default certificate folder and any file there is missing, so `platform`
+/// on a fresh clone runs mutual TLS with nothing to set up. Nothing is
+/// written in production, nor for an app given its own `TLS_DIR`,
+/// certificate files or plaintext. Returns the folder when it wrote one.
+pub fn ensure_development_certs(
+    env: &[(String, String)],
+) -> Result<Option<std::path::PathBuf>, security::tls::TlsError> {
+    let set = |name: &str| env.iter().any(|(k, v)| k == name && !v.trim().is_empty());
+    let production = env
+        .iter()
+        .any(|(k, v)| k == "PLATFORM_ENV" && v.trim() == "production")
+        || (set("KUBERNETES_SERVICE_HOST") && !set("PLATFORM_ENV"));
+    let dir = std::path::Path::new(service_runtime::DEFAULT_CERT_DIR);
+    let defaults_used = plan::AppName::ALL.iter().any(|app| {
+        let prefix = app.as_str().to_ascii_uppercase();
+        !["GRPC_PLAINTEXT", "TLS_DIR", "TLS_CERT", "TLS_KEY", "TLS_CA"]
+            .iter()
+            .any(|setting| set(&format!("{prefix}_{setting}")))
+    });
+    let missing = std::iter::once("ca.pem".to_owned())
+        .chain(
+            CERTIFIED
+                .iter()
+                .flat_map(|name| [format!("{name}.pem"), format!("{name}.key")]),
+        )
+        .any(|file| !dir.join(file).is_file());
+    if production || !defaults_used || !missing {
+        return Ok(None);
+    }
+    security::tls::dev_pki::generate(dir, &CERTIFIED)?;
+    Ok(Some(dir.to_path_buf()))
 }
 
 /// Entry point of the `platform` binary.

@@ -97,9 +97,9 @@ pub fn plan(env: &[(String, String)]) -> Result<Vec<AppPlan>, Vec<(AppName, Conf
     }
 }
 
-/// The environment every child gets: the launcher's own, plus the
-/// gateway pointed at the backends' configured gRPC addresses unless the
-/// operator set the gateway's URLs explicitly.
+/// The environment every child gets: the launcher's own, plus the gateway
+/// and the worker pointed at the backends' configured gRPC addresses unless
+/// the operator set those URLs explicitly.
 pub fn child_environment() -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = std::env::vars().collect();
     let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
@@ -108,6 +108,8 @@ pub fn child_environment() -> Vec<(String, String)> {
         ("INGEST_GRPC_ADDR", "GATEWAY_INGEST_URL"),
         ("WORKER_GRPC_ADDR", "GATEWAY_WORKER_URL"),
         ("NUMERICS_GRPC_ADDR", "GATEWAY_NUMERICS_URL"),
+        ("INGEST_GRPC_ADDR", "WORKER_INGEST_URL"),
+        ("NUMERICS_GRPC_ADDR", "WORKER_NUMERICS_URL"),
     ] {
         if get(url_var).is_none()
             && let Some(addr) = get(backend)

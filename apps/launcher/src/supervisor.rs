@@ -38,6 +38,17 @@ const DATA_DIR: &str = "data";
 )]
 pub fn up() -> ExitCode {
     let env = child_environment();
+    match crate::ensure_development_certs(&env) {
+        Ok(Some(dir)) => println!(
+            "platform: wrote development certificates to {} (mutual TLS between the apps; `platform certs` renews them)",
+            dir.display()
+        ),
+        Ok(None) => {}
+        Err(error) => {
+            eprintln!("platform: development certificates: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
     let plans = match plan(&env) {
         Ok(plans) => plans,
         Err(problems) => {

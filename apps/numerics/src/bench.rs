@@ -216,6 +216,8 @@ fn serving(args: &BenchArgs) -> Result<(), String> {
             let port = running.grpc_addr.map(|a| a.port()).unwrap_or_default();
             let channel = service_runtime::traced_channel(
                 &ServiceUrl::local(port),
+                &service_runtime::Transport::Plaintext,
+                "numerics",
                 Duration::from_secs(5),
                 Duration::from_secs(30),
             )
@@ -267,7 +269,11 @@ fn serving(args: &BenchArgs) -> Result<(), String> {
     })
 }
 
-/// p50/p99 of a tiny `Compute` over loopback: the service's own cost.
+/// What gRPC itself costs on a tiny call, and what mutual TLS adds to it:
+/// numerics served twice in this process (plaintext, and mutual TLS with a
+/// development PKI), called over loopback in interleaved rounds so both
+/// see the same machine state; then the first call on a fresh connection,
+/// which pays for TCP, the HTTP/2 preface and, with TLS, the handshake.
 #[allow(clippy::print_stdout, reason = "the benchmark's report")]
 fn grpc_overhead(args: &BenchArgs) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -275,18 +281,36 @@ fn grpc_overhead(args: &BenchArgs) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    runtime.block_on(async {
-        let running = crate::start(crate::Config::for_tests())
-            .await
-            .map_err(|e| e.to_string())?;
-        let port = running.grpc_addr.map(|a| a.port()).unwrap_or_default();
-        let channel = service_runtime::traced_channel(
-            &ServiceUrl::local(port),
-            Duration::from_secs(5),
-            Duration::from_secs(5),
-        )
-        .map_err(|e| e.to_string())?;
-        let mut client = NumericsServiceClient::new(channel);
+    let pki = std::env::temp_dir().join(format!("numerics-bench-pki-{}", std::process::id()));
+    security::tls::dev_pki::generate(&pki, &["numerics", "operator"]).map_err(|e| e.to_string())?;
+    let result = runtime.block_on(async {
+        let transports = [
+            ("plaintext", service_runtime::Transport::Plaintext, service_runtime::Transport::Plaintext),
+            (
+                "mutual TLS",
+                service_runtime::Transport::mutual_tls_in(&pki, "numerics"),
+                service_runtime::Transport::mutual_tls_in(&pki, "operator"),
+            ),
+        ];
+        let mut servers = Vec::new();
+        for (_, server, client) in &transports {
+            let mut config = crate::Config::for_tests();
+            config.common.transport = server.clone();
+            let running = crate::start(config).await.map_err(|e| e.to_string())?;
+            let url = ServiceUrl::local(running.grpc_addr.map(|a| a.port()).unwrap_or_default());
+            servers.push((running, url, client.clone()));
+        }
+        let channel = |url: &ServiceUrl, client: &service_runtime::Transport| {
+            service_runtime::traced_channel(
+                url,
+                client,
+                "numerics",
+                Duration::from_secs(5),
+                Duration::from_secs(5),
+            )
+            .map(NumericsServiceClient::new)
+            .map_err(|e| e.to_string())
+        };
         let operand = crate::wire::encode(
             &Tensor::f64(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]).map_err(|e| e.to_string())?,
         );
@@ -295,34 +319,71 @@ fn grpc_overhead(args: &BenchArgs) -> Result<(), String> {
             operands: vec![operand.clone(), operand],
             attributes: None,
         };
-        for _ in 0..1_000 {
-            client
-                .compute(request.clone())
-                .await
-                .map_err(|e| e.to_string())?;
+        let mut clients = Vec::new();
+        for (_, url, client) in &servers {
+            let mut client = channel(url, client)?;
+            for _ in 0..1_000 {
+                client.compute(request.clone()).await.map_err(|e| e.to_string())?;
+            }
+            clients.push(client);
         }
-        let mut latencies = Vec::with_capacity(args.requests);
-        for _ in 0..args.requests {
-            let start = Instant::now();
-            client
-                .compute(request.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            latencies.push(start.elapsed());
+        // Interleaved rounds of 100 calls per transport.
+        let mut latencies = vec![Vec::with_capacity(args.requests); clients.len()];
+        for _ in 0..args.requests.div_ceil(100) {
+            for (client, times) in clients.iter_mut().zip(&mut latencies) {
+                for _ in 0..100 {
+                    let start = Instant::now();
+                    client.compute(request.clone()).await.map_err(|e| e.to_string())?;
+                    times.push(start.elapsed());
+                }
+            }
         }
-        latencies.sort();
-        let at =
-            |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+        // A new connection per call, alternating transports.
+        let mut first_calls = vec![Vec::new(); servers.len()];
+        for _ in 0..200 {
+            for ((_, url, client), times) in servers.iter().zip(&mut first_calls) {
+                let mut fresh = channel(url, client)?;
+                let start = Instant::now();
+                fresh.compute(request.clone()).await.map_err(|e| e.to_string())?;
+                times.push(start.elapsed());
+            }
+        }
+        let at = |times: &mut Vec<Duration>, q: f64| {
+            times.sort();
+            times[((times.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6
+        };
         println!(
             "  gRPC Compute(add, 2x2 f64) on loopback, client and server in this process, {} \
-             sequential calls after 1,000 warm-up: p50 {:.0} us, p99 {:.0} us",
-            args.requests,
-            at(0.5),
-            at(0.99)
+             sequential calls per transport after 1,000 warm-up, interleaved in rounds of 100:",
+            latencies[0].len()
         );
-        running.shutdown().await;
+        let mut p50 = Vec::new();
+        for (((name, ..), times), first) in transports.iter().zip(&mut latencies).zip(&mut first_calls) {
+            let (median, tail) = (at(times, 0.5), at(times, 0.99));
+            let (first_median, first_tail) = (at(first, 0.5), at(first, 0.99));
+            println!(
+                "    {name:<10} p50 {median:.0} us, p99 {tail:.0} us; first call on a new connection \
+                 (200): p50 {first_median:.0} us, p99 {first_tail:.0} us"
+            );
+            p50.push((median, tail, first_median));
+        }
+        if let [plain, tls] = p50[..] {
+            println!(
+                "    mutual TLS adds {:.0} us at p50 ({:.2}x), {:.0} us at p99 per call; \
+                 {:.0} us per new connection (handshake, p50 of first calls minus plaintext's)",
+                tls.0 - plain.0,
+                tls.0 / plain.0,
+                tls.1 - plain.1,
+                tls.2 - plain.2
+            );
+        }
+        for (running, ..) in servers {
+            running.shutdown().await;
+        }
         Ok(())
-    })
+    });
+    let _ = std::fs::remove_dir_all(&pki);
+    result
 }
 
 /// The batcher alone: callers in this process submit straight to the model

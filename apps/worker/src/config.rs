@@ -266,10 +266,21 @@ mod tests {
         );
     }
 
+    /// A production environment with the worker's certificates in place.
     fn production(vars: &[(&str, &str)]) -> Result<Config, service_runtime::ConfigError> {
+        static CERTS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let certs = CERTS.get_or_init(|| {
+            let dir =
+                std::env::temp_dir().join(format!("worker-config-pki-{}", std::process::id()));
+            security::tls::dev_pki::generate(&dir, &["worker"]).unwrap();
+            dir.display().to_string()
+        });
         let mut env = EnvReader::from_vars(
             "WORKER_",
-            vars.iter().copied().chain([("PLATFORM_ENV", "production")]),
+            vars.iter().copied().chain([
+                ("PLATFORM_ENV", "production"),
+                ("WORKER_TLS_DIR", certs.as_str()),
+            ]),
         );
         let config = Config::from_env(&mut env);
         env.finish().map(|()| config)

@@ -66,6 +66,8 @@ async fn serve<S: WorkerStore>(config: Config, store: S) -> Result<Running, Star
             })?;
     let ingest = service_runtime::traced_channel(
         &config.ingest_url,
+        &config.common.transport,
+        "ingest",
         config.ingest_timeout.min(service_runtime::CONNECT_TIMEOUT),
         config.ingest_timeout,
     )
@@ -75,6 +77,8 @@ async fn serve<S: WorkerStore>(config: Config, store: S) -> Result<Running, Star
     })?;
     let numerics = service_runtime::traced_channel(
         &config.numerics_url,
+        &config.common.transport,
+        "numerics",
         config
             .numerics_timeout
             .min(service_runtime::CONNECT_TIMEOUT),

@@ -367,6 +367,8 @@ mod tests {
         });
         let channel = service_runtime::traced_channel(
             &service_runtime::ServiceUrl::local(port),
+            &service_runtime::Transport::Plaintext,
+            "numerics",
             Duration::from_secs(30),
             Duration::from_secs(30),
         )

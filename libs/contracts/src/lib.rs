@@ -14,9 +14,14 @@
 //! enqueuing app and the worker take the kind, the queue and the JSON shape
 //! from the same place. [`json`] is the one JSON mapping of
 //! `google.protobuf.Struct` those arguments need.
+//!
+//! So is the per-RPC policy: every RPC carries a `platform.policy.v1.access`
+//! option saying which (identity, principal) pairs may call it, generated
+//! into [`access::RPC_ACCESS`] for the servers' policy layer.
 
 #![allow(missing_docs, clippy::all, clippy::too_many_lines)] // generated code carries the .proto comments
 
+pub mod access;
 pub mod json;
 
 /// The arguments of a job kind declared in the contracts: the kind's name
@@ -55,6 +60,13 @@ pub mod jobs {
 pub mod numerics {
     pub mod v1 {
         tonic::include_proto!("platform.numerics.v1");
+    }
+}
+
+/// Who may call each RPC: identities, principals and the `access` option.
+pub mod policy {
+    pub mod v1 {
+        tonic::include_proto!("platform.policy.v1");
     }
 }
 

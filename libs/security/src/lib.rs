@@ -11,11 +11,15 @@
 //! - [`tls`]: mutual TLS between services (server and client
 //!   configurations from PEM files that reload when rotated, the caller's
 //!   identity from its certificate) and a development PKI.
+//! - [`policy`]: the per-RPC policy from the contracts' `access` options,
+//!   enforced by one tower layer (default deny), and the [`policy::Caller`]
+//!   it hands to handlers.
 //! - [`audit`]: the security audit log (target `audit`), one event per
 //!   operator action, denial or key change.
 
 pub mod audit;
 pub mod outbound;
+pub mod policy;
 pub mod secret;
 pub mod tls;
 

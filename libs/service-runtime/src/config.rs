@@ -161,6 +161,11 @@ impl EnvReader {
         }
     }
 
+    /// The app's prefix, e.g. `"WORKER_"`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Development or production (see [`Environment`]).
     pub fn environment(&self) -> Environment {
         self.environment
@@ -376,7 +381,10 @@ impl EnvValue for LogFormat {
     }
 }
 
-/// An `http://host:port` address of another service.
+/// An `http://host:port` or `https://host:port` address of another
+/// service. Whether the connection uses TLS is the process's
+/// [`crate::Transport`], not the scheme: both schemes reach the same
+/// transport, so one URL works in either mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceUrl(String);
 
@@ -384,6 +392,14 @@ impl ServiceUrl {
     /// The URL as text, for tonic's endpoint builder.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The host part: a name, an IPv4 address or a bracketed IPv6 one.
+    pub fn host(&self) -> &str {
+        let authority = self.0.split_once("://").map_or(self.0.as_str(), |(_, a)| a);
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host)
     }
 }
 
@@ -494,6 +510,9 @@ pub struct CommonConfig {
     pub environment: Environment,
     /// What one gRPC client may hold of the server.
     pub grpc_limits: GrpcLimits,
+    /// Mutual TLS (default) or plaintext on loopback, for the gRPC server
+    /// and every client of other services.
+    pub transport: crate::Transport,
 }
 
 /// Bounds that keep one gRPC client from exhausting a server: streams and
@@ -566,10 +585,12 @@ impl CommonConfig {
             grpc_reflection: env.get_or("GRPC_REFLECTION", false),
             environment: env.environment(),
             grpc_limits: GrpcLimits::from_env(env),
+            transport: crate::Transport::from_env(env),
         }
     }
 
-    /// Settings for tests: port 0 everywhere, short deadlines.
+    /// Settings for tests: port 0 everywhere, short deadlines, plaintext on
+    /// loopback (tests of mutual TLS set [`CommonConfig::transport`]).
     pub fn for_tests() -> Self {
         Self {
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -579,6 +600,7 @@ impl CommonConfig {
             grpc_reflection: true,
             environment: Environment::Development,
             grpc_limits: GrpcLimits::default(),
+            transport: crate::Transport::Plaintext,
         }
     }
 }
@@ -662,6 +684,7 @@ mod tests {
                 ("GATEWAY_HTTP_ADDR", "nonsense"),
                 ("GATEWAY_SHUTDOWN_GRACE", "soon"),
                 ("GATEWAY_TYPO", "1"),
+                ("GATEWAY_GRPC_PLAINTEXT", "true"),
                 ("OTHER_X", "y"),
             ],
         );

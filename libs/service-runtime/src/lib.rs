@@ -13,14 +13,16 @@ mod admin;
 mod build_info;
 mod client;
 mod config;
+mod handshake;
 mod info;
 mod main_loop;
 mod serve;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod transport;
 
 pub use build_info::{BuildInfo, instance_id, uptime};
-pub use client::{CONNECT_TIMEOUT, TracedChannel, traced_channel};
+pub use client::{CONNECT_TIMEOUT, ChannelError, TracedChannel, traced_channel};
 pub use config::{
     CommonConfig, ConfigError, ConfigProblem, DatabaseUrl, EnvReader, EnvValue, Environment,
     GrpcLimits, InvalidValue, ServiceUrl,
@@ -31,3 +33,4 @@ pub use main_loop::{
 };
 pub use serve::{CheckError, CheckFuture, Running, ServiceBuilder, ShutdownReport, StartError};
 pub use tokio_util::sync::CancellationToken;
+pub use transport::{DEFAULT_CERT_DIR, Transport};

@@ -24,6 +24,11 @@ use tonic::{
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::Instrument as _;
 
+use security::{
+    policy::{Policy, PolicyLayer},
+    tls::MutualTls,
+};
+
 use crate::{BuildInfo, CommonConfig, GrpcLimits, admin, info::ServiceInfo};
 
 /// How often dependency checks refresh the gRPC health status.
@@ -53,6 +58,14 @@ pub enum StartError {
         /// The operating system's reason.
         source: std::io::Error,
     },
+    /// The TLS certificates could not be loaded.
+    #[error("gRPC mutual TLS: {0}")]
+    Tls(#[from] security::tls::TlsError),
+    /// Plaintext gRPC was asked for on an address that is not loopback.
+    #[error(
+        "cannot serve plaintext gRPC on {0}: plaintext is allowed only on loopback (use mutual TLS)"
+    )]
+    PlaintextNotLoopback(SocketAddr),
     /// gRPC reflection could not load the contracts' descriptors.
     #[error("gRPC reflection: {0}")]
     Reflection(String),
@@ -174,10 +187,24 @@ impl ServiceBuilder {
         self
     }
 
+    /// The certificates the gRPC server serves with, or `None` for
+    /// plaintext, which only a loopback address may serve.
+    fn grpc_transport(&self) -> Result<Option<MutualTls>, StartError> {
+        let Some((addr, ..)) = &self.grpc else {
+            return Ok(None);
+        };
+        let tls = self.common.transport.load()?;
+        if tls.is_none() && !addr.ip().is_loopback() {
+            return Err(StartError::PlaintextNotLoopback(*addr));
+        }
+        Ok(tls)
+    }
+
     /// Binds every listener (failing before serving anything if one cannot
     /// bind), then serves them all.
     pub async fn start(self) -> Result<Running, StartError> {
         crate::build_info::mark_started();
+        let tls = self.grpc_transport()?;
         let admin_listener = bind("admin", self.common.admin_addr).await?;
         let grpc_listener = match &self.grpc {
             Some((addr, ..)) => Some(bind("grpc", *addr).await?),
@@ -222,6 +249,7 @@ impl ServiceBuilder {
                 "grpc",
                 serve_grpc(
                     listener,
+                    tls,
                     routes.routes(),
                     self.common.grpc_limits,
                     stop_serving.clone(),
@@ -299,17 +327,24 @@ async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, S
         })
 }
 
-/// Serves gRPC under `limits` (see [`GrpcLimits`]).
+/// Serves gRPC under `limits` (see [`GrpcLimits`]), over mutual TLS with
+/// the per-RPC policy enforced when `tls` is set.
 async fn serve_grpc(
     listener: TcpListener,
+    tls: Option<MutualTls>,
     routes: Routes,
     limits: GrpcLimits,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(limits.keepalive.0));
-    tonic::transport::Server::builder()
+    let policy = if tls.is_some() {
+        PolicyLayer::new(Policy::from_contracts())
+    } else {
+        tracing::warn!(
+            "gRPC is plaintext: callers are not identified and the per-RPC policy is not enforced (loopback only)"
+        );
+        PolicyLayer::not_enforced()
+    };
+    let server = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_streams_per_connection)
         .concurrency_limit_per_connection(limits.max_streams_per_connection as usize)
         .timeout(limits.max_deadline)
@@ -318,9 +353,24 @@ async fn serve_grpc(
         .http2_keepalive_interval(Some(limits.keepalive.0))
         .http2_keepalive_timeout(Some(limits.keepalive.1))
         .layer(telemetry::ServerTraceLayer::new())
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-        .await
+        .layer(policy)
+        .add_routes(routes);
+    match tls {
+        Some(tls) => {
+            let incoming = crate::handshake::tls_incoming(listener, tls, stop.clone());
+            server
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
+        }
+        None => {
+            let incoming = TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(limits.keepalive.0));
+            server
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
+        }
+    }
 }
 
 fn spawn_server<E: std::fmt::Display>(

@@ -109,7 +109,8 @@ where
 }
 
 /// An app's binary running as a child process on free local ports, with
-/// `RUST_LOG=warn` and an otherwise empty environment; killed when dropped.
+/// `RUST_LOG=warn` and an otherwise empty environment (plaintext gRPC on
+/// loopback unless the test sets `<prefix>TLS_DIR`); killed when dropped.
 #[derive(Debug)]
 pub struct AppProcess {
     child: std::process::Child,
@@ -138,8 +139,15 @@ impl AppProcess {
     ) -> Self {
         let free = || free_local_addr().expect("a free local port");
         let (grpc_addr, admin_addr) = (free(), free());
+        let tls_dir = format!("{env_prefix}TLS_DIR");
+        let plaintext = if env.iter().any(|(name, _)| *name == tls_dir) {
+            None
+        } else {
+            Some((format!("{env_prefix}GRPC_PLAINTEXT"), "true"))
+        };
         let child = std::process::Command::new(binary)
             .env_clear()
+            .envs(plaintext)
             .env(format!("{env_prefix}GRPC_ADDR"), grpc_addr.to_string())
             .env(format!("{env_prefix}ADMIN_ADDR"), admin_addr.to_string())
             .env("RUST_LOG", "warn")

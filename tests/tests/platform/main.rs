@@ -12,6 +12,7 @@
 )]
 
 mod features;
+mod policy;
 mod readings;
 mod startup;
 mod status;

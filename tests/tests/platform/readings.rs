@@ -18,7 +18,7 @@ use contracts::{
     ingest::v1::{self as pb, ingest_service_client::IngestServiceClient},
     jobs::v1::{self as jobs_pb, jobs_service_client::JobsServiceClient},
 };
-use service_runtime::{ServiceUrl, traced_channel};
+use service_runtime::{ServiceUrl, Transport, traced_channel};
 use telemetry::testing::capture_spans;
 use tracing::Instrument as _;
 
@@ -106,6 +106,8 @@ async fn story(database_url: String, jobs_table: &str) {
     let timeout = Duration::from_secs(20);
     let channel = traced_channel(
         &ServiceUrl::local(ingest.grpc_addr.unwrap().port()),
+        &Transport::Plaintext,
+        "ingest",
         timeout,
         timeout,
     )
@@ -184,7 +186,14 @@ async fn story(database_url: String, jobs_table: &str) {
 
     // Pruning runs through ingest's API too: a one-minute retention deletes
     // every reading of this story (all ten minutes old).
-    let jobs_channel = traced_channel(&url_of(&worker), timeout, timeout).unwrap();
+    let jobs_channel = traced_channel(
+        &url_of(&worker),
+        &Transport::Plaintext,
+        "worker",
+        timeout,
+        timeout,
+    )
+    .unwrap();
     let mut jobs_client = JobsServiceClient::new(jobs_channel);
     let mut args = prost_types::Struct::default();
     args.fields.insert(
@@ -300,8 +309,16 @@ async fn with_numerics_down_aggregation_fails_fast_for_a_later_retry_without_blo
     let worker = worker::start(worker_config).await.unwrap();
 
     let timeout = Duration::from_secs(20);
-    let mut client =
-        IngestServiceClient::new(traced_channel(&url_of(&ingest), timeout, timeout).unwrap());
+    let mut client = IngestServiceClient::new(
+        traced_channel(
+            &url_of(&ingest),
+            &Transport::Plaintext,
+            "ingest",
+            timeout,
+            timeout,
+        )
+        .unwrap(),
+    );
     let now = Utc::now() - chrono::Duration::minutes(10);
     let window =
         DateTime::from_timestamp(now.timestamp() - now.timestamp().rem_euclid(60), 0).unwrap();
@@ -312,8 +329,16 @@ async fn with_numerics_down_aggregation_fails_fast_for_a_later_retry_without_blo
         .await
         .unwrap();
 
-    let mut jobs_client =
-        JobsServiceClient::new(traced_channel(&url_of(&worker), timeout, timeout).unwrap());
+    let mut jobs_client = JobsServiceClient::new(
+        traced_channel(
+            &url_of(&worker),
+            &Transport::Plaintext,
+            "worker",
+            timeout,
+            timeout,
+        )
+        .unwrap(),
+    );
     let started = Instant::now();
     let failed = loop {
         let listed = jobs_client

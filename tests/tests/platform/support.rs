@@ -1,6 +1,6 @@
 use std::{net::SocketAddr, time::Duration};
 
-use service_runtime::{CommonConfig, Running, ServiceUrl};
+use service_runtime::{CommonConfig, Running, ServiceUrl, Transport};
 
 /// The three gRPC apps, serving on free ports.
 pub struct Backends {
@@ -14,18 +14,24 @@ pub struct Backends {
 
 impl Backends {
     pub async fn start() -> Self {
+        Self::start_with(|_| Transport::Plaintext).await
+    }
+
+    /// The three apps, each with the transport `transport(app name)`
+    /// gives it.
+    pub async fn start_with(transport: impl Fn(&str) -> Transport) -> Self {
         let worker_db = ScratchDb::new();
+        let mut ingest = ingest::Config::for_tests(&worker_db.url());
+        ingest.common.transport = transport("ingest");
+        let mut worker = worker::Config::for_tests(&worker_db.url());
+        worker.common.transport = transport("worker");
+        let mut numerics = numerics::Config::for_tests();
+        numerics.common.transport = transport("numerics");
         Self {
-            ingest: ingest::start(ingest::Config::for_tests(&worker_db.url()))
-                .await
-                .unwrap(),
-            worker: worker::start(worker::Config::for_tests(&worker_db.url()))
-                .await
-                .unwrap(),
+            ingest: ingest::start(ingest).await.unwrap(),
+            worker: worker::start(worker).await.unwrap(),
             _worker_db: worker_db,
-            numerics: numerics::start(numerics::Config::for_tests())
-                .await
-                .unwrap(),
+            numerics: numerics::start(numerics).await.unwrap(),
         }
     }
 

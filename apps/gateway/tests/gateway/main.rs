@@ -59,9 +59,30 @@ fn an_unknown_prefixed_variable_is_an_error() {
 }
 
 #[test]
+fn missing_certificates_stop_start_up_naming_the_variable_and_the_fix() {
+    let output = gateway()
+        .env("GATEWAY_TLS_DIR", "/nonexistent/certs")
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains(
+            "GATEWAY_TLS_CERT: /nonexistent/certs/gateway.pem does not exist: run `platform certs`"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("GATEWAY_TLS_KEY"), "{stderr}");
+}
+
+#[test]
 fn check_config_accepts_a_valid_environment() {
+    let certs = std::env::temp_dir().join(format!("gateway-check-{}", std::process::id()));
+    security::tls::dev_pki::generate(&certs, &["gateway"]).unwrap();
     let output = gateway()
         .env("GATEWAY_HTTP_ADDR", "0.0.0.0:9999")
+        .env("GATEWAY_TLS_DIR", &certs)
         .arg("--check-config")
         .output()
         .unwrap();
@@ -73,6 +94,7 @@ fn check_config_accepts_a_valid_environment() {
     );
     assert!(stdout.contains("configuration is valid"), "{stdout}");
     assert!(stdout.contains("0.0.0.0:9999"), "{stdout}");
+    let _ = std::fs::remove_dir_all(certs);
 }
 
 #[test]

@@ -55,6 +55,8 @@ async fn exercise(url: &str, write: impl std::future::Future<Output = ()>) {
     let timeout = Duration::from_secs(10);
     let channel = traced_channel(
         &ServiceUrl::local(running.grpc_addr.unwrap().port()),
+        &service_runtime::Transport::Plaintext,
+        "ingest",
         timeout,
         timeout,
     )

@@ -15,6 +15,8 @@ fn client(process: &IngestProcess) -> IngestServiceClient<TracedChannel> {
     let timeout = Duration::from_secs(10);
     let channel = traced_channel(
         &ServiceUrl::local(process.grpc_addr.port()),
+        &service_runtime::Transport::Plaintext,
+        "ingest",
         timeout,
         timeout,
     )

@@ -67,6 +67,8 @@ async fn ten_times_the_sink_rate_for_30_s_stays_under_the_memory_ceiling_and_los
     let timeout = Duration::from_secs(60);
     let channel = traced_channel(
         &ServiceUrl::local(ingest.grpc_addr.port()),
+        &service_runtime::Transport::Plaintext,
+        "ingest",
         timeout,
         timeout,
     )

@@ -33,6 +33,8 @@ async fn client(running: &Running) -> IngestServiceClient<Channel> {
     let timeout = Duration::from_secs(20);
     let channel = traced_channel(
         &ServiceUrl::local(running.grpc_addr.unwrap().port()),
+        &service_runtime::Transport::Plaintext,
+        "ingest",
         timeout,
         timeout,
     )

@@ -1,5 +1,6 @@
-//! `platform up` as a developer runs it: every app ready, a crashed app
-//! restarted, and everything stopped with exit 0 on SIGTERM.
+//! `platform up` as a developer runs it: development certificates written,
+//! every app ready behind mutual TLS, a crashed app restarted, and
+//! everything stopped with exit 0 on SIGTERM.
 
 #![allow(
     clippy::unwrap_used,
@@ -29,6 +30,7 @@ struct Platform {
     child: Child,
     lines: mpsc::Receiver<String>,
     gateway: SocketAddr,
+    ingest: SocketAddr,
     dir: std::path::PathBuf,
 }
 
@@ -38,13 +40,14 @@ impl Platform {
             std::env::temp_dir().join(format!("platform-launcher-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let gateway = free_local_addr().unwrap();
+        let ingest = free_local_addr().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_platform"));
         command
             .current_dir(&dir)
-            .env("GATEWAY_HTTP_ADDR", gateway.to_string());
+            .env("GATEWAY_HTTP_ADDR", gateway.to_string())
+            .env("INGEST_GRPC_ADDR", ingest.to_string());
         for var in [
             "GATEWAY_ADMIN_ADDR",
-            "INGEST_GRPC_ADDR",
             "INGEST_ADMIN_ADDR",
             "WORKER_GRPC_ADDR",
             "WORKER_ADMIN_ADDR",
@@ -71,6 +74,7 @@ impl Platform {
             child,
             lines,
             gateway,
+            ingest,
             dir,
         }
     }
@@ -109,6 +113,22 @@ fn instance_of(status: &serde_json::Value, app: &str) -> String {
         .to_owned()
 }
 
+/// Asks ingest's gRPC health service for its status as `transport`.
+async fn ingest_health(
+    platform: &Platform,
+    transport: &service_runtime::Transport,
+) -> Result<i32, tonic::Status> {
+    let url = service_runtime::ServiceUrl::local(platform.ingest.port());
+    let timeout = Duration::from_secs(5);
+    let channel =
+        service_runtime::traced_channel(&url, transport, "ingest", timeout, timeout).unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let response = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await?;
+    Ok(response.into_inner().status)
+}
+
 /// Instance ids are `<host>-<pid>-<boot>`.
 fn pid_in(instance_id: &str) -> i32 {
     instance_id.rsplit('-').nth(1).unwrap().parse().unwrap()
@@ -123,8 +143,21 @@ async fn up_serves_restarts_a_crashed_app_and_stops_cleanly_on_sigterm() {
         "the embedded data directory exists"
     );
 
+    // The gateway reached every backend over mutual TLS with the
+    // certificates the launcher wrote.
     let before = status(platform.gateway).await;
     assert_eq!(before["serving"], true, "{before}");
+    let certs = platform.dir.join(service_runtime::DEFAULT_CERT_DIR);
+    let operator = service_runtime::Transport::mutual_tls_in(&certs, "operator");
+    assert_eq!(
+        ingest_health(&platform, &operator).await.unwrap(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let plaintext = ingest_health(&platform, &service_runtime::Transport::Plaintext).await;
+    assert!(
+        plaintext.is_err(),
+        "a client without a certificate was answered: {plaintext:?}"
+    );
     let crashed = instance_of(&before, "ingest");
 
     // kill -9 one app: the launcher restarts it and the platform serves again.

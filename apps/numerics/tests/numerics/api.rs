@@ -17,7 +17,14 @@ pub async fn client(running: &service_runtime::Running) -> NumericsServiceClient
 /// A client of the app listening on `port`.
 fn client_at(port: u16) -> NumericsServiceClient<TracedChannel> {
     let timeout = Duration::from_secs(30);
-    let channel = traced_channel(&ServiceUrl::local(port), timeout, timeout).unwrap();
+    let channel = traced_channel(
+        &ServiceUrl::local(port),
+        &service_runtime::Transport::Plaintext,
+        "numerics",
+        timeout,
+        timeout,
+    )
+    .unwrap();
     NumericsServiceClient::new(channel)
 }
 

@@ -37,6 +37,8 @@ async fn concurrent_callers_are_batched_and_each_gets_its_own_answer_across_a_re
     let timeout = Duration::from_secs(30);
     let channel = traced_channel(
         &ServiceUrl::local(running.grpc_addr.unwrap().port()),
+        &service_runtime::Transport::Plaintext,
+        "numerics",
         timeout,
         timeout,
     )

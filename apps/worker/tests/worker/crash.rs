@@ -31,6 +31,7 @@ impl WorkerProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_worker"))
             .env_clear()
             .env("WORKER_DATABASE_URL", database_url)
+            .env("WORKER_GRPC_PLAINTEXT", "true")
             .env("WORKER_GRPC_ADDR", free())
             .env("WORKER_ADMIN_ADDR", free())
             .env("WORKER_QUEUES", "default=50")
@@ -80,6 +81,7 @@ async fn prepare(scratch: &Scratch) -> PgPool {
         .arg("migrate")
         .env_clear()
         .env("WORKER_DATABASE_URL", scratch.url())
+        .env("WORKER_GRPC_PLAINTEXT", "true")
         .stdout(Stdio::null())
         .status()
         .unwrap();

@@ -51,7 +51,16 @@ pub fn client(running: &Running) -> JobsServiceClient<TracedChannel> {
 /// shipped binary).
 pub fn client_at(port: u16) -> JobsServiceClient<TracedChannel> {
     let timeout = Duration::from_secs(10);
-    JobsServiceClient::new(traced_channel(&ServiceUrl::local(port), timeout, timeout).unwrap())
+    JobsServiceClient::new(
+        traced_channel(
+            &ServiceUrl::local(port),
+            &service_runtime::Transport::Plaintext,
+            "worker",
+            timeout,
+            timeout,
+        )
+        .unwrap(),
+    )
 }
 
 /// Runs `test` against the worker on SQLite, then on PostgreSQL if set.

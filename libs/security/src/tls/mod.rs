@@ -12,6 +12,10 @@
 //! CA is read once: rotating it is a rolling restart.
 
 pub mod dev_pki;
+mod expiry;
+mod mutual;
+
+pub use mutual::{ClientStream, MutualTls, ServerStream};
 
 use std::{
     path::{Path, PathBuf},
@@ -90,44 +94,66 @@ impl TlsFiles {
     }
 
     fn roots(&self) -> Result<Arc<RootCertStore>, TlsError> {
+        Ok(self.roots_and_certs()?.0)
+    }
+
+    fn roots_and_certs(
+        &self,
+    ) -> Result<(Arc<RootCertStore>, Vec<CertificateDer<'static>>), TlsError> {
         let mut roots = RootCertStore::empty();
+        let mut certs = Vec::new();
         for cert in
             CertificateDer::pem_file_iter(&self.ca).map_err(|e| TlsError::pem(&self.ca, &e))?
         {
             let cert = cert.map_err(|e| TlsError::pem(&self.ca, &e))?;
+            certs.push(cert.clone());
             roots
                 .add(cert)
                 .map_err(|e| TlsError::Config(format!("{}: {e}", self.ca.display())))?;
         }
-        Ok(Arc::new(roots))
+        Ok((Arc::new(roots), certs))
     }
 }
 
 /// A server configuration that requires a client certificate signed by the
 /// platform CA and serves the (reloading) certificate in `files`.
 pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
+    build_server_config(files.roots()?, Arc::new(ReloadingCert::load(files)?))
+}
+
+/// A client configuration that trusts only the platform CA and presents
+/// the (reloading) certificate in `files`.
+pub fn client_config(files: &TlsFiles) -> Result<rustls::ClientConfig, TlsError> {
+    build_client_config(files.roots()?, Arc::new(ReloadingCert::load(files)?))
+}
+
+fn build_server_config(
+    roots: Arc<RootCertStore>,
+    cert: Arc<ReloadingCert>,
+) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(files.roots()?, provider.clone())
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(ReloadingCert::load(files)?));
+        .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
 
-/// A client configuration that trusts only the platform CA and presents
-/// the (reloading) certificate in `files`.
-pub fn client_config(files: &TlsFiles) -> Result<rustls::ClientConfig, TlsError> {
+fn build_client_config(
+    roots: Arc<RootCertStore>,
+    cert: Arc<ReloadingCert>,
+) -> Result<rustls::ClientConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_root_certificates(files.roots()?)
-        .with_client_cert_resolver(Arc::new(ReloadingCert::load(files)?));
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }

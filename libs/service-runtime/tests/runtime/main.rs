@@ -14,6 +14,7 @@
 mod admin;
 mod limits;
 mod shutdown;
+mod transport;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -22,5 +23,12 @@ use service_runtime::{ServiceUrl, TracedChannel, traced_channel};
 /// A gRPC channel (one connection) to a server on loopback.
 fn channel_to(addr: SocketAddr) -> TracedChannel {
     let timeout = Duration::from_secs(5);
-    traced_channel(&ServiceUrl::local(addr.port()), timeout, timeout).unwrap()
+    traced_channel(
+        &ServiceUrl::local(addr.port()),
+        &service_runtime::Transport::Plaintext,
+        "numerics",
+        timeout,
+        timeout,
+    )
+    .unwrap()
 }
