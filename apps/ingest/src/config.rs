@@ -15,6 +15,11 @@ pub struct Config {
     /// `INGEST_DATABASE_URL`: `postgres://...` in production, or
     /// `sqlite://path` (the embedded default, shared with the worker).
     pub database_url: DatabaseUrl,
+    /// `INGEST_MIGRATE_DATABASE_URL`: on PostgreSQL, the migrator credential
+    /// that runs migrations and creates and grants this app's role; the
+    /// app itself then connects with `INGEST_DATABASE_URL`, as a member of
+    /// that role only. Unset: one credential does both (development).
+    pub migrate_database_url: Option<DatabaseUrl>,
     /// `INGEST_DATABASE_POOL`: connections to the database.
     pub database_pool: u32,
     /// `INGEST_WINDOW` and `INGEST_ALLOWED_LATENESS`: aggregation windows.
@@ -153,9 +158,11 @@ impl Config {
                 );
             }
         }
+        let database_url = env.get_or("DATABASE_URL", DatabaseUrl::embedded_default());
         Self {
             grpc_addr: env.get_or("GRPC_ADDR", SocketAddr::from(([127, 0, 0, 1], 50051))),
-            database_url: env.get_or("DATABASE_URL", DatabaseUrl::embedded_default()),
+            migrate_database_url: migrate_database_url(env, &database_url),
+            database_url,
             database_pool: env.get_or("DATABASE_POOL", 10),
             windowing,
             limits: Limits::default(),
@@ -181,4 +188,19 @@ impl Config {
     pub fn drain_budget(&self) -> Duration {
         self.common.shutdown_grace.mul_f64(0.8)
     }
+}
+
+/// `INGEST_MIGRATE_DATABASE_URL`, which only means something on PostgreSQL.
+fn migrate_database_url(env: &mut EnvReader, database: &DatabaseUrl) -> Option<DatabaseUrl> {
+    let url: Option<DatabaseUrl> = env.get("MIGRATE_DATABASE_URL");
+    if url
+        .as_ref()
+        .is_some_and(|url| !url.is_postgres() || !database.is_postgres())
+    {
+        env.reject(
+            "MIGRATE_DATABASE_URL",
+            "needs postgres:// here and in INGEST_DATABASE_URL (SQLite has no roles)",
+        );
+    }
+    url
 }

@@ -37,7 +37,12 @@ pub const INFO: BuildInfo = BuildInfo::new("ingest");
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let url = config.database_url.as_str();
     if config.database_url.is_postgres() {
-        let store = store::PgReadingStore::connect(url, config.database_pool).await;
+        let store = match &config.migrate_database_url {
+            Some(migrator) => {
+                store::PgReadingStore::provision(migrator.as_str(), url, config.database_pool).await
+            }
+            None => store::PgReadingStore::connect(url, config.database_pool).await,
+        };
         serve(config, store.map_err(dependency("database"))?).await
     } else {
         let store = store::SqliteReadingStore::connect(url).await;

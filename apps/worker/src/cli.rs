@@ -88,8 +88,17 @@ pub fn run(command: Command) -> ExitCode {
         }
         let url = config.database_url.as_str();
         if config.database_url.is_postgres() {
-            let store = storage::postgres::connect(url, config.database_pool).await?;
-            store.migrate_all().await?;
+            let store = match &config.migrate_database_url {
+                Some(migrator) => {
+                    storage::postgres::provision(migrator.as_str(), url, config.database_pool)
+                        .await?
+                }
+                None => {
+                    let store = storage::postgres::connect(url, config.database_pool).await?;
+                    store.migrate_all().await?;
+                    store
+                }
+            };
             execute(store, command).await
         } else {
             let store = storage::sqlite::connect(url).await?;

@@ -13,6 +13,11 @@ pub struct Config {
     /// `WORKER_DATABASE_URL`: `postgres://...` in production, or
     /// `sqlite://path` (the embedded default, `sqlite://data/platform.db`).
     pub database_url: DatabaseUrl,
+    /// `WORKER_MIGRATE_DATABASE_URL`: on PostgreSQL, the migrator credential
+    /// that runs migrations and creates and grants this app's role; the
+    /// app itself then connects with `WORKER_DATABASE_URL`, as a member of
+    /// that role only. Unset: one credential does both (development).
+    pub migrate_database_url: Option<DatabaseUrl>,
     /// `WORKER_DATABASE_POOL`: connections to the database.
     pub database_pool: u32,
     /// `WORKER_QUEUES`: `name=local[/global],...`, e.g. `default=10,webhooks=20/50`.
@@ -159,9 +164,11 @@ impl Config {
         if let Err(error) = readings_prune_cron.parse::<jobs::CronSchedule>() {
             env.reject("READINGS_PRUNE_CRON", error.to_string());
         }
+        let database_url = env.get_or("DATABASE_URL", DatabaseUrl::embedded_default());
         Self {
             grpc_addr: env.get_or("GRPC_ADDR", SocketAddr::from(([127, 0, 0, 1], 50052))),
-            database_url: env.get_or("DATABASE_URL", DatabaseUrl::embedded_default()),
+            migrate_database_url: migrate_database_url(env, &database_url),
+            database_url,
             database_pool: env.get_or("DATABASE_POOL", 10),
             queues: env.get_or("QUEUES", default_queues),
             run_jobs: env.get_or("RUN_JOBS", true),
@@ -221,6 +228,21 @@ impl Config {
         config.common = CommonConfig::for_tests();
         config
     }
+}
+
+/// `WORKER_MIGRATE_DATABASE_URL`, which only means something on PostgreSQL.
+fn migrate_database_url(env: &mut EnvReader, database: &DatabaseUrl) -> Option<DatabaseUrl> {
+    let url: Option<DatabaseUrl> = env.get("MIGRATE_DATABASE_URL");
+    if url
+        .as_ref()
+        .is_some_and(|url| !url.is_postgres() || !database.is_postgres())
+    {
+        env.reject(
+            "MIGRATE_DATABASE_URL",
+            "needs postgres:// here and in WORKER_DATABASE_URL (SQLite has no roles)",
+        );
+    }
+    url
 }
 
 #[cfg(test)]

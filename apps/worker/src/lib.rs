@@ -43,20 +43,39 @@ fn dependency(what: &'static str) -> impl Fn(jobs::JobsError) -> StartError {
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let url = config.database_url.as_str();
     if config.database_url.is_postgres() {
-        let store = storage::postgres::connect(url, config.database_pool).await;
-        serve(config, store.map_err(dependency("database"))?).await
+        let store = match &config.migrate_database_url {
+            Some(migrator) => {
+                storage::postgres::provision(migrator.as_str(), url, config.database_pool)
+                    .await
+                    .map_err(dependency("database"))?
+            }
+            None => {
+                let store = storage::postgres::connect(url, config.database_pool).await;
+                migrated(store.map_err(dependency("database"))?).await?
+            }
+        };
+        serve(config, store).await
     } else {
         let store = storage::sqlite::connect(url).await;
-        serve(config, store.map_err(dependency("database"))?).await
+        serve(
+            config,
+            migrated(store.map_err(dependency("database"))?).await?,
+        )
+        .await
     }
 }
 
-/// [`start`] on a connected store.
-async fn serve<S: WorkerStore>(config: Config, store: S) -> Result<Running, StartError> {
+/// `store` after its migrations ran with its own credential.
+async fn migrated<S: WorkerStore>(store: S) -> Result<S, StartError> {
     store
         .migrate_all()
         .await
         .map_err(dependency("migrations"))?;
+    Ok(store)
+}
+
+/// [`start`] on a connected, migrated store.
+async fn serve<S: WorkerStore>(config: Config, store: S) -> Result<Running, StartError> {
     let node_id = jobs::new_node_id();
     let webhooks =
         kinds::webhook::WebhookClient::new(config.webhook_secret.clone(), config.webhook_policy())

@@ -18,6 +18,7 @@ mod error;
 mod job;
 mod node;
 pub mod postgres;
+pub mod roles;
 pub mod sqlite;
 mod store;
 #[cfg(feature = "testing")]

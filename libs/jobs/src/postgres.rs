@@ -40,11 +40,18 @@ type InsertedRow = (i64, DateTime<Utc>, Option<Vec<u8>>);
 /// the migrator ignores versions it does not know, so other owners' sqlx
 /// migrations can share the database's `_sqlx_migrations` table.
 pub fn migrator() -> Migrator {
-    crate::store::embedded_migrator(
-        100_001,
-        "jobs",
-        include_str!("../migrations/postgres/100001_jobs.sql"),
-    )
+    crate::store::embedded_migrations(&[
+        (
+            100_001,
+            "jobs",
+            include_str!("../migrations/postgres/100001_jobs.sql"),
+        ),
+        (
+            100_002,
+            "jobs enqueue functions",
+            include_str!("../migrations/postgres/100002_enqueue_functions.sql"),
+        ),
+    ])
 }
 
 /// Opens a pool of at least two connections, each named
@@ -264,21 +271,12 @@ async fn insert_rows(
     conn: &mut PgConnection,
     columns: &InsertColumns<'_>,
 ) -> Result<Vec<InsertedRow>, JobsError> {
+    // Through the SECURITY DEFINER function (migration 100002), so a role
+    // that may only enqueue needs no rights on the table.
     let mut rows: Vec<InsertedRow> = sqlx::query_as(
-        "INSERT INTO jobs.job (kind, queue, args, meta, tags, priority, max_attempts, state, scheduled_at,
-                               unique_key, unique_states)
-         SELECT kind, queue, args::jsonb, COALESCE(meta::jsonb, '{}'), COALESCE(tags::text[], '{}'),
-                priority, max_attempts,
-                CASE WHEN scheduled_at > now() THEN 'scheduled' ELSE 'available' END::jobs.job_state,
-                COALESCE(scheduled_at, now()), unique_key, unique_states
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::smallint[],
-                     $7::integer[], $8::timestamptz[], $9::bytea[], $10::integer[])
-              WITH ORDINALITY AS input(kind, queue, args, meta, tags, priority, max_attempts, scheduled_at,
-                                       unique_key, unique_states, position)
-         ORDER BY position
-         ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND (unique_states & jobs.state_bit(state)) <> 0
-         DO NOTHING
-         RETURNING id, inserted_at, unique_key",
+        "SELECT id, inserted_at, unique_key
+         FROM jobs.enqueue($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::smallint[],
+                           $7::integer[], $8::timestamptz[], $9::bytea[], $10::integer[])",
     )
     .bind(&columns.kinds)
     .bind(&columns.queues)
@@ -357,10 +355,7 @@ async fn unique_holders(
     conn: &mut PgConnection,
     keys: &[Vec<u8>],
 ) -> Result<Vec<(Vec<u8>, Job)>, JobsError> {
-    let sql = format!(
-        "SELECT {JOB_COLUMNS}, unique_key FROM jobs.job
-         WHERE unique_key = ANY($1) AND (unique_states & jobs.state_bit(state)) <> 0"
-    );
+    let sql = format!("SELECT {JOB_COLUMNS}, unique_key FROM jobs.unique_holders($1)");
     let mut holders = Vec::new();
     for row in sqlx::query(&sql).bind(keys).fetch_all(&mut *conn).await? {
         let key: Vec<u8> = row.try_get("unique_key")?;

@@ -96,6 +96,20 @@ impl ScratchPostgres {
             .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
             .await
             .expect("drop the scratch database");
+        // Roles are the server's, not the database's: drop the ones named
+        // after it (see `roles::app_role`).
+        let roles: Vec<String> =
+            sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE starts_with(rolname, $1)")
+                .bind(format!("{}_", self.name))
+                .fetch_all(&mut admin)
+                .await
+                .expect("list the scratch database's roles");
+        for role in roles {
+            admin
+                .execute(format!("DROP ROLE IF EXISTS \"{}\"", role.replace('"', "\"\"")).as_str())
+                .await
+                .expect("drop a scratch role");
+        }
     }
 }
 

@@ -61,7 +61,7 @@ fn stamp(at: DateTime<Utc>) -> prost_types::Timestamp {
 
 /// 30 steady readings with one spike in a one-minute window ten minutes
 /// ago, and one reading 75 s after its start that closes it.
-fn readings(window: DateTime<Utc>) -> Vec<pb::Reading> {
+pub(crate) fn readings(window: DateTime<Utc>) -> Vec<pb::Reading> {
     let reading = |i: i64, at: DateTime<Utc>, value: f64| pb::Reading {
         event_id: format!("e2e-{i}"),
         tenant_id: "acme".into(),

@@ -55,6 +55,9 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 #[derive(Debug, Clone)]
 pub struct PgReadingStore {
     pool: PgPool,
+    /// False when a migrator credential already migrated the database and
+    /// this pool's role may not (see [`Self::provision`]).
+    migrates: bool,
 }
 
 impl PgReadingStore {
@@ -68,7 +71,43 @@ impl PgReadingStore {
 
     /// Wraps a pool.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            migrates: true,
+        }
+    }
+
+    /// Least privilege: with the migrator credential at `migrator_url`,
+    /// applies the migrations and gives the user of `app_url` the role
+    /// `<database>_ingest` (its own schema, and enqueueing through
+    /// `jobs.enqueue` only); then connects as that user, which runs no
+    /// migrations.
+    pub async fn provision(
+        migrator_url: &str,
+        app_url: &str,
+        pool_size: u32,
+    ) -> Result<Self, StoreError> {
+        let migrator = jobs::postgres::connect(
+            migrator_url,
+            "ingest-migrator",
+            2,
+            service_runtime::CONNECT_TIMEOUT,
+        )
+        .await?;
+        Self::new(migrator.clone()).migrate().await?;
+        let login = jobs::roles::login_of(app_url)?;
+        jobs::roles::provision_app_role(
+            &migrator,
+            "ingest",
+            Some("ingest"),
+            jobs::roles::JobsAccess::Enqueue,
+            &login,
+        )
+        .await?;
+        migrator.close().await;
+        let mut store = Self::connect(app_url, pool_size).await?;
+        store.migrates = false;
+        Ok(store)
     }
 
     /// The pool, for the jobs store on the same database.
@@ -79,6 +118,9 @@ impl PgReadingStore {
 
 impl ReadingStore for PgReadingStore {
     async fn migrate(&self) -> Result<(), StoreError> {
+        if !self.migrates {
+            return Ok(());
+        }
         jobs::postgres::migrator().run(&self.pool).await?;
         migrator().run(&self.pool).await?;
         Ok(())

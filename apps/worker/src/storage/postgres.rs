@@ -11,6 +11,36 @@ pub async fn connect(url: &str, pool_size: u32) -> Result<PgStore, JobsError> {
     Ok(PgStore::new(pool))
 }
 
+/// Least privilege: with the migrator credential at `migrator_url`,
+/// applies every migration and gives the user of `app_url` the role
+/// `<database>_worker` (its own schema and the jobs tables; nothing of
+/// ingest's), then connects as that user.
+pub async fn provision(
+    migrator_url: &str,
+    app_url: &str,
+    pool_size: u32,
+) -> Result<PgStore, JobsError> {
+    let migrator = jobs::postgres::connect(
+        migrator_url,
+        "worker-migrator",
+        2,
+        service_runtime::CONNECT_TIMEOUT,
+    )
+    .await?;
+    PgStore::new(migrator.clone()).migrate_all().await?;
+    let login = jobs::roles::login_of(app_url)?;
+    jobs::roles::provision_app_role(
+        &migrator,
+        "worker",
+        Some("worker"),
+        jobs::roles::JobsAccess::Run,
+        &login,
+    )
+    .await?;
+    migrator.close().await;
+    connect(app_url, pool_size).await
+}
+
 impl WorkerStore for PgStore {
     async fn migrate_all(&self) -> Result<(), JobsError> {
         self.migrate().await?;
