@@ -340,6 +340,7 @@ pub async fn nats(args: &BenchArgs) -> Result<(), BenchError> {
         consumer: format!("{id}_consumer"),
         ack_wait: Duration::from_secs(60),
         nak_delay: Duration::from_secs(1),
+        tls: None,
     };
     let client = async_nats::connect(nats_url.as_str())
         .await

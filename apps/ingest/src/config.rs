@@ -60,6 +60,20 @@ pub struct NatsConfig {
     pub ack_wait: Duration,
     /// `INGEST_NATS_NAK_DELAY`: redelivery delay after a transient failure.
     pub nak_delay: Duration,
+    /// TLS to the server, required when the URL starts with `tls://`.
+    pub tls: Option<NatsTls>,
+}
+
+/// TLS to NATS: whom to trust, and the certificate ingest presents (so a
+/// server with `verify: true` knows it by its platform certificate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsTls {
+    /// `INGEST_NATS_CA`: the CA that signed the server's certificate;
+    /// defaults to the platform CA (`INGEST_TLS_CA`).
+    pub ca: std::path::PathBuf,
+    /// This app's certificate and key under mutual TLS (`INGEST_TLS_CERT`,
+    /// `INGEST_TLS_KEY`); none on plaintext.
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Config {
@@ -131,8 +145,14 @@ impl Config {
             consumer: env.get_or("NATS_CONSUMER", "ingest".to_owned()),
             ack_wait: env.get_or("NATS_ACK_WAIT", Duration::from_secs(30)),
             nak_delay: env.get_or("NATS_NAK_DELAY", Duration::from_secs(1)),
+            tls: None,
         };
         let nats = url.is_some().then_some(nats);
+        let nats_ca = env.get::<std::path::PathBuf>("NATS_CA");
+        let nats = nats.map(|mut nats| {
+            nats.tls = nats_tls(env, &nats.url, nats_ca, &common.transport);
+            nats
+        });
         if let Some(nats) = &nats {
             if nats.ack_wait <= common.shutdown_grace {
                 env.reject(
@@ -203,4 +223,81 @@ fn migrate_database_url(env: &mut EnvReader, database: &DatabaseUrl) -> Option<D
         );
     }
     url
+}
+
+/// TLS settings for a `tls://` NATS URL: `INGEST_NATS_CA` or the platform
+/// CA, and this app's own certificate under mutual TLS. A `nats://` URL
+/// with `INGEST_NATS_CA` set is a problem (the CA would be ignored).
+fn nats_tls(
+    env: &mut EnvReader,
+    url: &str,
+    ca: Option<std::path::PathBuf>,
+    transport: &service_runtime::Transport,
+) -> Option<NatsTls> {
+    let platform = match transport {
+        service_runtime::Transport::MutualTls { files, .. } => Some(files),
+        service_runtime::Transport::Plaintext => None,
+    };
+    if !url.starts_with("tls://") {
+        if ca.is_some() {
+            env.reject("NATS_CA", "only used with a tls:// INGEST_NATS_URL");
+        }
+        return None;
+    }
+    let Some(ca) = ca.or_else(|| platform.map(|files| files.ca.clone())) else {
+        env.reject(
+            "NATS_CA",
+            "a tls:// INGEST_NATS_URL needs the CA of the server's certificate (or mutual TLS, whose CA is the default)",
+        );
+        return None;
+    };
+    if !ca.is_file() {
+        env.reject("NATS_CA", format!("{} does not exist", ca.display()));
+    }
+    Some(NatsTls {
+        ca,
+        client: platform.map(|files| (files.cert.clone(), files.key.clone())),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(vars: &[(&str, &str)]) -> (Config, Result<(), service_runtime::ConfigError>) {
+        let mut env = EnvReader::from_vars("INGEST_", vars.iter().copied());
+        let config = Config::from_env(&mut env);
+        (config, env.finish())
+    }
+
+    #[test]
+    fn a_tls_nats_url_needs_a_ca_and_only_it_takes_one() {
+        let (_, result) = read(&[
+            ("INGEST_GRPC_PLAINTEXT", "true"),
+            ("INGEST_NATS_URL", "tls://nats.internal:4222"),
+        ]);
+        let message = result.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            message.contains("INGEST_NATS_CA: a tls:// INGEST_NATS_URL needs"),
+            "{message}"
+        );
+
+        let (_, result) = read(&[
+            ("INGEST_GRPC_PLAINTEXT", "true"),
+            ("INGEST_NATS_URL", "nats://127.0.0.1:4222"),
+            ("INGEST_NATS_CA", "/etc/ssl/nats-ca.pem"),
+        ]);
+        let message = result.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            message.contains("INGEST_NATS_CA: only used with a tls://"),
+            "{message}"
+        );
+
+        let (config, result) = read(&[
+            ("INGEST_GRPC_PLAINTEXT", "true"),
+            ("INGEST_NATS_URL", "nats://127.0.0.1:4222"),
+        ]);
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(config.nats.and_then(|n| n.tls), None, "nats:// stays plain");
+    }
 }

@@ -26,7 +26,7 @@ use store::ReadingStore;
 
 use service_runtime::{AppMain, BuildInfo, CancellationToken, Running, ServiceBuilder, StartError};
 
-pub use config::{Config, NatsConfig};
+pub use config::{Config, NatsConfig, NatsTls};
 
 /// This app's name and build, as reported by `--version` and ServiceInfo.
 pub const INFO: BuildInfo = BuildInfo::new("ingest");
@@ -35,6 +35,8 @@ pub const INFO: BuildInfo = BuildInfo::new("ingest");
 /// then serves gRPC. At shutdown the pipelines drain within
 /// [`Config::drain_budget`]: what was not stored is not acknowledged.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    // `serve` is boxed: its future holds the config and every pipeline, and
+    // callers (tests, the launcher) keep theirs small.
     let url = config.database_url.as_str();
     if config.database_url.is_postgres() {
         let store = match &config.migrate_database_url {
@@ -43,10 +45,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             }
             None => store::PgReadingStore::connect(url, config.database_pool).await,
         };
-        serve(config, store.map_err(dependency("database"))?).await
+        Box::pin(serve(config, store.map_err(dependency("database"))?)).await
     } else {
         let store = store::SqliteReadingStore::connect(url).await;
-        serve(config, store.map_err(dependency("database"))?).await
+        Box::pin(serve(config, store.map_err(dependency("database"))?)).await
     }
 }
 

@@ -84,8 +84,16 @@ pub async fn connect(
     max_in_flight: usize,
     prefetch: usize,
 ) -> Result<NatsSource, NatsError> {
-    let client = async_nats::ConnectOptions::new()
-        .name("ingest")
+    let mut options = async_nats::ConnectOptions::new().name("ingest");
+    if let Some(tls) = &config.tls {
+        options = options
+            .require_tls(true)
+            .add_root_certificates(tls.ca.clone());
+        if let Some((cert, key)) = &tls.client {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
+    let client = options
         .connect(config.url.as_str())
         .await
         .map_err(|error| NatsError::Connect {

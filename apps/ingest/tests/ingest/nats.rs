@@ -55,6 +55,7 @@ impl Names {
             consumer: self.consumer.clone(),
             ack_wait: Duration::from_secs(30),
             nak_delay: Duration::from_millis(200),
+            tls: None,
         }
     }
 }
@@ -328,4 +329,122 @@ async fn kill_9_mid_stream_stores_every_reading_once_and_enqueues_every_closed_w
     drop(second);
     js.delete_stream(&names.stream).await.unwrap();
     postgres.drop_database().await;
+}
+
+/// A NATS server that requires TLS and a client certificate from the
+/// platform CA, on a free port, with JetStream; killed when dropped.
+struct TlsNats {
+    child: std::process::Child,
+    url: String,
+    dir: std::path::PathBuf,
+}
+
+impl TlsNats {
+    /// `None` where no `nats-server` binary is installed (CI has one).
+    fn start(pki: &std::path::Path) -> Option<Self> {
+        let port = service_runtime::testing::free_local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("nats-tls-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str| pki.join(name).display().to_string();
+        let child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(&dir)
+            .args(["--tls", "--tlsverify", "--tlscert", &file("nats.pem")])
+            .args([
+                "--tlskey",
+                &file("nats.key"),
+                "--tlscacert",
+                &file("ca.pem"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(error) if std::env::var_os("REQUIRE_SERVICES").is_some() => {
+                panic!("nats-server is needed for the TLS test under REQUIRE_SERVICES=1: {error}")
+            }
+            Err(error) => {
+                eprintln!("skipping the NATS TLS test: cannot run nats-server: {error}");
+                return None;
+            }
+        };
+        Some(Self {
+            child,
+            url: format!("tls://127.0.0.1:{port}"),
+            dir,
+        })
+    }
+}
+
+impl Drop for TlsNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `tls://` asks for TLS: ingest trusts the platform CA and presents its
+/// own platform certificate to a server that requires one, and consumes as
+/// before; a client without TLS is not let in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_url_consumes_over_mutual_tls() {
+    if nats_url().is_none() {
+        return;
+    }
+    let pki = std::env::temp_dir().join(format!("nats-pki-{}", std::process::id()));
+    security::tls::dev_pki::generate(&pki, &["nats", "ingest", "operator"]).unwrap();
+    let Some(server) = TlsNats::start(&pki) else {
+        return;
+    };
+    let operator = async_nats::ConnectOptions::new()
+        .require_tls(true)
+        .add_root_certificates(pki.join("ca.pem"))
+        .add_client_certificate(pki.join("operator.pem"), pki.join("operator.key"));
+    let client = wait_until("the TLS NATS server", PATIENCE, || {
+        let (options, url) = (operator.clone(), server.url.clone());
+        async move { options.connect(url).await.ok() }
+    })
+    .await;
+    let without_certificate = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(server.url.clone())
+        .await;
+    assert!(
+        without_certificate.is_err(),
+        "a client without the platform CA and a certificate was let in"
+    );
+
+    let names = Names::unique("ingest_nats_tls");
+    let sqlite = jobs::testing::ScratchSqlite::create("ingest_nats_tls").await;
+    let mut config = ingest::Config::for_tests(&sqlite.url);
+    config.common.transport = service_runtime::Transport::mutual_tls_in(&pki, "ingest");
+    let mut nats = names.config(&server.url);
+    nats.tls = Some(ingest::NatsTls {
+        ca: pki.join("ca.pem"),
+        client: Some((pki.join("ingest.pem"), pki.join("ingest.key"))),
+    });
+    config.nats = Some(nats);
+    let running = ingest::start(config).await.unwrap();
+
+    let js = jetstream::new(client);
+    let payloads = (0..20)
+        .map(|i| now_reading(&format!("t{i}"), "tls-1", 120, f64::from(i)).encode_to_vec())
+        .collect();
+    publish_all(&js, &format!("{}.acme", names.subject), payloads).await;
+    wait_until("the consumer to settle", PATIENCE, || async {
+        settled(&js, &names).await.then_some(())
+    })
+    .await;
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ingest_reading WHERE device_id = 'tls-1'")
+            .fetch_one(&sqlite.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, 20);
+    running.shutdown().await;
+    sqlite.remove().await;
+    drop(server);
+    let _ = std::fs::remove_dir_all(pki);
 }
