@@ -195,6 +195,28 @@ impl AppProcess {
             .sum()
     }
 
+    /// Waits for the app to exit by itself (e.g. refusing its
+    /// configuration at start), failing the test after `patience`.
+    #[allow(clippy::expect_used, reason = "test support: a panic is the report")]
+    pub async fn wait_for_exit(
+        mut self,
+        patience: std::time::Duration,
+    ) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the app") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} did not exit within {patience:?}",
+                self.name
+            );
+            // A process exit has no readiness signal to wait on here.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGKILL: no drain, no acks for what was in flight.
     #[allow(clippy::expect_used, reason = "test support: a panic is the report")]
     pub fn kill_9(mut self) {

@@ -3,7 +3,7 @@
 use std::{env, time::Duration};
 
 use opentelemetry::{KeyValue, global, trace::TracerProvider as _};
-use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::{
     Resource, metrics::SdkMeterProvider, propagation::TraceContextPropagator,
     trace::SdkTracerProvider,
@@ -62,6 +62,14 @@ pub enum TelemetryError {
         /// What the exporter reported.
         message: String,
     },
+    /// A TLS setting for the OTLP exporter is missing or unreadable.
+    #[error("{variable}: {problem}")]
+    ExporterTls {
+        /// The `OTEL_EXPORTER_OTLP_*` variable at fault.
+        variable: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// A global subscriber was already installed in this process.
     #[error("telemetry is already initialised in this process")]
     AlreadyInitialised,
@@ -107,6 +115,63 @@ fn use_colour() -> bool {
 /// Keeps the audit log's events whatever `RUST_LOG` says of others.
 const AUDIT_DIRECTIVE: &str = "audit=info";
 
+/// TLS for an `https://` OTLP endpoint, from the standard variables:
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE` (the collector's CA, required: no
+/// system roots are built in), and `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`
+/// with `OTEL_EXPORTER_OTLP_CLIENT_KEY` for a collector that verifies
+/// clients (a platform service can present its own certificate). `None`
+/// for `http://` endpoints.
+fn otlp_tls() -> Result<Option<tonic::transport::ClientTlsConfig>, TelemetryError> {
+    let endpoint = [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .into_iter()
+    .find_map(|name| env::var(name).ok().filter(|v| !v.trim().is_empty()))
+    .unwrap_or_default();
+    let read = |variable: &'static str| -> Result<Option<Vec<u8>>, TelemetryError> {
+        match env::var_os(variable).filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(path) => std::fs::read(&path)
+                .map(Some)
+                .map_err(|e| TelemetryError::ExporterTls {
+                    variable,
+                    problem: format!("cannot read {}: {e}", path.to_string_lossy()),
+                }),
+        }
+    };
+    let ca = read("OTEL_EXPORTER_OTLP_CERTIFICATE")?;
+    let client = (
+        read("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")?,
+        read("OTEL_EXPORTER_OTLP_CLIENT_KEY")?,
+    );
+    if !endpoint.trim_start().starts_with("https://") {
+        return Ok(None);
+    }
+    let Some(ca) = ca else {
+        return Err(TelemetryError::ExporterTls {
+            variable: "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            problem: "an https:// OTLP endpoint needs the collector's CA certificate (a PEM file)"
+                .into(),
+        });
+    };
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+    match client {
+        (Some(cert), Some(key)) => {
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        (None, None) => {}
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(TelemetryError::ExporterTls {
+                variable: "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+                problem: "set both OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY, or neither".into(),
+            });
+        }
+    }
+    Ok(Some(tls))
+}
+
 /// Installs the global subscriber, tracer and meter providers and the W3C
 /// propagator. Call once, from a binary's `main`, before serving.
 pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
@@ -127,22 +192,26 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     if exporting {
         // The exporters read OTEL_EXPORTER_OTLP_* themselves (endpoint,
         // headers, timeout, compression), so operators use standard names.
-        let spans = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()
-            .map_err(|e| TelemetryError::Exporter {
-                signal: "traces",
-                message: e.to_string(),
-            })?;
+        let tls = otlp_tls()?;
+        let mut spans = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+        if let Some(tls) = &tls {
+            spans = spans.with_tls_config(tls.clone());
+        }
+        let spans = spans.build().map_err(|e| TelemetryError::Exporter {
+            signal: "traces",
+            message: e.to_string(),
+        })?;
         tracer_builder = tracer_builder.with_batch_exporter(spans);
-        let metrics = opentelemetry_otlp::MetricExporter::builder()
+        let mut metrics = opentelemetry_otlp::MetricExporter::builder()
             .with_tonic()
-            .with_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| TelemetryError::Exporter {
-                signal: "metrics",
-                message: e.to_string(),
-            })?;
+            .with_timeout(Duration::from_secs(10));
+        if let Some(tls) = tls {
+            metrics = metrics.with_tls_config(tls);
+        }
+        let metrics = metrics.build().map_err(|e| TelemetryError::Exporter {
+            signal: "metrics",
+            message: e.to_string(),
+        })?;
         meter_builder = meter_builder.with_periodic_exporter(metrics);
     }
     let tracer_provider = tracer_builder.build();
@@ -180,10 +249,12 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let otel_layer = tracing_opentelemetry::layer()
         .with_tracer(tracer_provider.tracer(config.service_name))
         .with_tracked_inactivity(false);
+    // RUST_LOG filters the log only: spans go to OTLP at info and above
+    // whatever the log level, so `RUST_LOG=warn` does not switch tracing
+    // off.
     tracing_subscriber::registry()
-        .with(filter)
-        .with(log_layer)
-        .with(otel_layer)
+        .with(log_layer.with_filter(filter))
+        .with(otel_layer.with_filter(tracing_subscriber::filter::LevelFilter::INFO))
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInitialised)?;
 

@@ -11,6 +11,7 @@
 )]
 
 mod api;
+mod otlp;
 mod reload;
 mod serving;
 mod wire;
