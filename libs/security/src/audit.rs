@@ -40,8 +40,8 @@ impl AuditOutcome {
 /// One audited action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEvent<'a> {
-    /// Who: a service identity, a principal, or the peer address until
-    /// callers are authenticated.
+    /// Who: a service identity and the principal it acts for, or the peer
+    /// address where no identity is known (plaintext, a failed handshake).
     pub actor: &'a str,
     /// What, dotted: `queue.pause`, `job.cancel`, `readings.prune`.
     pub action: &'a str,
@@ -74,9 +74,13 @@ pub fn record(event: &AuditEvent<'_>) {
         );
 }
 
-/// The actor of a gRPC request until mTLS names the caller: its peer
-/// address, or `unknown peer`.
+/// The actor of a gRPC request: the caller the policy layer established
+/// (`operator`, `gateway for operator:alice`), or on a plaintext server,
+/// which knows no identities, its peer address.
 pub fn peer_actor<T>(request: &tonic::Request<T>) -> String {
+    if let Some(caller) = crate::policy::Caller::of(request) {
+        return caller.describe();
+    }
     request
         .remote_addr()
         .map_or_else(|| "unknown peer".to_owned(), |addr| format!("peer {addr}"))
