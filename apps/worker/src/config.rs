@@ -167,7 +167,7 @@ impl Config {
         let database_url = env.get_or("DATABASE_URL", DatabaseUrl::embedded_default());
         Self {
             grpc_addr: env.get_or("GRPC_ADDR", SocketAddr::from(([127, 0, 0, 1], 50052))),
-            migrate_database_url: migrate_database_url(env, &database_url),
+            migrate_database_url: env.migrate_database_url(&database_url),
             database_url,
             database_pool: env.get_or("DATABASE_POOL", 10),
             queues: env.get_or("QUEUES", default_queues),
@@ -228,21 +228,6 @@ impl Config {
         config.common = CommonConfig::for_tests();
         config
     }
-}
-
-/// `WORKER_MIGRATE_DATABASE_URL`, which only means something on PostgreSQL.
-fn migrate_database_url(env: &mut EnvReader, database: &DatabaseUrl) -> Option<DatabaseUrl> {
-    let url: Option<DatabaseUrl> = env.get("MIGRATE_DATABASE_URL");
-    if url
-        .as_ref()
-        .is_some_and(|url| !url.is_postgres() || !database.is_postgres())
-    {
-        env.reject(
-            "MIGRATE_DATABASE_URL",
-            "needs postgres:// here and in WORKER_DATABASE_URL (SQLite has no roles)",
-        );
-    }
-    url
 }
 
 #[cfg(test)]

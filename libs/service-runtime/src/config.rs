@@ -264,6 +264,24 @@ impl EnvReader {
         }
     }
 
+    /// `<PREFIX>MIGRATE_DATABASE_URL`: the migrator credential that
+    /// migrates and grants the app's PostgreSQL role at start (see
+    /// `jobs::roles`); meaningful only when `database` is PostgreSQL too.
+    pub fn migrate_database_url(&mut self, database: &DatabaseUrl) -> Option<DatabaseUrl> {
+        let url: Option<DatabaseUrl> = self.get("MIGRATE_DATABASE_URL");
+        if url
+            .as_ref()
+            .is_some_and(|url| !url.is_postgres() || !database.is_postgres())
+        {
+            let problem = format!(
+                "needs postgres:// here and in {}DATABASE_URL (SQLite has no roles)",
+                self.prefix
+            );
+            self.reject("MIGRATE_DATABASE_URL", problem);
+        }
+        url
+    }
+
     /// Records a problem that spans settings (e.g. two ports that clash).
     pub fn reject(&mut self, name: &str, problem: impl Into<String>) {
         self.problems.push(ConfigProblem {
@@ -674,6 +692,36 @@ mod tests {
             "{problem}"
         );
         assert!(!problem.contains("s3cr3t"), "{problem}");
+    }
+
+    #[test]
+    fn a_migrator_credential_needs_postgres_on_both_sides() {
+        let mut env = EnvReader::from_vars(
+            "WORKER_",
+            [(
+                "WORKER_MIGRATE_DATABASE_URL",
+                "postgres://migrator@db/platform",
+            )],
+        );
+        let sqlite = DatabaseUrl::embedded_default();
+        assert!(env.migrate_database_url(&sqlite).is_some());
+        let problem = env.finish().expect_err("sqlite has no roles").to_string();
+        assert!(
+            problem.contains(
+                "WORKER_MIGRATE_DATABASE_URL: needs postgres:// here and in WORKER_DATABASE_URL"
+            ),
+            "{problem}"
+        );
+        let mut env = EnvReader::from_vars(
+            "WORKER_",
+            [(
+                "WORKER_MIGRATE_DATABASE_URL",
+                "postgres://migrator@db/platform",
+            )],
+        );
+        let postgres = DatabaseUrl::parse_env("postgres://worker@db/platform").unwrap();
+        assert!(env.migrate_database_url(&postgres).is_some());
+        env.finish().unwrap();
     }
 
     #[test]

@@ -82,7 +82,23 @@ fn dechunk(mut body: &str) -> String {
 
 /// A local address on a port that was free a moment ago, for tests that
 /// must pass an address to a child process instead of binding port 0.
+///
+/// The port is drawn below Linux's ephemeral range (32768 and up), where
+/// the port-0 binds and outgoing connections of every other test land, so
+/// the child does not find it taken between our check and its bind; only
+/// two callers of this function drawing the same port could still clash.
 pub fn free_local_addr() -> std::io::Result<SocketAddr> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // A per-process start spreads parallel test binaries over the range.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..256 {
+        let n = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(104_729));
+        let port = 20_000 + (n % 12_000) as u16;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr();
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 

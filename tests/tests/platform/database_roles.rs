@@ -11,10 +11,10 @@ use contracts::ingest::v1::{self as pb, ingest_service_client::IngestServiceClie
 use service_runtime::{DatabaseUrl, EnvValue as _, Transport, traced_channel};
 use sqlx::{Connection as _, PgConnection, postgres::PgConnectOptions};
 
-use crate::{readings::readings, support::url_of};
-
-/// Hang guard, not a timing claim.
-const PATIENCE: Duration = Duration::from_secs(60);
+use crate::{
+    readings::{first_window_result, readings},
+    support::url_of,
+};
 
 /// `url` logging in as `user` instead.
 fn as_user(url: &str, user: &str) -> String {
@@ -104,23 +104,7 @@ async fn each_app_runs_as_its_own_role_and_nothing_more() {
         .ack
         .unwrap();
     assert_eq!(ack.accepted, 31);
-    let started = Instant::now();
-    loop {
-        let page = client
-            .list_window_results(pb::ListWindowResultsRequest {
-                tenant_id: "acme".into(),
-                page_size: 10,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if !page.results.is_empty() {
-            break;
-        }
-        assert!(started.elapsed() < PATIENCE, "no window result");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    first_window_result(&mut client, Instant::now()).await;
 
     // The worker's role cannot read ingest's data.
     assert_eq!(

@@ -85,6 +85,30 @@ pub(crate) fn readings(window: DateTime<Utc>) -> Vec<pb::Reading> {
     readings
 }
 
+/// The first window result of tenant `acme`, polled until the worker has
+/// stored one (failing after [`PATIENCE`] from `started`).
+pub(crate) async fn first_window_result(
+    client: &mut IngestServiceClient<service_runtime::TracedChannel>,
+    started: Instant,
+) -> pb::WindowResult {
+    loop {
+        let page = client
+            .list_window_results(pb::ListWindowResultsRequest {
+                tenant_id: "acme".into(),
+                page_size: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(result) = page.results.into_iter().next() {
+            return result;
+        }
+        assert!(started.elapsed() < PATIENCE, "no window result");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn story(database_url: String, jobs_table: &str) {
     capture_spans();
     let (hook_url, received) = webhook_receiver().await;
@@ -137,22 +161,7 @@ async fn story(database_url: String, jobs_table: &str) {
 
     // The worker aggregates the window; its result comes back through ingest.
     let started = Instant::now();
-    let result = loop {
-        let page = client
-            .list_window_results(pb::ListWindowResultsRequest {
-                tenant_id: "acme".into(),
-                page_size: 10,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if let Some(result) = page.results.into_iter().next() {
-            break result;
-        }
-        assert!(started.elapsed() < PATIENCE, "no window result");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let result = first_window_result(&mut client, started).await;
     let statistics = result.statistics.unwrap();
     assert_eq!(
         statistics.count, 30,
