@@ -2,7 +2,9 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use service_runtime::{CommonConfig, EnvReader, ServiceUrl};
+use service_runtime::{CommonConfig, DatabaseUrl, EnvReader, ServiceUrl};
+
+use crate::{keys::Pepper, tenancy::Peppers};
 
 /// Everything the gateway can be told at start-up.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +19,18 @@ pub struct Config {
     pub numerics_url: ServiceUrl,
     /// `GATEWAY_STATUS_TIMEOUT`: how long `/v1/status` waits for each app.
     pub status_timeout: Duration,
+    /// `GATEWAY_DATABASE_URL`: tenants and API keys; `postgres://...` in
+    /// production, or the shared embedded SQLite file.
+    pub database_url: DatabaseUrl,
+    /// `GATEWAY_MIGRATE_DATABASE_URL`: the migrator credential (see
+    /// `EnvReader::migrate_database_url`).
+    pub migrate_database_url: Option<DatabaseUrl>,
+    /// `GATEWAY_DATABASE_POOL`: connections to the database.
+    pub database_pool: u32,
+    /// `GATEWAY_KEY_PEPPER` with `GATEWAY_KEY_PEPPER_ID`, and the previous
+    /// pair (`GATEWAY_KEY_PEPPER_PREVIOUS`, `..._PREVIOUS_ID`) while keys
+    /// made under it still work.
+    pub peppers: Peppers,
     /// Admin port, shutdown and logging settings.
     pub common: CommonConfig,
 }
@@ -31,8 +45,13 @@ impl Config {
         if status_timeout.is_zero() || status_timeout > Duration::from_secs(30) {
             env.reject("STATUS_TIMEOUT", "must be between 1ms and 30s");
         }
+        let database_url = env.get_or("DATABASE_URL", DatabaseUrl::embedded_default());
         Self {
             http_addr: env.get_or("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080))),
+            migrate_database_url: env.migrate_database_url(&database_url),
+            database_url,
+            database_pool: env.get_or("DATABASE_POOL", 10),
+            peppers: peppers(env),
             ingest_url: env.get_or("INGEST_URL", ServiceUrl::local(50051)),
             worker_url: env.get_or("WORKER_URL", ServiceUrl::local(50052)),
             numerics_url: env.get_or("NUMERICS_URL", ServiceUrl::local(50053)),
@@ -40,4 +59,53 @@ impl Config {
             common: CommonConfig::from_env(env, 9181),
         }
     }
+}
+
+impl Config {
+    /// Port 0, the given backends, plaintext to them and a database of the
+    /// caller's, for in-process tests.
+    pub fn for_tests(
+        database_url: &str,
+        ingest_url: ServiceUrl,
+        worker_url: ServiceUrl,
+        numerics_url: ServiceUrl,
+    ) -> Self {
+        let mut env = EnvReader::from_vars("GATEWAY_", [("GATEWAY_DATABASE_URL", database_url)]);
+        let mut config = Self::from_env(&mut env);
+        config.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.ingest_url = ingest_url;
+        config.worker_url = worker_url;
+        config.numerics_url = numerics_url;
+        config.common = CommonConfig::for_tests();
+        config
+    }
+}
+
+/// The current pepper, and the previous one during a rotation.
+fn peppers(env: &mut EnvReader) -> Peppers {
+    let current = Pepper {
+        id: env.get_or("KEY_PEPPER_ID", "p1".to_owned()),
+        key: env.secret("KEY_PEPPER", security::secret::DEVELOPMENT_KEY_PEPPER),
+    };
+    let previous_key = env.get::<security::Secret>("KEY_PEPPER_PREVIOUS");
+    let previous_id = env.get::<String>("KEY_PEPPER_PREVIOUS_ID");
+    let previous = match (previous_key, previous_id) {
+        (Some(key), Some(id)) if id != current.id => Some(Pepper { id, key }),
+        (Some(_), Some(_)) => {
+            env.reject(
+                "KEY_PEPPER_PREVIOUS_ID",
+                "must differ from GATEWAY_KEY_PEPPER_ID",
+            );
+            None
+        }
+        (None, None) => None,
+        _ => {
+            env.reject(
+                "KEY_PEPPER_PREVIOUS",
+                "set both GATEWAY_KEY_PEPPER_PREVIOUS and GATEWAY_KEY_PEPPER_PREVIOUS_ID, or neither",
+            );
+            None
+        }
+    };
+    Peppers { current, previous }
 }

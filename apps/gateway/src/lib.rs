@@ -1,15 +1,20 @@
 //! The gateway: the platform's public HTTP API and (later) its ops
-//! dashboard. It holds no data of its own and reaches the other apps only
-//! over gRPC through the contracts; authentication, tenancy, rate limits and
-//! hardened headers live here as they land.
+//! dashboard. It owns tenants and their API keys ([`storage`], [`keys`],
+//! [`tenancy`], managed with the operator commands in [`cli`]) and reaches
+//! the other apps only over gRPC through the contracts; authentication,
+//! rate limits and hardened headers live here as they land.
 //!
 //! The library is the whole server, so tests start it in-process on port 0;
 //! `main.rs` only hands [`app`] to the shared runtime.
 
 mod backends;
+pub mod cli;
 mod config;
+pub mod keys;
 mod routes;
 mod status;
+pub mod storage;
+pub mod tenancy;
 
 use service_runtime::{AppMain, BuildInfo, Running, ServiceBuilder, StartError};
 

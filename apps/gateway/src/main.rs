@@ -1,5 +1,12 @@
-//! The `gateway` binary: the shared runtime running [`gateway::app`].
+//! The `gateway` binary: serves by default; `migrate`, `tenants` and `keys`
+//! act on the configured database and exit.
+
+use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
-    service_runtime::run_main(gateway::app())
+    let cli = gateway::cli::Cli::parse();
+    match cli.command {
+        None => service_runtime::run_with_args(gateway::app(), &cli.standard),
+        Some(command) => gateway::cli::run(command),
+    }
 }

@@ -8,7 +8,11 @@ pub const DEVELOPMENT_WEBHOOK_KEY: &str = "local-development-webhook-secret";
 
 /// Every secret default this repository ships, all declared here: a
 /// production process refuses them whatever their length.
-pub const SHIPPED_DEFAULTS: &[&str] = &[DEVELOPMENT_WEBHOOK_KEY];
+pub const SHIPPED_DEFAULTS: &[&str] = &[DEVELOPMENT_WEBHOOK_KEY, DEVELOPMENT_KEY_PEPPER];
+
+/// The gateway's API-key pepper when `GATEWAY_KEY_PEPPER` is unset in
+/// development: public, so keys made with it protect nothing.
+pub const DEVELOPMENT_KEY_PEPPER: &str = "local-development-api-key-pepper";
 
 /// The shortest secret production accepts, in bytes (256 bits of key).
 pub const MIN_PRODUCTION_BYTES: usize = 32;

@@ -28,8 +28,8 @@ pub use config::{
     GrpcLimits, InvalidValue, ServiceUrl,
 };
 pub use main_loop::{
-    AppMain, StandardArgs, StartFuture, load_config, load_config_from, run_main, run_with_args,
-    shutdown_signal,
+    AppMain, CommandTelemetry, StandardArgs, StartFuture, command_telemetry, load_config,
+    load_config_from, run_main, run_with_args, shutdown_signal,
 };
 pub use serve::{CheckError, CheckFuture, Running, ServiceBuilder, ShutdownReport, StartError};
 pub use tokio_util::sync::CancellationToken;

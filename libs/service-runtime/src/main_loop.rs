@@ -100,6 +100,33 @@ pub fn run_with_args<C: std::fmt::Debug + Send + 'static>(
     runtime.block_on(serve_until_signal(app, config))
 }
 
+/// Telemetry for a one-shot command of an app's binary (an operator
+/// command such as `gateway keys create`): the same log format, audit
+/// stream and exporters as the server, flushed when dropped.
+pub struct CommandTelemetry(Option<telemetry::Telemetry>);
+
+impl Drop for CommandTelemetry {
+    fn drop(&mut self) {
+        if let Some(telemetry) = self.0.take() {
+            telemetry.shutdown();
+        }
+    }
+}
+
+/// Sets up [`CommandTelemetry`] for `app` with its loaded `config`.
+pub fn command_telemetry<C>(
+    app: &AppMain<C>,
+    config: &C,
+) -> Result<CommandTelemetry, telemetry::TelemetryError> {
+    telemetry::init(telemetry::TelemetryConfig {
+        service_name: app.info.name,
+        service_version: app.info.version,
+        instance_id: instance_id().to_owned(),
+        log_format: (app.common)(config).log_format,
+    })
+    .map(|t| CommandTelemetry(Some(t)))
+}
+
 #[allow(clippy::print_stderr, reason = "errors before logging is set up")]
 async fn serve_until_signal<C: Send + 'static>(app: AppMain<C>, config: C) -> ExitCode {
     let name = app.info.name;

@@ -1,6 +1,6 @@
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
-use service_runtime::{CommonConfig, Running, ServiceUrl, Transport};
+use service_runtime::{Running, ServiceUrl, Transport};
 
 /// The three gRPC apps, serving on free ports.
 pub struct Backends {
@@ -83,13 +83,7 @@ pub async fn start_gateway(
     worker: ServiceUrl,
     numerics: ServiceUrl,
 ) -> Running {
-    let config = gateway::Config {
-        http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        ingest_url: ingest,
-        worker_url: worker,
-        numerics_url: numerics,
-        status_timeout: Duration::from_secs(2),
-        common: CommonConfig::for_tests(),
-    };
+    let mut config = gateway::Config::for_tests("sqlite::memory:", ingest, worker, numerics);
+    config.status_timeout = Duration::from_secs(2);
     gateway::start(config).await.unwrap()
 }

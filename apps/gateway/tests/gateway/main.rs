@@ -106,3 +106,48 @@ fn version_names_the_build() {
     assert!(stdout.starts_with(&expected), "{stdout}");
     assert!(stdout.contains(", built 20"), "{stdout}");
 }
+
+#[test]
+fn production_needs_a_strong_pepper_and_a_complete_previous_one() {
+    let output = gateway()
+        .env("PLATFORM_ENV", "production")
+        .env("GATEWAY_TLS_DIR", "/nonexistent")
+        .env(
+            "GATEWAY_KEY_PEPPER_PREVIOUS",
+            "an old pepper that is still configured",
+        )
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("GATEWAY_KEY_PEPPER: is required in production"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("GATEWAY_KEY_PEPPER_PREVIOUS: set both"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("an old pepper"),
+        "no secret in the output: {stderr}"
+    );
+    let weak = gateway()
+        .env("PLATFORM_ENV", "production")
+        .env(
+            "GATEWAY_KEY_PEPPER",
+            security::secret::DEVELOPMENT_KEY_PEPPER,
+        )
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&weak.stderr);
+    assert!(
+        stderr.contains("GATEWAY_KEY_PEPPER: is a development default"),
+        "{stderr}"
+    );
+}
+
+mod storage;
+mod tenants_cli;

@@ -1,0 +1,357 @@
+//! The `gateway` binary's operator commands: tenants and their API keys,
+//! against `GATEWAY_DATABASE_URL`. Every change is written to the audit log.
+
+use std::{process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use security::audit::{AuditEvent, AuditOutcome};
+use service_runtime::{EnvValue as _, StandardArgs, load_config};
+
+use crate::{
+    Config, app,
+    keys::{KeyId, TenantId, parse_scopes},
+    storage::{
+        GatewayStore, StoreError, TenantState, postgres::PgGatewayStore, sqlite::SqliteGatewayStore,
+    },
+    tenancy::{self, Peppers, TenancyError},
+};
+
+/// Command line of the `gateway` binary.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", about = "The platform's public HTTP API")]
+pub struct Cli {
+    /// `--version`, `--check-config`.
+    #[command(flatten)]
+    pub standard: StandardArgs,
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// One-shot operator commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply the gateway's migrations, then exit.
+    Migrate,
+    /// Create, suspend, resume or list tenants.
+    #[command(subcommand)]
+    Tenants(TenantCommand),
+    /// Create, list, revoke or rotate a tenant's API keys.
+    #[command(subcommand)]
+    Keys(KeyCommand),
+}
+
+/// `gateway tenants ...`
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// A new, active tenant.
+    Create {
+        /// Lowercase letters, digits and '-'.
+        tenant: String,
+        /// A display name.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Refuse every key of the tenant at once (data is kept).
+    Suspend {
+        /// The tenant.
+        tenant: String,
+    },
+    /// Accept the tenant's keys again.
+    Resume {
+        /// The tenant.
+        tenant: String,
+    },
+    /// Every tenant and its state.
+    List,
+}
+
+/// `gateway keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// A new key, printed once: it is stored only as a digest.
+    Create {
+        /// The tenant.
+        tenant: String,
+        /// What the key may do (repeat): readings:write, results:read,
+        /// webhooks:manage, keys:manage.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// A label for people.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Stop working after this long (e.g. 90d); never by default.
+        #[arg(long, value_parser = duration)]
+        expires_in: Option<Duration>,
+    },
+    /// The tenant's keys, without secrets.
+    List {
+        /// The tenant.
+        tenant: String,
+    },
+    /// Refuse a key from now on.
+    Revoke {
+        /// The tenant.
+        tenant: String,
+        /// The key's id (16 hex digits).
+        key: String,
+    },
+    /// A new key with the same scopes; the old one expires after the overlap.
+    Rotate {
+        /// The tenant.
+        tenant: String,
+        /// The key's id.
+        key: String,
+        /// How long both keys work.
+        #[arg(long, default_value = "24h", value_parser = duration)]
+        overlap: Duration,
+    },
+}
+
+fn duration(raw: &str) -> Result<Duration, String> {
+    Duration::parse_env(raw).map_err(|e| e.to_string())
+}
+
+/// Why a command failed, printed as `gateway: <reason>`.
+#[derive(Debug, thiserror::Error)]
+enum CommandError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Tenancy(#[from] TenancyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Runs a one-shot command; exit code 0 on success, 78 on a bad
+/// configuration, 1 otherwise.
+#[allow(clippy::print_stderr, reason = "command-line output")]
+pub fn run(command: Command) -> ExitCode {
+    let config = match load_config(&app()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("gateway: {error}");
+            return ExitCode::from(78);
+        }
+    };
+    let _telemetry = match service_runtime::command_telemetry(&app(), &config) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("gateway: {error}");
+            return ExitCode::from(78);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("gateway: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        if config.database_url.is_postgres() {
+            let store = match &config.migrate_database_url {
+                Some(migrator) => {
+                    crate::storage::postgres::provision(
+                        migrator.as_str(),
+                        config.database_url.as_str(),
+                        config.database_pool,
+                    )
+                    .await?
+                }
+                None => {
+                    let store =
+                        PgGatewayStore::connect(config.database_url.as_str(), config.database_pool)
+                            .await?;
+                    store.migrate().await?;
+                    store
+                }
+            };
+            execute(&store, &config, command).await
+        } else {
+            let store = SqliteGatewayStore::connect(config.database_url.as_str()).await?;
+            store.migrate().await?;
+            execute(&store, &config, command).await
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("gateway: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn tenant(raw: &str) -> Result<TenantId, CommandError> {
+    TenantId::parse(raw).map_err(|e| CommandError::Invalid(format!("tenant {raw:?} {e}")))
+}
+
+fn key(raw: &str) -> Result<KeyId, CommandError> {
+    KeyId::parse(raw).map_err(|e| CommandError::Invalid(format!("key {raw:?} {e}")))
+}
+
+/// The operator at this terminal, for the audit log.
+fn actor() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
+}
+
+fn audit<T, E>(action: &str, target: &str, result: &Result<T, E>) {
+    security::audit::record(&AuditEvent {
+        actor: &actor(),
+        action,
+        target,
+        outcome: AuditOutcome::of(result),
+    });
+}
+
+#[allow(clippy::print_stdout, reason = "command-line output")]
+async fn execute(
+    store: &impl GatewayStore,
+    config: &Config,
+    command: Command,
+) -> Result<(), CommandError> {
+    match command {
+        Command::Migrate => Ok(()),
+        Command::Tenants(command) => tenants(store, command).await,
+        Command::Keys(command) => keys(store, &config.peppers, command).await,
+    }
+}
+
+#[allow(clippy::print_stdout, reason = "command-line output")]
+async fn tenants(store: &impl GatewayStore, command: TenantCommand) -> Result<(), CommandError> {
+    match command {
+        TenantCommand::Create { tenant: id, name } => {
+            let id = tenant(&id)?;
+            let result = store.create_tenant(&id, &name).await;
+            audit("tenant.create", id.as_str(), &result);
+            result?;
+            println!("created tenant {id}");
+        }
+        TenantCommand::Suspend { tenant: id } => {
+            set_state(store, &id, TenantState::Suspended).await?
+        }
+        TenantCommand::Resume { tenant: id } => set_state(store, &id, TenantState::Active).await?,
+        TenantCommand::List => {
+            for tenant in store.list_tenants().await? {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    tenant.id,
+                    tenant.state.as_str(),
+                    tenant.created_at.to_rfc3339(),
+                    tenant.name
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Suspends or resumes a tenant: its keys are refused (or accepted) from
+/// the next request on.
+#[allow(clippy::print_stdout, reason = "command-line output")]
+async fn set_state(
+    store: &impl GatewayStore,
+    raw: &str,
+    state: TenantState,
+) -> Result<(), CommandError> {
+    let id = tenant(raw)?;
+    let result = store.set_tenant_state(&id, state).await;
+    let action = match state {
+        TenantState::Active => "tenant.resume",
+        TenantState::Suspended => "tenant.suspend",
+    };
+    audit(action, id.as_str(), &result);
+    result?;
+    println!("tenant {id} is {}", state.as_str());
+    Ok(())
+}
+
+#[allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "command-line output"
+)]
+async fn keys(
+    store: &impl GatewayStore,
+    peppers: &Peppers,
+    command: KeyCommand,
+) -> Result<(), CommandError> {
+    match command {
+        KeyCommand::Create {
+            tenant: id,
+            scopes,
+            name,
+            expires_in,
+        } => {
+            let id = tenant(&id)?;
+            let scopes = parse_scopes(&scopes).map_err(CommandError::Invalid)?;
+            let expires_at = expires_in
+                .map(|d| chrono::Duration::from_std(d).map(|d| chrono::Utc::now() + d))
+                .transpose()
+                .map_err(|_| CommandError::Invalid("--expires-in is too long".into()))?;
+            let created = tenancy::create_key(store, peppers, &id, scopes, &name, expires_at).await;
+            let target = match &created {
+                Ok((key, _)) => format!("{id}/{}", key.id),
+                Err(_) => id.to_string(),
+            };
+            audit("key.create", &target, &created);
+            let (key, _) = created?;
+            eprintln!("key {} of tenant {id}; shown once, store it now:", key.id);
+            println!("{}", key.reveal());
+        }
+        KeyCommand::List { tenant: id } => {
+            let id = tenant(&id)?;
+            let time = |at: Option<chrono::DateTime<chrono::Utc>>| {
+                at.map_or_else(|| "-".to_owned(), |at| at.to_rfc3339())
+            };
+            println!("key\tscopes\tcreated\texpires\trevoked\tlast used\tname");
+            for key in store.list_keys(&id).await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    key.id,
+                    key.scopes.join(","),
+                    key.created_at.to_rfc3339(),
+                    time(key.expires_at),
+                    time(key.revoked_at),
+                    time(key.last_used_at),
+                    key.name
+                );
+            }
+        }
+        KeyCommand::Revoke {
+            tenant: id,
+            key: key_id,
+        } => {
+            let (id, key_id) = (tenant(&id)?, key(&key_id)?);
+            let result = store.revoke_key(&id, &key_id, chrono::Utc::now()).await;
+            audit("key.revoke", &format!("{id}/{key_id}"), &result);
+            result?;
+            println!("revoked key {key_id} of tenant {id}");
+        }
+        KeyCommand::Rotate {
+            tenant: id,
+            key: key_id,
+            overlap,
+        } => {
+            let (id, key_id) = (tenant(&id)?, key(&key_id)?);
+            let overlap = chrono::Duration::from_std(overlap)
+                .map_err(|_| CommandError::Invalid("--overlap is too long".into()))?;
+            let rotated = tenancy::rotate_key(store, peppers, &id, &key_id, overlap).await;
+            audit("key.rotate", &format!("{id}/{key_id}"), &rotated);
+            let (key, _) = rotated?;
+            eprintln!(
+                "key {} replaces {key_id} of tenant {id}, which stops working in {overlap}; shown once:",
+                key.id
+            );
+            println!("{}", key.reveal());
+        }
+    }
+    Ok(())
+}

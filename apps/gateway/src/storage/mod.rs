@@ -1,0 +1,179 @@
+//! Where the gateway keeps tenants and API keys, in the workspace's one
+//! pattern for "PostgreSQL or SQLite": the trait [`GatewayStore`],
+//! implemented in [`postgres`] (schema `gateway`) and [`sqlite`] (tables
+//! `gateway_*` in the shared file), one behaviour suite for both.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+
+use crate::keys::{KeyId, TenantId};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed or is unreachable.
+    #[error("gateway database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Connecting or migrating failed (the shared helpers' errors).
+    #[error("gateway database: {0}")]
+    Jobs(#[from] jobs::JobsError),
+    /// The tenant exists already.
+    #[error("tenant {0} exists already")]
+    TenantExists(TenantId),
+    /// No such tenant.
+    #[error("no tenant {0}")]
+    NoTenant(TenantId),
+    /// No such key in that tenant.
+    #[error("no key {key} in tenant {tenant}")]
+    NoKey {
+        /// The tenant asked.
+        tenant: TenantId,
+        /// The key asked.
+        key: KeyId,
+    },
+    /// A stored row does not read back (a fault on our side).
+    #[error("corrupt gateway row: {0}")]
+    Corrupt(String),
+}
+
+/// Whether a tenant may use the platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantState {
+    /// Its keys work.
+    Active,
+    /// Every key refused at once; data kept.
+    Suspended,
+}
+
+impl TenantState {
+    /// `active` or `suspended`, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+        }
+    }
+
+    fn parse(raw: &str) -> Result<Self, StoreError> {
+        match raw {
+            "active" => Ok(Self::Active),
+            "suspended" => Ok(Self::Suspended),
+            other => Err(StoreError::Corrupt(format!("tenant.state {other:?}"))),
+        }
+    }
+}
+
+/// A tenant as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    /// Its id.
+    pub id: TenantId,
+    /// A display name.
+    pub name: String,
+    /// Active or suspended.
+    pub state: TenantState,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A stored key: everything but the secret, which is never stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    /// Whose.
+    pub tenant: TenantId,
+    /// Which.
+    pub id: KeyId,
+    /// HMAC-SHA256 of the secret under the pepper `pepper_id`.
+    pub digest: Vec<u8>,
+    /// The pepper the digest was made under.
+    pub pepper_id: String,
+    /// What the key allows.
+    pub scopes: Vec<String>,
+    /// A label for people.
+    pub name: String,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+    /// When it stops working, if ever (rotation sets it on the old key).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// When it was last used, to the minute.
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// What the gateway needs from its database.
+pub trait GatewayStore: Clone + Send + Sync + 'static {
+    /// Applies the gateway's migrations; idempotent.
+    fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Creates an active tenant.
+    fn create_tenant(
+        &self,
+        id: &TenantId,
+        name: &str,
+    ) -> impl Future<Output = Result<Tenant, StoreError>> + Send;
+
+    /// Sets a tenant's state.
+    fn set_tenant_state(
+        &self,
+        id: &TenantId,
+        state: TenantState,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every tenant, by id.
+    fn list_tenants(&self) -> impl Future<Output = Result<Vec<Tenant>, StoreError>> + Send;
+
+    /// Stores a new key of an existing tenant.
+    fn insert_key(&self, key: &StoredKey) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// One key of one tenant, with its tenant's state: what authentication
+    /// reads. `None` when either is missing.
+    fn find_key(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+    ) -> impl Future<Output = Result<Option<(StoredKey, TenantState)>, StoreError>> + Send;
+
+    /// A tenant's keys, newest first.
+    fn list_keys(
+        &self,
+        tenant: &TenantId,
+    ) -> impl Future<Output = Result<Vec<StoredKey>, StoreError>> + Send;
+
+    /// Revokes a key now (idempotent: a revoked key keeps its first time).
+    fn revoke_key(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Sets when a key expires (rotation's overlap); never later than an
+    /// expiry it already has.
+    fn expire_key(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Records when keys were last used.
+    fn touch_keys(
+        &self,
+        used: &[(TenantId, KeyId, DateTime<Utc>)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Reads back a tenant id from a row.
+fn tenant_id(raw: &str) -> Result<TenantId, StoreError> {
+    TenantId::parse(raw).map_err(|e| StoreError::Corrupt(format!("tenant_id {raw:?}: {e}")))
+}
+
+/// Reads back a key id from a row.
+fn key_id(raw: &str) -> Result<KeyId, StoreError> {
+    KeyId::parse(raw).map_err(|e| StoreError::Corrupt(format!("key_id {raw:?}: {e}")))
+}

@@ -1,0 +1,266 @@
+//! The gateway's store on PostgreSQL: schema `gateway`.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Row as _, postgres::PgRow};
+
+use super::{GatewayStore, StoreError, StoredKey, Tenant, TenantState, key_id, tenant_id};
+use crate::keys::{KeyId, TenantId};
+
+/// The gateway's PostgreSQL migrations (versions 400000+).
+pub fn migrator() -> sqlx::migrate::Migrator {
+    jobs::embedded_migrator(
+        400_001,
+        "gateway",
+        include_str!("../../migrations/postgres/400001_gateway.sql"),
+    )
+}
+
+/// A [`GatewayStore`] on a PostgreSQL pool.
+#[derive(Debug, Clone)]
+pub struct PgGatewayStore {
+    pool: PgPool,
+}
+
+impl PgGatewayStore {
+    /// Connects a pool of `pool_size` connections named `gateway`.
+    pub async fn connect(url: &str, pool_size: u32) -> Result<Self, StoreError> {
+        let pool =
+            jobs::postgres::connect(url, "gateway", pool_size, service_runtime::CONNECT_TIMEOUT)
+                .await?;
+        Ok(Self { pool })
+    }
+
+    /// Wraps a pool.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+/// Least privilege: with the migrator credential, migrates and gives the
+/// user of `app_url` the role `<database>_gateway` (the `gateway` schema
+/// only), then connects as that user.
+pub async fn provision(
+    migrator_url: &str,
+    app_url: &str,
+    pool_size: u32,
+) -> Result<PgGatewayStore, StoreError> {
+    let migrator = jobs::postgres::connect(
+        migrator_url,
+        "gateway-migrator",
+        2,
+        service_runtime::CONNECT_TIMEOUT,
+    )
+    .await?;
+    PgGatewayStore::new(migrator.clone()).migrate().await?;
+    let login = jobs::roles::login_of(app_url)?;
+    jobs::roles::provision_app_role(
+        &migrator,
+        "gateway",
+        Some("gateway"),
+        jobs::roles::JobsAccess::None,
+        &login,
+    )
+    .await?;
+    migrator.close().await;
+    PgGatewayStore::connect(app_url, pool_size).await
+}
+
+const KEY_COLUMNS: &str = "k.tenant_id, k.key_id, k.digest, k.pepper_id, k.scopes, k.name, \
+     k.created_at, k.expires_at, k.revoked_at, k.last_used_at";
+
+fn key_from(row: &PgRow) -> Result<StoredKey, StoreError> {
+    Ok(StoredKey {
+        tenant: tenant_id(row.try_get("tenant_id")?)?,
+        id: key_id(row.try_get("key_id")?)?,
+        digest: row.try_get("digest")?,
+        pepper_id: row.try_get("pepper_id")?,
+        scopes: row.try_get("scopes")?,
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+    })
+}
+
+impl GatewayStore for PgGatewayStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        migrator()
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Jobs(jobs::JobsError::from(e)))
+    }
+
+    async fn create_tenant(&self, id: &TenantId, name: &str) -> Result<Tenant, StoreError> {
+        let created: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "INSERT INTO gateway.tenant (tenant_id, name) VALUES ($1, $2)
+             ON CONFLICT (tenant_id) DO NOTHING RETURNING created_at",
+        )
+        .bind(id.as_str())
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        let created_at = created.ok_or_else(|| StoreError::TenantExists(id.clone()))?;
+        Ok(Tenant {
+            id: id.clone(),
+            name: name.to_owned(),
+            state: TenantState::Active,
+            created_at,
+        })
+    }
+
+    async fn set_tenant_state(&self, id: &TenantId, state: TenantState) -> Result<(), StoreError> {
+        let updated = sqlx::query(
+            "UPDATE gateway.tenant SET state = $2, updated_at = now() WHERE tenant_id = $1",
+        )
+        .bind(id.as_str())
+        .bind(state.as_str())
+        .execute(&self.pool)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NoTenant(id.clone()));
+        }
+        Ok(())
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tenant_id, name, state, created_at FROM gateway.tenant ORDER BY tenant_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Tenant {
+                    id: tenant_id(row.try_get("tenant_id")?)?,
+                    name: row.try_get("name")?,
+                    state: TenantState::parse(row.try_get("state")?)?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_key(&self, key: &StoredKey) -> Result<(), StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO gateway.api_key
+                 (tenant_id, key_id, digest, pepper_id, scopes, name, created_at, expires_at)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8
+             WHERE EXISTS (SELECT 1 FROM gateway.tenant WHERE tenant_id = $1)",
+        )
+        .bind(key.tenant.as_str())
+        .bind(key.id.as_str())
+        .bind(&key.digest)
+        .bind(&key.pepper_id)
+        .bind(&key.scopes)
+        .bind(&key.name)
+        .bind(key.created_at)
+        .bind(key.expires_at)
+        .execute(&self.pool)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::NoTenant(key.tenant.clone()));
+        }
+        Ok(())
+    }
+
+    async fn find_key(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+    ) -> Result<Option<(StoredKey, TenantState)>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS}, t.state FROM gateway.api_key k
+             JOIN gateway.tenant t USING (tenant_id)
+             WHERE k.tenant_id = $1 AND k.key_id = $2"
+        ))
+        .bind(tenant.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| Ok((key_from(&row)?, TenantState::parse(row.try_get("state")?)?)))
+            .transpose()
+    }
+
+    async fn list_keys(&self, tenant: &TenantId) -> Result<Vec<StoredKey>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM gateway.api_key k WHERE k.tenant_id = $1
+             ORDER BY k.created_at DESC, k.key_id"
+        ))
+        .bind(tenant.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(key_from).collect()
+    }
+
+    async fn revoke_key(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let updated = sqlx::query(
+            "UPDATE gateway.api_key SET revoked_at = COALESCE(revoked_at, $3)
+             WHERE tenant_id = $1 AND key_id = $2",
+        )
+        .bind(tenant.as_str())
+        .bind(id.as_str())
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        no_key_unless(updated.rows_affected(), tenant, id)
+    }
+
+    async fn expire_key(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let updated = sqlx::query(
+            "UPDATE gateway.api_key SET expires_at = LEAST(COALESCE(expires_at, $3), $3)
+             WHERE tenant_id = $1 AND key_id = $2",
+        )
+        .bind(tenant.as_str())
+        .bind(id.as_str())
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        no_key_unless(updated.rows_affected(), tenant, id)
+    }
+
+    async fn touch_keys(
+        &self,
+        used: &[(TenantId, KeyId, DateTime<Utc>)],
+    ) -> Result<(), StoreError> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        let tenants: Vec<&str> = used.iter().map(|(t, ..)| t.as_str()).collect();
+        let ids: Vec<&str> = used.iter().map(|(_, k, _)| k.as_str()).collect();
+        let times: Vec<DateTime<Utc>> = used.iter().map(|(.., at)| *at).collect();
+        sqlx::query(
+            "UPDATE gateway.api_key k SET last_used_at = GREATEST(k.last_used_at, u.at)
+             FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS u(tenant_id, key_id, at)
+             WHERE k.tenant_id = u.tenant_id AND k.key_id = u.key_id",
+        )
+        .bind(&tenants)
+        .bind(&ids)
+        .bind(&times)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// `NoKey` when an update touched no row.
+pub(super) fn no_key_unless(rows: u64, tenant: &TenantId, id: &KeyId) -> Result<(), StoreError> {
+    if rows == 0 {
+        Err(StoreError::NoKey {
+            tenant: tenant.clone(),
+            key: id.clone(),
+        })
+    } else {
+        Ok(())
+    }
+}
