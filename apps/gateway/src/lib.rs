@@ -7,34 +7,103 @@
 //! The library is the whole server, so tests start it in-process on port 0;
 //! `main.rs` only hands [`app`] to the shared runtime.
 
+mod auth;
 mod backends;
 pub mod cli;
 mod config;
 pub mod keys;
+mod problem;
+mod readings;
 mod routes;
 mod status;
 pub mod storage;
 pub mod tenancy;
 
 use service_runtime::{AppMain, BuildInfo, Running, ServiceBuilder, StartError};
+use storage::GatewayStore as _;
 
 pub use config::Config;
 
 /// This app's name and build, as reported by `--version` and `/v1/status`.
 pub const INFO: BuildInfo = BuildInfo::new("gateway");
 
-/// Binds the public HTTP and admin listeners and starts serving.
+/// Connects to the key store (migrating it), then binds the public HTTP
+/// and admin listeners and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    let database = |e: storage::StoreError| StartError::Dependency {
+        what: "database",
+        message: e.to_string(),
+    };
+    let url = config.database_url.as_str();
+    if config.database_url.is_postgres() {
+        let store = match &config.migrate_database_url {
+            Some(migrator) => {
+                storage::postgres::provision(migrator.as_str(), url, config.database_pool).await
+            }
+            None => {
+                match storage::postgres::PgGatewayStore::connect(url, config.database_pool).await {
+                    Ok(store) => store.migrate().await.map(|()| store),
+                    Err(error) => Err(error),
+                }
+            }
+        };
+        Box::pin(serve(config, store.map_err(database)?)).await
+    } else {
+        let store = match storage::sqlite::SqliteGatewayStore::connect(url).await {
+            Ok(store) => store.migrate().await.map(|()| store),
+            Err(error) => Err(error),
+        };
+        Box::pin(serve(config, store.map_err(database)?)).await
+    }
+}
+
+/// [`start`] on a connected, migrated store.
+async fn serve<S: storage::GatewayStore>(config: Config, store: S) -> Result<Running, StartError> {
     let backends = backends::Backends::connect(&config).map_err(|e| StartError::Dependency {
         what: "backend channels",
         message: e.to_string(),
     })?;
+    let ingest = backends
+        .all
+        .iter()
+        .find(|b| b.name == "ingest")
+        .map(|b| {
+            contracts::ingest::v1::ingest_service_client::IngestServiceClient::new(
+                b.channel.clone(),
+            )
+        })
+        .ok_or_else(|| StartError::Dependency {
+            what: "backend channels",
+            message: "no ingest channel".into(),
+        })?;
+    let auth = auth::AuthState {
+        store: store.clone(),
+        peppers: config.peppers.clone(),
+        usage: auth::UsageLog::default(),
+    };
+    let usage = auth.usage.clone();
     let router = routes::router(routes::AppState {
         backends,
         status_timeout: config.status_timeout,
+        ingest,
+        auth,
     });
+    let ping = store.clone();
     ServiceBuilder::new(INFO, config.common)
         .http(config.http_addr, router)
+        .readiness_check("database", move || {
+            let store = ping.clone();
+            async move { store.ping().await.map_err(Into::into) }
+        })
+        .background("key usage", move |stop| async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(auth::LAST_USED_EVERY) => usage.flush(&store).await,
+                }
+            }
+            usage.flush(&store).await;
+        })
         .start()
         .await
 }

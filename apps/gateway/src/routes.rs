@@ -1,28 +1,52 @@
-//! The public HTTP routes and how errors become HTTP responses.
+//! The public HTTP routes: the status, and the authenticated `/v1` API.
 
 use std::time::Duration;
 
-use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use axum::{
+    Json, Router,
+    extract::State,
+    http::StatusCode,
+    response::IntoResponse,
+    routing::{get, post},
+};
+use contracts::ingest::v1::ingest_service_client::IngestServiceClient;
+use service_runtime::TracedChannel;
 
-use crate::{backends::Backends, status::platform_status};
+use crate::{
+    auth::{self, AuthState},
+    backends::Backends,
+    readings,
+    status::platform_status,
+    storage::GatewayStore,
+};
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState<S> {
     pub(crate) backends: Backends,
     pub(crate) status_timeout: Duration,
+    /// Ingest, called for the key's tenant.
+    pub(crate) ingest: IngestServiceClient<TracedChannel>,
+    pub(crate) auth: AuthState<S>,
 }
 
 /// The gateway's public API.
-pub(crate) fn router(state: AppState) -> Router {
+pub(crate) fn router<S: GatewayStore>(state: AppState<S>) -> Router {
+    let authenticated = Router::new()
+        .route("/v1/readings", post(readings::publish::<S>))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            auth::require_key::<S>,
+        ));
     Router::new()
-        .route("/v1/status", get(status))
+        .route("/v1/status", get(status::<S>))
+        .merge(authenticated)
         .fallback(not_found)
         .with_state(state)
 }
 
 /// 200 when every app serves, 503 otherwise; the body always says which.
-async fn status(State(state): State<AppState>) -> impl IntoResponse {
+async fn status<S: GatewayStore>(State(state): State<AppState<S>>) -> impl IntoResponse {
     let status = platform_status(&state.backends.all, state.status_timeout).await;
     let code = if status.serving {
         StatusCode::OK

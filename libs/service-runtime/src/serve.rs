@@ -272,13 +272,7 @@ impl ServiceBuilder {
             });
         }
         if let (Some((_, router)), Some(listener)) = (self.http, http_listener) {
-            let router = router.layer(telemetry::ServerTraceLayer::new());
-            let stop = stop_serving.clone();
-            let serve = async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-            };
+            let serve = serve_http(listener, router, stop_serving.clone());
             servers.push(spawn_server("http", serve, failed.clone()));
         }
         let admin_server = spawn_server(
@@ -325,6 +319,22 @@ async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, S
             addr,
             source,
         })
+}
+
+/// Serves an HTTP router, traced, with each request's peer address in its
+/// extensions (`ConnectInfo`: the audit log, per-client limits).
+async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let router = router.layer(telemetry::ServerTraceLayer::new());
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.cancelled_owned())
+    .await
 }
 
 /// Serves gRPC under `limits` (see [`GrpcLimits`]), over mutual TLS with

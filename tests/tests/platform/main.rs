@@ -13,6 +13,7 @@
 
 mod database_roles;
 mod features;
+mod gateway_api;
 mod policy;
 mod readings;
 mod startup;

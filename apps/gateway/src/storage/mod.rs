@@ -110,6 +110,9 @@ pub trait GatewayStore: Clone + Send + Sync + 'static {
     /// Applies the gateway's migrations; idempotent.
     fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Answers when the database does (the readiness check).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Creates an active tenant.
     fn create_tenant(
         &self,

@@ -91,6 +91,10 @@ impl GatewayStore for PgGatewayStore {
             .map_err(|e| StoreError::Jobs(jobs::JobsError::from(e)))
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(jobs::postgres::ping(&self.pool).await?)
+    }
+
     async fn create_tenant(&self, id: &TenantId, name: &str) -> Result<Tenant, StoreError> {
         let created: Option<DateTime<Utc>> = sqlx::query_scalar(
             "INSERT INTO gateway.tenant (tenant_id, name) VALUES ($1, $2)

@@ -75,6 +75,10 @@ impl GatewayStore for SqliteGatewayStore {
         Ok(jobs::sqlite::run_migrations(&self.pool, &[migrator()]).await?)
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(jobs::sqlite::ping(&self.pool).await?)
+    }
+
     async fn create_tenant(&self, id: &TenantId, name: &str) -> Result<Tenant, StoreError> {
         let now = Utc::now();
         let inserted = sqlx::query(

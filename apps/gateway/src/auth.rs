@@ -1,0 +1,152 @@
+//! Authentication at the edge: every `/v1` route but the status needs an
+//! API key (`Authorization: Bearer plk...`), checked against the store; a
+//! refused key gets the same `401` whatever the reason, and the reason
+//! goes to the audit log (never the secret). The key's tenant, not the
+//! request body, decides whose data a request may touch.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    extract::{ConnectInfo, Request, State},
+    http::header,
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use chrono::{DateTime, Utc};
+use security::audit::{AuditEvent, AuditOutcome};
+
+use crate::{
+    keys::{KeyId, TenantId},
+    problem::ApiError,
+    storage::GatewayStore,
+    tenancy::{self, Authenticated, Peppers},
+};
+
+/// How often a key's last use is written: at most once a minute per key,
+/// off the request path.
+pub const LAST_USED_EVERY: Duration = Duration::from_secs(60);
+
+/// What authentication needs.
+#[derive(Debug, Clone)]
+pub struct AuthState<S> {
+    /// Tenants and keys.
+    pub store: S,
+    /// The peppers keys are checked under.
+    pub peppers: Peppers,
+    /// Last-use times waiting to be written.
+    pub usage: UsageLog,
+}
+
+/// Keys used since the last write, and when each was last written.
+#[derive(Debug, Clone, Default)]
+pub struct UsageLog(Arc<Mutex<Usage>>);
+
+#[derive(Debug, Default)]
+struct Usage {
+    pending: HashMap<(TenantId, KeyId), DateTime<Utc>>,
+    written: HashMap<(TenantId, KeyId), DateTime<Utc>>,
+}
+
+impl UsageLog {
+    /// Notes a use; cheap, never touches the database.
+    pub fn record(&self, tenant: &TenantId, key: &KeyId, at: DateTime<Utc>) {
+        let mut usage = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let id = (tenant.clone(), key.clone());
+        let due = usage.written.get(&id).is_none_or(|last| {
+            at.signed_duration_since(*last).to_std().unwrap_or_default() >= LAST_USED_EVERY
+        });
+        if due {
+            usage.pending.insert(id, at);
+        }
+    }
+
+    /// Writes the pending uses (the background task calls this once a
+    /// minute, and once more at shutdown).
+    pub async fn flush(&self, store: &impl GatewayStore) {
+        let pending: Vec<(TenantId, KeyId, DateTime<Utc>)> = {
+            let mut usage = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let pending: Vec<_> = usage.pending.drain().collect();
+            for ((tenant, key), at) in &pending {
+                usage.written.insert((tenant.clone(), key.clone()), *at);
+            }
+            pending.into_iter().map(|((t, k), at)| (t, k, at)).collect()
+        };
+        if let Err(error) = store.touch_keys(&pending).await {
+            // Last-use times are a convenience: losing a minute's worth is
+            // better than failing requests over it.
+            tracing::warn!(%error, keys = pending.len(), "could not record API key use");
+        }
+    }
+}
+
+/// The middleware: authenticates the bearer key and hands the handler an
+/// [`Authenticated`] in the request's extensions.
+pub async fn require_key<S: GatewayStore>(
+    State(state): State<AuthState<S>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "unknown peer".to_owned(), |c| format!("peer {}", c.0));
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return ApiError::Unauthenticated.into_response();
+    };
+    let now = Utc::now();
+    match tenancy::authenticate(&state.store, &state.peppers, presented, now).await {
+        Ok(Ok(caller)) => {
+            state.usage.record(&caller.tenant, &caller.key, now);
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Ok(Err(refusal)) => {
+            // The key's public part names what was tried; the secret never
+            // leaves this function.
+            let tried = crate::keys::ApiKey::parse(presented).map_or_else(
+                |_| "a malformed key".to_owned(),
+                |key| format!("key {}/{}", key.tenant, key.id),
+            );
+            security::audit::record(&AuditEvent {
+                actor: &peer,
+                action: "api.authenticate",
+                target: &format!("{tried} ({})", refusal.as_str()),
+                outcome: AuditOutcome::Denied,
+            });
+            ApiError::Unauthenticated.into_response()
+        }
+        Err(error) => {
+            tracing::error!(%error, "the key store failed");
+            ApiError::Unavailable.into_response()
+        }
+    }
+}
+
+/// The authenticated caller, refused with `403` unless its key has `scope`.
+pub fn with_scope<'a>(
+    caller: &'a Authenticated,
+    scope: &'static str,
+) -> Result<&'a Authenticated, ApiError> {
+    if caller.scopes.iter().any(|s| s == scope) {
+        Ok(caller)
+    } else {
+        Err(ApiError::MissingScope(scope))
+    }
+}

@@ -1,0 +1,180 @@
+//! `POST /v1/readings`: a batch of readings for the key's tenant, answered
+//! once durable with exactly what ingest answers (accepted, duplicates,
+//! rejected with the field at fault).
+
+use axum::{Extension, Json, extract::State};
+use chrono::{DateTime, Utc};
+use contracts::ingest::v1 as pb;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    auth::with_scope,
+    problem::{ApiError, FieldError},
+    routes::AppState,
+    storage::GatewayStore,
+    tenancy::Authenticated,
+};
+
+/// The most readings one request may carry (ingest's own default limit).
+pub const MAX_READINGS: usize = 10_000;
+
+/// One reading as a client sends it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadingIn {
+    /// Producer-chosen unique id; a redelivery is stored once.
+    event_id: String,
+    /// Optional: when present it must be the key's tenant.
+    #[serde(default)]
+    tenant_id: Option<String>,
+    device_id: String,
+    metric: String,
+    value: f64,
+    /// RFC 3339.
+    observed_at: String,
+    #[serde(default)]
+    attributes: std::collections::HashMap<String, String>,
+}
+
+/// The request body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishIn {
+    readings: Vec<ReadingIn>,
+}
+
+/// One refused reading.
+#[derive(Debug, Serialize)]
+pub struct RejectedOut {
+    index: u32,
+    event_id: String,
+    field: String,
+    reason: String,
+}
+
+/// The answer, once every accepted reading is durable.
+#[derive(Debug, Serialize)]
+pub struct PublishOut {
+    accepted: u32,
+    duplicates: u32,
+    rejected: Vec<RejectedOut>,
+}
+
+/// The body as readings of `tenant`, or every field at fault.
+fn to_readings(tenant: &str, body: PublishIn) -> Result<Vec<pb::Reading>, ApiError> {
+    if body.readings.len() > MAX_READINGS {
+        return Err(ApiError::invalid(
+            "readings",
+            format!(
+                "at most {MAX_READINGS} per request, got {}",
+                body.readings.len()
+            ),
+        ));
+    }
+    let mut errors = Vec::new();
+    let mut readings = Vec::with_capacity(body.readings.len());
+    for (i, reading) in body.readings.into_iter().enumerate() {
+        if let Some(named) = &reading.tenant_id
+            && named != tenant
+        {
+            return Err(ApiError::OtherTenant {
+                field: format!("readings[{i}].tenant_id"),
+            });
+        }
+        let observed_at = match DateTime::parse_from_rfc3339(&reading.observed_at) {
+            Ok(at) => Some(at.with_timezone(&Utc)),
+            Err(_) => {
+                errors.push(FieldError {
+                    field: format!("readings[{i}].observed_at"),
+                    problem: "must be an RFC 3339 time, e.g. 2026-11-29T10:00:00Z".into(),
+                });
+                None
+            }
+        };
+        readings.push(pb::Reading {
+            event_id: reading.event_id,
+            tenant_id: tenant.to_owned(),
+            device_id: reading.device_id,
+            metric: reading.metric,
+            value: reading.value,
+            observed_at: observed_at.map(|at| prost_types::Timestamp {
+                seconds: at.timestamp(),
+                nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+            }),
+            attributes: reading.attributes,
+        });
+    }
+    if errors.is_empty() {
+        Ok(readings)
+    } else {
+        Err(ApiError::Invalid(errors))
+    }
+}
+
+/// Publishes the batch to ingest for the key's tenant.
+pub async fn publish<S: GatewayStore>(
+    State(state): State<AppState<S>>,
+    Extension(caller): Extension<Authenticated>,
+    body: Result<Json<PublishIn>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<PublishOut>, ApiError> {
+    let caller = with_scope(&caller, "readings:write")?;
+    let Json(body) = body.map_err(|rejection| ApiError::invalid("body", rejection.body_text()))?;
+    let readings = to_readings(caller.tenant.as_str(), body)?;
+    let mut request = tonic::Request::new(pb::PublishReadingsRequest { readings });
+    let principal = format!("tenant:{}", caller.tenant);
+    request.metadata_mut().insert(
+        security::policy::PRINCIPAL_METADATA,
+        principal.parse().map_err(|_| ApiError::Internal)?,
+    );
+    let ack = state
+        .ingest
+        .clone()
+        .publish_readings(request)
+        .await
+        .map_err(from_ingest)?
+        .into_inner()
+        .ack
+        .ok_or(ApiError::Internal)?;
+    Ok(Json(PublishOut {
+        accepted: ack.accepted,
+        duplicates: ack.duplicates,
+        rejected: ack
+            .rejected
+            .into_iter()
+            .map(|r| RejectedOut {
+                index: r.index,
+                event_id: r.event_id,
+                field: r.field,
+                reason: r.reason,
+            })
+            .collect(),
+    }))
+}
+
+/// Ingest's refusals, as the client's problem: invalid fields and another
+/// tenant stay theirs; everything else is ours to retry or log.
+fn from_ingest(status: tonic::Status) -> ApiError {
+    match status.code() {
+        tonic::Code::InvalidArgument => {
+            let (field, problem) = status
+                .message()
+                .split_once(": ")
+                .unwrap_or(("readings", status.message()));
+            ApiError::invalid(field, problem)
+        }
+        tonic::Code::PermissionDenied => ApiError::OtherTenant {
+            field: status
+                .message()
+                .split_once(':')
+                .map_or("readings", |(field, _)| field)
+                .to_owned(),
+        },
+        tonic::Code::Unavailable
+        | tonic::Code::ResourceExhausted
+        | tonic::Code::DeadlineExceeded => ApiError::Unavailable,
+        _ => {
+            tracing::error!(status = %status, "ingest failed a publish");
+            ApiError::Internal
+        }
+    }
+}

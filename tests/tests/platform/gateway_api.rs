@@ -1,0 +1,211 @@
+//! The gateway's public API with API keys, in front of a real ingest: the
+//! key decides the tenant, scopes decide the route, every failure is one
+//! problem document, and a refused key looks the same whatever the reason.
+
+use gateway::{
+    keys::{Pepper, TenantId},
+    storage::{GatewayStore as _, TenantState, sqlite::SqliteGatewayStore},
+    tenancy::{self, Peppers},
+};
+use service_runtime::testing::{TestResponse, http_request};
+
+use crate::support::{ScratchDb, nothing_listening, url_of};
+
+async fn post(gateway: std::net::SocketAddr, key: Option<&str>, body: &str) -> TestResponse {
+    let bearer = key.map(|k| format!("Bearer {k}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(bearer) = &bearer {
+        headers.push(("Authorization", bearer.as_str()));
+    }
+    http_request(gateway, "POST", "/v1/readings", &headers, body)
+        .await
+        .unwrap()
+}
+
+fn header<'a>(response: &'a TestResponse, name: &str) -> Option<&'a str> {
+    response
+        .headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn reading(event: &str, tenant: Option<&str>, observed_at: &str) -> serde_json::Value {
+    let mut reading = serde_json::json!({
+        "event_id": event,
+        "device_id": "boiler-1",
+        "metric": "temperature_c",
+        "value": 21.5,
+        "observed_at": observed_at,
+    });
+    if let Some(tenant) = tenant {
+        reading["tenant_id"] = tenant.into();
+    }
+    reading
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_decides_the_tenant_and_the_scope_decides_the_route() {
+    let (ingest_db, gateway_db) = (ScratchDb::new(), ScratchDb::new());
+    let ingest = ingest::start(ingest::Config::for_tests(&ingest_db.url()))
+        .await
+        .unwrap();
+    let config = gateway::Config::for_tests(
+        &gateway_db.url(),
+        url_of(&ingest),
+        nothing_listening(),
+        nothing_listening(),
+    );
+    let peppers: Peppers = config.peppers.clone();
+    let gateway = gateway::start(config).await.unwrap();
+    let addr = gateway.http_addr.unwrap();
+
+    let store = SqliteGatewayStore::connect(&gateway_db.url())
+        .await
+        .unwrap();
+    let (acme, globex) = (
+        TenantId::parse("acme").unwrap(),
+        TenantId::parse("globex").unwrap(),
+    );
+    for tenant in [&acme, &globex] {
+        store.create_tenant(tenant, "").await.unwrap();
+    }
+    let key = |tenant: &TenantId, scope: &str| {
+        let (store, peppers, tenant, scope) = (
+            store.clone(),
+            peppers.clone(),
+            tenant.clone(),
+            scope.to_owned(),
+        );
+        async move {
+            tenancy::create_key(&store, &peppers, &tenant, vec![scope], "test", None)
+                .await
+                .unwrap()
+                .0
+                .reveal()
+        }
+    };
+    let writer = key(&acme, "readings:write").await;
+    let reader = key(&acme, "results:read").await;
+    let now = chrono::Utc::now().to_rfc3339();
+    let batch =
+        |readings: Vec<serde_json::Value>| serde_json::json!({ "readings": readings }).to_string();
+
+    // No key, a wrong key, another pepper's key: one answer, 401.
+    let missing = post(addr, None, &batch(vec![])).await;
+    assert_eq!(missing.status, 401, "{}", missing.body);
+    assert_eq!(
+        header(&missing, "content-type"),
+        Some("application/problem+json")
+    );
+    assert_eq!(header(&missing, "www-authenticate"), Some("Bearer"));
+    let mut wrong = writer.clone();
+    wrong.truncate(wrong.len() - 2);
+    wrong.push_str("AA");
+    let forged = {
+        let other = Peppers {
+            current: Pepper {
+                id: "p1".into(),
+                key: security::Secret::new("not the gateway's pepper"),
+            },
+            previous: None,
+        };
+        tenancy::create_key(
+            &store,
+            &other,
+            &acme,
+            vec!["readings:write".into()],
+            "",
+            None,
+        )
+        .await
+        .unwrap()
+        .0
+        .reveal()
+    };
+    for key in [
+        wrong.as_str(),
+        forged.as_str(),
+        "plk.acme.0000000000000000.AAAA",
+    ] {
+        let refused = post(addr, Some(key), &batch(vec![])).await;
+        assert_eq!(
+            (refused.status, &refused.body),
+            (401, &missing.body),
+            "{key}"
+        );
+    }
+
+    // The wrong scope: 403.
+    let scope = post(addr, Some(&reader), &batch(vec![reading("e0", None, &now)])).await;
+    assert_eq!(scope.status, 403, "{}", scope.body);
+    assert!(scope.body.contains("missing-scope"), "{}", scope.body);
+
+    // Accepted for the key's tenant, named or not.
+    let ok = post(
+        addr,
+        Some(&writer),
+        &batch(vec![
+            reading("e1", None, &now),
+            reading("e2", Some("acme"), &now),
+        ]),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let ack: serde_json::Value = serde_json::from_str(&ok.body).unwrap();
+    assert_eq!(
+        (ack["accepted"].as_u64(), ack["duplicates"].as_u64()),
+        (Some(2), Some(0))
+    );
+
+    // Another tenant in the body: refused, naming the field.
+    let other = post(
+        addr,
+        Some(&writer),
+        &batch(vec![reading("e3", Some("globex"), &now)]),
+    )
+    .await;
+    assert_eq!(other.status, 403, "{}", other.body);
+    assert!(
+        other.body.contains("readings[0].tenant_id"),
+        "{}",
+        other.body
+    );
+
+    // Every bad field at once; nothing stored.
+    let invalid = post(
+        addr,
+        Some(&writer),
+        &batch(vec![
+            reading("e4", None, "yesterday"),
+            reading("e5", None, "soon"),
+        ]),
+    )
+    .await;
+    assert_eq!(invalid.status, 422, "{}", invalid.body);
+    for field in ["readings[0].observed_at", "readings[1].observed_at"] {
+        assert!(invalid.body.contains(field), "{}", invalid.body);
+    }
+    let garbage = post(addr, Some(&writer), "{\"readings\": 7}").await;
+    assert_eq!(garbage.status, 422, "{}", garbage.body);
+    assert_eq!(
+        header(&garbage, "content-type"),
+        Some("application/problem+json")
+    );
+
+    // Suspension refuses the tenant's keys at once.
+    store
+        .set_tenant_state(&acme, TenantState::Suspended)
+        .await
+        .unwrap();
+    let suspended = post(addr, Some(&writer), &batch(vec![reading("e6", None, &now)])).await;
+    assert_eq!((suspended.status, &suspended.body), (401, &missing.body));
+
+    let stored: Vec<(String, i64)> =
+        sqlx::query_as("SELECT tenant_id, count(*) FROM ingest_reading GROUP BY tenant_id")
+            .fetch_all(&jobs::sqlite::connect(&ingest_db.url()).await.unwrap())
+            .await
+            .unwrap();
+    assert_eq!(stored, vec![("acme".to_owned(), 2)]);
+    tokio::join!(gateway.shutdown(), ingest.shutdown());
+}
