@@ -14,6 +14,7 @@ mod config;
 pub mod keys;
 mod problem;
 mod readings;
+mod results;
 mod routes;
 mod status;
 pub mod storage;

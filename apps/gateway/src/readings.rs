@@ -121,11 +121,7 @@ pub async fn publish<S: GatewayStore>(
     let Json(body) = body.map_err(|rejection| ApiError::invalid("body", rejection.body_text()))?;
     let readings = to_readings(caller.tenant.as_str(), body)?;
     let mut request = tonic::Request::new(pb::PublishReadingsRequest { readings });
-    let principal = format!("tenant:{}", caller.tenant);
-    request.metadata_mut().insert(
-        security::policy::PRINCIPAL_METADATA,
-        principal.parse().map_err(|_| ApiError::Internal)?,
-    );
+    act_for_tenant(&mut request, caller)?;
     let ack = state
         .ingest
         .clone()
@@ -151,9 +147,23 @@ pub async fn publish<S: GatewayStore>(
     }))
 }
 
+/// Marks a backend call as the gateway acting for the key's tenant, which
+/// backends hold every tenant field to.
+pub(crate) fn act_for_tenant<T>(
+    request: &mut tonic::Request<T>,
+    caller: &Authenticated,
+) -> Result<(), ApiError> {
+    let principal = format!("tenant:{}", caller.tenant);
+    request.metadata_mut().insert(
+        security::policy::PRINCIPAL_METADATA,
+        principal.parse().map_err(|_| ApiError::Internal)?,
+    );
+    Ok(())
+}
+
 /// Ingest's refusals, as the client's problem: invalid fields and another
 /// tenant stay theirs; everything else is ours to retry or log.
-fn from_ingest(status: tonic::Status) -> ApiError {
+pub(crate) fn from_ingest(status: tonic::Status) -> ApiError {
     match status.code() {
         tonic::Code::InvalidArgument => {
             let (field, problem) = status

@@ -15,7 +15,7 @@ use service_runtime::TracedChannel;
 use crate::{
     auth::{self, AuthState},
     backends::Backends,
-    readings,
+    readings, results,
     status::platform_status,
     storage::GatewayStore,
 };
@@ -34,6 +34,7 @@ pub(crate) struct AppState<S> {
 pub(crate) fn router<S: GatewayStore>(state: AppState<S>) -> Router {
     let authenticated = Router::new()
         .route("/v1/readings", post(readings::publish::<S>))
+        .route("/v1/results", get(results::list::<S>))
         .route_layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
             auth::require_key::<S>,

@@ -9,6 +9,7 @@
 //! Architecture invariant: this is the only crate allowed to depend on app
 //! crates. It composes them and knows their configs, never their domains.
 
+mod dev_tenant;
 mod plan;
 mod probe;
 mod supervisor;

@@ -30,6 +30,48 @@ const KILL_MARGIN: Duration = Duration::from_secs(2);
 /// Embedded data (SQLite files) lives here.
 const DATA_DIR: &str = "data";
 
+/// What the quick start needs before the apps start, each made only when
+/// missing and never in production: the data folder, development
+/// certificates and the development tenant's API key. Says what it made.
+#[allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "the launcher talks to its user"
+)]
+fn prepare_quick_start(
+    env: &[(String, String)],
+    runtime: &tokio::runtime::Runtime,
+) -> Result<(), ExitCode> {
+    if let Err(error) = std::fs::create_dir_all(DATA_DIR) {
+        eprintln!("platform: cannot create ./{DATA_DIR}: {error}");
+        return Err(ExitCode::FAILURE);
+    }
+    match crate::ensure_development_certs(env) {
+        Ok(Some(dir)) => println!(
+            "platform: wrote development certificates to {} (mutual TLS between the apps; `platform certs` renews them)",
+            dir.display()
+        ),
+        Ok(None) => {}
+        Err(error) => {
+            eprintln!("platform: development certificates: {error}");
+            return Err(ExitCode::FAILURE);
+        }
+    }
+    match runtime.block_on(crate::dev_tenant::ensure(env)) {
+        Ok(Some(path)) => println!(
+            "platform: development tenant `{}`; its API key (every scope) is in {}",
+            crate::dev_tenant::DEV_TENANT,
+            path.display()
+        ),
+        Ok(None) => {}
+        Err(error) => {
+            eprintln!("platform: development tenant: {error}");
+            return Err(ExitCode::FAILURE);
+        }
+    }
+    Ok(())
+}
+
 /// `platform up`: the whole platform until Ctrl-C or SIGTERM.
 #[allow(
     clippy::print_stdout,
@@ -38,16 +80,18 @@ const DATA_DIR: &str = "data";
 )]
 pub fn up() -> ExitCode {
     let env = child_environment();
-    match crate::ensure_development_certs(&env) {
-        Ok(Some(dir)) => println!(
-            "platform: wrote development certificates to {} (mutual TLS between the apps; `platform certs` renews them)",
-            dir.display()
-        ),
-        Ok(None) => {}
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("platform: development certificates: {error}");
+            eprintln!("platform: cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
         }
+    };
+    if let Err(code) = prepare_quick_start(&env, &runtime) {
+        return code;
     }
     let plans = match plan(&env) {
         Ok(plans) => plans,
@@ -58,24 +102,10 @@ pub fn up() -> ExitCode {
             return ExitCode::from(78);
         }
     };
-    if let Err(error) = std::fs::create_dir_all(DATA_DIR) {
-        eprintln!("platform: cannot create ./{DATA_DIR}: {error}");
-        return ExitCode::FAILURE;
-    }
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(error) => {
             eprintln!("platform: cannot find its own executable: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("platform: cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
         }
     };

@@ -193,6 +193,79 @@ async fn the_key_decides_the_tenant_and_the_scope_decides_the_route() {
         Some("application/problem+json")
     );
 
+    // Results: a tenant sees its own and nothing of another's; the wrong
+    // scope and a bad page size are refused.
+    let mut ingest_client = contracts::ingest::v1::ingest_service_client::IngestServiceClient::new(
+        service_runtime::traced_channel(
+            &url_of(&ingest),
+            &service_runtime::Transport::Plaintext,
+            "ingest",
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap(),
+    );
+    let window_start = chrono::Utc::now().timestamp() / 60 * 60 - 600;
+    ingest_client
+        .record_window_result(contracts::ingest::v1::RecordWindowResultRequest {
+            result: Some(contracts::ingest::v1::WindowResult {
+                window: Some(contracts::ingest::v1::WindowKey {
+                    tenant_id: "acme".into(),
+                    device_id: "boiler-1".into(),
+                    metric: "temperature_c".into(),
+                    window_start: Some(prost_types::Timestamp {
+                        seconds: window_start,
+                        nanos: 0,
+                    }),
+                    window_length: Some(prost_types::Duration {
+                        seconds: 60,
+                        nanos: 0,
+                    }),
+                }),
+                statistics: Some(contracts::ingest::v1::WindowStatistics {
+                    count: 30,
+                    mean: 21.0,
+                    max: 95.0,
+                    ..Default::default()
+                }),
+                anomaly_score: 0.97,
+                anomalous: true,
+                model_version: "test".into(),
+                computed_at: None,
+            }),
+        })
+        .await
+        .unwrap();
+    let globex_reader = key(&globex, "results:read").await;
+    let get = |key: String, query: &'static str| async move {
+        let bearer = format!("Bearer {key}");
+        http_request(
+            addr,
+            "GET",
+            &format!("/v1/results{query}"),
+            &[("Authorization", &bearer)],
+            "",
+        )
+        .await
+        .unwrap()
+    };
+    let own = get(reader.clone(), "?anomalous_only=true").await;
+    assert_eq!(own.status, 200, "{}", own.body);
+    let page: serde_json::Value = serde_json::from_str(&own.body).unwrap();
+    assert_eq!(page["results"].as_array().map(Vec::len), Some(1), "{page}");
+    assert_eq!(page["results"][0]["anomalous"], true);
+    let theirs = get(globex_reader, "").await;
+    assert_eq!(theirs.status, 200, "{}", theirs.body);
+    assert!(!theirs.body.contains("boiler-1"), "{}", theirs.body);
+    assert_eq!(get(writer.clone(), "").await.status, 403);
+    let bad = get(reader.clone(), "?page_size=0&since=yesterday").await;
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    assert!(
+        bad.body.contains("page_size") && bad.body.contains("since"),
+        "{}",
+        bad.body
+    );
+
     // Suspension refuses the tenant's keys at once.
     store
         .set_tenant_state(&acme, TenantState::Suspended)

@@ -158,6 +158,53 @@ async fn up_serves_restarts_a_crashed_app_and_stops_cleanly_on_sigterm() {
         plaintext.is_err(),
         "a client without a certificate was answered: {plaintext:?}"
     );
+
+    // The quick start's development key works through the gateway.
+    let key_file = platform.dir.join("data/dev-api-key");
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    assert!(key.starts_with("plk.dev."), "{key}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the key file is its owner's only");
+    }
+    let bearer = format!("Bearer {key}");
+    let body = serde_json::json!({"readings": [{
+        "event_id": "launcher-1",
+        "device_id": "d1",
+        "metric": "temperature_c",
+        "value": 20.5,
+        "observed_at": chrono::Utc::now().to_rfc3339(),
+    }]})
+    .to_string();
+    let published = service_runtime::testing::http_request(
+        platform.gateway,
+        "POST",
+        "/v1/readings",
+        &[
+            ("Authorization", &bearer),
+            ("Content-Type", "application/json"),
+        ],
+        &body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(published.status, 200, "{}", published.body);
+    assert!(
+        published.body.contains("\"accepted\":1"),
+        "{}",
+        published.body
+    );
+    let results = http_get(
+        platform.gateway,
+        "/v1/results?anomalous_only=true",
+        &[("Authorization", &bearer)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(results.status, 200, "{}", results.body);
+    assert!(results.body.contains("\"results\""), "{}", results.body);
     let crashed = instance_of(&before, "ingest");
 
     // kill -9 one app: the launcher restarts it and the platform serves again.
