@@ -11,6 +11,7 @@ mod auth;
 mod backends;
 pub mod cli;
 mod config;
+mod headers;
 pub mod keys;
 mod problem;
 mod readings;

@@ -43,6 +43,7 @@ pub(crate) fn router<S: GatewayStore>(state: AppState<S>) -> Router {
         .route("/v1/status", get(status::<S>))
         .merge(authenticated)
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(crate::headers::secure_headers))
         .with_state(state)
 }
 

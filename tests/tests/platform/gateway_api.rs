@@ -94,6 +94,23 @@ async fn the_key_decides_the_tenant_and_the_scope_decides_the_route() {
     // No key, a wrong key, another pepper's key: one answer, 401.
     let missing = post(addr, None, &batch(vec![])).await;
     assert_eq!(missing.status, 401, "{}", missing.body);
+    // Every answer, refusals included, carries the secure headers and a
+    // request id.
+    for (name, value) in [
+        (
+            "content-security-policy",
+            "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("cross-origin-opener-policy", "same-origin"),
+        ("cross-origin-resource-policy", "same-origin"),
+        ("cache-control", "no-store"),
+    ] {
+        assert_eq!(header(&missing, name), Some(value), "{name}");
+    }
+    assert!(header(&missing, "permissions-policy").is_some_and(|v| v.contains("camera=()")));
+    assert_eq!(header(&missing, "x-request-id").map(str::len), Some(16));
     assert_eq!(
         header(&missing, "content-type"),
         Some("application/problem+json")
