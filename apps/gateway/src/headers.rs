@@ -53,8 +53,9 @@ pub async fn secure_headers(request: Request, next: Next) -> Response {
         })
         .map(str::to_owned)
         .unwrap_or_else(new_request_id);
-    let span = tracing::info_span!("request", request_id = %id);
-    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    // No span of its own: the server span stays the parent of the calls
+    // the handler makes (one trace from the edge to the backends).
+    let mut response = next.run(request).await;
     let headers = response.headers_mut();
     for (name, value) in SECURE {
         headers
