@@ -2,15 +2,16 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use service_runtime::{CommonConfig, DatabaseUrl, EnvReader, ServiceUrl};
+use service_runtime::{CommonConfig, DatabaseUrl, EnvReader, PublicHttp, ServiceUrl};
 
 use crate::{keys::Pepper, tenancy::Peppers};
 
 /// Everything the gateway can be told at start-up.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// `GATEWAY_HTTP_ADDR`: the public HTTP API.
-    pub http_addr: SocketAddr,
+    /// `GATEWAY_HTTP_*`: the public HTTP API's address, connection limits
+    /// and optional TLS.
+    pub http: PublicHttp,
     /// `GATEWAY_INGEST_URL`: the ingest app's gRPC address.
     pub ingest_url: ServiceUrl,
     /// `GATEWAY_WORKER_URL`: the worker app's gRPC address.
@@ -47,7 +48,7 @@ impl Config {
         }
         let database_url = env.get_or("DATABASE_URL", DatabaseUrl::embedded_default());
         Self {
-            http_addr: env.get_or("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080))),
+            http: PublicHttp::from_env(env, 8080),
             migrate_database_url: env.migrate_database_url(&database_url),
             database_url,
             database_pool: env.get_or("DATABASE_POOL", 10),
@@ -72,7 +73,7 @@ impl Config {
     ) -> Self {
         let mut env = EnvReader::from_vars("GATEWAY_", [("GATEWAY_DATABASE_URL", database_url)]);
         let mut config = Self::from_env(&mut env);
-        config.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.http.addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.ingest_url = ingest_url;
         config.worker_url = worker_url;
         config.numerics_url = numerics_url;

@@ -92,7 +92,7 @@ async fn serve<S: storage::GatewayStore>(config: Config, store: S) -> Result<Run
     });
     let ping = store.clone();
     ServiceBuilder::new(INFO, config.common)
-        .http(config.http_addr, router)
+        .http(config.http.clone(), router)
         .readiness_check("database", move || {
             let store = ping.clone();
             async move { store.ping().await.map_err(Into::into) }

@@ -55,7 +55,15 @@ pub fn plan(env: &[(String, String)]) -> Result<Vec<AppPlan>, Vec<(AppName, Conf
             AppName::Gateway => {
                 load_config_from(&gateway::app(), env.iter().cloned()).map(|c| AppPlan {
                     name,
-                    serving: format!("http://{}", c.http_addr),
+                    serving: format!(
+                        "{}://{}",
+                        if c.http.tls.is_some() {
+                            "https"
+                        } else {
+                            "http"
+                        },
+                        c.http.addr
+                    ),
                     admin_addr: c.common.admin_addr,
                     shutdown_grace: c.common.shutdown_grace,
                 })

@@ -8,12 +8,17 @@
 //! Architecture invariant: the runtime knows no app and no domain. Apps hand
 //! it their gRPC services, HTTP router, readiness checks and background tasks;
 //! it never looks inside them.
+//!
+//! A public HTTP listener (the gateway's) is served by the runtime's own
+//! accept loop: header-read timeout, connection caps in all and per client,
+//! optional TLS ([`PublicHttp`]).
 
 mod admin;
 mod build_info;
 mod client;
 mod config;
 mod handshake;
+mod http_listener;
 mod info;
 mod main_loop;
 mod serve;
@@ -27,6 +32,7 @@ pub use config::{
     CommonConfig, ConfigError, ConfigProblem, DatabaseUrl, EnvReader, EnvValue, Environment,
     GrpcLimits, InvalidValue, ServiceUrl,
 };
+pub use http_listener::{PublicHttp, PublicTlsFiles};
 pub use main_loop::{
     AppMain, CommandTelemetry, StandardArgs, StartFuture, command_telemetry, load_config,
     load_config_from, run_main, run_with_args, shutdown_signal,

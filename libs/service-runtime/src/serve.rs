@@ -59,7 +59,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// The TLS certificates could not be loaded.
-    #[error("gRPC mutual TLS: {0}")]
+    #[error("TLS: {0}")]
     Tls(#[from] security::tls::TlsError),
     /// Plaintext gRPC was asked for on an address that is not loopback.
     #[error(
@@ -112,7 +112,7 @@ pub struct ServiceBuilder {
     info: BuildInfo,
     common: CommonConfig,
     grpc: Option<(SocketAddr, RoutesBuilder, Vec<&'static str>)>,
-    http: Option<(SocketAddr, axum::Router)>,
+    http: Option<(crate::PublicHttp, axum::Router)>,
     checks: Vec<ReadinessCheck>,
     tasks: Vec<(&'static str, TaskFn)>,
 }
@@ -156,9 +156,10 @@ impl ServiceBuilder {
         self
     }
 
-    /// Serves a plain HTTP router on `addr` (the gateway's public API).
-    pub fn http(mut self, addr: SocketAddr, router: axum::Router) -> Self {
-        self.http = Some((addr, router));
+    /// Serves an HTTP router on a public listener (the gateway's API),
+    /// under the listener's limits and with its TLS when configured.
+    pub fn http(mut self, listener: crate::PublicHttp, router: axum::Router) -> Self {
+        self.http = Some((listener, router));
         self
     }
 
@@ -200,18 +201,30 @@ impl ServiceBuilder {
         Ok(tls)
     }
 
+    /// The public HTTP listener's certificate, when it serves TLS.
+    fn public_tls(&self) -> Result<Option<security::tls::PublicTls>, StartError> {
+        match self.http.as_ref().and_then(|(http, _)| http.tls.as_ref()) {
+            Some(files) => Ok(Some(security::tls::PublicTls::load(
+                &files.cert,
+                &files.key,
+            )?)),
+            None => Ok(None),
+        }
+    }
+
     /// Binds every listener (failing before serving anything if one cannot
     /// bind), then serves them all.
     pub async fn start(self) -> Result<Running, StartError> {
         crate::build_info::mark_started();
         let tls = self.grpc_transport()?;
+        let public_tls = self.public_tls()?;
         let admin_listener = bind("admin", self.common.admin_addr).await?;
         let grpc_listener = match &self.grpc {
             Some((addr, ..)) => Some(bind("grpc", *addr).await?),
             None => None,
         };
         let http_listener = match &self.http {
-            Some((addr, _)) => Some(bind("http", *addr).await?),
+            Some((http, _)) => Some(bind("http", http.addr).await?),
             None => None,
         };
         let local = |l: &TcpListener| l.local_addr().ok();
@@ -271,8 +284,14 @@ impl ServiceBuilder {
                 refresher,
             });
         }
-        if let (Some((_, router)), Some(listener)) = (self.http, http_listener) {
-            let serve = serve_http(listener, router, stop_serving.clone());
+        if let (Some((settings, router)), Some(listener)) = (self.http, http_listener) {
+            let serve = crate::http_listener::serve(
+                listener,
+                router,
+                settings,
+                public_tls,
+                stop_serving.clone(),
+            );
             servers.push(spawn_server("http", serve, failed.clone()));
         }
         let admin_server = spawn_server(
@@ -319,22 +338,6 @@ async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, S
             addr,
             source,
         })
-}
-
-/// Serves an HTTP router, traced, with each request's peer address in its
-/// extensions (`ConnectInfo`: the audit log, per-client limits).
-async fn serve_http(
-    listener: TcpListener,
-    router: axum::Router,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    let router = router.layer(telemetry::ServerTraceLayer::new());
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.cancelled_owned())
-    .await
 }
 
 /// Serves gRPC under `limits` (see [`GrpcLimits`]), over mutual TLS with

@@ -10,12 +10,17 @@
 //! up a rotated certificate without a restart; connections already open
 //! keep the one they started with (a rolling restart is the fallback). The
 //! CA is read once: rotating it is a rolling restart.
+//!
+//! [`PublicTls`] is the server side for a public listener: the same
+//! reloading certificate, no client certificate.
 
 pub mod dev_pki;
 mod expiry;
 mod mutual;
+mod public;
 
 pub use mutual::{ClientStream, MutualTls, ServerStream};
+pub use public::{PublicStream, PublicTls};
 
 use std::{
     path::{Path, PathBuf},

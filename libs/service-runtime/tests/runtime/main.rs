@@ -13,6 +13,7 @@
 
 mod admin;
 mod limits;
+mod public_http;
 mod shutdown;
 mod transport;
 

@@ -57,7 +57,10 @@ async fn in_flight_requests_finish_before_the_app_stops() {
     let (release_tx, release_rx) = tokio::sync::watch::channel(false);
     let arrived = Arrived::default();
     let running = ServiceBuilder::new(BuildInfo::new("drain-test"), CommonConfig::for_tests())
-        .http(any_port(), slow_router(release_rx, arrived.clone()))
+        .http(
+            service_runtime::PublicHttp::on(any_port()),
+            slow_router(release_rx, arrived.clone()),
+        )
         .start()
         .await
         .unwrap();
@@ -105,7 +108,10 @@ async fn work_past_the_grace_period_is_aborted() {
     let mut common = CommonConfig::for_tests();
     common.shutdown_grace = Duration::from_millis(300);
     let running = ServiceBuilder::new(BuildInfo::new("abort-test"), common)
-        .http(any_port(), slow_router(release_rx, arrived.clone()))
+        .http(
+            service_runtime::PublicHttp::on(any_port()),
+            slow_router(release_rx, arrived.clone()),
+        )
         .start()
         .await
         .unwrap();
