@@ -6,13 +6,12 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use axum::{
-    extract::{ConnectInfo, Request, State},
+    extract::{Request, State},
     http::header,
     middleware::Next,
     response::{IntoResponse, Response},
@@ -22,6 +21,7 @@ use security::audit::{AuditEvent, AuditOutcome};
 
 use crate::{
     keys::{KeyId, TenantId},
+    limits::{ClientAddr, Limits, with_key_headers},
     problem::ApiError,
     storage::GatewayStore,
     tenancy::{self, Authenticated, Peppers},
@@ -40,6 +40,8 @@ pub struct AuthState<S> {
     pub peppers: Peppers,
     /// Last-use times waiting to be written.
     pub usage: UsageLog,
+    /// The per-key and failed-authentication rate limits.
+    pub limits: Limits,
 }
 
 /// Keys used since the last write, and when each was last written.
@@ -97,10 +99,13 @@ pub async fn require_key<S: GatewayStore>(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(|| "unknown peer".to_owned(), |c| format!("peer {}", c.0));
+    let client = request.extensions().get::<ClientAddr>().map(|c| c.0);
+    let actor = client.map_or_else(|| "unknown client".to_owned(), |c| format!("client {c}"));
+    if let Some(client) = client
+        && let Err(refused) = state.limits.may_authenticate(client)
+    {
+        return refused.into_response();
+    }
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -113,11 +118,21 @@ pub async fn require_key<S: GatewayStore>(
     let now = Utc::now();
     match tenancy::authenticate(&state.store, &state.peppers, presented, now).await {
         Ok(Ok(caller)) => {
+            let decision = match state
+                .limits
+                .check_key(&format!("{}/{}", caller.tenant, caller.key))
+            {
+                Ok(decision) => decision,
+                Err(refused) => return refused.into_response(),
+            };
             state.usage.record(&caller.tenant, &caller.key, now);
             request.extensions_mut().insert(caller);
-            next.run(request).await
+            with_key_headers(next.run(request).await, &state.limits, decision)
         }
         Ok(Err(refusal)) => {
+            if let Some(client) = client {
+                state.limits.failed_authentication(client);
+            }
             // The key's public part names what was tried; the secret never
             // leaves this function.
             let tried = crate::keys::ApiKey::parse(presented).map_or_else(
@@ -125,7 +140,7 @@ pub async fn require_key<S: GatewayStore>(
                 |key| format!("key {}/{}", key.tenant, key.id),
             );
             security::audit::record(&AuditEvent {
-                actor: &peer,
+                actor: &actor,
                 action: "api.authenticate",
                 target: &format!("{tried} ({})", refusal.as_str()),
                 outcome: AuditOutcome::Denied,

@@ -4,7 +4,11 @@ use std::{net::SocketAddr, time::Duration};
 
 use service_runtime::{CommonConfig, DatabaseUrl, EnvReader, PublicHttp, ServiceUrl};
 
-use crate::{keys::Pepper, tenancy::Peppers};
+use crate::{
+    keys::Pepper,
+    limits::{LimitSettings, Quota},
+    tenancy::Peppers,
+};
 
 /// Everything the gateway can be told at start-up.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +36,14 @@ pub struct Config {
     /// pair (`GATEWAY_KEY_PEPPER_PREVIOUS`, `..._PREVIOUS_ID`) while keys
     /// made under it still work.
     pub peppers: Peppers,
+    /// `GATEWAY_RATE_LIMIT_PER_CLIENT`, `GATEWAY_RATE_LIMIT_PER_KEY` and
+    /// `GATEWAY_AUTH_FAILURES_PER_CLIENT` (per minute),
+    /// `GATEWAY_MAX_IN_FLIGHT`, `GATEWAY_REQUEST_TIMEOUT` and
+    /// `GATEWAY_TRUSTED_PROXIES`.
+    pub limits: LimitSettings,
+    /// `GATEWAY_CORS_ORIGINS`: origins (`https://app.example`, comma
+    /// separated) whose browser pages may call the API; none by default.
+    pub cors_origins: Vec<String>,
     /// Admin port, shutdown and logging settings.
     pub common: CommonConfig,
 }
@@ -49,6 +61,8 @@ impl Config {
         let database_url = env.get_or("DATABASE_URL", DatabaseUrl::embedded_default());
         Self {
             http: PublicHttp::from_env(env, 8080),
+            limits: limits(env),
+            cors_origins: cors_origins(env),
             migrate_database_url: env.migrate_database_url(&database_url),
             database_url,
             database_pool: env.get_or("DATABASE_POOL", 10),
@@ -109,4 +123,74 @@ fn peppers(env: &mut EnvReader) -> Peppers {
         }
     };
     Peppers { current, previous }
+}
+
+/// The rate limits, load shedding and trusted proxies.
+fn limits(env: &mut EnvReader) -> LimitSettings {
+    let mut per_minute = |name: &str, default: u32| {
+        let quota = env.get_or(name, default);
+        if quota == 0 {
+            env.reject(name, "must be at least 1 (requests per minute)");
+        }
+        Quota::per_minute(quota.max(1))
+    };
+    let per_client = per_minute("RATE_LIMIT_PER_CLIENT", 6_000);
+    let per_key = per_minute("RATE_LIMIT_PER_KEY", 6_000);
+    let failed_auth = per_minute("AUTH_FAILURES_PER_CLIENT", 30);
+    let max_in_flight = env.get_or("MAX_IN_FLIGHT", 1_024_usize);
+    if max_in_flight == 0 {
+        env.reject("MAX_IN_FLIGHT", "must be at least 1");
+    }
+    let request_timeout = env.get_or("REQUEST_TIMEOUT", Duration::from_secs(30));
+    if request_timeout.is_zero() || request_timeout > Duration::from_secs(300) {
+        env.reject("REQUEST_TIMEOUT", "must be between 1ms and 300s");
+    }
+    let mut trusted_proxies = Vec::new();
+    for entry in env
+        .get::<String>("TRUSTED_PROXIES")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        match security::AllowedNet::parse(entry) {
+            Ok(net) => trusted_proxies.push(net),
+            Err(error) => env.reject("TRUSTED_PROXIES", error.to_string()),
+        }
+    }
+    LimitSettings {
+        per_client,
+        per_key,
+        failed_auth,
+        max_in_flight: max_in_flight.max(1),
+        request_timeout,
+        trusted_proxies,
+    }
+}
+
+/// `scheme://host[:port]` origins, each checked.
+fn cors_origins(env: &mut EnvReader) -> Vec<String> {
+    let raw = env.get::<String>("CORS_ORIGINS").unwrap_or_default();
+    let mut origins = Vec::new();
+    for origin in raw.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let host = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"));
+        match host {
+            Some(host)
+                if !host.is_empty()
+                    && !host.contains(['/', '?', '#', '*', ' '])
+                    && origin.is_ascii() =>
+            {
+                origins.push(origin.to_owned());
+            }
+            _ => env.reject(
+                "CORS_ORIGINS",
+                format!(
+                    "{origin:?} is not an origin like https://app.example (no path, no wildcard)"
+                ),
+            ),
+        }
+    }
+    origins
 }

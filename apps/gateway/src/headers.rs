@@ -4,7 +4,7 @@
 //! ties a client's report to the gateway's logs.
 
 use axum::{
-    extract::Request,
+    extract::{Request, State},
     http::{HeaderName, HeaderValue, header},
     middleware::Next,
     response::Response,
@@ -12,6 +12,17 @@ use axum::{
 
 /// The header naming a request, on every response.
 pub const REQUEST_ID: &str = "x-request-id";
+
+tokio::task_local! {
+    /// The id of the request being answered, for the problem documents
+    /// built deep inside handlers.
+    static CURRENT_REQUEST_ID: String;
+}
+
+/// The id of the request this task is answering, if any.
+pub fn current_request_id() -> Option<String> {
+    CURRENT_REQUEST_ID.try_with(Clone::clone).ok()
+}
 
 /// The headers, in the order they are set.
 const SECURE: [(HeaderName, &str); 7] = [
@@ -37,10 +48,19 @@ const SECURE: [(HeaderName, &str); 7] = [
     (header::CACHE_CONTROL, "no-store"),
 ];
 
+/// Whether the public listener serves TLS (then every answer carries
+/// `Strict-Transport-Security`).
+#[derive(Debug, Clone, Copy)]
+pub struct ServedOverTls(pub bool);
+
 /// Adds the secure headers (unless a handler set its own) and a request
 /// id: the client's `x-request-id` when it is short and printable, else a
 /// new random one.
-pub async fn secure_headers(request: Request, next: Next) -> Response {
+pub async fn secure_headers(
+    State(tls): State<ServedOverTls>,
+    request: Request,
+    next: Next,
+) -> Response {
     let id = request
         .headers()
         .get(REQUEST_ID)
@@ -55,12 +75,21 @@ pub async fn secure_headers(request: Request, next: Next) -> Response {
         .unwrap_or_else(new_request_id);
     // No span of its own: the server span stays the parent of the calls
     // the handler makes (one trace from the edge to the backends).
-    let mut response = next.run(request).await;
+    let mut response = CURRENT_REQUEST_ID
+        .scope(id.clone(), next.run(request))
+        .await;
     let headers = response.headers_mut();
     for (name, value) in SECURE {
         headers
             .entry(name)
             .or_insert_with(|| HeaderValue::from_static(value));
+    }
+    if tls.0 {
+        // Two years, subdomains included: the public name is HTTPS only.
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=63072000; includeSubDomains"),
+        );
     }
     if let Ok(value) = HeaderValue::from_str(&id) {
         headers.insert(REQUEST_ID, value);

@@ -11,8 +11,10 @@ mod auth;
 mod backends;
 pub mod cli;
 mod config;
+mod cors;
 mod headers;
 pub mod keys;
+pub mod limits;
 mod problem;
 mod readings;
 mod results;
@@ -78,24 +80,40 @@ async fn serve<S: storage::GatewayStore>(config: Config, store: S) -> Result<Run
             what: "backend channels",
             message: "no ingest channel".into(),
         })?;
+    let limits = limits::Limits::new(&config.limits);
     let auth = auth::AuthState {
         store: store.clone(),
         peppers: config.peppers.clone(),
         usage: auth::UsageLog::default(),
+        limits: limits.clone(),
     };
     let usage = auth.usage.clone();
-    let router = routes::router(routes::AppState {
+    let idle = limits.clone();
+    let state = routes::AppState {
         backends,
         status_timeout: config.status_timeout,
         ingest,
         auth,
-    });
+        cors: cors::AllowedOrigins::new(config.cors_origins.clone()),
+        tls: headers::ServedOverTls(config.http.tls.is_some()),
+    };
+    let admin = routes::admin_router(state.clone());
+    let router = routes::router(state);
     let ping = store.clone();
     ServiceBuilder::new(INFO, config.common)
         .http(config.http.clone(), router)
+        .admin_routes(admin)
         .readiness_check("database", move || {
             let store = ping.clone();
             async move { store.ping().await.map_err(Into::into) }
+        })
+        .background("rate limit memory", move |stop| async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(std::time::Duration::from_secs(60)) => idle.forget_idle(),
+                }
+            }
         })
         .background("key usage", move |stop| async move {
             loop {

@@ -33,12 +33,30 @@ pub enum ApiError {
         /// Where.
         field: String,
     },
+    /// No such route or object (also the answer for another tenant's).
+    #[error("not found")]
+    NotFound,
     /// Fields of the request are wrong; every one is listed.
     #[error("the request is invalid")]
     Invalid(Vec<FieldError>),
     /// A backend is unavailable or shedding load: retry later.
     #[error("the platform is unavailable; retry later")]
     Unavailable,
+    /// A rate limit is used up (the `RateLimit` headers say which).
+    #[error("too many requests; retry after the time in Retry-After")]
+    RateLimited,
+    /// The gateway has as many requests in flight as it takes: retry later.
+    #[error("the gateway is overloaded; retry later")]
+    Overloaded,
+    /// The request took longer than the gateway's deadline.
+    #[error("the request took too long and was abandoned")]
+    Timeout,
+    /// The body is not JSON (`Content-Type` must be `application/json`).
+    #[error("the request body must be application/json")]
+    UnsupportedMediaType,
+    /// The body is larger than the route takes.
+    #[error("the request body is larger than this route accepts")]
+    TooLarge,
     /// A fault on our side.
     #[error("an internal error occurred; it was logged")]
     Internal,
@@ -53,13 +71,44 @@ impl ApiError {
         }])
     }
 
+    /// A JSON body axum could not take: too large, not JSON, or a field
+    /// of the wrong shape (named by its path, e.g. `readings[2].value`).
+    pub fn from_json(rejection: &axum::extract::rejection::JsonRejection) -> Self {
+        use axum::extract::rejection::JsonRejection;
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => Self::UnsupportedMediaType,
+            _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::TooLarge,
+            JsonRejection::JsonDataError(error) => {
+                // "...target type: <path>: <problem> at line 1 column 9"
+                let text = error.body_text();
+                let detail = text
+                    .split_once("target type: ")
+                    .map_or(text.as_str(), |(_, d)| d);
+                let detail = detail.rsplit_once(" at line ").map_or(detail, |(d, _)| d);
+                match detail.split_once(": ") {
+                    Some((path, problem)) if !path.contains(' ') => Self::invalid(path, problem),
+                    _ => Self::invalid("body", detail),
+                }
+            }
+            _ => Self::invalid("body", "is not valid JSON"),
+        }
+    }
+
     fn status_and_type(&self) -> (StatusCode, &'static str) {
         match self {
             Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             Self::MissingScope(_) => (StatusCode::FORBIDDEN, "missing-scope"),
             Self::OtherTenant { .. } => (StatusCode::FORBIDDEN, "other-tenant"),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not-found"),
             Self::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
+            Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
+            Self::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type")
+            }
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -74,6 +123,9 @@ struct Problem<'a> {
     status: u16,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     errors: &'a [FieldError],
+    /// The `X-Request-Id` of the request, to quote when reporting it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
 }
 
 /// Where problem types are documented.
@@ -95,6 +147,7 @@ impl IntoResponse for ApiError {
             title: self.to_string(),
             status: status.as_u16(),
             errors: &fields,
+            request_id: crate::headers::current_request_id(),
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = (status, body).into_response();

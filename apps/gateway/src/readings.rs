@@ -17,6 +17,9 @@ use crate::{
 
 /// The most readings one request may carry (ingest's own default limit).
 pub const MAX_READINGS: usize = 10_000;
+/// The largest body `POST /v1/readings` takes: room for the most readings
+/// with a few attributes each.
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 /// One reading as a client sends it.
 #[derive(Debug, Deserialize)]
@@ -118,7 +121,7 @@ pub async fn publish<S: GatewayStore>(
     body: Result<Json<PublishIn>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<PublishOut>, ApiError> {
     let caller = with_scope(&caller, "readings:write")?;
-    let Json(body) = body.map_err(|rejection| ApiError::invalid("body", rejection.body_text()))?;
+    let Json(body) = body.map_err(|rejection| ApiError::from_json(&rejection))?;
     let readings = to_readings(caller.tenant.as_str(), body)?;
     let mut request = tonic::Request::new(pb::PublishReadingsRequest { readings });
     act_for_tenant(&mut request, caller)?;

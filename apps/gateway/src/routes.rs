@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{DefaultBodyLimit, State},
     http::StatusCode,
     response::IntoResponse,
     routing::{get, post},
@@ -15,10 +15,14 @@ use service_runtime::TracedChannel;
 use crate::{
     auth::{self, AuthState},
     backends::Backends,
+    problem::ApiError,
     readings, results,
-    status::platform_status,
+    status::{PublicStatus, platform_status},
     storage::GatewayStore,
 };
+
+/// The largest body a route takes unless it says otherwise.
+const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -28,12 +32,19 @@ pub(crate) struct AppState<S> {
     /// Ingest, called for the key's tenant.
     pub(crate) ingest: IngestServiceClient<TracedChannel>,
     pub(crate) auth: AuthState<S>,
+    /// Whether the public listener serves TLS.
+    pub(crate) tls: crate::headers::ServedOverTls,
+    /// Origins whose pages may call the API.
+    pub(crate) cors: crate::cors::AllowedOrigins,
 }
 
 /// The gateway's public API.
 pub(crate) fn router<S: GatewayStore>(state: AppState<S>) -> Router {
     let authenticated = Router::new()
-        .route("/v1/readings", post(readings::publish::<S>))
+        .route(
+            "/v1/readings",
+            post(readings::publish::<S>).layer(DefaultBodyLimit::max(readings::MAX_BODY_BYTES)),
+        )
         .route("/v1/results", get(results::list::<S>))
         .route_layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
@@ -43,24 +54,54 @@ pub(crate) fn router<S: GatewayStore>(state: AppState<S>) -> Router {
         .route("/v1/status", get(status::<S>))
         .merge(authenticated)
         .fallback(not_found)
-        .layer(axum::middleware::from_fn(crate::headers::secure_headers))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.auth.limits.clone(),
+            crate::limits::guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.cors.clone(),
+            crate::cors::cors,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.tls,
+            crate::headers::secure_headers,
+        ))
         .with_state(state)
 }
 
-/// 200 when every app serves, 503 otherwise; the body always says which.
+/// Operator-only routes for the admin listener: `GET /status` with every
+/// app's address, build, instance and latency.
+pub(crate) fn admin_router<S: GatewayStore>(state: AppState<S>) -> Router {
+    Router::new()
+        .route("/status", get(detailed_status::<S>))
+        .with_state(state)
+}
+
+/// 200 when every app serves, 503 otherwise; the body says which app is
+/// in which state, and nothing about where or what build it runs.
 async fn status<S: GatewayStore>(State(state): State<AppState<S>>) -> impl IntoResponse {
     let status = platform_status(&state.backends.all, state.status_timeout).await;
-    let code = if status.serving {
+    (
+        status_code(status.serving),
+        Json(PublicStatus::from(&status)),
+    )
+}
+
+/// The status with addresses, builds, instances and errors (admin port).
+async fn detailed_status<S: GatewayStore>(State(state): State<AppState<S>>) -> impl IntoResponse {
+    let status = platform_status(&state.backends.all, state.status_timeout).await;
+    (status_code(status.serving), Json(status))
+}
+
+fn status_code(serving: bool) -> StatusCode {
+    if serving {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(status))
+    }
 }
 
-async fn not_found() -> impl IntoResponse {
-    (
-        StatusCode::NOT_FOUND,
-        Json(serde_json::json!({ "error": "no such route" })),
-    )
+async fn not_found() -> ApiError {
+    ApiError::NotFound
 }

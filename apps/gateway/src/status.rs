@@ -1,5 +1,7 @@
 //! `GET /v1/status`: asks every app, concurrently and within a deadline,
-//! whether it is serving and which build it runs.
+//! whether it is serving and which build it runs. The public answer names
+//! each app's state only; addresses, builds, instances and errors are on
+//! the admin port's `GET /status`.
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +37,36 @@ pub(crate) struct PlatformStatus {
     /// True when every app is serving.
     pub(crate) serving: bool,
     pub(crate) services: Vec<ServiceStatus>,
+}
+
+/// What anyone may see: whether the platform serves, and each app's state.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct PublicStatus {
+    serving: bool,
+    services: Vec<PublicServiceStatus>,
+}
+
+/// One app, publicly: its name and state only.
+#[derive(Debug, Clone, Serialize)]
+struct PublicServiceStatus {
+    name: &'static str,
+    state: &'static str,
+}
+
+impl From<&PlatformStatus> for PublicStatus {
+    fn from(status: &PlatformStatus) -> Self {
+        Self {
+            serving: status.serving,
+            services: status
+                .services
+                .iter()
+                .map(|s| PublicServiceStatus {
+                    name: s.name,
+                    state: s.state,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Asks every backend at once; each answer is bounded by `timeout`.

@@ -1,5 +1,7 @@
 //! The admin listener: `/healthz` (the process is alive), `/readyz` (it
-//! accepts work and its dependencies answer) and `/metrics` (Prometheus).
+//! accepts work and its dependencies answer) and `/metrics` (Prometheus),
+//! plus any operator-only routes the app adds (the gateway's detailed
+//! status).
 
 use std::sync::atomic::Ordering;
 
@@ -12,13 +14,15 @@ use crate::serve::Readiness;
 pub(crate) async fn serve(
     listener: TcpListener,
     readiness: Readiness,
+    app_routes: Router,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(readiness);
+        .with_state(readiness)
+        .merge(app_routes);
     axum::serve(listener, router)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await

@@ -113,6 +113,7 @@ pub struct ServiceBuilder {
     common: CommonConfig,
     grpc: Option<(SocketAddr, RoutesBuilder, Vec<&'static str>)>,
     http: Option<(crate::PublicHttp, axum::Router)>,
+    admin_routes: axum::Router,
     checks: Vec<ReadinessCheck>,
     tasks: Vec<(&'static str, TaskFn)>,
 }
@@ -125,6 +126,7 @@ impl ServiceBuilder {
             common,
             grpc: None,
             http: None,
+            admin_routes: axum::Router::new(),
             checks: Vec::new(),
             tasks: Vec::new(),
         }
@@ -160,6 +162,13 @@ impl ServiceBuilder {
     /// under the listener's limits and with its TLS when configured.
     pub fn http(mut self, listener: crate::PublicHttp, router: axum::Router) -> Self {
         self.http = Some((listener, router));
+        self
+    }
+
+    /// Adds operator-only routes to the admin listener (which is never
+    /// exposed publicly), beside `/healthz`, `/readyz` and `/metrics`.
+    pub fn admin_routes(mut self, routes: axum::Router) -> Self {
+        self.admin_routes = self.admin_routes.merge(routes);
         self
     }
 
@@ -296,20 +305,15 @@ impl ServiceBuilder {
         }
         let admin_server = spawn_server(
             "admin",
-            admin::serve(admin_listener, readiness.clone(), stop_admin.clone()),
+            admin::serve(
+                admin_listener,
+                readiness.clone(),
+                self.admin_routes,
+                stop_admin.clone(),
+            ),
             failed.clone(),
         );
-        let background = self
-            .tasks
-            .into_iter()
-            .map(|(name, task)| {
-                let span = tracing::info_span!("background task", task = name);
-                (
-                    name,
-                    tokio::spawn(task(stop_serving.clone()).instrument(span)),
-                )
-            })
-            .collect();
+        let background = spawn_background(self.tasks, &stop_serving);
 
         Ok(Running {
             info: self.info,
@@ -328,6 +332,20 @@ impl ServiceBuilder {
             background,
         })
     }
+}
+
+/// Starts the app's background tasks, each in its own span.
+fn spawn_background(
+    tasks: Vec<(&'static str, TaskFn)>,
+    stop: &CancellationToken,
+) -> Vec<(&'static str, JoinHandle<()>)> {
+    tasks
+        .into_iter()
+        .map(|(name, task)| {
+            let span = tracing::info_span!("background task", task = name);
+            (name, tokio::spawn(task(stop.clone()).instrument(span)))
+        })
+        .collect()
 }
 
 async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {

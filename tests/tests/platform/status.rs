@@ -25,8 +25,19 @@ async fn status_shows_every_app_serving_with_its_version() {
         .await
         .unwrap();
     assert_eq!(response.status, 200, "{}", response.body);
+    let public: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+    assert_eq!(public["serving"], true);
+    for name in ["gateway", "ingest", "worker", "numerics"] {
+        // Publicly: the state, and nothing about addresses or builds.
+        let app = service(&public, name);
+        assert_eq!(app["state"], "serving", "{name}: {app}");
+        assert_eq!(app.as_object().unwrap().len(), 2, "{name}: {app}");
+    }
+
+    // The admin port has the detail.
+    let response = http_get(gateway.admin_addr, "/status", &[]).await.unwrap();
+    assert_eq!(response.status, 200, "{}", response.body);
     let body: serde_json::Value = serde_json::from_str(&response.body).unwrap();
-    assert_eq!(body["serving"], true);
     for name in ["gateway", "ingest", "worker", "numerics"] {
         let app = service(&body, name);
         assert_eq!(app["state"], "serving", "{name}: {app}");
@@ -54,8 +65,17 @@ async fn an_app_that_is_down_shows_as_down_and_the_platform_as_not_serving() {
         .await
         .unwrap();
     assert_eq!(response.status, 503, "{}", response.body);
+    let public: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+    assert_eq!(public["serving"], false);
+    assert_eq!(service(&public, "worker")["state"], "down");
+    assert!(
+        !response.body.contains("127.0.0.1") && !response.body.contains("error"),
+        "the public status names no address or error: {}",
+        response.body
+    );
+    let response = http_get(gateway.admin_addr, "/status", &[]).await.unwrap();
+    assert_eq!(response.status, 503, "{}", response.body);
     let body: serde_json::Value = serde_json::from_str(&response.body).unwrap();
-    assert_eq!(body["serving"], false);
     let worker = service(&body, "worker");
     assert_eq!(worker["state"], "down");
     assert!(
@@ -100,7 +120,7 @@ async fn an_app_draining_shows_as_not_serving() {
 }
 
 #[tokio::test]
-async fn unknown_routes_answer_json_404() {
+async fn unknown_routes_answer_a_problem_document_naming_the_request() {
     let gateway = start_gateway(
         nothing_listening(),
         nothing_listening(),
@@ -111,6 +131,21 @@ async fn unknown_routes_answer_json_404() {
         .await
         .unwrap();
     assert_eq!(response.status, 404);
-    assert_eq!(response.body, r#"{"error":"no such route"}"#);
+    let problem: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+    assert_eq!(
+        problem["type"],
+        "https://platform.example/problems/not-found"
+    );
+    assert_eq!(problem["status"], 404);
+    let request_id = response
+        .headers
+        .iter()
+        .find(|(name, _)| name == "x-request-id")
+        .map(|(_, value)| value.clone())
+        .unwrap();
+    assert_eq!(
+        problem["request_id"], request_id,
+        "the problem names its request"
+    );
     gateway.shutdown().await;
 }

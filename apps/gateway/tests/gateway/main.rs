@@ -149,5 +149,6 @@ fn production_needs_a_strong_pepper_and_a_complete_previous_one() {
     );
 }
 
+mod edge;
 mod storage;
 mod tenants_cli;

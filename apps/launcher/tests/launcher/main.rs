@@ -30,6 +30,8 @@ struct Platform {
     child: Child,
     lines: mpsc::Receiver<String>,
     gateway: SocketAddr,
+    /// The gateway's admin port: the detailed status.
+    gateway_admin: SocketAddr,
     ingest: SocketAddr,
     dir: std::path::PathBuf,
 }
@@ -41,13 +43,14 @@ impl Platform {
         std::fs::create_dir_all(&dir).unwrap();
         let gateway = free_local_addr().unwrap();
         let ingest = free_local_addr().unwrap();
+        let gateway_admin = free_local_addr().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_platform"));
         command
             .current_dir(&dir)
             .env("GATEWAY_HTTP_ADDR", gateway.to_string())
-            .env("INGEST_GRPC_ADDR", ingest.to_string());
+            .env("INGEST_GRPC_ADDR", ingest.to_string())
+            .env("GATEWAY_ADMIN_ADDR", gateway_admin.to_string());
         for var in [
-            "GATEWAY_ADMIN_ADDR",
             "INGEST_ADMIN_ADDR",
             "WORKER_GRPC_ADDR",
             "WORKER_ADMIN_ADDR",
@@ -74,6 +77,7 @@ impl Platform {
             child,
             lines,
             gateway,
+            gateway_admin,
             ingest,
             dir,
         }
@@ -99,8 +103,9 @@ impl Drop for Platform {
     }
 }
 
-async fn status(gateway: SocketAddr) -> serde_json::Value {
-    let response = http_get(gateway, "/v1/status", &[]).await.unwrap();
+/// The detailed status, from the gateway's admin port.
+async fn status(gateway_admin: SocketAddr) -> serde_json::Value {
+    let response = http_get(gateway_admin, "/status", &[]).await.unwrap();
     serde_json::from_str(&response.body).unwrap()
 }
 
@@ -145,7 +150,7 @@ async fn up_serves_restarts_a_crashed_app_and_stops_cleanly_on_sigterm() {
 
     // The gateway reached every backend over mutual TLS with the
     // certificates the launcher wrote.
-    let before = status(platform.gateway).await;
+    let before = status(platform.gateway_admin).await;
     assert_eq!(before["serving"], true, "{before}");
     let certs = platform.dir.join(service_runtime::DEFAULT_CERT_DIR);
     let operator = service_runtime::Transport::mutual_tls_in(&certs, "operator");
@@ -211,7 +216,7 @@ async fn up_serves_restarts_a_crashed_app_and_stops_cleanly_on_sigterm() {
     kill_process(Pid::from_raw(pid_in(&crashed)).unwrap(), Signal::KILL).unwrap();
     let deadline = Instant::now() + PATIENCE;
     let after = loop {
-        let now = status(platform.gateway).await;
+        let now = status(platform.gateway_admin).await;
         let instance = instance_of(&now, "ingest");
         if now["serving"] == true && !instance.is_empty() && instance != crashed {
             break now;
