@@ -15,6 +15,7 @@ mod cors;
 mod headers;
 pub mod keys;
 pub mod limits;
+pub mod openapi;
 mod problem;
 mod readings;
 mod results;

@@ -10,7 +10,7 @@ use axum::{
 use serde::Serialize;
 
 /// A field at fault and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// A JSON path into the request, e.g. `readings[3].observed_at`.
     pub field: String,
@@ -114,16 +114,21 @@ impl ApiError {
     }
 }
 
-/// The problem document.
-#[derive(Debug, Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem document: every error the API answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A stable URI per kind of error, e.g.
+    /// `https://platform.example/problems/rate-limited`.
     #[serde(rename = "type")]
     kind: String,
+    /// What went wrong, for people.
     title: String,
+    /// The HTTP status, repeated.
     status: u16,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    errors: &'a [FieldError],
-    /// The `X-Request-Id` of the request, to quote when reporting it.
+    /// Every field at fault (invalid requests).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<FieldError>,
+    /// The request's `X-Request-Id`, to quote when reporting it.
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<String>,
 }
@@ -146,7 +151,7 @@ impl IntoResponse for ApiError {
             kind: format!("{PROBLEM_BASE}{kind}"),
             title: self.to_string(),
             status: status.as_u16(),
-            errors: &fields,
+            errors: fields,
             request_id: crate::headers::current_request_id(),
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     auth::with_scope,
-    problem::{ApiError, FieldError},
+    problem::{ApiError, FieldError, Problem},
     routes::AppState,
     storage::GatewayStore,
     tenancy::Authenticated,
@@ -22,7 +22,7 @@ pub const MAX_READINGS: usize = 10_000;
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 /// One reading as a client sends it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReadingIn {
     /// Producer-chosen unique id; a redelivery is stored once.
@@ -34,20 +34,23 @@ pub struct ReadingIn {
     metric: String,
     value: f64,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     observed_at: String,
     #[serde(default)]
     attributes: std::collections::HashMap<String, String>,
 }
 
 /// The request body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishIn {
+    /// At most 10,000.
+    #[schema(max_items = 10_000)]
     readings: Vec<ReadingIn>,
 }
 
 /// One refused reading.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RejectedOut {
     index: u32,
     event_id: String,
@@ -56,7 +59,7 @@ pub struct RejectedOut {
 }
 
 /// The answer, once every accepted reading is durable.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PublishOut {
     accepted: u32,
     duplicates: u32,
@@ -114,7 +117,27 @@ fn to_readings(tenant: &str, body: PublishIn) -> Result<Vec<pb::Reading>, ApiErr
     }
 }
 
-/// Publishes the batch to ingest for the key's tenant.
+/// Publishes a batch of readings for the key's tenant; answered once every
+/// accepted reading is durable. Scope `readings:write`.
+#[utoipa::path(
+    post,
+    path = "/v1/readings",
+    tag = "readings",
+    request_body(content = PublishIn, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Every reading is accepted, a duplicate of one already stored, or rejected with the field at fault", body = PublishOut),
+        (status = 413, description = "The body is larger than 8 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The body is invalid; every bad field is listed", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No key, or a key that is refused", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks the route's scope, or the request names another tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "A rate limit is used up; see Retry-After and RateLimit", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "A fault on our side (logged)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable or the gateway sheds load; retry after Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The request took longer than the gateway's deadline", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn publish<S: GatewayStore>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Authenticated>,

@@ -10,7 +10,10 @@ use contracts::ingest::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    auth::with_scope, problem::ApiError, routes::AppState, storage::GatewayStore,
+    auth::with_scope,
+    problem::{ApiError, Problem},
+    routes::AppState,
+    storage::GatewayStore,
     tenancy::Authenticated,
 };
 
@@ -18,7 +21,8 @@ use crate::{
 pub const MAX_PAGE: u32 = 1_000;
 
 /// Query parameters.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ResultsQuery {
     device_id: Option<String>,
@@ -27,15 +31,17 @@ pub struct ResultsQuery {
     #[serde(default)]
     anomalous_only: bool,
     /// RFC 3339: only windows starting at or after it.
+    #[param(format = DateTime)]
     since: Option<String>,
     /// 1 to 1,000; 100 by default.
+    #[param(minimum = 1, maximum = 1000)]
     page_size: Option<u32>,
     /// `next_page_token` of the previous page.
     page_token: Option<String>,
 }
 
 /// One window's result.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ResultOut {
     device_id: String,
     metric: String,
@@ -54,7 +60,7 @@ pub struct ResultOut {
 }
 
 /// One page.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ResultsOut {
     results: Vec<ResultOut>,
     /// Pass as `page_token` for the next page; absent on the last.
@@ -67,7 +73,25 @@ fn rfc3339(at: Option<prost_types::Timestamp>) -> Option<String> {
         .map(|t| t.to_rfc3339())
 }
 
-/// Lists the key's tenant's results through ingest.
+/// Lists the key's tenant's window results, newest first. Scope
+/// `results:read`.
+#[utoipa::path(
+    get,
+    path = "/v1/results",
+    tag = "results",
+    params(ResultsQuery),
+    responses(
+        (status = 200, description = "One page of results", body = ResultsOut),
+        (status = 422, description = "A query parameter is invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No key, or a key that is refused", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks the route's scope, or the request names another tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "A rate limit is used up; see Retry-After and RateLimit", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "A fault on our side (logged)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable or the gateway sheds load; retry after Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The request took longer than the gateway's deadline", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn list<S: GatewayStore>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Authenticated>,

@@ -15,7 +15,7 @@ use service_runtime::TracedChannel;
 use crate::{
     auth::{self, AuthState},
     backends::Backends,
-    problem::ApiError,
+    problem::{ApiError, Problem},
     readings, results,
     status::{PublicStatus, platform_status},
     storage::GatewayStore,
@@ -40,19 +40,20 @@ pub(crate) struct AppState<S> {
 
 /// The gateway's public API.
 pub(crate) fn router<S: GatewayStore>(state: AppState<S>) -> Router {
-    let authenticated = Router::new()
-        .route(
-            "/v1/readings",
-            post(readings::publish::<S>).layer(DefaultBodyLimit::max(readings::MAX_BODY_BYTES)),
-        )
-        .route("/v1/results", get(results::list::<S>))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.auth.clone(),
-            auth::require_key::<S>,
-        ));
-    Router::new()
-        .route("/v1/status", get(status::<S>))
+    use crate::openapi::route;
+    let authenticated = Router::new();
+    let authenticated = route::<readings::__path_publish, _>(
+        authenticated,
+        post(readings::publish::<S>).layer(DefaultBodyLimit::max(readings::MAX_BODY_BYTES)),
+    );
+    let authenticated =
+        route::<results::__path_list, _>(authenticated, get(results::list::<S>)).route_layer(
+            axum::middleware::from_fn_with_state(state.auth.clone(), auth::require_key::<S>),
+        );
+    let api = route::<__path_status, _>(Router::new(), get(status::<S>))
         .merge(authenticated)
+        .with_state(state.clone());
+    api.merge(crate::openapi::docs_router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
@@ -67,7 +68,6 @@ pub(crate) fn router<S: GatewayStore>(state: AppState<S>) -> Router {
             state.tls,
             crate::headers::secure_headers,
         ))
-        .with_state(state)
 }
 
 /// Operator-only routes for the admin listener: `GET /status` with every
@@ -78,9 +78,24 @@ pub(crate) fn admin_router<S: GatewayStore>(state: AppState<S>) -> Router {
         .with_state(state)
 }
 
-/// 200 when every app serves, 503 otherwise; the body says which app is
-/// in which state, and nothing about where or what build it runs.
-async fn status<S: GatewayStore>(State(state): State<AppState<S>>) -> impl IntoResponse {
+/// Whether the platform serves: 200 when every app does, 503 otherwise,
+/// naming each app's state (and nothing about where or what build it
+/// runs). No key needed.
+#[utoipa::path(
+    get,
+    path = "/v1/status",
+    tag = "platform",
+    responses(
+        (status = 200, description = "Every app serves", body = PublicStatus),
+        (status = 429, description = "This client's rate limit is used up", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "An app does not serve (a status body), or the gateway sheds load (a problem)", content(
+            (PublicStatus = "application/json"),
+            (Problem = "application/problem+json"),
+        )),
+        (status = 504, description = "The request took longer than the gateway's deadline", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn status<S: GatewayStore>(State(state): State<AppState<S>>) -> impl IntoResponse {
     let status = platform_status(&state.backends.all, state.status_timeout).await;
     (
         status_code(status.serving),

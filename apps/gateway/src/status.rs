@@ -40,14 +40,14 @@ pub(crate) struct PlatformStatus {
 }
 
 /// What anyone may see: whether the platform serves, and each app's state.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub(crate) struct PublicStatus {
     serving: bool,
     services: Vec<PublicServiceStatus>,
 }
 
 /// One app, publicly: its name and state only.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 struct PublicServiceStatus {
     name: &'static str,
     state: &'static str,
