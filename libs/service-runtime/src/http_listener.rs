@@ -4,7 +4,9 @@
 //! finish its TLS handshake) within a deadline, idle keep-alive connections
 //! are closed after the same deadline, and connections are capped in all
 //! and per client address, so a slowloris from one address cannot take the
-//! slots other clients need. TLS is optional.
+//! slots other clients need. TLS is optional. A request starts a new trace
+//! unless its peer is a configured trusted caller (an untrusted
+//! `traceparent` becomes a span link).
 
 use std::{
     collections::HashMap,
@@ -20,7 +22,7 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
-use security::tls::PublicTls;
+use security::{AllowedNet, tls::PublicTls};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpListener,
@@ -51,6 +53,10 @@ pub struct PublicHttp {
     /// `<P>HTTP_TLS_CERT` and `<P>HTTP_TLS_KEY`: serve HTTPS with this
     /// certificate chain and key (PEM, reloaded when rotated).
     pub tls: Option<PublicTlsFiles>,
+    /// `<P>HTTP_TRUSTED_TRACE_CALLERS`: addresses or networks whose
+    /// `traceparent` is continued; every other caller starts a new trace
+    /// that links to theirs. None by default.
+    pub trusted_trace_callers: Vec<AllowedNet>,
 }
 
 /// The certificate and key of a public TLS listener.
@@ -72,6 +78,7 @@ impl PublicHttp {
             max_connections: 4096,
             max_connections_per_client: 256,
             tls: None,
+            trusted_trace_callers: Vec::new(),
         }
     }
 
@@ -110,8 +117,22 @@ impl PublicHttp {
                 None
             }
         };
+        let mut trusted_trace_callers = Vec::new();
+        for entry in env
+            .get::<String>("HTTP_TRUSTED_TRACE_CALLERS")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
+            match AllowedNet::parse(entry) {
+                Ok(net) => trusted_trace_callers.push(net),
+                Err(error) => env.reject("HTTP_TRUSTED_TRACE_CALLERS", error.to_string()),
+            }
+        }
         Self {
             addr: env.get_or("HTTP_ADDR", defaults.addr),
+            trusted_trace_callers,
             header_read_timeout,
             max_connections: max_connections.max(1),
             max_connections_per_client: per_client.clamp(1, max_connections.max(1)),
@@ -138,7 +159,10 @@ pub(crate) async fn serve(
     tls: Option<PublicTls>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let router = router.layer(telemetry::ServerTraceLayer::new());
+    let trusted = settings.trusted_trace_callers.clone();
+    let router = router.layer(telemetry::ServerTraceLayer::at_edge(move |peer| {
+        trusted.iter().any(|net| net.contains(peer))
+    }));
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let clients = ClientCounts::default();
     let graceful = GracefulShutdown::new();

@@ -122,14 +122,47 @@ impl Instruments {
 #[derive(Debug, Clone)]
 pub struct ServerTraceLayer {
     instruments: Arc<Instruments>,
+    trust: TraceTrust,
+}
+
+/// Whose `traceparent` a server continues.
+#[derive(Clone)]
+enum TraceTrust {
+    /// Every caller's (services inside the platform).
+    Everyone,
+    /// Only callers whose address passes the check (an edge facing the
+    /// internet): any other caller's trace is linked, not continued, so it
+    /// cannot choose our trace ids or its sampling.
+    Peers(Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync>),
+}
+
+impl std::fmt::Debug for TraceTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Everyone => "Everyone",
+            Self::Peers(_) => "Peers",
+        })
+    }
 }
 
 impl ServerTraceLayer {
-    /// Creates the layer; instruments come from the global meter provider,
-    /// so build it after [`crate::init`].
+    /// Creates the layer for an internal server, continuing every caller's
+    /// trace; instruments come from the global meter provider, so build it
+    /// after [`crate::init`].
     pub fn new() -> Self {
         Self {
             instruments: Instruments::new(),
+            trust: TraceTrust::Everyone,
+        }
+    }
+
+    /// Creates the layer for a public edge: a request starts a new trace
+    /// unless its peer (the `ConnectInfo<SocketAddr>` extension) is
+    /// `trusted`; an untrusted caller's `traceparent` becomes a span link.
+    pub fn at_edge(trusted: impl Fn(std::net::IpAddr) -> bool + Send + Sync + 'static) -> Self {
+        Self {
+            instruments: Instruments::new(),
+            trust: TraceTrust::Peers(Arc::new(trusted)),
         }
     }
 }
@@ -147,6 +180,7 @@ impl<S> Layer<S> for ServerTraceLayer {
         ServerTraceService {
             inner,
             instruments: Arc::clone(&self.instruments),
+            trust: self.trust.clone(),
         }
     }
 }
@@ -156,6 +190,7 @@ impl<S> Layer<S> for ServerTraceLayer {
 pub struct ServerTraceService<S> {
     inner: S,
     instruments: Arc<Instruments>,
+    trust: TraceTrust,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ServerTraceService<S>
@@ -194,8 +229,23 @@ where
         };
         let parent =
             global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
-        // A missing or malformed traceparent leaves the span as a new root.
-        let _ = span.set_parent(parent);
+        let trusted = match &self.trust {
+            TraceTrust::Everyone => true,
+            TraceTrust::Peers(trusted) => request
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .is_some_and(|peer| trusted(peer.0.ip())),
+        };
+        if trusted {
+            // A missing or malformed traceparent leaves the span as a new root.
+            let _ = span.set_parent(parent);
+        } else {
+            use opentelemetry::trace::TraceContextExt as _;
+            let linked = parent.span().span_context().clone();
+            if linked.is_valid() {
+                span.add_link(linked);
+            }
+        }
         let observation = Observation {
             started: Instant::now(),
             instruments: Arc::clone(&self.instruments),

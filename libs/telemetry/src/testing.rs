@@ -23,6 +23,8 @@ pub struct CapturedSpan {
     pub parent_span_id: String,
     /// "Server", "Client" or "Internal".
     pub kind: String,
+    /// Hex trace ids of the span's links.
+    pub linked_trace_ids: Vec<String>,
 }
 
 /// Handle on the process-wide in-memory exporter.
@@ -71,6 +73,11 @@ impl SpanCapture {
                 span_id: span.span_context.span_id().to_string(),
                 parent_span_id: span.parent_span_id.to_string(),
                 kind: format!("{:?}", span.span_kind),
+                linked_trace_ids: span
+                    .links
+                    .iter()
+                    .map(|link| link.span_context.trace_id().to_string())
+                    .collect(),
             })
             .collect()
     }

@@ -26,16 +26,74 @@ async fn spans_of(trace_id: &str, at_least: usize) -> Vec<CapturedSpan> {
     spans
 }
 
+/// The gateway, trusting the test's own address as a caller whose trace
+/// it continues.
+async fn gateway_trusting_loopback(backends: &Backends) -> service_runtime::Running {
+    let mut config = gateway::Config::for_tests(
+        "sqlite::memory:",
+        url_of(&backends.ingest),
+        url_of(&backends.worker),
+        url_of(&backends.numerics),
+    );
+    config.status_timeout = Duration::from_secs(2);
+    config.http.trusted_trace_callers = vec![security::AllowedNet::parse("127.0.0.0/8").unwrap()];
+    gateway::start(config).await.unwrap()
+}
+
 #[tokio::test]
-async fn one_trace_spans_the_gateway_request_and_every_grpc_call_it_makes() {
+async fn an_untrusted_callers_trace_is_linked_not_continued() {
     capture_spans();
     let backends = Backends::start().await;
+    // By default no caller is trusted.
     let gateway = start_gateway(
         url_of(&backends.ingest),
         url_of(&backends.worker),
         url_of(&backends.numerics),
     )
     .await;
+    let untrusted_trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let traceparent = format!("00-{untrusted_trace}-{CALLER_SPAN}-01");
+    let response = http_get(
+        gateway.http_addr.unwrap(),
+        "/v1/status",
+        &[("traceparent", &traceparent)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status, 200, "{}", response.body);
+    let capture = capture_spans();
+    let edge = service_runtime::testing::wait_until(
+        "the gateway's span",
+        Duration::from_secs(5),
+        || async {
+            capture
+                .finished_spans()
+                .into_iter()
+                .find(|s| s.linked_trace_ids.iter().any(|t| t == untrusted_trace))
+        },
+    )
+    .await;
+    assert_eq!(edge.name, "GET /v1/status");
+    assert_ne!(
+        edge.trace_id, untrusted_trace,
+        "a new trace starts at the edge"
+    );
+    assert_eq!(edge.parent_span_id, "0000000000000000", "{edge:?}");
+    assert!(
+        spans_of(untrusted_trace, 1).await.is_empty(),
+        "nothing joined the caller's trace"
+    );
+    // The backends are in the gateway's new trace.
+    assert!(spans_of(&edge.trace_id, 13).await.len() >= 13);
+    gateway.shutdown().await;
+    backends.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_trace_spans_the_gateway_request_and_every_grpc_call_it_makes() {
+    capture_spans();
+    let backends = Backends::start().await;
+    let gateway = gateway_trusting_loopback(&backends).await;
 
     let traceparent = format!("00-{TRACE_ID}-{CALLER_SPAN}-01");
     let response = http_get(

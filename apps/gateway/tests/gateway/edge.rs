@@ -133,6 +133,7 @@ async fn a_key_over_its_quota_gets_429_with_the_draft_headers() {
         .get("/v1/results", &[("Authorization", &bearer(&second))])
         .await;
     assert_ne!(other.status, 429, "{}", other.body);
+
     edge.stop().await;
 }
 

@@ -150,5 +150,6 @@ fn production_needs_a_strong_pepper_and_a_complete_previous_one() {
 }
 
 mod edge;
+mod process;
 mod storage;
 mod tenants_cli;
