@@ -21,7 +21,7 @@ use security::audit::{AuditEvent, AuditOutcome};
 
 use crate::{
     keys::{KeyId, TenantId},
-    limits::{ClientAddr, Limits, with_key_headers},
+    limits::{ClientAddr, Decision, Limits, with_key_headers},
     problem::ApiError,
     storage::GatewayStore,
     tenancy::{self, Authenticated, Peppers},
@@ -93,41 +93,54 @@ impl UsageLog {
 }
 
 /// The middleware: authenticates the bearer key and hands the handler an
-/// [`Authenticated`] in the request's extensions.
+/// [`Authenticated`] in the request's extensions. A refused request's body
+/// is read and discarded before the answer (see [`discard_body`]).
 pub async fn require_key<S: GatewayStore>(
     State(state): State<AuthState<S>>,
     mut request: Request,
     next: Next,
 ) -> Response {
     let client = request.extensions().get::<ClientAddr>().map(|c| c.0);
-    let actor = client.map_or_else(|| "unknown client".to_owned(), |c| format!("client {c}"));
-    if let Some(client) = client
-        && let Err(refused) = state.limits.may_authenticate(client)
-    {
-        return refused.into_response();
-    }
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(presented) = presented else {
-        return ApiError::Unauthenticated.into_response();
-    };
+        .map(|v| v.trim().to_owned());
+    match authenticate(&state, client, presented.as_deref()).await {
+        Ok((caller, decision)) => {
+            request.extensions_mut().insert(caller);
+            with_key_headers(next.run(request).await, &state.limits, decision)
+        }
+        Err(refusal) => {
+            discard_body(request.into_body()).await;
+            refusal
+        }
+    }
+}
+
+/// The caller and its key's rate-limit state, or the answer refusing it.
+async fn authenticate<S: GatewayStore>(
+    state: &AuthState<S>,
+    client: Option<std::net::IpAddr>,
+    presented: Option<&str>,
+) -> Result<(Authenticated, Decision), Response> {
+    if let Some(client) = client {
+        state
+            .limits
+            .may_authenticate(client)
+            .map_err(IntoResponse::into_response)?;
+    }
+    let presented = presented.ok_or_else(|| ApiError::Unauthenticated.into_response())?;
     let now = Utc::now();
     match tenancy::authenticate(&state.store, &state.peppers, presented, now).await {
         Ok(Ok(caller)) => {
-            let decision = match state
+            let decision = state
                 .limits
                 .check_key(&format!("{}/{}", caller.tenant, caller.key))
-            {
-                Ok(decision) => decision,
-                Err(refused) => return refused.into_response(),
-            };
+                .map_err(IntoResponse::into_response)?;
             state.usage.record(&caller.tenant, &caller.key, now);
-            request.extensions_mut().insert(caller);
-            with_key_headers(next.run(request).await, &state.limits, decision)
+            Ok((caller, decision))
         }
         Ok(Err(refusal)) => {
             if let Some(client) = client {
@@ -139,19 +152,35 @@ pub async fn require_key<S: GatewayStore>(
                 |_| "a malformed key".to_owned(),
                 |key| format!("key {}/{}", key.tenant, key.id),
             );
+            let actor =
+                client.map_or_else(|| "unknown client".to_owned(), |c| format!("client {c}"));
             security::audit::record(&AuditEvent {
                 actor: &actor,
                 action: "api.authenticate",
                 target: &format!("{tried} ({})", refusal.as_str()),
                 outcome: AuditOutcome::Denied,
             });
-            ApiError::Unauthenticated.into_response()
+            Err(ApiError::Unauthenticated.into_response())
         }
         Err(error) => {
             tracing::error!(%error, "the key store failed");
-            ApiError::Unavailable.into_response()
+            Err(ApiError::Unavailable.into_response())
         }
     }
+}
+
+/// The most of a refused request's body read before answering, and for
+/// how long.
+const DISCARD_BYTES: usize = 8 * 1024 * 1024;
+const DISCARD_FOR: Duration = Duration::from_secs(5);
+
+/// Reads and drops what is left of a refused request's body (up to the
+/// largest body a route takes, for at most a few seconds), as nginx's
+/// lingering close does: an HTTP/1.1 client still sending a large body
+/// when the answer comes would otherwise see the connection reset and
+/// lose the `401` it should read.
+async fn discard_body(body: axum::body::Body) {
+    let _ = tokio::time::timeout(DISCARD_FOR, axum::body::to_bytes(body, DISCARD_BYTES)).await;
 }
 
 /// The authenticated caller, refused with `403` unless its key has `scope`.

@@ -39,6 +39,10 @@ pub enum Command {
     /// Create, list, revoke or rotate a tenant's API keys.
     #[command(subcommand)]
     Keys(KeyCommand),
+    /// Print the API's OpenAPI 3.1 document (what `/openapi.json`
+    /// serves), without configuration or a database: for client
+    /// generators.
+    Openapi,
 }
 
 /// `gateway tenants ...`
@@ -127,6 +131,9 @@ enum CommandError {
 /// configuration, 1 otherwise.
 #[allow(clippy::print_stderr, reason = "command-line output")]
 pub fn run(command: Command) -> ExitCode {
+    if matches!(command, Command::Openapi) {
+        return print_openapi();
+    }
     let config = match load_config(&app()) {
         Ok(config) => config,
         Err(error) => {
@@ -194,6 +201,20 @@ fn key(raw: &str) -> Result<KeyId, CommandError> {
     KeyId::parse(raw).map_err(|e| CommandError::Invalid(format!("key {raw:?} {e}")))
 }
 
+#[allow(clippy::print_stdout, reason = "command-line output")]
+fn print_openapi() -> ExitCode {
+    match crate::openapi::document().to_pretty_json() {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("gateway: the OpenAPI document does not serialise: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The operator at this terminal, for the audit log.
 fn actor() -> String {
     format!(
@@ -218,7 +239,7 @@ async fn execute(
     command: Command,
 ) -> Result<(), CommandError> {
     match command {
-        Command::Migrate => Ok(()),
+        Command::Migrate | Command::Openapi => Ok(()),
         Command::Tenants(command) => tenants(store, command).await,
         Command::Keys(command) => keys(store, &config.peppers, command).await,
     }

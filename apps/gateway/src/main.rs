@@ -1,5 +1,5 @@
 //! The `gateway` binary: serves by default; `migrate`, `tenants` and `keys`
-//! act on the configured database and exit.
+//! act on the configured database and exit; `openapi` prints the document.
 
 use clap::Parser as _;
 

@@ -421,3 +421,28 @@ fn any_body_is_accepted_or_answered_with_a_problem_never_a_panic_or_500() {
         .unwrap();
     runtime.block_on(edge.stop());
 }
+
+#[tokio::test]
+async fn a_refused_request_with_a_large_body_still_gets_its_answer() {
+    let edge = Edge::start(nowhere(), |_| {}).await;
+    // 4 MiB of readings without a key: refused before the body is needed,
+    // yet the client, still sending, must read the 401 rather than a reset.
+    let body = format!(
+        "{{\"readings\":[{}]}}",
+        vec![r#"{"event_id":"e","device_id":"d","metric":"m","value":1,"observed_at":"2026-11-29T00:00:00Z"}"#; 50_000].join(",")
+    );
+    assert!(body.len() > 4_000_000, "{}", body.len());
+    for _ in 0..3 {
+        let response = http_request(
+            edge.addr(),
+            "POST",
+            "/v1/readings",
+            &[("Content-Type", "application/json")],
+            &body,
+        )
+        .await
+        .expect("the answer, not a reset");
+        assert_eq!(response.status, 401, "{}", response.body);
+    }
+    edge.stop().await;
+}
