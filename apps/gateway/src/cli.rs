@@ -39,6 +39,9 @@ pub enum Command {
     /// Create, list, revoke or rotate a tenant's API keys.
     #[command(subcommand)]
     Keys(KeyCommand),
+    /// Benchmark halves that need the gateway's code (see bench/run.sh).
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
     /// Print the API's OpenAPI 3.1 document (what `/openapi.json`
     /// serves), without configuration or a database: for client
     /// generators.
@@ -148,6 +151,9 @@ pub fn run(command: Command) -> ExitCode {
             return ExitCode::from(78);
         }
     };
+    if let Command::Bench(bench) = command {
+        return run_bench(bench);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -201,6 +207,27 @@ fn key(raw: &str) -> Result<KeyId, CommandError> {
     KeyId::parse(raw).map_err(|e| CommandError::Invalid(format!("key {raw:?} {e}")))
 }
 
+/// Benchmarks run on all cores, with the telemetry the server has.
+fn run_bench(command: crate::bench::BenchCommand) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("gateway: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::bench::run(command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("gateway bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[allow(clippy::print_stdout, reason = "command-line output")]
 fn print_openapi() -> ExitCode {
     match crate::openapi::document().to_pretty_json() {
@@ -239,7 +266,7 @@ async fn execute(
     command: Command,
 ) -> Result<(), CommandError> {
     match command {
-        Command::Migrate | Command::Openapi => Ok(()),
+        Command::Migrate | Command::Openapi | Command::Bench(_) => Ok(()),
         Command::Tenants(command) => tenants(store, command).await,
         Command::Keys(command) => keys(store, &config.peppers, command).await,
     }

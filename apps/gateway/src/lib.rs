@@ -9,6 +9,7 @@
 
 mod auth;
 mod backends;
+pub mod bench;
 pub mod cli;
 mod config;
 mod cors;

@@ -53,19 +53,36 @@ pub(crate) fn router<S: GatewayStore>(state: AppState<S>) -> Router {
     let api = route::<__path_status, _>(Router::new(), get(status::<S>))
         .merge(authenticated)
         .with_state(state.clone());
-    api.merge(crate::openapi::docs_router())
-        .fallback(not_found)
+    edge_layers(
+        api.merge(crate::openapi::docs_router()).fallback(not_found),
+        &state.auth.limits,
+        &state.cors,
+        state.tls,
+    )
+}
+
+/// What every public answer passes through, outermost last: the body
+/// limit, load shedding with the deadline and the per-client rate limit,
+/// CORS, then the secure headers and the request id. (The listener adds
+/// tracing and metrics; keyed routes add authentication themselves.)
+pub(crate) fn edge_layers(
+    router: Router,
+    limits: &crate::limits::Limits,
+    cors: &crate::cors::AllowedOrigins,
+    tls: crate::headers::ServedOverTls,
+) -> Router {
+    router
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
-            state.auth.limits.clone(),
+            limits.clone(),
             crate::limits::guard,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            state.cors.clone(),
+            cors.clone(),
             crate::cors::cors,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            state.tls,
+            tls,
             crate::headers::secure_headers,
         ))
 }
