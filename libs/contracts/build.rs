@@ -149,6 +149,14 @@ fn rpc_access(pool: &DescriptorPool) -> Result<String, Box<dyn std::error::Error
     Ok(out)
 }
 
+/// Job-argument fields added after jobs of their kind may have been queued:
+/// read with a default, so those jobs still run.
+const FIELDS_ADDED_LATER: &[(&str, &str)] = &[
+    (".platform.jobs.v1.DeliverWebhookArgs", "tenant_id"),
+    (".platform.jobs.v1.DeliverWebhookArgs", "endpoint_id"),
+    (".platform.jobs.v1.DeliverWebhookArgs", "delivery_id"),
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = [
@@ -158,6 +166,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "platform/jobs/v1/job_kinds.proto",
         "platform/numerics/v1/numerics.proto",
         "platform/policy/v1/policy.proto",
+        "platform/webhooks/v1/webhooks.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={}", proto_root.join(file).display());
@@ -185,6 +194,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             // args at the door; unknown fields are ignored (newer writers).
             "#[derive(serde::Serialize, serde::Deserialize)]",
         );
+        // Fields added after jobs were queued read as empty when absent.
+        for (message, field) in FIELDS_ADDED_LATER {
+            if job.proto_path == *message {
+                builder =
+                    builder.field_attribute(format!("{message}.{field}"), "#[serde(default)]");
+            }
+        }
         for field in &job.struct_fields {
             builder = builder.field_attribute(
                 format!("{}.{field}", job.proto_path),

@@ -51,44 +51,18 @@ pub struct Config {
     pub numerics_url: ServiceUrl,
     /// `WORKER_NUMERICS_TIMEOUT`: longest one call to numerics may take.
     pub numerics_timeout: Duration,
-    /// `WORKER_TENANT_WEBHOOKS`: `tenant=url,...`, where anomalous windows
-    /// are announced (until tenants configure this through the gateway).
-    pub tenant_webhooks: TenantWebhooks,
+    /// `WORKER_WEBHOOK_DISABLE_AFTER`: an endpoint whose deliveries have
+    /// all failed for this long is disabled.
+    pub webhook_disable_after: Duration,
+    /// `WORKER_WEBHOOK_LOG_RETENTION`: deliveries older than this leave
+    /// the delivery log.
+    pub webhook_log_retention: Duration,
     /// `WORKER_READINGS_RETENTION`: readings older than this are pruned.
     pub readings_retention: Duration,
     /// `WORKER_READINGS_PRUNE_CRON`: when to prune (five fields, UTC).
     pub readings_prune_cron: String,
     /// Admin port, shutdown and logging settings.
     pub common: CommonConfig,
-}
-
-/// Webhook URL per tenant.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct TenantWebhooks(pub std::collections::BTreeMap<String, String>);
-
-impl EnvValue for TenantWebhooks {
-    fn parse_env(raw: &str) -> Result<Self, InvalidValue> {
-        let mut map = std::collections::BTreeMap::new();
-        for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let (tenant, url) = entry
-                .split_once('=')
-                .ok_or_else(|| format!("entry {entry:?}: expected tenant=url"))?;
-            let (tenant, url) = (tenant.trim(), url.trim());
-            if tenant.is_empty() {
-                return Err(format!("entry {entry:?}: the tenant is empty").into());
-            }
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(format!(
-                    "entry {entry:?}: the url must start with http:// or https://"
-                )
-                .into());
-            }
-            if map.insert(tenant.to_owned(), url.to_owned()).is_some() {
-                return Err(format!("tenant {tenant:?} is listed twice").into());
-            }
-        }
-        Ok(Self(map))
-    }
 }
 
 /// Networks webhooks may reach despite the SSRF guard.
@@ -193,7 +167,10 @@ impl Config {
             ingest_timeout: env.get_or("INGEST_TIMEOUT", Duration::from_secs(10)),
             numerics_url: env.get_or("NUMERICS_URL", ServiceUrl::local(50053)),
             numerics_timeout: env.get_or("NUMERICS_TIMEOUT", Duration::from_secs(5)),
-            tenant_webhooks: env.get_or("TENANT_WEBHOOKS", TenantWebhooks::default()),
+            webhook_disable_after: env
+                .get_or("WEBHOOK_DISABLE_AFTER", Duration::from_secs(3 * 24 * 3600)),
+            webhook_log_retention: env
+                .get_or("WEBHOOK_LOG_RETENTION", Duration::from_secs(30 * 24 * 3600)),
             readings_retention: env.get_or("READINGS_RETENTION", Duration::from_secs(7 * 86_400)),
             readings_prune_cron,
             common: CommonConfig::from_env(env, 9183),

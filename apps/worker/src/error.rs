@@ -18,6 +18,26 @@ pub enum ApiError {
         /// What is wrong with it.
         problem: String,
     },
+    /// No such object for the caller's tenant (also the answer for
+    /// another tenant's: its existence is not confirmed).
+    #[error("{field}: no {what} {id}")]
+    NotFound {
+        /// The request field naming it.
+        field: &'static str,
+        /// What kind of object.
+        what: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// The request names another tenant than the one the caller acts for.
+    #[error("{0}: names another tenant than the caller's")]
+    OtherTenant(&'static str),
+    /// A per-tenant limit is reached.
+    #[error("{0}")]
+    LimitReached(String),
+    /// The object's state does not allow the operation.
+    #[error("{0}")]
+    WrongState(String),
     /// From the jobs engine.
     #[error(transparent)]
     Jobs(#[from] JobsError),
@@ -43,7 +63,12 @@ pub fn status(error: impl Into<ApiError>) -> Status {
         ApiError::Invalid { .. } | ApiError::Jobs(JobsError::InvalidJob { .. }) => {
             Status::invalid_argument(error.to_string())
         }
-        ApiError::Jobs(JobsError::NotFound(_)) => Status::not_found(error.to_string()),
+        ApiError::Jobs(JobsError::NotFound(_)) | ApiError::NotFound { .. } => {
+            Status::not_found(error.to_string())
+        }
+        ApiError::OtherTenant(_) => Status::permission_denied(error.to_string()),
+        ApiError::LimitReached(_) => Status::resource_exhausted(error.to_string()),
+        ApiError::WrongState(_) => Status::failed_precondition(error.to_string()),
         ApiError::Jobs(JobsError::WrongState { .. }) => {
             Status::failed_precondition(error.to_string())
         }

@@ -15,16 +15,18 @@ pub mod error;
 pub mod kinds;
 pub mod numerics;
 pub mod storage;
+pub mod webhooks;
 
 use contracts::{
     ingest::v1::ingest_service_client::IngestServiceClient,
     jobs::v1::jobs_service_server::JobsServiceServer,
+    webhooks::v1::webhooks_service_server::WebhooksServiceServer,
 };
 use jobs::{Node, NodeConfig};
 use service_runtime::{AppMain, BuildInfo, Running, ServiceBuilder, StartError};
 
 pub use api::JobsApi;
-pub use config::{Config, Queues, TenantWebhooks};
+pub use config::{Config, Queues};
 pub use service_runtime::DatabaseUrl;
 pub use storage::WorkerStore;
 
@@ -114,18 +116,47 @@ async fn serve<S: WorkerStore>(config: Config, store: S) -> Result<Running, Star
         webhook_backoff: config.webhook_backoff,
         ingest: IngestServiceClient::new(ingest),
         store: store.clone(),
-        tenant_webhooks: config.tenant_webhooks.0.clone(),
+        webhook_disable_after: config.webhook_disable_after,
+        webhook_in_flight: kinds::webhook::InFlight::default(),
         environment: config.common.environment,
     });
+    let outbound = security::OutboundClient::new(
+        config.webhook_policy(),
+        concat!("platform-worker/", env!("CARGO_PKG_VERSION")),
+    )
+    .map_err(|error| StartError::Dependency {
+        what: "webhooks",
+        message: error.to_string(),
+    })?;
+    let webhooks_api =
+        webhooks::api::WebhooksApi::new(store.clone(), config.webhook_secret.clone(), outbound);
     let api = JobsApi::new(store.clone(), registry.clone(), config.queues.0.clone());
     let ping = store.clone();
     let mut builder = ServiceBuilder::new(INFO, config.common.clone())
         .grpc(config.grpc_addr)
         .add_grpc_service(JobsServiceServer::new(api))
+        .add_grpc_service(WebhooksServiceServer::new(webhooks_api))
         .readiness_check("database", move || {
             let store = ping.clone();
             async move { store.ping().await.map_err(Into::into) }
         });
+    let log = store.clone();
+    let retention = config.webhook_log_retention;
+    builder = builder.background("webhook log retention", move |stop| async move {
+        loop {
+            let before = chrono::Utc::now()
+                - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+            match log.prune_deliveries(before).await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!(pruned, "webhook deliveries past retention deleted"),
+                Err(error) => tracing::warn!(%error, "pruning the webhook delivery log failed"),
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+            }
+        }
+    });
     if config.run_jobs {
         let mut node = NodeConfig::new(config.queues.0.clone());
         node.node_id = node_id;

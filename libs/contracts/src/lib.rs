@@ -63,6 +63,13 @@ pub mod numerics {
     }
 }
 
+/// Tenants' webhook endpoints and deliveries, served by the worker.
+pub mod webhooks {
+    pub mod v1 {
+        tonic::include_proto!("platform.webhooks.v1");
+    }
+}
+
 /// Who may call each RPC: identities, principals and the `access` option.
 pub mod policy {
     pub mod v1 {

@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use contracts::{
     ingest::v1::{self as pb, ingest_service_client::IngestServiceClient},
     jobs::v1::{self as jobs_pb, jobs_service_client::JobsServiceClient},
+    webhooks::v1::{self as webhooks_pb, webhooks_service_client::WebhooksServiceClient},
 };
 use service_runtime::{ServiceUrl, Transport, traced_channel};
 use telemetry::testing::capture_spans;
@@ -28,16 +29,43 @@ const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 /// Hang guard, not a timing claim.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-type Received = Arc<Mutex<Vec<(HeaderMap, serde_json::Value)>>>;
+type Received = Arc<Mutex<Vec<(HeaderMap, serde_json::Value, String)>>>;
 
 async fn receive(
     State(received): State<Received>,
     headers: HeaderMap,
-    body: String,
+    raw: String,
 ) -> &'static str {
-    let body = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
-    received.lock().unwrap().push((headers, body));
+    let body = serde_json::from_str(&raw).unwrap_or(serde_json::Value::Null);
+    received.lock().unwrap().push((headers, body, raw));
     "ok"
+}
+
+/// Whether `headers` carry a Standard Webhooks signature of `body` made
+/// with `secret` (`whsec_<base64 key>`).
+fn signed_with(secret: &str, headers: &HeaderMap, body: &str) -> bool {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .unwrap();
+    let header = |name: &str| headers[name].to_str().unwrap().to_owned();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(
+        format!(
+            "{}.{}.{body}",
+            header("webhook-id"),
+            header("webhook-timestamp")
+        )
+        .as_bytes(),
+    );
+    let expected = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
+    header("webhook-signature")
+        .split(' ')
+        .any(|s| s == expected)
 }
 
 /// A webhook receiver on a free port: its URL and what it received.
@@ -121,11 +149,30 @@ async fn story(database_url: String, jobs_table: &str) {
     let mut worker_config = worker::Config::for_tests(&database_url);
     worker_config.ingest_url = url_of(&ingest);
     worker_config.numerics_url = url_of(&numerics);
-    worker_config
-        .tenant_webhooks
-        .0
-        .insert("acme".into(), hook_url);
     let worker = worker::start(worker_config).await.unwrap();
+    // The tenant's endpoint, registered with the worker (as the gateway
+    // does for a tenant's key); its secret is shown once.
+    let mut webhooks = WebhooksServiceClient::new(
+        traced_channel(
+            &url_of(&worker),
+            &Transport::Plaintext,
+            "worker",
+            Duration::from_secs(20),
+            Duration::from_secs(20),
+        )
+        .unwrap(),
+    );
+    let created = webhooks
+        .create_endpoint(webhooks_pb::CreateEndpointRequest {
+            tenant_id: "acme".into(),
+            url: hook_url,
+            events: vec!["window.anomalous".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let endpoint_id = created.endpoint.unwrap().endpoint_id;
 
     let timeout = Duration::from_secs(20);
     let channel = traced_channel(
@@ -239,15 +286,49 @@ async fn story(database_url: String, jobs_table: &str) {
         .readings;
     assert!(left.is_empty(), "{} readings survived pruning", left.len());
 
+    // The delivery log shows it, held to the tenant.
+    let log = webhooks
+        .list_deliveries(webhooks_pb::ListDeliveriesRequest {
+            tenant_id: "acme".into(),
+            endpoint_id: endpoint_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries;
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(
+        (log[0].state.as_str(), log[0].attempts, log[0].last_status),
+        ("succeeded", 1, 200)
+    );
+    let other_tenant = webhooks
+        .list_deliveries(webhooks_pb::ListDeliveriesRequest {
+            tenant_id: "globex".into(),
+            endpoint_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(other_tenant.code(), tonic::Code::NotFound);
+
     worker.shutdown().await;
     ingest.shutdown().await;
     numerics.shutdown().await;
     let received = received.lock().unwrap().clone();
     assert_eq!(received.len(), 1, "exactly one delivery");
-    let (headers, body) = &received[0];
+    let (headers, body, raw) = &received[0];
     assert_eq!(body["type"], "window.anomalous");
     assert_eq!(body["data"]["device_id"], "boiler-7");
-    assert!(headers.contains_key("webhook-signature"));
+    assert!(
+        signed_with(&created.secret, headers, raw),
+        "signed with the endpoint's secret: {headers:?}"
+    );
+    assert!(!signed_with(
+        &format!("whsec_{}", "QUFB".repeat(8)),
+        headers,
+        raw
+    ));
     let traceparent = headers["traceparent"].to_str().unwrap();
     assert!(
         traceparent.contains(TRACE_ID),

@@ -3,27 +3,28 @@
 //! ingest's API, asks numerics for its statistics and the model's anomaly
 //! score (behind a circuit breaker: when numerics is down the job fails
 //! fast and retries later instead of holding its queue), stores the
-//! result through ingest's API, and, when the window is anomalous and the
-//! tenant has a webhook URL, enqueues one delivery. Every step is
-//! idempotent, so a retry after any failure repeats nothing visible: the
-//! result is stored once per window and the delivery is unique per window.
+//! result through ingest's API, and, when the window is anomalous, queues
+//! one `window.anomalous` delivery to each of the tenant's enabled
+//! endpoints that receives it. Every step is idempotent, so a retry after
+//! any failure repeats nothing visible: the result is stored once per
+//! window and each endpoint's delivery id is derived from the window.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use contracts::{
-    JobArgs as _,
-    jobs::v1::{AggregateWindowArgs, DeliverWebhookArgs},
-};
+use contracts::{JobArgs as _, jobs::v1::AggregateWindowArgs};
 use contracts::{
     ingest::v1::{self as pb, ingest_service_client::IngestServiceClient},
     numerics::v1 as numerics_pb,
 };
-use jobs::{Done, JobContext, JobError, JobState, JobStore, NewJob, UniqueOpts, Worker};
+use jobs::{Done, JobContext, JobError, Worker};
 use service_runtime::TracedChannel;
 use tonic::Code;
 
-use crate::numerics::{Numerics, NumericsError, features};
+use crate::{
+    numerics::{Numerics, NumericsError, features},
+    webhooks::{self, WebhookStore},
+};
 
 /// Most readings one window may hold before the job gives up.
 const MAX_READINGS: usize = 1_000_000;
@@ -42,9 +43,8 @@ pub const ANOMALOUS_FROM: f64 = 0.5;
 pub struct AggregateWindow<S> {
     pub(crate) ingest: IngestServiceClient<TracedChannel>,
     pub(crate) numerics: Numerics,
+    /// The tenant's webhook endpoints, and where deliveries are queued.
     pub(crate) store: S,
-    /// Webhook URL per tenant (`WORKER_TENANT_WEBHOOKS`).
-    pub(crate) webhooks: BTreeMap<String, String>,
 }
 
 /// gRPC failures: transient ones are retried, the rest discarded.
@@ -65,7 +65,7 @@ fn stamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
-impl<S: JobStore> AggregateWindow<S> {
+impl<S: WebhookStore> AggregateWindow<S> {
     async fn read_window(
         &self,
         key: &pb::WindowKey,
@@ -183,7 +183,7 @@ fn numerics_failed(error: NumericsError) -> JobError {
     }
 }
 
-impl<S: JobStore> AggregateWindow<S> {
+impl<S: WebhookStore> AggregateWindow<S> {
     /// Statistics of `points` (offset, value) and the anomaly score, from
     /// numerics.
     async fn score(&self, points: Vec<(f64, f64)>) -> Result<Scored, JobError> {
@@ -261,9 +261,15 @@ impl<S: JobStore> AggregateWindow<S> {
         Ok(())
     }
 
-    /// Enqueues the window's one `webhook.deliver` to `url`.
-    async fn notify(&self, window: &Window, scored: &Scored, url: &str) -> Result<(), JobError> {
+    /// Queues the window's `window.anomalous` delivery to each of the
+    /// tenant's enabled endpoints that receives it.
+    async fn notify(&self, window: &Window, scored: &Scored) -> Result<(), JobError> {
         let args = &window.args;
+        let endpoints = self
+            .store
+            .list_endpoints(&args.tenant_id)
+            .await
+            .map_err(|error| JobError::Retry(format!("reading the webhook endpoints: {error}")))?;
         let payload = serde_json::json!({
             "window": window.id(),
             "tenant_id": args.tenant_id,
@@ -278,30 +284,28 @@ impl<S: JobStore> AggregateWindow<S> {
                 "min": scored.statistics.min, "max": scored.statistics.max,
             },
         });
-        let delivery = DeliverWebhookArgs {
-            url: url.to_owned(),
-            event: "window.anomalous".to_owned(),
-            payload: Some(contracts::json::json_to_struct(&payload)),
-        };
-        let delivery = NewJob::with_args(DeliverWebhookArgs::KIND, &delivery)
-            .map_err(|error| JobError::Discard(format!("webhook args: {error}")))?
-            .with_queue(DeliverWebhookArgs::QUEUE)
-            // One delivery per window, whatever a retry recomputes.
-            .unique(UniqueOpts {
-                by_args: Some(vec!["url".into(), "event".into()]),
-                salt: Some(window.id()),
-                states: JobState::ALL.to_vec(),
-                ..UniqueOpts::default()
-            });
-        self.store
-            .insert_many(&[delivery])
+        for endpoint in endpoints
+            .iter()
+            .filter(|e| e.enabled && e.receives(webhooks::WINDOW_ANOMALOUS))
+        {
+            // One delivery per window and endpoint, whatever a retry
+            // recomputes.
+            let id = webhooks::stable_id(&format!("{}\0{}", window.id(), endpoint.endpoint_id));
+            webhooks::queue_delivery(
+                &self.store,
+                endpoint,
+                webhooks::WINDOW_ANOMALOUS,
+                payload.clone(),
+                Some(id),
+            )
             .await
-            .map_err(|error| JobError::Retry(format!("enqueueing the webhook: {error}")))?;
+            .map_err(|error| JobError::Retry(format!("queueing the webhook: {error}")))?;
+        }
         Ok(())
     }
 }
 
-impl<S: JobStore> Worker for AggregateWindow<S> {
+impl<S: WebhookStore> Worker for AggregateWindow<S> {
     type Args = AggregateWindowArgs;
     const KIND: &'static str = AggregateWindowArgs::KIND;
 
@@ -328,10 +332,8 @@ impl<S: JobStore> Worker for AggregateWindow<S> {
             "window aggregated"
         );
         self.record(&window, &scored).await?;
-        if scored.anomalous
-            && let Some(url) = self.webhooks.get(&window.args.tenant_id)
-        {
-            self.notify(&window, &scored, url).await?;
+        if scored.anomalous {
+            self.notify(&window, &scored).await?;
         }
         Ok(Done::Completed)
     }

@@ -30,8 +30,10 @@ pub struct Dependencies<S> {
     /// The jobs store, for jobs that enqueue jobs, and the worker's runs
     /// table (crash tests).
     pub store: S,
-    /// Webhook URL per tenant.
-    pub tenant_webhooks: std::collections::BTreeMap<String, String>,
+    /// An endpoint failing for this long is disabled.
+    pub webhook_disable_after: std::time::Duration,
+    /// Deliveries in flight per endpoint on this node.
+    pub webhook_in_flight: webhook::InFlight,
     /// Production leaves out the kinds that exist for tests and benchmarks.
     pub environment: service_runtime::Environment,
 }
@@ -51,12 +53,14 @@ pub fn registry<S: crate::WorkerStore>(deps: Dependencies<S>) -> jobs::Registry 
         .register(DeliverWebhook {
             client: deps.webhooks,
             backoff: deps.webhook_backoff,
+            store: deps.store.clone(),
+            disable_after: deps.webhook_disable_after,
+            in_flight: deps.webhook_in_flight,
         })
         .register(AggregateWindow {
             ingest: deps.ingest.clone(),
             numerics: deps.numerics,
             store: deps.store,
-            webhooks: deps.tenant_webhooks,
         })
         .register(PruneReadings {
             ingest: deps.ingest,

@@ -12,7 +12,7 @@ use std::future::Future;
 use jobs::{JobStore, JobsError};
 
 /// What the worker needs from its database beyond the jobs tables.
-pub trait WorkerStore: JobStore {
+pub trait WorkerStore: JobStore + crate::webhooks::WebhookStore {
     /// Applies the jobs engine's migrations, then the worker's own
     /// (versions 300000+); idempotent.
     fn migrate_all(&self) -> impl Future<Output = Result<(), JobsError>> + Send;
@@ -30,7 +30,7 @@ pub trait WorkerStore: JobStore {
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
-/// The worker's migrations on one database.
-fn worker_migrator(sql: &'static str) -> sqlx::migrate::Migrator {
-    jobs::embedded_migrator(300_001, "worker", sql)
+/// The worker's migrations on one database: its run log, then webhooks.
+fn worker_migrator(sql: [&'static str; 2]) -> sqlx::migrate::Migrator {
+    jobs::embedded_migrations(&[(300_001, "worker", sql[0]), (300_002, "webhooks", sql[1])])
 }

@@ -44,9 +44,12 @@ pub async fn provision(
 impl WorkerStore for PgStore {
     async fn migrate_all(&self) -> Result<(), JobsError> {
         self.migrate().await?;
-        worker_migrator(include_str!("../../migrations/postgres/300001_worker.sql"))
-            .run(self.pool())
-            .await?;
+        worker_migrator([
+            include_str!("../../migrations/postgres/300001_worker.sql"),
+            include_str!("../../migrations/postgres/300002_webhooks.sql"),
+        ])
+        .run(self.pool())
+        .await?;
         Ok(())
     }
 

@@ -18,7 +18,10 @@ impl WorkerStore for SqliteStore {
             self.pool(),
             &[
                 jobs::sqlite::migrator(),
-                worker_migrator(include_str!("../../migrations/sqlite/300001_worker.sql")),
+                worker_migrator([
+                    include_str!("../../migrations/sqlite/300001_worker.sql"),
+                    include_str!("../../migrations/sqlite/300002_webhooks.sql"),
+                ]),
             ],
         )
         .await

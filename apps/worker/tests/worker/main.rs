@@ -14,6 +14,7 @@
 
 mod api;
 mod crash;
+mod endpoints;
 mod storage;
 mod support;
 mod webhooks;
