@@ -24,6 +24,7 @@ mod routes;
 mod status;
 pub mod storage;
 pub mod tenancy;
+mod webhooks;
 
 use service_runtime::{AppMain, BuildInfo, Running, ServiceBuilder, StartError};
 use storage::GatewayStore as _;
@@ -91,7 +92,17 @@ async fn serve<S: storage::GatewayStore>(config: Config, store: S) -> Result<Run
     };
     let usage = auth.usage.clone();
     let idle = limits.clone();
+    let worker = backends
+        .all
+        .iter()
+        .find(|b| b.name == "worker")
+        .map(|b| b.channel.clone())
+        .ok_or_else(|| StartError::Dependency {
+            what: "backend channels",
+            message: "no worker channel".into(),
+        })?;
     let state = routes::AppState {
+        worker,
         backends,
         status_timeout: config.status_timeout,
         ingest,

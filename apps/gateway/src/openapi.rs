@@ -16,7 +16,7 @@ use utoipa::{
 
 use crate::{
     problem::{self, Problem},
-    readings, results, routes,
+    readings, results, routes, webhooks,
 };
 
 /// The document.
@@ -28,12 +28,24 @@ use crate::{
 Every request but `GET /v1/status` needs an API key: `Authorization: Bearer plk.<tenant>.<id>.<secret>`. \
 Errors are RFC 9457 problem documents.",
     ),
-    paths(routes::status, readings::publish, results::list),
+    paths(
+        routes::status,
+        readings::publish,
+        results::list,
+        webhooks::create,
+        webhooks::list,
+        webhooks::delete,
+        webhooks::rotate_secret,
+        webhooks::send_test,
+        webhooks::deliveries,
+        webhooks::retry,
+    ),
     components(schemas(Problem, problem::FieldError)),
     modifiers(&BearerKeys),
     tags(
         (name = "readings", description = "Publishing readings"),
         (name = "results", description = "Window statistics and anomaly scores"),
+        (name = "webhooks", description = "Endpoints that receive events, and their delivery log"),
         (name = "platform", description = "The platform's state"),
     )
 )]

@@ -36,6 +36,9 @@ pub enum ApiError {
     /// No such route or object (also the answer for another tenant's).
     #[error("not found")]
     NotFound,
+    /// The object's state or a per-tenant limit does not allow this.
+    #[error("{0}")]
+    Conflict(String),
     /// Fields of the request are wrong; every one is listed.
     #[error("the request is invalid")]
     Invalid(Vec<FieldError>),
@@ -100,6 +103,7 @@ impl ApiError {
             Self::MissingScope(_) => (StatusCode::FORBIDDEN, "missing-scope"),
             Self::OtherTenant { .. } => (StatusCode::FORBIDDEN, "other-tenant"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not-found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),

@@ -7,7 +7,7 @@ use axum::{
     extract::{DefaultBodyLimit, State},
     http::StatusCode,
     response::IntoResponse,
-    routing::{get, post},
+    routing::{delete, get, post},
 };
 use contracts::ingest::v1::ingest_service_client::IngestServiceClient;
 use service_runtime::TracedChannel;
@@ -19,6 +19,7 @@ use crate::{
     readings, results,
     status::{PublicStatus, platform_status},
     storage::GatewayStore,
+    webhooks,
 };
 
 /// The largest body a route takes unless it says otherwise.
@@ -31,6 +32,8 @@ pub(crate) struct AppState<S> {
     pub(crate) status_timeout: Duration,
     /// Ingest, called for the key's tenant.
     pub(crate) ingest: IngestServiceClient<TracedChannel>,
+    /// The worker (webhooks), called for the key's tenant.
+    pub(crate) worker: TracedChannel,
     pub(crate) auth: AuthState<S>,
     /// Whether the public listener serves TLS.
     pub(crate) tls: crate::headers::ServedOverTls,
@@ -46,8 +49,23 @@ pub(crate) fn router<S: GatewayStore>(state: AppState<S>) -> Router {
         authenticated,
         post(readings::publish::<S>).layer(DefaultBodyLimit::max(readings::MAX_BODY_BYTES)),
     );
+    let authenticated = route::<results::__path_list, _>(authenticated, get(results::list::<S>));
+    let authenticated = route::<webhooks::__path_create, _>(
+        authenticated,
+        post(webhooks::create::<S>).get(webhooks::list::<S>),
+    );
     let authenticated =
-        route::<results::__path_list, _>(authenticated, get(results::list::<S>)).route_layer(
+        route::<webhooks::__path_delete, _>(authenticated, delete(webhooks::delete::<S>));
+    let authenticated = route::<webhooks::__path_rotate_secret, _>(
+        authenticated,
+        post(webhooks::rotate_secret::<S>),
+    );
+    let authenticated =
+        route::<webhooks::__path_send_test, _>(authenticated, post(webhooks::send_test::<S>));
+    let authenticated =
+        route::<webhooks::__path_deliveries, _>(authenticated, get(webhooks::deliveries::<S>));
+    let authenticated =
+        route::<webhooks::__path_retry, _>(authenticated, post(webhooks::retry::<S>)).route_layer(
             axum::middleware::from_fn_with_state(state.auth.clone(), auth::require_key::<S>),
         );
     let api = route::<__path_status, _>(Router::new(), get(status::<S>))
