@@ -41,7 +41,7 @@ Errors are RFC 9457 problem documents.",
         webhooks::retry,
     ),
     components(schemas(Problem, problem::FieldError)),
-    modifiers(&BearerKeys),
+    modifiers(&BearerKeys, &Links),
     tags(
         (name = "readings", description = "Publishing readings"),
         (name = "results", description = "Window statistics and anomaly scores"),
@@ -68,6 +68,60 @@ impl Modify for BearerKeys {
                     ))
                     .build(),
             ),
+        );
+    }
+}
+
+/// OpenAPI links: where the ids a response carries can be used next, so
+/// clients (and schemathesis' stateful phase) can follow them.
+struct Links;
+
+impl Modify for Links {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, link::LinkBuilder};
+        let endpoint = "$response.body#/endpoint/endpoint_id";
+        let delivery = "$response.body#/delivery/delivery_id";
+        let add = |openapi: &mut utoipa::openapi::OpenApi,
+                   path: &str,
+                   status: &str,
+                   links: &[(&str, &str, &str, &str)]| {
+            let Some(item) = openapi.paths.paths.get_mut(path) else {
+                return;
+            };
+            let Some(operation) = item.post.as_mut() else {
+                return;
+            };
+            let Some(RefOr::T(response)) = operation.responses.responses.get_mut(status) else {
+                return;
+            };
+            for (name, operation_id, parameter, value) in links {
+                response.links.insert(
+                    (*name).to_owned(),
+                    RefOr::T(
+                        LinkBuilder::new()
+                            .operation_id(*operation_id)
+                            .parameter(*parameter, serde_json::Value::from(*value))
+                            .build(),
+                    ),
+                );
+            }
+        };
+        add(
+            openapi,
+            "/v1/webhooks",
+            "201",
+            &[
+                ("DeleteEndpoint", "delete", "endpoint_id", endpoint),
+                ("RotateSecret", "rotate_secret", "endpoint_id", endpoint),
+                ("SendTestEvent", "send_test", "endpoint_id", endpoint),
+                ("ListDeliveries", "deliveries", "endpoint_id", endpoint),
+            ],
+        );
+        add(
+            openapi,
+            "/v1/webhooks/{endpoint_id}/test",
+            "202",
+            &[("RetryDelivery", "retry", "delivery_id", delivery)],
         );
     }
 }

@@ -28,8 +28,9 @@ const SCOPE: &str = "webhooks:manage";
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointIn {
-    /// Where deliveries go: `https://...`.
-    #[schema(max_length = 2048)]
+    /// Where deliveries go: `https://...`. A private, loopback or metadata
+    /// address is refused (422), as is plain `http://` in production.
+    #[schema(max_length = 2048, pattern = "^https?://[^\\s/?#]+([/?#]\\S*)?$")]
     url: String,
     /// For people; at most 200 characters.
     #[serde(default)]
@@ -40,8 +41,8 @@ pub struct EndpointIn {
     #[serde(default)]
     events: Vec<EventType>,
     /// Deliveries in flight at once, 1 to 16 (4 when absent).
-    #[serde(default)]
-    #[schema(minimum = 1, maximum = 16)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 16)]
     max_in_flight: Option<u32>,
 }
 
@@ -105,8 +106,8 @@ pub struct EndpointsOut {
 pub struct RotateIn {
     /// How long the previous secret still signs, in seconds (0 to 604800);
     /// 86400 when absent.
-    #[serde(default)]
-    #[schema(minimum = 0, maximum = 604_800)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 604_800)]
     overlap_seconds: Option<u32>,
 }
 
@@ -159,6 +160,30 @@ pub struct DeliveriesQuery {
     page_size: Option<u32>,
     /// `next_page_token` of the previous page.
     page_token: Option<String>,
+}
+
+/// A JSON integer as JSON Schema counts integers: `7` and `7.0` alike.
+fn whole_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u32>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let whole = number.as_u64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|v| v.fract() == 0.0 && *v >= 0.0 && *v <= f64::from(u32::MAX))
+            .map(|v| v as u64)
+    });
+    whole
+        .and_then(|v| u32::try_from(v).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "expected a whole number from 0 to {}, got {number}",
+                u32::MAX
+            ))
+        })
 }
 
 fn rfc3339(at: Option<prost_types::Timestamp>) -> Option<String> {
