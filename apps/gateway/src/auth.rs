@@ -36,12 +36,15 @@ pub const LAST_USED_EVERY: Duration = Duration::from_secs(60);
 pub struct AuthState<S> {
     /// Tenants and keys.
     pub store: S,
-    /// The peppers keys are checked under.
-    pub peppers: Peppers,
+    /// The peppers keys are checked under (shared: the state is cloned
+    /// per request, the secrets are not).
+    pub peppers: Arc<Peppers>,
     /// Last-use times waiting to be written.
     pub usage: UsageLog,
     /// The per-key and failed-authentication rate limits.
     pub limits: Limits,
+    /// Stored keys read recently (`GATEWAY_KEY_CACHE_TTL`).
+    pub cache: tenancy::KeyCache,
 }
 
 /// Keys used since the last write, and when each was last written.
@@ -133,11 +136,13 @@ async fn authenticate<S: GatewayStore>(
     }
     let presented = presented.ok_or_else(|| ApiError::Unauthenticated.into_response())?;
     let now = Utc::now();
-    match tenancy::authenticate(&state.store, &state.peppers, presented, now).await {
+    match tenancy::authenticate_cached(&state.store, &state.cache, &state.peppers, presented, now)
+        .await
+    {
         Ok(Ok(caller)) => {
             let decision = state
                 .limits
-                .check_key(&format!("{}/{}", caller.tenant, caller.key))
+                .check_key(&caller.tenant, &caller.key)
                 .map_err(IntoResponse::into_response)?;
             state.usage.record(&caller.tenant, &caller.key, now);
             Ok((caller, decision))

@@ -135,9 +135,10 @@ async fn edge(stacked: SocketAddr, bare: SocketAddr) -> Result<(), String> {
     });
     let auth = AuthState {
         store,
-        peppers,
+        peppers: std::sync::Arc::new(peppers),
         usage: UsageLog::default(),
         limits: limits.clone(),
+        cache: tenancy::KeyCache::new(Duration::from_secs(1)),
     };
     let keyed = Router::new()
         .route("/bench", get(|| async { FIXED }))
@@ -250,10 +251,7 @@ fn make_batches(args: &ReadingsArgs, run: &str) -> Vec<Vec<pb::Reading>> {
                     device_id: format!("bench-{}", b % 16),
                     metric: "bench_value".into(),
                     value: (i % 100) as f64,
-                    observed_at: Some(prost_types::Timestamp {
-                        seconds: now.timestamp(),
-                        nanos: 0,
-                    }),
+                    observed_at: Some(crate::timestamps::timestamp(now)),
                     attributes: Default::default(),
                 })
                 .collect()

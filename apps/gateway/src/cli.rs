@@ -69,8 +69,17 @@ pub enum TenantCommand {
         /// The tenant.
         tenant: String,
     },
-    /// Every tenant and its state.
+    /// Every tenant: id, state, created, daily readings quota, name.
     List,
+    /// Set a tenant's daily readings quota (without a number: the
+    /// gateway's default, `GATEWAY_READINGS_PER_DAY`).
+    Quota {
+        /// The tenant.
+        tenant: String,
+        /// Readings per UTC day.
+        #[arg(long)]
+        readings_per_day: Option<u64>,
+    },
 }
 
 /// `gateway keys ...`
@@ -289,12 +298,28 @@ async fn tenants(store: &impl GatewayStore, command: TenantCommand) -> Result<()
         TenantCommand::List => {
             for tenant in store.list_tenants().await? {
                 println!(
-                    "{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}",
                     tenant.id,
                     tenant.state.as_str(),
                     tenant.created_at.to_rfc3339(),
+                    tenant
+                        .readings_per_day
+                        .map_or_else(|| "default".to_owned(), |q| format!("{q}/day")),
                     tenant.name
                 );
+            }
+        }
+        TenantCommand::Quota {
+            tenant: id,
+            readings_per_day,
+        } => {
+            let id = tenant(&id)?;
+            let result = store.set_readings_quota(&id, readings_per_day).await;
+            audit("tenant.quota", id.as_str(), &result);
+            result?;
+            match readings_per_day {
+                Some(quota) => println!("tenant {id} may publish {quota} readings a day"),
+                None => println!("tenant {id} has the default readings quota"),
             }
         }
     }

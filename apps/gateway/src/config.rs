@@ -41,6 +41,13 @@ pub struct Config {
     /// `GATEWAY_MAX_IN_FLIGHT`, `GATEWAY_REQUEST_TIMEOUT` and
     /// `GATEWAY_TRUSTED_PROXIES`.
     pub limits: LimitSettings,
+    /// `GATEWAY_KEY_CACHE_TTL`: how long a stored key read for one request
+    /// is reused for the next (revocation and suspension take effect
+    /// within it); `0s` reads the store on every request.
+    pub key_cache_ttl: Duration,
+    /// `GATEWAY_READINGS_PER_DAY`: readings a tenant may publish per UTC
+    /// day unless it has its own quota (`gateway tenants quota`).
+    pub readings_per_day: u64,
     /// `GATEWAY_CORS_ORIGINS`: origins (`https://app.example`, comma
     /// separated) whose browser pages may call the API; none by default.
     pub cors_origins: Vec<String>,
@@ -63,6 +70,8 @@ impl Config {
             http: PublicHttp::from_env(env, 8080),
             limits: limits(env),
             cors_origins: cors_origins(env),
+            readings_per_day: env.get_or("READINGS_PER_DAY", 10_000_000),
+            key_cache_ttl: key_cache_ttl(env),
             migrate_database_url: env.migrate_database_url(&database_url),
             database_url,
             database_pool: env.get_or("DATABASE_POOL", 10),
@@ -92,6 +101,9 @@ impl Config {
         config.worker_url = worker_url;
         config.numerics_url = numerics_url;
         config.common = CommonConfig::for_tests();
+        // Tests change keys and tenants and expect the next request to see
+        // it; the cache has its own tests.
+        config.key_cache_ttl = Duration::ZERO;
         config
     }
 }
@@ -193,4 +205,16 @@ fn cors_origins(env: &mut EnvReader) -> Vec<String> {
         }
     }
     origins
+}
+
+/// At most a minute: revocation must not wait longer.
+fn key_cache_ttl(env: &mut EnvReader) -> Duration {
+    let ttl = env.get_or("KEY_CACHE_TTL", Duration::from_secs(1));
+    if ttl > Duration::from_secs(60) {
+        env.reject(
+            "KEY_CACHE_TTL",
+            "must be at most 60s (0s turns the cache off)",
+        );
+    }
+    ttl
 }

@@ -97,8 +97,28 @@ pub async fn secure_headers(
     response
 }
 
-/// 16 random hex digits (or the time, should the random source fail).
+/// 16 random hex digits: request ids need to be unique, not secret, so a
+/// per-thread generator seeded once from the OS stands in for a system
+/// call per request.
 fn new_request_id() -> String {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(seed());
+    }
+    // splitmix64: every state gives a distinct, well-mixed output.
+    let mut z = STATE.with(|state| {
+        let next = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(next);
+        next
+    });
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    format!("{z:016x}")
+}
+
+/// A seed from the OS's random source (or the time, should it fail).
+fn seed() -> u64 {
     let mut bytes = [0u8; 8];
     if getrandom::fill(&mut bytes).is_err() {
         let nanos = std::time::SystemTime::now()
@@ -106,5 +126,19 @@ fn new_request_id() -> String {
             .map_or(0, |d| d.as_nanos() as u64);
         bytes = nanos.to_be_bytes();
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    u64::from_be_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_16_hex_digits_and_do_not_repeat() {
+        let ids: std::collections::HashSet<String> =
+            (0..10_000).map(|_| super::new_request_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(
+            ids.iter()
+                .all(|id| id.len() == 16 && id.chars().all(|c| c.is_ascii_hexdigit()))
+        );
+    }
 }

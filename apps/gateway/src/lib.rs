@@ -24,6 +24,7 @@ mod routes;
 mod status;
 pub mod storage;
 pub mod tenancy;
+mod timestamps;
 mod webhooks;
 
 use service_runtime::{AppMain, BuildInfo, Running, ServiceBuilder, StartError};
@@ -86,9 +87,10 @@ async fn serve<S: storage::GatewayStore>(config: Config, store: S) -> Result<Run
     let limits = limits::Limits::new(&config.limits);
     let auth = auth::AuthState {
         store: store.clone(),
-        peppers: config.peppers.clone(),
+        peppers: std::sync::Arc::new(config.peppers.clone()),
         usage: auth::UsageLog::default(),
         limits: limits.clone(),
+        cache: tenancy::KeyCache::new(config.key_cache_ttl),
     };
     let usage = auth.usage.clone();
     let idle = limits.clone();
@@ -103,6 +105,7 @@ async fn serve<S: storage::GatewayStore>(config: Config, store: S) -> Result<Run
         })?;
     let state = routes::AppState {
         worker,
+        readings_per_day: config.readings_per_day,
         backends,
         status_timeout: config.status_timeout,
         ingest,

@@ -48,6 +48,17 @@ pub enum ApiError {
     /// A rate limit is used up (the `RateLimit` headers say which).
     #[error("too many requests; retry after the time in Retry-After")]
     RateLimited,
+    /// The tenant's daily readings quota would be passed: retry tomorrow
+    /// (UTC) or ask for more.
+    #[error(
+        "this batch would pass the tenant's quota of {quota} readings a day ({used} used today)"
+    )]
+    QuotaExceeded {
+        /// The quota.
+        quota: u64,
+        /// Readings counted today.
+        used: u64,
+    },
     /// The gateway has as many requests in flight as it takes: retry later.
     #[error("the gateway is overloaded; retry later")]
     Overloaded,
@@ -107,6 +118,7 @@ impl ApiError {
             Self::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
+            Self::QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "quota-exceeded"),
             Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
@@ -167,6 +179,17 @@ impl IntoResponse for ApiError {
         );
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Self::QuotaExceeded { .. } = &self {
+            // The quota renews at midnight UTC.
+            let now = chrono::Utc::now();
+            let midnight = (now.date_naive() + chrono::Days::new(1))
+                .and_hms_opt(0, 0, 0)
+                .map(|t| t.and_utc());
+            let wait = midnight.map_or(3600, |m| (m - now).num_seconds().max(1));
+            if let Ok(value) = HeaderValue::from_str(&wait.to_string()) {
+                headers.insert(header::RETRY_AFTER, value);
+            }
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -13,6 +13,7 @@ use crate::{
     routes::AppState,
     storage::GatewayStore,
     tenancy::Authenticated,
+    timestamps::{rfc3339, timestamp},
 };
 
 /// The most readings one request may carry (ingest's own default limit).
@@ -103,10 +104,7 @@ fn to_readings(tenant: &str, body: PublishIn) -> Result<Vec<pb::Reading>, ApiErr
             device_id: reading.device_id,
             metric: reading.metric,
             value: reading.value,
-            observed_at: observed_at.map(|at| prost_types::Timestamp {
-                seconds: at.timestamp(),
-                nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
-            }),
+            observed_at: observed_at.map(timestamp),
             attributes: reading.attributes,
         });
     }
@@ -131,7 +129,7 @@ fn to_readings(tenant: &str, body: PublishIn) -> Result<Vec<pb::Reading>, ApiErr
         (status = 422, description = "The body is invalid; every bad field is listed", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No key, or a key that is refused", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The key lacks the route's scope, or the request names another tenant", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "A rate limit is used up; see Retry-After and RateLimit", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "A rate limit or the tenant's daily readings quota is used up (problem type rate-limited or quota-exceeded); see Retry-After", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "A fault on our side (logged)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "A backend is unavailable or the gateway sheds load; retry after Retry-After", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "The request took longer than the gateway's deadline", body = Problem, content_type = "application/problem+json"),
@@ -146,6 +144,26 @@ pub async fn publish<S: GatewayStore>(
     let caller = with_scope(&caller, "readings:write")?;
     let Json(body) = body.map_err(|rejection| ApiError::from_json(&rejection))?;
     let readings = to_readings(caller.tenant.as_str(), body)?;
+    // The batch is counted against the tenant's daily quota before it is
+    // published, and what was not stored is given back after.
+    let count = readings.len() as u64;
+    let day = Utc::now().date_naive();
+    let store = &state.auth.store;
+    if count > 0 {
+        let reservation = store
+            .reserve_readings(&caller.tenant, day, count, state.readings_per_day)
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "the quota store failed");
+                ApiError::Unavailable
+            })?;
+        if !reservation.allowed {
+            return Err(ApiError::QuotaExceeded {
+                quota: reservation.quota,
+                used: reservation.used,
+            });
+        }
+    }
     let mut request = tonic::Request::new(pb::PublishReadingsRequest { readings });
     act_for_tenant(&mut request, caller)?;
     let ack = state
@@ -153,10 +171,19 @@ pub async fn publish<S: GatewayStore>(
         .clone()
         .publish_readings(request)
         .await
-        .map_err(from_ingest)?
-        .into_inner()
-        .ack
-        .ok_or(ApiError::Internal)?;
+        .map_err(from_ingest)
+        .and_then(|r| r.into_inner().ack.ok_or(ApiError::Internal));
+    let stored = ack.as_ref().map_or(0, |ack| u64::from(ack.accepted));
+    if count > stored
+        && let Err(error) = store
+            .release_readings(&caller.tenant, day, count - stored)
+            .await
+    {
+        // Counting too much errs on the tenant's side of the quota only
+        // until midnight; the publish itself is done.
+        tracing::warn!(%error, "could not give back unused quota");
+    }
+    let ack = ack?;
     Ok(Json(PublishOut {
         accepted: ack.accepted,
         duplicates: ack.duplicates,
@@ -213,4 +240,166 @@ pub(crate) fn from_ingest(status: tonic::Status) -> ApiError {
             ApiError::Internal
         }
     }
+}
+
+/// The longest time range one series query may cover (ingest reads at most
+/// a day per request).
+const MAX_RANGE: chrono::Duration = chrono::Duration::days(1);
+
+/// Query of one series' readings.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SeriesQuery {
+    /// The device.
+    #[param(min_length = 1)]
+    device_id: String,
+    /// The metric.
+    #[param(min_length = 1)]
+    metric: String,
+    /// RFC 3339, inclusive; an hour before `to` by default.
+    #[param(format = DateTime)]
+    from: Option<String>,
+    /// RFC 3339, exclusive; now by default. At most a day after `from`.
+    #[param(format = DateTime)]
+    to: Option<String>,
+    /// 1 to 10,000; 1,000 by default.
+    #[param(minimum = 1, maximum = 10_000)]
+    page_size: Option<u32>,
+    /// `next_page_token` of the previous page.
+    page_token: Option<String>,
+}
+
+/// One stored reading.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SeriesReadingOut {
+    event_id: String,
+    value: f64,
+    /// RFC 3339.
+    observed_at: Option<String>,
+}
+
+/// One page of a series, oldest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SeriesOut {
+    readings: Vec<SeriesReadingOut>,
+    /// Pass as `page_token` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_page_token: Option<String>,
+}
+
+fn time(field: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, FieldError> {
+    raw.map(|raw| {
+        DateTime::parse_from_rfc3339(raw)
+            .map(|at| at.with_timezone(&Utc))
+            .map_err(|_| FieldError {
+                field: field.to_owned(),
+                problem: "must be an RFC 3339 time, e.g. 2026-11-29T10:00:00Z".into(),
+            })
+    })
+    .transpose()
+}
+
+/// The stored readings of one series (device and metric) of the key's
+/// tenant in a time range of at most a day, oldest first. Scope
+/// `results:read`.
+#[utoipa::path(
+    get,
+    path = "/v1/readings",
+    tag = "readings",
+    params(SeriesQuery),
+    responses(
+        (status = 200, description = "One page of the series", body = SeriesOut),
+        (status = 422, description = "A query parameter is invalid (every bad one is listed)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No key, or a key that is refused", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks results:read", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "A rate limit is used up", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "A fault on our side (logged)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Ingest is unavailable or the gateway sheds load", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The request took longer than the gateway's deadline", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn series<S: GatewayStore>(
+    State(state): State<AppState<S>>,
+    Extension(caller): Extension<Authenticated>,
+    query: Result<axum::extract::Query<SeriesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<SeriesOut>, ApiError> {
+    let caller = with_scope(&caller, "results:read")?;
+    let axum::extract::Query(query) =
+        query.map_err(|rejection| ApiError::invalid("query", rejection.body_text()))?;
+    let mut errors = Vec::new();
+    for (field, value) in [("device_id", &query.device_id), ("metric", &query.metric)] {
+        if value.is_empty() {
+            errors.push(FieldError {
+                field: field.into(),
+                problem: "is required".into(),
+            });
+        }
+    }
+    let page_size = query.page_size.unwrap_or(1_000);
+    if !(1..=10_000).contains(&page_size) {
+        errors.push(FieldError {
+            field: "page_size".into(),
+            problem: "must be 1 to 10000".into(),
+        });
+    }
+    let (from, to) = match (
+        time("from", query.from.as_deref()),
+        time("to", query.to.as_deref()),
+    ) {
+        (Ok(from), Ok(to)) => {
+            let to = to.unwrap_or_else(Utc::now);
+            (from.unwrap_or(to - chrono::Duration::hours(1)), to)
+        }
+        (from, to) => {
+            errors.extend(from.err());
+            errors.extend(to.err());
+            (Utc::now(), Utc::now())
+        }
+    };
+    if errors.is_empty() && (to <= from || to - from > MAX_RANGE) {
+        errors.push(FieldError {
+            field: "to".into(),
+            problem: "must be after `from` and at most a day after it".into(),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
+    let length = (to - from).to_std().unwrap_or_default();
+    let mut request = tonic::Request::new(pb::ReadWindowRequest {
+        window: Some(pb::WindowKey {
+            tenant_id: caller.tenant.to_string(),
+            device_id: query.device_id,
+            metric: query.metric,
+            window_start: Some(timestamp(from)),
+            window_length: Some(prost_types::Duration {
+                seconds: i64::try_from(length.as_secs()).unwrap_or(i64::MAX),
+                nanos: i32::try_from(length.subsec_nanos()).unwrap_or(0),
+            }),
+        }),
+        page_size,
+        page_token: query.page_token.unwrap_or_default(),
+    });
+    act_for_tenant(&mut request, caller)?;
+    let page = state
+        .ingest
+        .clone()
+        .read_window(request)
+        .await
+        .map_err(from_ingest)?
+        .into_inner();
+    Ok(Json(SeriesOut {
+        readings: page
+            .readings
+            .into_iter()
+            .map(|r| SeriesReadingOut {
+                event_id: r.event_id,
+                value: r.value,
+                observed_at: rfc3339(r.observed_at),
+            })
+            .collect(),
+        next_page_token: Some(page.next_page_token).filter(|t| !t.is_empty()),
+    }))
 }

@@ -15,6 +15,7 @@ use crate::{
     routes::AppState,
     storage::GatewayStore,
     tenancy::Authenticated,
+    timestamps::{rfc3339, timestamp},
 };
 
 /// The most results one page may hold.
@@ -66,11 +67,6 @@ pub struct ResultsOut {
     /// Pass as `page_token` for the next page; absent on the last.
     #[serde(skip_serializing_if = "Option::is_none")]
     next_page_token: Option<String>,
-}
-
-fn rfc3339(at: Option<prost_types::Timestamp>) -> Option<String> {
-    at.and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
-        .map(|t| t.to_rfc3339())
 }
 
 /// Lists the key's tenant's window results, newest first. Scope
@@ -127,10 +123,7 @@ pub async fn list<S: GatewayStore>(
         device_id: query.device_id.unwrap_or_default(),
         metric: query.metric.unwrap_or_default(),
         anomalous_only: query.anomalous_only,
-        since: since.map(|at| prost_types::Timestamp {
-            seconds: at.timestamp(),
-            nanos: 0,
-        }),
+        since: since.map(timestamp),
         page_size,
         page_token: query.page_token.unwrap_or_default(),
     });

@@ -34,6 +34,8 @@ pub(crate) struct AppState<S> {
     pub(crate) ingest: IngestServiceClient<TracedChannel>,
     /// The worker (webhooks), called for the key's tenant.
     pub(crate) worker: TracedChannel,
+    /// Readings a tenant may publish per UTC day unless it has its own quota.
+    pub(crate) readings_per_day: u64,
     pub(crate) auth: AuthState<S>,
     /// Whether the public listener serves TLS.
     pub(crate) tls: crate::headers::ServedOverTls,
@@ -47,7 +49,9 @@ pub(crate) fn router<S: GatewayStore>(state: AppState<S>) -> Router {
     let authenticated = Router::new();
     let authenticated = route::<readings::__path_publish, _>(
         authenticated,
-        post(readings::publish::<S>).layer(DefaultBodyLimit::max(readings::MAX_BODY_BYTES)),
+        post(readings::publish::<S>)
+            .layer(DefaultBodyLimit::max(readings::MAX_BODY_BYTES))
+            .get(readings::series::<S>),
     );
     let authenticated = route::<results::__path_list, _>(authenticated, get(results::list::<S>));
     let authenticated = route::<webhooks::__path_create, _>(

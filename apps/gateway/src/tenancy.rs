@@ -152,10 +152,34 @@ pub async fn authenticate(
     presented: &str,
     now: DateTime<Utc>,
 ) -> Result<Result<Authenticated, Refusal>, StoreError> {
+    authenticate_cached(store, &KeyCache::disabled(), peppers, presented, now).await
+}
+
+/// [`authenticate`] reading stored keys through `cache`: a key found in
+/// the store is reused for the cache's time to live, so revocation,
+/// expiry and suspension take effect within that time (the secret is still
+/// checked on every request; unknown keys are never cached).
+pub async fn authenticate_cached(
+    store: &impl GatewayStore,
+    cache: &KeyCache,
+    peppers: &Peppers,
+    presented: &str,
+    now: DateTime<Utc>,
+) -> Result<Result<Authenticated, Refusal>, StoreError> {
     let Ok(key) = ApiKey::parse(presented) else {
         return Ok(Err(Refusal::Malformed));
     };
-    let Some((stored, state)) = store.find_key(&key.tenant, &key.id).await? else {
+    let found = match cache.get(&key.tenant, &key.id) {
+        Some(found) => Some(found),
+        None => {
+            let found = store.find_key(&key.tenant, &key.id).await?;
+            if let Some(found) = &found {
+                cache.put(found.clone());
+            }
+            found
+        }
+    };
+    let Some((stored, state)) = found else {
         return Ok(Err(Refusal::Unknown));
     };
     let Some(pepper) = peppers.by_id(&stored.pepper_id) else {
@@ -180,4 +204,117 @@ pub async fn authenticate(
             scopes: stored.scopes,
         }),
     })
+}
+
+/// Stored keys (with their tenant's state) read recently, so a busy key
+/// costs one database read per time to live instead of one per request.
+#[derive(Debug, Clone)]
+pub struct KeyCache {
+    ttl: std::time::Duration,
+    keys: std::sync::Arc<std::sync::Mutex<CachedKeys>>,
+}
+
+type CachedKeys =
+    std::collections::HashMap<(TenantId, KeyId), (std::time::Instant, (StoredKey, TenantState))>;
+
+/// The most keys held; past it the cache starts over (a flood of distinct
+/// valid keys cannot grow memory without bound).
+const MAX_CACHED_KEYS: usize = 100_000;
+
+impl KeyCache {
+    /// Keys live `ttl`; zero caches nothing.
+    pub fn new(ttl: std::time::Duration) -> Self {
+        Self {
+            ttl,
+            keys: std::sync::Arc::default(),
+        }
+    }
+
+    /// Caches nothing: every request reads the store.
+    pub fn disabled() -> Self {
+        Self::new(std::time::Duration::ZERO)
+    }
+
+    fn get(&self, tenant: &TenantId, id: &KeyId) -> Option<(StoredKey, TenantState)> {
+        self.get_at(tenant, id, std::time::Instant::now())
+    }
+
+    /// What the cache holds for the key at `now`.
+    fn get_at(
+        &self,
+        tenant: &TenantId,
+        id: &KeyId,
+        now: std::time::Instant,
+    ) -> Option<(StoredKey, TenantState)> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let keys = self
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        keys.get(&(tenant.clone(), id.clone()))
+            .filter(|(at, _)| now.saturating_duration_since(*at) < self.ttl)
+            .map(|(_, found)| found.clone())
+    }
+
+    fn put(&self, found: (StoredKey, TenantState)) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut keys = self
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if keys.len() >= MAX_CACHED_KEYS {
+            keys.clear();
+        }
+        keys.insert(
+            (found.0.tenant.clone(), found.0.id.clone()),
+            (std::time::Instant::now(), found),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(tenant: &str) -> (StoredKey, TenantState) {
+        (
+            StoredKey {
+                tenant: TenantId::parse(tenant).unwrap(),
+                id: KeyId::parse("0123456789abcdef").unwrap(),
+                digest: vec![1, 2, 3],
+                pepper_id: "p1".into(),
+                scopes: vec![],
+                name: String::new(),
+                created_at: Utc::now(),
+                expires_at: None,
+                revoked_at: None,
+                last_used_at: None,
+            },
+            TenantState::Active,
+        )
+    }
+
+    #[test]
+    fn the_cache_keeps_a_key_for_its_ttl_only_and_per_tenant() {
+        let cache = KeyCache::new(std::time::Duration::from_millis(200));
+        let found = stored("acme");
+        let (tenant, id) = (found.0.tenant.clone(), found.0.id.clone());
+        assert!(cache.get(&tenant, &id).is_none());
+        cache.put(found.clone());
+        assert_eq!(cache.get(&tenant, &id), Some(found));
+        assert!(
+            cache
+                .get(&TenantId::parse("globex").unwrap(), &id)
+                .is_none()
+        );
+        let later = std::time::Instant::now() + std::time::Duration::from_millis(250);
+        assert!(cache.get_at(&tenant, &id, later).is_none(), "expired");
+        let off = KeyCache::disabled();
+        off.put(stored("acme"));
+        assert!(off.get(&tenant, &id).is_none());
+    }
 }

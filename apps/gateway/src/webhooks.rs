@@ -19,6 +19,7 @@ use crate::{
     routes::AppState,
     storage::GatewayStore,
     tenancy::Authenticated,
+    timestamps::rfc3339,
 };
 
 /// The scope every webhook route needs.
@@ -184,13 +185,6 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(
                 u32::MAX
             ))
         })
-}
-
-fn rfc3339(at: Option<prost_types::Timestamp>) -> Option<String> {
-    at.and_then(|t| {
-        chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
-    })
-    .map(|t| t.to_rfc3339())
 }
 
 fn endpoint_out(e: pb::Endpoint) -> EndpointOut {

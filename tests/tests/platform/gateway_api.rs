@@ -291,6 +291,112 @@ async fn the_key_decides_the_tenant_and_the_scope_decides_the_route() {
         bad.body
     );
 
+    // One series' readings in a time range, for the key's tenant only.
+    let globex_series_reader = key(&globex, "results:read").await;
+    let series = |key: String, query: String| async move {
+        let bearer = format!("Bearer {key}");
+        http_request(
+            addr,
+            "GET",
+            &format!("/v1/readings{query}"),
+            &[("Authorization", &bearer)],
+            "",
+        )
+        .await
+        .unwrap()
+    };
+    let range = {
+        let from = (chrono::Utc::now() - chrono::Duration::hours(2)).to_rfc3339();
+        let to = (chrono::Utc::now() + chrono::Duration::minutes(1)).to_rfc3339();
+        format!(
+            "?device_id=boiler-1&metric=temperature_c&from={}&to={}",
+            from.replace('+', "%2B"),
+            to.replace('+', "%2B")
+        )
+    };
+    let own = series(reader.clone(), range.clone()).await;
+    assert_eq!(own.status, 200, "{}", own.body);
+    let page: serde_json::Value = serde_json::from_str(&own.body).unwrap();
+    let stored_events: Vec<&str> = page["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["event_id"].as_str())
+        .collect();
+    assert!(!stored_events.is_empty(), "{page}");
+    let theirs = series(globex_series_reader, range).await;
+    assert_eq!(theirs.status, 200, "{}", theirs.body);
+    assert_eq!(
+        theirs.body, r#"{"readings":[]}"#,
+        "another tenant's series is empty"
+    );
+    let bad = series(
+        reader.clone(),
+        "?device_id=&metric=m&from=2026-01-01T00:00:00Z&to=2026-01-03T00:00:00Z".into(),
+    )
+    .await;
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    assert!(bad.body.contains(r#""field":"device_id""#), "{}", bad.body);
+    let too_long = series(
+        reader.clone(),
+        "?device_id=d&metric=m&from=2026-01-01T00:00:00Z&to=2026-01-03T00:00:00Z".into(),
+    )
+    .await;
+    assert!(
+        too_long.body.contains(r#""field":"to""#),
+        "{}",
+        too_long.body
+    );
+
+    // The daily readings quota: a batch that would pass it is refused
+    // whole (nothing published), with the time until it renews; readings
+    // that were not stored (duplicates) do not count. Two readings were
+    // stored today before the quota was set, and counted.
+    store.set_readings_quota(&acme, Some(6)).await.unwrap();
+    let counted = post(
+        addr,
+        Some(&writer),
+        &batch(vec![reading("q1", None, &now), reading("e1", None, &now)]),
+    )
+    .await;
+    assert_eq!(counted.status, 200, "{}", counted.body);
+    assert!(
+        counted.body.contains(r#""duplicates":1"#),
+        "{}",
+        counted.body
+    );
+    let over = post(
+        addr,
+        Some(&writer),
+        &batch(vec![
+            reading("q2", None, &now),
+            reading("q3", None, &now),
+            reading("q4", None, &now),
+            reading("q5", None, &now),
+        ]),
+    )
+    .await;
+    assert_eq!(over.status, 429, "{}", over.body);
+    assert!(over.body.contains("quota-exceeded"), "{}", over.body);
+    let retry_after: i64 = header(&over, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&retry_after), "{retry_after}");
+    let fits = post(
+        addr,
+        Some(&writer),
+        &batch(vec![
+            reading("q2", None, &now),
+            reading("q3", None, &now),
+            reading("q4", None, &now),
+        ]),
+    )
+    .await;
+    assert_eq!(
+        fits.status, 200,
+        "the duplicate was given back: {}",
+        fits.body
+    );
+    store.set_readings_quota(&acme, None).await.unwrap();
+
     // Suspension refuses the tenant's keys at once.
     store
         .set_tenant_state(&acme, TenantState::Suspended)
@@ -307,6 +413,6 @@ async fn the_key_decides_the_tenant_and_the_scope_decides_the_route() {
             .fetch_all(&jobs::sqlite::connect(&ingest_db.url()).await.unwrap())
             .await
             .unwrap();
-    assert_eq!(stored, vec![("acme".to_owned(), 2)]);
+    assert_eq!(stored, vec![("acme".to_owned(), 6)]);
     tokio::join!(gateway.shutdown(), ingest.shutdown());
 }

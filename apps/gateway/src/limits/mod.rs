@@ -30,7 +30,10 @@ use axum::{
 use security::AllowedNet;
 use tokio::sync::Semaphore;
 
-use crate::problem::ApiError;
+use crate::{
+    keys::{KeyId, TenantId},
+    problem::ApiError,
+};
 pub use gcra::{Decision, Limiter, Quota};
 
 /// The gateway's limits, shared by every request.
@@ -40,7 +43,7 @@ pub struct Limits(Arc<Shared>);
 #[derive(Debug)]
 struct Shared {
     per_client: Limiter<IpAddr>,
-    per_key: Limiter<String>,
+    per_key: Limiter<(TenantId, KeyId)>,
     failed_auth: Limiter<IpAddr>,
     in_flight: Semaphore,
     request_timeout: Duration,
@@ -91,10 +94,13 @@ impl Limits {
         client_addr(peer, headers, &self.0.trusted_proxies)
     }
 
-    /// Counts a request with API key `key` (its public id); `Err` is the
-    /// `429` to send.
-    pub fn check_key(&self, key: &str) -> Result<Decision, Refused> {
-        let decision = self.0.per_key.check(&key.to_owned(), Instant::now());
+    /// Counts a request with the tenant's API key `key` (its public id);
+    /// `Err` is the `429` to send.
+    pub fn check_key(&self, tenant: &TenantId, key: &KeyId) -> Result<Decision, Refused> {
+        let decision = self
+            .0
+            .per_key
+            .check(&(tenant.clone(), key.clone()), Instant::now());
         if decision.allowed {
             Ok(decision)
         } else {

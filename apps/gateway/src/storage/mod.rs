@@ -78,6 +78,20 @@ pub struct Tenant {
     pub state: TenantState,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// Readings it may publish per UTC day; `None` for the gateway's
+    /// default (`GATEWAY_READINGS_PER_DAY`).
+    pub readings_per_day: Option<u64>,
+}
+
+/// The answer to a reservation of readings against a daily quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    /// Whether the readings fit (and were counted).
+    pub allowed: bool,
+    /// Readings counted for the day, after this reservation if allowed.
+    pub used: u64,
+    /// The tenant's quota for the day.
+    pub quota: u64,
 }
 
 /// A stored key: everything but the secret, which is never stored.
@@ -162,6 +176,33 @@ pub trait GatewayStore: Clone + Send + Sync + 'static {
         tenant: &TenantId,
         id: &KeyId,
         at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Sets a tenant's daily readings quota (`None`: the default).
+    fn set_readings_quota(
+        &self,
+        id: &TenantId,
+        per_day: Option<u64>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Counts `n` readings against the tenant's quota for `day` (its own,
+    /// or `default`) if they fit, atomically: concurrent requests cannot
+    /// together pass the quota.
+    fn reserve_readings(
+        &self,
+        id: &TenantId,
+        day: chrono::NaiveDate,
+        n: u64,
+        default: u64,
+    ) -> impl Future<Output = Result<Reservation, StoreError>> + Send;
+
+    /// Gives back `n` reserved readings that were not stored (duplicates,
+    /// rejected, or the publish failed).
+    fn release_readings(
+        &self,
+        id: &TenantId,
+        day: chrono::NaiveDate,
+        n: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Records when keys were last used.

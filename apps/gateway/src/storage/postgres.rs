@@ -8,11 +8,18 @@ use crate::keys::{KeyId, TenantId};
 
 /// The gateway's PostgreSQL migrations (versions 400000+).
 pub fn migrator() -> sqlx::migrate::Migrator {
-    jobs::embedded_migrator(
-        400_001,
-        "gateway",
-        include_str!("../../migrations/postgres/400001_gateway.sql"),
-    )
+    jobs::embedded_migrations(&[
+        (
+            400_001,
+            "gateway",
+            include_str!("../../migrations/postgres/400001_gateway.sql"),
+        ),
+        (
+            400_002,
+            "quotas",
+            include_str!("../../migrations/postgres/400002_quotas.sql"),
+        ),
+    ])
 }
 
 /// A [`GatewayStore`] on a PostgreSQL pool.
@@ -110,6 +117,7 @@ impl GatewayStore for PgGatewayStore {
             name: name.to_owned(),
             state: TenantState::Active,
             created_at,
+            readings_per_day: None,
         })
     }
 
@@ -129,7 +137,8 @@ impl GatewayStore for PgGatewayStore {
 
     async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
         let rows = sqlx::query(
-            "SELECT tenant_id, name, state, created_at FROM gateway.tenant ORDER BY tenant_id",
+            "SELECT tenant_id, name, state, created_at, readings_per_day FROM gateway.tenant \
+             ORDER BY tenant_id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -140,6 +149,9 @@ impl GatewayStore for PgGatewayStore {
                     name: row.try_get("name")?,
                     state: TenantState::parse(row.try_get("state")?)?,
                     created_at: row.try_get("created_at")?,
+                    readings_per_day: row
+                        .try_get::<Option<i64>, _>("readings_per_day")?
+                        .map(|q| u64::try_from(q).unwrap_or(0)),
                 })
             })
             .collect()
@@ -231,6 +243,90 @@ impl GatewayStore for PgGatewayStore {
         .execute(&self.pool)
         .await?;
         no_key_unless(updated.rows_affected(), tenant, id)
+    }
+
+    async fn set_readings_quota(
+        &self,
+        id: &TenantId,
+        per_day: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let updated = sqlx::query(
+            "UPDATE gateway.tenant SET readings_per_day = $2, updated_at = now() WHERE tenant_id = $1",
+        )
+        .bind(id.as_str())
+        .bind(per_day.map(|q| i64::try_from(q).unwrap_or(i64::MAX)))
+        .execute(&self.pool)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NoTenant(id.clone()));
+        }
+        Ok(())
+    }
+
+    async fn reserve_readings(
+        &self,
+        id: &TenantId,
+        day: chrono::NaiveDate,
+        n: u64,
+        default: u64,
+    ) -> Result<super::Reservation, StoreError> {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        let default = i64::try_from(default).unwrap_or(i64::MAX);
+        let quota: i64 = sqlx::query_scalar(
+            "SELECT coalesce(readings_per_day, $2) FROM gateway.tenant WHERE tenant_id = $1",
+        )
+        .bind(id.as_str())
+        .bind(default)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NoTenant(id.clone()))?;
+        let counted: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO gateway.daily_usage AS u (tenant_id, day, readings) \
+             SELECT $1, $2, $3 WHERE $3 <= $4 \
+             ON CONFLICT (tenant_id, day) DO UPDATE SET readings = u.readings + EXCLUDED.readings \
+               WHERE u.readings + EXCLUDED.readings <= $4 \
+             RETURNING readings",
+        )
+        .bind(id.as_str())
+        .bind(day)
+        .bind(n)
+        .bind(quota)
+        .fetch_optional(&self.pool)
+        .await?;
+        let used = match counted {
+            Some(used) => used,
+            None => sqlx::query_scalar(
+                "SELECT readings FROM gateway.daily_usage WHERE tenant_id = $1 AND day = $2",
+            )
+            .bind(id.as_str())
+            .bind(day)
+            .fetch_optional(&self.pool)
+            .await?
+            .unwrap_or(0),
+        };
+        Ok(super::Reservation {
+            allowed: counted.is_some(),
+            used: u64::try_from(used).unwrap_or(0),
+            quota: u64::try_from(quota).unwrap_or(0),
+        })
+    }
+
+    async fn release_readings(
+        &self,
+        id: &TenantId,
+        day: chrono::NaiveDate,
+        n: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE gateway.daily_usage SET readings = greatest(readings - $3, 0) \
+             WHERE tenant_id = $1 AND day = $2",
+        )
+        .bind(id.as_str())
+        .bind(day)
+        .bind(i64::try_from(n).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn touch_keys(

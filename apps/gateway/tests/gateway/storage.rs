@@ -160,6 +160,44 @@ async fn keys_work_only_as_long_as_they_should(store: impl GatewayStore) {
         tenants.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
         ["acme", "globex"]
     );
+
+    // Daily readings quotas: a tenant's own or the default, per tenant and
+    // per day; what does not fit is not counted; given-back readings fit
+    // again.
+    let today = now.date_naive();
+    let tomorrow = today.succ_opt().unwrap();
+    store.set_readings_quota(&acme, Some(10)).await.unwrap();
+    let reserve = |tenant: &TenantId, day, n| {
+        let (store, tenant) = (store.clone(), tenant.clone());
+        async move { store.reserve_readings(&tenant, day, n, 5).await.unwrap() }
+    };
+    let first = reserve(&acme, today, 7).await;
+    assert_eq!((first.allowed, first.used, first.quota), (true, 7, 10));
+    let over = reserve(&acme, today, 4).await;
+    assert_eq!((over.allowed, over.used, over.quota), (false, 7, 10));
+    assert!(reserve(&acme, tomorrow, 10).await.allowed, "a new day");
+    assert!(
+        !reserve(&globex, today, 6).await.allowed,
+        "globex has the default, 5"
+    );
+    assert!(reserve(&globex, today, 5).await.allowed);
+    store.release_readings(&acme, today, 3).await.unwrap();
+    let after = reserve(&acme, today, 6).await;
+    assert_eq!((after.allowed, after.used), (true, 10));
+    store.set_readings_quota(&acme, None).await.unwrap();
+    assert_eq!(
+        reserve(&acme, today, 0).await.quota,
+        5,
+        "back to the default"
+    );
+    let listed = store.list_tenants().await.unwrap();
+    assert_eq!(listed[0].readings_per_day, None);
+    assert!(matches!(
+        store
+            .set_readings_quota(&TenantId::parse("nobody").unwrap(), Some(1))
+            .await,
+        Err(StoreError::NoTenant(_))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
