@@ -197,8 +197,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Fields added after jobs were queued read as empty when absent.
         for (message, field) in FIELDS_ADDED_LATER {
             if job.proto_path == *message {
-                builder =
-                    builder.field_attribute(format!("{message}.{field}"), "#[serde(default)]");
+                // Left out while empty too, so the JSON (and the unique-job
+                // hash over it) of args without the field stays as it was.
+                builder = builder.field_attribute(
+                    format!("{message}.{field}"),
+                    "#[serde(default, skip_serializing_if = \"String::is_empty\")]",
+                );
             }
         }
         for field in &job.struct_fields {
