@@ -260,7 +260,8 @@ pub struct SeriesQuery {
     /// RFC 3339, inclusive; an hour before `to` by default.
     #[param(format = DateTime)]
     from: Option<String>,
-    /// RFC 3339, exclusive; now by default. At most a day after `from`.
+    /// RFC 3339, exclusive; now by default. A range longer than a day is
+    /// cut to its first day; one that ends before it starts is empty.
     #[param(format = DateTime)]
     to: Option<String>,
     /// 1 to 10,000; 1,000 by default.
@@ -282,6 +283,11 @@ pub struct SeriesReadingOut {
 /// One page of a series, oldest first.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SeriesOut {
+    /// The range read, RFC 3339: `from` inclusive, `to` exclusive (cut to
+    /// a day after `from` when the request asked for more).
+    from: String,
+    /// See `from`.
+    to: String,
     readings: Vec<SeriesReadingOut>,
     /// Pass as `page_token` for the next page; absent on the last.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -358,15 +364,20 @@ pub async fn series<S: GatewayStore>(
             (Utc::now(), Utc::now())
         }
     };
-    if errors.is_empty() && (to <= from || to - from > MAX_RANGE) {
-        errors.push(FieldError {
-            field: "to".into(),
-            problem: "must be after `from` and at most a day after it".into(),
-        });
-    }
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
+    // An empty range holds nothing; a range longer than a day is cut to its
+    // first day, and the answer's `to` says where it stopped.
+    if to <= from {
+        return Ok(Json(SeriesOut {
+            from: from.to_rfc3339(),
+            to: to.to_rfc3339(),
+            readings: Vec::new(),
+            next_page_token: None,
+        }));
+    }
+    let to = to.min(from + MAX_RANGE);
     let length = (to - from).to_std().unwrap_or_default();
     let mut request = tonic::Request::new(pb::ReadWindowRequest {
         window: Some(pb::WindowKey {
@@ -391,6 +402,8 @@ pub async fn series<S: GatewayStore>(
         .map_err(from_ingest)?
         .into_inner();
     Ok(Json(SeriesOut {
+        from: from.to_rfc3339(),
+        to: to.to_rfc3339(),
         readings: page
             .readings
             .into_iter()
