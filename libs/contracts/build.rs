@@ -167,6 +167,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "platform/numerics/v1/numerics.proto",
         "platform/policy/v1/policy.proto",
         "platform/webhooks/v1/webhooks.proto",
+        "platform/tenancy/v1/tenancy.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={}", proto_root.join(file).display());

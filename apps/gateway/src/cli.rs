@@ -11,7 +11,8 @@ use crate::{
     Config, app,
     keys::{KeyId, TenantId, parse_scopes},
     storage::{
-        GatewayStore, StoreError, TenantState, postgres::PgGatewayStore, sqlite::SqliteGatewayStore,
+        GatewayStore, StoreError, TenantLimit, TenantState, postgres::PgGatewayStore,
+        sqlite::SqliteGatewayStore,
     },
     tenancy::{self, Peppers, TenancyError},
 };
@@ -69,17 +70,59 @@ pub enum TenantCommand {
         /// The tenant.
         tenant: String,
     },
-    /// Every tenant: id, state, created, daily readings quota, name.
+    /// Every tenant: id, state, created, its limits, name.
     List,
-    /// Set a tenant's daily readings quota (without a number: the
-    /// gateway's default, `GATEWAY_READINGS_PER_DAY`).
+    /// Set a tenant's limits: a number, or `default` for the gateway's
+    /// (`GATEWAY_READINGS_PER_DAY`, `GATEWAY_SERIES_PER_TENANT`, the
+    /// platform's retention). Limits not named stay as they are.
     Quota {
         /// The tenant.
         tenant: String,
         /// Readings per UTC day.
-        #[arg(long)]
-        readings_per_day: Option<u64>,
+        #[arg(long, value_parser = limit_value)]
+        readings_per_day: Option<LimitValue>,
+        /// Distinct (device, metric) series.
+        #[arg(long, value_parser = limit_value)]
+        series: Option<LimitValue>,
+        /// Days readings and window results are kept (at least 1).
+        #[arg(long, value_parser = limit_value)]
+        retention_days: Option<LimitValue>,
     },
+    /// Delete the tenant and all its data in every app. Irreversible; the
+    /// id is never given to another tenant. Resumes an interrupted run.
+    Delete {
+        /// The tenant.
+        tenant: String,
+        /// Confirms the deletion.
+        #[arg(long)]
+        yes: bool,
+        /// How long to wait for the tenant's requests in flight before
+        /// deleting (default: the key cache's time to live plus the request
+        /// timeout).
+        #[arg(long, value_parser = duration)]
+        drain: Option<Duration>,
+    },
+    /// Write everything the tenant has, in every app, as JSON lines.
+    Export {
+        /// The tenant.
+        tenant: String,
+        /// The file to write (created, mode 0600); standard output without.
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+    },
+}
+
+/// A limit as given on the command line: a number, or `default`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitValue(pub Option<u64>);
+
+fn limit_value(raw: &str) -> Result<LimitValue, String> {
+    if raw == "default" {
+        return Ok(LimitValue(None));
+    }
+    raw.parse()
+        .map(|n| LimitValue(Some(n)))
+        .map_err(|_| format!("{raw:?} is neither a whole number nor `default`"))
 }
 
 /// `gateway keys ...`
@@ -137,6 +180,8 @@ enum CommandError {
     Tenancy(#[from] TenancyError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Lifecycle(#[from] crate::lifecycle::LifecycleError),
 }
 
 /// Runs a one-shot command; exit code 0 on success, 78 on a bad
@@ -276,6 +321,17 @@ async fn execute(
 ) -> Result<(), CommandError> {
     match command {
         Command::Migrate | Command::Openapi | Command::Bench(_) => Ok(()),
+        Command::Tenants(TenantCommand::Delete {
+            tenant: id,
+            yes,
+            drain,
+        }) => {
+            let drain = drain.unwrap_or(config.key_cache_ttl + config.limits.request_timeout);
+            delete(store, config, &tenant(&id)?, yes, drain).await
+        }
+        Command::Tenants(TenantCommand::Export { tenant: id, output }) => {
+            export(store, config, &tenant(&id)?, output).await
+        }
         Command::Tenants(command) => tenants(store, command).await,
         Command::Keys(command) => keys(store, &config.peppers, command).await,
     }
@@ -296,15 +352,18 @@ async fn tenants(store: &impl GatewayStore, command: TenantCommand) -> Result<()
         }
         TenantCommand::Resume { tenant: id } => set_state(store, &id, TenantState::Active).await?,
         TenantCommand::List => {
+            let limit = |value: Option<u64>, unit: &str| {
+                value.map_or_else(|| "default".to_owned(), |q| format!("{q}{unit}"))
+            };
             for tenant in store.list_tenants().await? {
                 println!(
-                    "{}\t{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
                     tenant.id,
                     tenant.state.as_str(),
                     tenant.created_at.to_rfc3339(),
-                    tenant
-                        .readings_per_day
-                        .map_or_else(|| "default".to_owned(), |q| format!("{q}/day")),
+                    limit(tenant.readings_per_day, "/day"),
+                    limit(tenant.max_series, " series"),
+                    limit(tenant.retention_days, " days kept"),
                     tenant.name
                 );
             }
@@ -312,18 +371,145 @@ async fn tenants(store: &impl GatewayStore, command: TenantCommand) -> Result<()
         TenantCommand::Quota {
             tenant: id,
             readings_per_day,
+            series,
+            retention_days,
         } => {
             let id = tenant(&id)?;
-            let result = store.set_readings_quota(&id, readings_per_day).await;
-            audit("tenant.quota", id.as_str(), &result);
-            result?;
-            match readings_per_day {
-                Some(quota) => println!("tenant {id} may publish {quota} readings a day"),
-                None => println!("tenant {id} has the default readings quota"),
+            let changes = [
+                (
+                    TenantLimit::ReadingsPerDay,
+                    readings_per_day,
+                    "readings a day",
+                ),
+                (TenantLimit::Series, series, "series"),
+                (
+                    TenantLimit::RetentionDays,
+                    retention_days,
+                    "days of retention",
+                ),
+            ];
+            if changes.iter().all(|(_, value, _)| value.is_none()) {
+                return Err(CommandError::Invalid(
+                    "name a limit: --readings-per-day, --series or --retention-days".into(),
+                ));
+            }
+            if retention_days == Some(LimitValue(Some(0))) {
+                return Err(CommandError::Invalid(
+                    "--retention-days: must be at least 1 (or `default`)".into(),
+                ));
+            }
+            for (limit, value, what) in changes {
+                let Some(LimitValue(value)) = value else {
+                    continue;
+                };
+                let result = store.set_limit(&id, limit, value).await;
+                audit("tenant.quota", id.as_str(), &result);
+                result?;
+                match value {
+                    Some(value) => println!("tenant {id}: {value} {what}"),
+                    None => println!("tenant {id}: the default {what}"),
+                }
             }
         }
+        TenantCommand::Delete { .. } | TenantCommand::Export { .. } => {}
     }
     Ok(())
+}
+
+/// The operator's name as a principal (`operator:<name>`): the login, in
+/// the characters principals allow.
+fn operator_name() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let name: String = user
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+        .take(64)
+        .collect();
+    if name.is_empty() {
+        "unknown".to_owned()
+    } else {
+        name
+    }
+}
+
+/// `gateway tenants delete`.
+#[allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "command-line output"
+)]
+async fn delete(
+    store: &impl GatewayStore,
+    config: &Config,
+    id: &TenantId,
+    yes: bool,
+    drain: Duration,
+) -> Result<(), CommandError> {
+    if !yes {
+        return Err(CommandError::Invalid(format!(
+            "deleting tenant {id} removes all its data in every app and cannot be undone; \
+             add --yes to go ahead"
+        )));
+    }
+    let apps = crate::lifecycle::TenantDataApps::connect(config)
+        .map_err(|e| CommandError::Invalid(e.to_string()))?;
+    eprintln!(
+        "deleting tenant {id}: keys refused now; waiting {} ms for requests in flight",
+        drain.as_millis()
+    );
+    let result = crate::lifecycle::delete_tenant(store, &apps, id, drain, &operator_name()).await;
+    audit("tenant.delete", id.as_str(), &result);
+    let report = result?;
+    if report.already_deleted {
+        println!("tenant {id} was already deleted");
+        return Ok(());
+    }
+    for (app, counts) in &report.deleted {
+        for count in counts {
+            println!("{app}\t{}\t{} deleted", count.collection, count.rows);
+        }
+    }
+    println!("tenant {id} is deleted");
+    Ok(())
+}
+
+/// `gateway tenants export`.
+#[allow(clippy::print_stderr, reason = "command-line output")]
+async fn export(
+    store: &impl GatewayStore,
+    config: &Config,
+    id: &TenantId,
+    output: Option<std::path::PathBuf>,
+) -> Result<(), CommandError> {
+    let apps = crate::lifecycle::TenantDataApps::connect(config)
+        .map_err(|e| CommandError::Invalid(e.to_string()))?;
+    let operator = operator_name();
+    let result = match &output {
+        Some(path) => {
+            let file = create_private(path)
+                .map_err(|e| CommandError::Invalid(format!("{}: {e}", path.display())))?;
+            let mut out = std::io::BufWriter::new(file);
+            crate::lifecycle::export_tenant(store, &apps, id, &operator, &mut out).await
+        }
+        None => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            crate::lifecycle::export_tenant(store, &apps, id, &operator, &mut out).await
+        }
+    };
+    audit("tenant.export", id.as_str(), &result);
+    for (app, collection, n) in result? {
+        eprintln!("{app}\t{collection}\t{n} exported");
+    }
+    Ok(())
+}
+
+/// A new file readable by its owner only: an export is the tenant's data.
+fn create_private(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
 }
 
 /// Suspends or resumes a tenant: its keys are refused (or accepted) from
@@ -338,7 +524,7 @@ async fn set_state(
     let result = store.set_tenant_state(&id, state).await;
     let action = match state {
         TenantState::Active => "tenant.resume",
-        TenantState::Suspended => "tenant.suspend",
+        _ => "tenant.suspend",
     };
     audit(action, id.as_str(), &result);
     result?;

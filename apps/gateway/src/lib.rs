@@ -15,6 +15,7 @@ mod config;
 mod cors;
 mod headers;
 pub mod keys;
+pub mod lifecycle;
 pub mod limits;
 pub mod openapi;
 mod problem;

@@ -111,12 +111,29 @@ impl From<ApiError> for Status {
                 tracing::warn!(%error, "store unavailable");
                 Status::unavailable("the readings database is unavailable; retry later")
             }
+            ApiError::Store(StoreError::TenantDeleted { .. }) => {
+                Status::failed_precondition(error.to_string())
+            }
             ApiError::Store(StoreError::Corrupt { column, .. }) => Status::internal(format!(
                 "a stored row cannot be read ({column}); this is a fault on our side, reported to operators"
             )),
             ApiError::Store(_) => {
                 tracing::error!(%error, "store failed");
                 Status::internal("the readings store failed; this is a fault on our side")
+            }
+        }
+    }
+}
+
+impl From<StoreError> for service_runtime::tenant_data::TenantDataError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Database(ref database) if transient(database) => {
+                Self::Unavailable(error.to_string())
+            }
+            other => {
+                tracing::error!(error = %other, "a tenant's data could not be read or deleted");
+                Self::Internal(other.to_string())
             }
         }
     }

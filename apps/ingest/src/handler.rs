@@ -15,6 +15,7 @@ use pipeline::{Failure, FailureKind, Handler, ItemFailure, Processed};
 use crate::{
     reading::{Limits, Reading, Rejection},
     store::{DeadLetter, ReadingStore},
+    tenants::DeletedTenants,
     window::Windowing,
 };
 
@@ -84,12 +85,13 @@ pub struct ReadingsHandler<S> {
     store: S,
     windowing: Windowing,
     limits: Limits,
+    deleted: DeletedTenants,
     readings: Counter<u64>,
 }
 
 impl<S: ReadingStore> ReadingsHandler<S> {
-    /// A handler writing into `store`.
-    pub fn new(store: S, windowing: Windowing, limits: Limits) -> Self {
+    /// A handler writing into `store`, refusing the `deleted` tenants.
+    pub fn new(store: S, windowing: Windowing, limits: Limits, deleted: DeletedTenants) -> Self {
         let readings = opentelemetry::global::meter("platform.ingest")
             .u64_counter("ingest.readings")
             .with_description("Readings by outcome: stored, duplicate, rejected")
@@ -98,6 +100,7 @@ impl<S: ReadingStore> ReadingsHandler<S> {
             store,
             windowing,
             limits,
+            deleted,
             readings,
         }
     }
@@ -174,7 +177,16 @@ impl<S: ReadingStore> Handler for ReadingsHandler<S> {
             )));
         }
         let reading = bind_tenant(&input.reading, &input.tenant)?;
-        match Reading::parse(reading, Utc::now(), &self.limits) {
+        let parsed = Reading::parse(reading, Utc::now(), &self.limits).and_then(|reading| {
+            if self.deleted.contains(&reading.tenant_id) {
+                return Err(Rejection {
+                    field: "tenant_id",
+                    reason: "the tenant was deleted; nothing more is stored for it".to_owned(),
+                });
+            }
+            Ok(reading)
+        });
+        match parsed {
             Ok(reading) => Ok(Processed {
                 data: Accepted {
                     reading,
@@ -217,19 +229,29 @@ impl<S: ReadingStore> Handler for ReadingsHandler<S> {
     }
 
     async fn handle_failed(&self, failed: Vec<(Envelope, Failure)>) -> Result<(), Failure> {
+        let mut dropped = 0;
         let letters: Vec<DeadLetter> = failed
             .iter()
             .filter(|(_, failure)| failure.kind == FailureKind::Invalid)
-            .map(|(envelope, failure)| {
+            .filter_map(|(envelope, failure)| {
                 let (field, reason) = field_and_reason(failure);
-                DeadLetter {
+                let tenant_id = match &envelope.tenant {
+                    TenantBinding::Subject(tenant) => Some(tenant.clone()),
+                    TenantBinding::FromBody | TenantBinding::Unbound { .. } => {
+                        Some(envelope.reading.tenant_id.clone()).filter(|t| !t.is_empty())
+                    }
+                };
+                // A deleted tenant's data is not kept, not even refused.
+                if tenant_id
+                    .as_deref()
+                    .is_some_and(|t| self.deleted.contains(t))
+                {
+                    dropped += 1;
+                    return None;
+                }
+                Some(DeadLetter {
                     source: envelope.source,
-                    tenant_id: match &envelope.tenant {
-                        TenantBinding::Subject(tenant) => Some(tenant.clone()),
-                        TenantBinding::FromBody | TenantBinding::Unbound { .. } => {
-                            Some(envelope.reading.tenant_id.clone()).filter(|t| !t.is_empty())
-                        }
-                    },
+                    tenant_id,
                     event_id: (!envelope.reading.event_id.is_empty())
                         .then(|| envelope.reading.event_id.clone()),
                     field,
@@ -238,7 +260,7 @@ impl<S: ReadingStore> Handler for ReadingsHandler<S> {
                         Some((_, raw)) => undecodable_payload(raw),
                         None => payload(&envelope.reading),
                     },
-                }
+                })
             })
             .collect();
         self.store.dead_letter(&letters).await.map_err(|error| {
@@ -246,6 +268,7 @@ impl<S: ReadingStore> Handler for ReadingsHandler<S> {
             Failure::retryable(format!("the dead-letter store failed: {error}"))
         })?;
         self.count("rejected", letters.len());
+        self.count("dropped_deleted_tenant", dropped);
         Ok(())
     }
 }

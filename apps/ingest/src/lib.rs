@@ -18,6 +18,7 @@ pub mod sink;
 pub mod source;
 mod stats;
 pub mod store;
+pub mod tenants;
 pub mod window;
 
 use std::sync::Arc;
@@ -63,10 +64,13 @@ fn dependency(what: &'static str) -> impl Fn(store::StoreError) -> StartError {
 /// [`start`] on a connected store.
 async fn serve<S: ReadingStore>(config: Config, store: S) -> Result<Running, StartError> {
     store.migrate().await.map_err(dependency("migrations"))?;
+    let deleted = tenants::DeletedTenants::default();
+    deleted.load(&store).await.map_err(dependency("database"))?;
     let handler = Arc::new(handler::ReadingsHandler::new(
         store.clone(),
         config.windowing,
         config.limits.clone(),
+        deleted.clone(),
     ));
     let (admission, producer) = source::grpc::queue(config.queue_bytes);
     let grpc_pipeline = pipeline::start(
@@ -87,8 +91,12 @@ async fn serve<S: ReadingStore>(config: Config, store: S) -> Result<Running, Sta
     }
     let ping = store.clone();
     let sampler = pipelines.clone();
+    let refresher = (deleted.clone(), store.clone());
     service
         .grpc(config.grpc_addr)
+        .add_grpc_service(service_runtime::tenant_data::tenant_data_service(
+            tenants::IngestTenantData::new(store.clone(), deleted),
+        ))
         .add_grpc_service(api::server(
             store,
             admission,
@@ -109,6 +117,10 @@ async fn serve<S: ReadingStore>(config: Config, store: S) -> Result<Running, Sta
             );
         })
         .background("pipeline stats", move |stop| sampler.sample_until(stop))
+        .background("deleted tenants", move |stop| {
+            let (deleted, store) = refresher;
+            deleted.refresh_until(store, stop)
+        })
         .start()
         .await
 }

@@ -85,3 +85,16 @@ pub fn status(error: impl Into<ApiError>) -> Status {
         }
     }
 }
+
+/// A failed export or deletion of a tenant's data, as
+/// `platform.tenancy.v1` reports it.
+pub fn tenant_data_error(error: JobsError) -> service_runtime::tenant_data::TenantDataError {
+    use service_runtime::tenant_data::TenantDataError;
+    match error {
+        JobsError::Database(_) => TenantDataError::Unavailable(error.to_string()),
+        other => {
+            tracing::error!(error = %other, "a tenant's data could not be read or deleted");
+            TenantDataError::Internal(other.to_string())
+        }
+    }
+}

@@ -136,6 +136,9 @@ async fn serve<S: WorkerStore>(config: Config, store: S) -> Result<Running, Star
         .grpc(config.grpc_addr)
         .add_grpc_service(JobsServiceServer::new(api))
         .add_grpc_service(WebhooksServiceServer::new(webhooks_api))
+        .add_grpc_service(service_runtime::tenant_data::tenant_data_service(
+            webhooks::WorkerTenantData(store.clone()),
+        ))
         .readiness_check("database", move || {
             let store = ping.clone();
             async move { store.ping().await.map_err(Into::into) }

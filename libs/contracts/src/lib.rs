@@ -70,6 +70,13 @@ pub mod webhooks {
     }
 }
 
+/// A tenant's data in every app that holds some: export and deletion.
+pub mod tenancy {
+    pub mod v1 {
+        tonic::include_proto!("platform.tenancy.v1");
+    }
+}
+
 /// Who may call each RPC: identities, principals and the `access` option.
 pub mod policy {
     pub mod v1 {

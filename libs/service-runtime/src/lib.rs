@@ -22,6 +22,7 @@ mod http_listener;
 mod info;
 mod main_loop;
 mod serve;
+pub mod tenant_data;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod transport;

@@ -20,4 +20,5 @@ mod readings;
 mod startup;
 mod status;
 mod support;
+mod tenant_lifecycle;
 mod trace;

@@ -35,6 +35,10 @@ pub enum StoreError {
         /// The key asked.
         key: KeyId,
     },
+    /// The tenant is deleted or being deleted: nothing about it changes
+    /// but the deletion, and its id is not given again.
+    #[error("tenant {0} is deleted or being deleted")]
+    TenantDeleted(TenantId),
     /// A stored row does not read back (a fault on our side).
     #[error("corrupt gateway row: {0}")]
     Corrupt(String),
@@ -47,22 +51,64 @@ pub enum TenantState {
     Active,
     /// Every key refused at once; data kept.
     Suspended,
+    /// Its deletion began: keys refused, its data being deleted in the
+    /// apps (`gateway tenants delete` resumes an interrupted one).
+    Deleting,
+    /// Its data is gone everywhere; the row stays so the id is not reused.
+    Deleted,
 }
 
 impl TenantState {
-    /// `active` or `suspended`, as stored.
+    /// `active`, `suspended`, `deleting` or `deleted`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Active => "active",
             Self::Suspended => "suspended",
+            Self::Deleting => "deleting",
+            Self::Deleted => "deleted",
         }
     }
 
-    fn parse(raw: &str) -> Result<Self, StoreError> {
-        match raw {
+    /// The state of a row: its stored `state` (active or suspended), then
+    /// its deletion times, which override it.
+    fn of_row(
+        stored: &str,
+        delete_requested: Option<DateTime<Utc>>,
+        deleted: Option<DateTime<Utc>>,
+    ) -> Result<Self, StoreError> {
+        if deleted.is_some() {
+            return Ok(Self::Deleted);
+        }
+        if delete_requested.is_some() {
+            return Ok(Self::Deleting);
+        }
+        match stored {
             "active" => Ok(Self::Active),
             "suspended" => Ok(Self::Suspended),
             other => Err(StoreError::Corrupt(format!("tenant.state {other:?}"))),
+        }
+    }
+}
+
+/// A per-tenant limit an operator sets (`gateway tenants quota`); a tenant
+/// without its own uses the gateway's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantLimit {
+    /// Readings accepted per UTC day.
+    ReadingsPerDay,
+    /// Distinct (device, metric) series.
+    Series,
+    /// Days readings and window results are kept.
+    RetentionDays,
+}
+
+impl TenantLimit {
+    /// Its column in both databases.
+    fn column(self) -> &'static str {
+        match self {
+            Self::ReadingsPerDay => "readings_per_day",
+            Self::Series => "max_series",
+            Self::RetentionDays => "retention_days",
         }
     }
 }
@@ -74,13 +120,27 @@ pub struct Tenant {
     pub id: TenantId,
     /// A display name.
     pub name: String,
-    /// Active or suspended.
+    /// Active, suspended, or (being) deleted.
     pub state: TenantState,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// Readings it may publish per UTC day; `None` for the gateway's
     /// default (`GATEWAY_READINGS_PER_DAY`).
     pub readings_per_day: Option<u64>,
+    /// Series it may have; `None` for the default
+    /// (`GATEWAY_SERIES_PER_TENANT`).
+    pub max_series: Option<u64>,
+    /// Days its readings are kept; `None` for the platform's retention.
+    pub retention_days: Option<u64>,
+}
+
+/// The columns a [`Tenant`] is read from, in both databases.
+const TENANT_COLUMNS: &str = "tenant_id, name, state, created_at, readings_per_day, max_series, \
+     retention_days, delete_requested_at, deleted_at";
+
+/// A stored limit read back (never negative: the schema checks).
+fn limit(raw: Option<i64>) -> Option<u64> {
+    raw.map(|q| u64::try_from(q).unwrap_or(0))
 }
 
 /// The answer to a reservation of readings against a daily quota.
@@ -92,6 +152,9 @@ pub struct Reservation {
     pub used: u64,
     /// The tenant's quota for the day.
     pub quota: u64,
+    /// The tenant's own series limit, read with the reservation (`None`:
+    /// the default).
+    pub max_series: Option<u64>,
 }
 
 /// A stored key: everything but the secret, which is never stored.
@@ -134,7 +197,8 @@ pub trait GatewayStore: Clone + Send + Sync + 'static {
         name: &str,
     ) -> impl Future<Output = Result<Tenant, StoreError>> + Send;
 
-    /// Sets a tenant's state.
+    /// Suspends or resumes a tenant (`Active` or `Suspended`; a tenant
+    /// being deleted cannot be).
     fn set_tenant_state(
         &self,
         id: &TenantId,
@@ -143,6 +207,28 @@ pub trait GatewayStore: Clone + Send + Sync + 'static {
 
     /// Every tenant, by id.
     fn list_tenants(&self) -> impl Future<Output = Result<Vec<Tenant>, StoreError>> + Send;
+
+    /// One tenant, deleted ones included.
+    fn get_tenant(
+        &self,
+        id: &TenantId,
+    ) -> impl Future<Output = Result<Option<Tenant>, StoreError>> + Send;
+
+    /// Begins deleting a tenant: every key refused from now on (idempotent;
+    /// the first time is kept). The tenant as it is now.
+    fn begin_deletion(
+        &self,
+        id: &TenantId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Tenant, StoreError>> + Send;
+
+    /// Ends a deletion once every app deleted the tenant's data: removes
+    /// its keys, usage and name, keeping the row as a tombstone.
+    fn finish_deletion(
+        &self,
+        id: &TenantId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Stores a new key of an existing tenant.
     fn insert_key(&self, key: &StoredKey) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -178,12 +264,22 @@ pub trait GatewayStore: Clone + Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Sets one of a tenant's limits (`None`: the default).
+    fn set_limit(
+        &self,
+        id: &TenantId,
+        limit: TenantLimit,
+        value: Option<u64>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Sets a tenant's daily readings quota (`None`: the default).
     fn set_readings_quota(
         &self,
         id: &TenantId,
         per_day: Option<u64>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.set_limit(id, TenantLimit::ReadingsPerDay, per_day)
+    }
 
     /// Counts `n` readings against the tenant's quota for `day` (its own,
     /// or `default`) if they fit, atomically: concurrent requests cannot

@@ -3,7 +3,10 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row as _, postgres::PgRow};
 
-use super::{GatewayStore, StoreError, StoredKey, Tenant, TenantState, key_id, tenant_id};
+use super::{
+    GatewayStore, StoreError, StoredKey, TENANT_COLUMNS, Tenant, TenantLimit, TenantState, key_id,
+    limit, tenant_id,
+};
 use crate::keys::{KeyId, TenantId};
 
 /// The gateway's PostgreSQL migrations (versions 400000+).
@@ -18,6 +21,11 @@ pub fn migrator() -> sqlx::migrate::Migrator {
             400_002,
             "quotas",
             include_str!("../../migrations/postgres/400002_quotas.sql"),
+        ),
+        (
+            400_003,
+            "tenant lifecycle",
+            include_str!("../../migrations/postgres/400003_tenant_lifecycle.sql"),
         ),
     ])
 }
@@ -40,6 +48,17 @@ impl PgGatewayStore {
     /// Wraps a pool.
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
+    }
+}
+
+impl PgGatewayStore {
+    /// Why an update of a tenant touched no row.
+    async fn missing_or_deleted(&self, id: &TenantId) -> StoreError {
+        match self.get_tenant(id).await {
+            Ok(Some(_)) => StoreError::TenantDeleted(id.clone()),
+            Ok(None) => StoreError::NoTenant(id.clone()),
+            Err(error) => error,
+        }
     }
 }
 
@@ -90,6 +109,22 @@ fn key_from(row: &PgRow) -> Result<StoredKey, StoreError> {
     })
 }
 
+fn tenant_from(row: &PgRow) -> Result<Tenant, StoreError> {
+    Ok(Tenant {
+        id: tenant_id(row.try_get("tenant_id")?)?,
+        name: row.try_get("name")?,
+        state: TenantState::of_row(
+            row.try_get("state")?,
+            row.try_get("delete_requested_at")?,
+            row.try_get("deleted_at")?,
+        )?,
+        created_at: row.try_get("created_at")?,
+        readings_per_day: limit(row.try_get("readings_per_day")?),
+        max_series: limit(row.try_get("max_series")?),
+        retention_days: limit(row.try_get("retention_days")?),
+    })
+}
+
 impl GatewayStore for PgGatewayStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         migrator()
@@ -111,50 +146,97 @@ impl GatewayStore for PgGatewayStore {
         .bind(name)
         .fetch_optional(&self.pool)
         .await?;
-        let created_at = created.ok_or_else(|| StoreError::TenantExists(id.clone()))?;
+        let Some(created_at) = created else {
+            return Err(match self.get_tenant(id).await? {
+                Some(t) if matches!(t.state, TenantState::Deleting | TenantState::Deleted) => {
+                    StoreError::TenantDeleted(id.clone())
+                }
+                _ => StoreError::TenantExists(id.clone()),
+            });
+        };
         Ok(Tenant {
             id: id.clone(),
             name: name.to_owned(),
             state: TenantState::Active,
             created_at,
             readings_per_day: None,
+            max_series: None,
+            retention_days: None,
         })
     }
 
     async fn set_tenant_state(&self, id: &TenantId, state: TenantState) -> Result<(), StoreError> {
         let updated = sqlx::query(
-            "UPDATE gateway.tenant SET state = $2, updated_at = now() WHERE tenant_id = $1",
+            "UPDATE gateway.tenant SET state = $2, updated_at = now()
+             WHERE tenant_id = $1 AND delete_requested_at IS NULL",
         )
         .bind(id.as_str())
         .bind(state.as_str())
         .execute(&self.pool)
         .await?;
         if updated.rows_affected() == 0 {
-            return Err(StoreError::NoTenant(id.clone()));
+            return Err(self.missing_or_deleted(id).await);
         }
         Ok(())
     }
 
     async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT tenant_id, name, state, created_at, readings_per_day FROM gateway.tenant \
-             ORDER BY tenant_id",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {TENANT_COLUMNS} FROM gateway.tenant ORDER BY tenant_id"
+        ))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Tenant {
-                    id: tenant_id(row.try_get("tenant_id")?)?,
-                    name: row.try_get("name")?,
-                    state: TenantState::parse(row.try_get("state")?)?,
-                    created_at: row.try_get("created_at")?,
-                    readings_per_day: row
-                        .try_get::<Option<i64>, _>("readings_per_day")?
-                        .map(|q| u64::try_from(q).unwrap_or(0)),
-                })
-            })
-            .collect()
+        rows.iter().map(tenant_from).collect()
+    }
+
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {TENANT_COLUMNS} FROM gateway.tenant WHERE tenant_id = $1"
+        ))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(tenant_from).transpose()
+    }
+
+    async fn begin_deletion(&self, id: &TenantId, at: DateTime<Utc>) -> Result<Tenant, StoreError> {
+        let row = sqlx::query(&format!(
+            "UPDATE gateway.tenant SET state = 'suspended', updated_at = now(),
+                    delete_requested_at = COALESCE(delete_requested_at, $2)
+             WHERE tenant_id = $1 RETURNING {TENANT_COLUMNS}"
+        ))
+        .bind(id.as_str())
+        .bind(at)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref()
+            .map(tenant_from)
+            .transpose()?
+            .ok_or_else(|| StoreError::NoTenant(id.clone()))
+    }
+
+    async fn finish_deletion(&self, id: &TenantId, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for table in ["gateway.api_key", "gateway.daily_usage"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let updated = sqlx::query(
+            "UPDATE gateway.tenant SET name = '', updated_at = now(),
+                    deleted_at = COALESCE(deleted_at, $2)
+             WHERE tenant_id = $1 AND delete_requested_at IS NOT NULL",
+        )
+        .bind(id.as_str())
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NoTenant(id.clone()));
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn insert_key(&self, key: &StoredKey) -> Result<(), StoreError> {
@@ -186,16 +268,23 @@ impl GatewayStore for PgGatewayStore {
         id: &KeyId,
     ) -> Result<Option<(StoredKey, TenantState)>, StoreError> {
         let row = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS}, t.state FROM gateway.api_key k
-             JOIN gateway.tenant t USING (tenant_id)
+            "SELECT {KEY_COLUMNS}, t.state, t.delete_requested_at, t.deleted_at
+             FROM gateway.api_key k JOIN gateway.tenant t USING (tenant_id)
              WHERE k.tenant_id = $1 AND k.key_id = $2"
         ))
         .bind(tenant.as_str())
         .bind(id.as_str())
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| Ok((key_from(&row)?, TenantState::parse(row.try_get("state")?)?)))
-            .transpose()
+        row.map(|row| {
+            let state = TenantState::of_row(
+                row.try_get("state")?,
+                row.try_get("delete_requested_at")?,
+                row.try_get("deleted_at")?,
+            )?;
+            Ok((key_from(&row)?, state))
+        })
+        .transpose()
     }
 
     async fn list_keys(&self, tenant: &TenantId) -> Result<Vec<StoredKey>, StoreError> {
@@ -245,20 +334,23 @@ impl GatewayStore for PgGatewayStore {
         no_key_unless(updated.rows_affected(), tenant, id)
     }
 
-    async fn set_readings_quota(
+    async fn set_limit(
         &self,
         id: &TenantId,
-        per_day: Option<u64>,
+        limit: TenantLimit,
+        value: Option<u64>,
     ) -> Result<(), StoreError> {
-        let updated = sqlx::query(
-            "UPDATE gateway.tenant SET readings_per_day = $2, updated_at = now() WHERE tenant_id = $1",
-        )
+        let updated = sqlx::query(&format!(
+            "UPDATE gateway.tenant SET {} = $2, updated_at = now()
+             WHERE tenant_id = $1 AND delete_requested_at IS NULL",
+            limit.column()
+        ))
         .bind(id.as_str())
-        .bind(per_day.map(|q| i64::try_from(q).unwrap_or(i64::MAX)))
+        .bind(value.map(|q| i64::try_from(q).unwrap_or(i64::MAX)))
         .execute(&self.pool)
         .await?;
         if updated.rows_affected() == 0 {
-            return Err(StoreError::NoTenant(id.clone()));
+            return Err(self.missing_or_deleted(id).await);
         }
         Ok(())
     }
@@ -272,8 +364,8 @@ impl GatewayStore for PgGatewayStore {
     ) -> Result<super::Reservation, StoreError> {
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         let default = i64::try_from(default).unwrap_or(i64::MAX);
-        let quota: i64 = sqlx::query_scalar(
-            "SELECT coalesce(readings_per_day, $2) FROM gateway.tenant WHERE tenant_id = $1",
+        let (quota, max_series): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT coalesce(readings_per_day, $2), max_series FROM gateway.tenant WHERE tenant_id = $1",
         )
         .bind(id.as_str())
         .bind(default)
@@ -308,6 +400,7 @@ impl GatewayStore for PgGatewayStore {
             allowed: counted.is_some(),
             used: u64::try_from(used).unwrap_or(0),
             quota: u64::try_from(quota).unwrap_or(0),
+            max_series: limit(max_series),
         })
     }
 

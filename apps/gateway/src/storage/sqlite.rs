@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{Row as _, SqlitePool, sqlite::SqliteRow};
 
 use super::{
-    GatewayStore, StoreError, StoredKey, Tenant, TenantState, key_id, postgres::no_key_unless,
-    tenant_id,
+    GatewayStore, StoreError, StoredKey, TENANT_COLUMNS, Tenant, TenantLimit, TenantState, key_id,
+    limit, postgres::no_key_unless, tenant_id,
 };
 use crate::keys::{KeyId, TenantId};
 
@@ -22,6 +22,11 @@ pub fn migrator() -> sqlx::migrate::Migrator {
             400_002,
             "quotas",
             include_str!("../../migrations/sqlite/400002_quotas.sql"),
+        ),
+        (
+            400_003,
+            "tenant lifecycle",
+            include_str!("../../migrations/sqlite/400003_tenant_lifecycle.sql"),
         ),
     ])
 }
@@ -75,6 +80,38 @@ fn key_from(row: &SqliteRow) -> Result<StoredKey, StoreError> {
     })
 }
 
+fn tenant_from(row: &SqliteRow) -> Result<Tenant, StoreError> {
+    Ok(Tenant {
+        id: tenant_id(row.try_get("tenant_id")?)?,
+        name: row.try_get("name")?,
+        state: tenant_state(row)?,
+        created_at: time(row, "created_at")?
+            .ok_or_else(|| StoreError::Corrupt("tenant.created_at is null".into()))?,
+        readings_per_day: limit(row.try_get("readings_per_day")?),
+        max_series: limit(row.try_get("max_series")?),
+        retention_days: limit(row.try_get("retention_days")?),
+    })
+}
+
+fn tenant_state(row: &SqliteRow) -> Result<TenantState, StoreError> {
+    TenantState::of_row(
+        row.try_get("state")?,
+        time(row, "delete_requested_at")?,
+        time(row, "deleted_at")?,
+    )
+}
+
+impl SqliteGatewayStore {
+    /// Why an update of a tenant touched no row.
+    async fn missing_or_deleted(&self, id: &TenantId) -> StoreError {
+        match self.get_tenant(id).await {
+            Ok(Some(_)) => StoreError::TenantDeleted(id.clone()),
+            Ok(None) => StoreError::NoTenant(id.clone()),
+            Err(error) => error,
+        }
+    }
+}
+
 impl GatewayStore for SqliteGatewayStore {
     /// Under the lock file that keeps apps sharing the file from migrating
     /// it at the same time.
@@ -99,7 +136,12 @@ impl GatewayStore for SqliteGatewayStore {
         .execute(&self.pool)
         .await?;
         if inserted.rows_affected() == 0 {
-            return Err(StoreError::TenantExists(id.clone()));
+            return Err(match self.get_tenant(id).await? {
+                Some(t) if matches!(t.state, TenantState::Deleting | TenantState::Deleted) => {
+                    StoreError::TenantDeleted(id.clone())
+                }
+                _ => StoreError::TenantExists(id.clone()),
+            });
         }
         Ok(Tenant {
             id: id.clone(),
@@ -107,44 +149,84 @@ impl GatewayStore for SqliteGatewayStore {
             state: TenantState::Active,
             created_at: DateTime::from_timestamp_micros(micros(now)).unwrap_or(now),
             readings_per_day: None,
+            max_series: None,
+            retention_days: None,
         })
     }
 
     async fn set_tenant_state(&self, id: &TenantId, state: TenantState) -> Result<(), StoreError> {
-        let updated =
-            sqlx::query("UPDATE gateway_tenant SET state = ?, updated_at = ? WHERE tenant_id = ?")
-                .bind(state.as_str())
-                .bind(micros(Utc::now()))
-                .bind(id.as_str())
-                .execute(&self.pool)
-                .await?;
+        let updated = sqlx::query(
+            "UPDATE gateway_tenant SET state = ?, updated_at = ?
+             WHERE tenant_id = ? AND delete_requested_at IS NULL",
+        )
+        .bind(state.as_str())
+        .bind(micros(Utc::now()))
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
         if updated.rows_affected() == 0 {
-            return Err(StoreError::NoTenant(id.clone()));
+            return Err(self.missing_or_deleted(id).await);
         }
         Ok(())
     }
 
     async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT tenant_id, name, state, created_at, readings_per_day FROM gateway_tenant \
-             ORDER BY tenant_id",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {TENANT_COLUMNS} FROM gateway_tenant ORDER BY tenant_id"
+        ))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Tenant {
-                    id: tenant_id(row.try_get("tenant_id")?)?,
-                    name: row.try_get("name")?,
-                    state: TenantState::parse(row.try_get("state")?)?,
-                    created_at: time(row, "created_at")?
-                        .ok_or_else(|| StoreError::Corrupt("tenant.created_at is null".into()))?,
-                    readings_per_day: row
-                        .try_get::<Option<i64>, _>("readings_per_day")?
-                        .map(|q| u64::try_from(q).unwrap_or(0)),
-                })
-            })
-            .collect()
+        rows.iter().map(tenant_from).collect()
+    }
+
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {TENANT_COLUMNS} FROM gateway_tenant WHERE tenant_id = ?"
+        ))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(tenant_from).transpose()
+    }
+
+    async fn begin_deletion(&self, id: &TenantId, at: DateTime<Utc>) -> Result<Tenant, StoreError> {
+        let row = sqlx::query(&format!(
+            "UPDATE gateway_tenant SET state = 'suspended', updated_at = ?2,
+                    delete_requested_at = COALESCE(delete_requested_at, ?2)
+             WHERE tenant_id = ?1 RETURNING {TENANT_COLUMNS}"
+        ))
+        .bind(id.as_str())
+        .bind(micros(at))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref()
+            .map(tenant_from)
+            .transpose()?
+            .ok_or_else(|| StoreError::NoTenant(id.clone()))
+    }
+
+    async fn finish_deletion(&self, id: &TenantId, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for table in ["gateway_api_key", "gateway_daily_usage"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = ?"))
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let updated = sqlx::query(
+            "UPDATE gateway_tenant SET name = '', updated_at = ?2,
+                    deleted_at = COALESCE(deleted_at, ?2)
+             WHERE tenant_id = ?1 AND delete_requested_at IS NOT NULL",
+        )
+        .bind(id.as_str())
+        .bind(micros(at))
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NoTenant(id.clone()));
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn insert_key(&self, key: &StoredKey) -> Result<(), StoreError> {
@@ -178,7 +260,7 @@ impl GatewayStore for SqliteGatewayStore {
         id: &KeyId,
     ) -> Result<Option<(StoredKey, TenantState)>, StoreError> {
         let row = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS}, t.state FROM gateway_api_key k
+            "SELECT {KEY_COLUMNS}, t.state, t.delete_requested_at, t.deleted_at FROM gateway_api_key k
              JOIN gateway_tenant t ON t.tenant_id = k.tenant_id
              WHERE k.tenant_id = ? AND k.key_id = ?"
         ))
@@ -186,7 +268,7 @@ impl GatewayStore for SqliteGatewayStore {
         .bind(id.as_str())
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| Ok((key_from(&row)?, TenantState::parse(row.try_get("state")?)?)))
+        row.map(|row| Ok((key_from(&row)?, tenant_state(&row)?)))
             .transpose()
     }
 
@@ -237,21 +319,24 @@ impl GatewayStore for SqliteGatewayStore {
         no_key_unless(updated.rows_affected(), tenant, id)
     }
 
-    async fn set_readings_quota(
+    async fn set_limit(
         &self,
         id: &TenantId,
-        per_day: Option<u64>,
+        limit: TenantLimit,
+        value: Option<u64>,
     ) -> Result<(), StoreError> {
-        let updated = sqlx::query(
-            "UPDATE gateway_tenant SET readings_per_day = ?, updated_at = ? WHERE tenant_id = ?",
-        )
-        .bind(per_day.map(|q| i64::try_from(q).unwrap_or(i64::MAX)))
+        let updated = sqlx::query(&format!(
+            "UPDATE gateway_tenant SET {} = ?, updated_at = ?
+             WHERE tenant_id = ? AND delete_requested_at IS NULL",
+            limit.column()
+        ))
+        .bind(value.map(|q| i64::try_from(q).unwrap_or(i64::MAX)))
         .bind(micros(Utc::now()))
         .bind(id.as_str())
         .execute(&self.pool)
         .await?;
         if updated.rows_affected() == 0 {
-            return Err(StoreError::NoTenant(id.clone()));
+            return Err(self.missing_or_deleted(id).await);
         }
         Ok(())
     }
@@ -266,8 +351,8 @@ impl GatewayStore for SqliteGatewayStore {
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         let default = i64::try_from(default).unwrap_or(i64::MAX);
         let day = day.to_string();
-        let quota: i64 = sqlx::query_scalar(
-            "SELECT coalesce(readings_per_day, ?) FROM gateway_tenant WHERE tenant_id = ?",
+        let (quota, max_series): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT coalesce(readings_per_day, ?), max_series FROM gateway_tenant WHERE tenant_id = ?",
         )
         .bind(default)
         .bind(id.as_str())
@@ -302,6 +387,7 @@ impl GatewayStore for SqliteGatewayStore {
             allowed: counted.is_some(),
             used: u64::try_from(used).unwrap_or(0),
             quota: u64::try_from(quota).unwrap_or(0),
+            max_series: limit(max_series),
         })
     }
 

@@ -80,3 +80,101 @@ async fn tenants_and_keys_from_the_command_line() {
     assert!(err.contains("no key"), "{err}");
     sqlite.remove().await;
 }
+
+#[tokio::test]
+async fn limits_and_deletion_from_the_command_line() {
+    let sqlite = jobs::testing::ScratchSqlite::create("gateway_cli_limits").await;
+    let db = sqlite.url.clone();
+    assert!(run(&db, &["tenants", "create", "acme"]).0);
+
+    let (ok, out, err) = run(
+        &db,
+        &[
+            "tenants",
+            "quota",
+            "acme",
+            "--series",
+            "50",
+            "--retention-days",
+            "7",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("tenant acme: 50 series"), "{out}");
+    assert!(out.contains("tenant acme: 7 days of retention"), "{out}");
+    let (_, out, _) = run(&db, &["tenants", "list"]);
+    assert!(
+        out.contains("acme\tactive") && out.contains("\tdefault\t50 series\t7 days kept\t"),
+        "limits not named stay as they were: {out}"
+    );
+    let (ok, out, err) = run(&db, &["tenants", "quota", "acme", "--series", "default"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("the default series"), "{out}");
+    for (args, problem) in [
+        (vec![], "name a limit"),
+        (
+            vec!["--series", "many"],
+            "neither a whole number nor `default`",
+        ),
+        (
+            vec!["--retention-days", "0"],
+            "--retention-days: must be at least 1",
+        ),
+    ] {
+        let mut command = vec!["tenants", "quota", "acme"];
+        command.extend(args);
+        let (ok, _, err) = run(&db, &command);
+        assert!(!ok);
+        assert!(err.contains(problem), "{problem}: {err}");
+    }
+
+    // Deleting asks for --yes; with the apps down it stops after refusing
+    // the keys, leaves the tenant `deleting`, and says which app failed.
+    let (ok, _, err) = run(&db, &["tenants", "delete", "acme"]);
+    assert!(!ok);
+    assert!(err.contains("add --yes"), "{err}");
+    assert!(run(&db, &["tenants", "list"]).1.contains("acme\tactive"));
+    let down = |args: &[&str]| {
+        let output = gateway(&db)
+            .env("GATEWAY_INGEST_URL", "http://127.0.0.1:1")
+            .env("GATEWAY_WORKER_URL", "http://127.0.0.1:1")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = down(&["tenants", "delete", "acme", "--yes", "--drain", "0s"]);
+    assert!(!ok);
+    assert!(err.contains("gateway: ingest: "), "{err}");
+    assert!(
+        err.contains("\"action\":\"tenant.delete\"") && err.contains("\"outcome\":\"failed\""),
+        "{err}"
+    );
+    let (_, out, _) = run(&db, &["tenants", "list"]);
+    assert!(out.contains("acme\tdeleting"), "{out}");
+    let (ok, _, err) = run(&db, &["tenants", "resume", "acme"]);
+    assert!(!ok);
+    assert!(
+        err.contains("tenant acme is deleted or being deleted"),
+        "{err}"
+    );
+
+    // An export to a file that exists is refused before anything is read.
+    let existing = std::env::temp_dir().join(format!("gateway-cli-export-{}", std::process::id()));
+    std::fs::write(&existing, "keep").unwrap();
+    let (ok, err) = down(&[
+        "tenants",
+        "export",
+        "acme",
+        "--output",
+        existing.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("File exists"), "{err}");
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "keep");
+    std::fs::remove_file(&existing).unwrap();
+    sqlite.remove().await;
+}

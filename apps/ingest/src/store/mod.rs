@@ -7,6 +7,7 @@
 
 pub mod postgres;
 pub mod sqlite;
+mod tenant_data;
 
 use std::{borrow::Borrow, future::Future};
 
@@ -123,7 +124,7 @@ pub struct ResultQuery {
 
 /// What ingest needs from a database (the jobs engine's `JobStore`
 /// pattern: a trait, a PostgreSQL and an SQLite implementation).
-pub trait ReadingStore: Clone + Send + Sync + 'static {
+pub trait ReadingStore: service_runtime::tenant_data::TenantData {
     /// Applies the jobs engine's migrations (ingest enqueues into its
     /// tables) and then ingest's own; idempotent.
     fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -152,8 +153,13 @@ pub trait ReadingStore: Clone + Send + Sync + 'static {
         batch: u32,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// Tenants whose data was deleted: their readings and results are
+    /// refused from then on.
+    fn deleted_tenants(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
     /// Stores a window's result; `false` when an identical one was already
-    /// stored (a re-run of the same aggregation changes nothing).
+    /// stored (a re-run of the same aggregation changes nothing), and
+    /// [`StoreError::TenantDeleted`] for a deleted tenant.
     fn record_result(
         &self,
         result: &StoredResult,
@@ -251,6 +257,12 @@ pub enum StoreError {
         column: String,
         /// What is wrong with it.
         problem: String,
+    },
+    /// The tenant's data was deleted; nothing more is stored for it.
+    #[error("tenant_id: the tenant {tenant_id:?} was deleted")]
+    TenantDeleted {
+        /// Whose.
+        tenant_id: String,
     },
     /// A migration failed.
     #[error("migrations: {0}")]

@@ -48,13 +48,18 @@ pub fn migrator() -> sqlx::migrate::Migrator {
             "ingest tenant keys",
             include_str!("../../migrations/postgres/200002_tenant_keys.sql"),
         ),
+        (
+            200_003,
+            "ingest deleted tenants",
+            include_str!("../../migrations/postgres/200003_deleted_tenants.sql"),
+        ),
     ])
 }
 
 /// A [`ReadingStore`] on a PostgreSQL pool.
 #[derive(Debug, Clone)]
 pub struct PgReadingStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
     /// False when a migrator credential already migrated the database and
     /// this pool's role may not (see [`Self::provision`]).
     migrates: bool,
@@ -207,7 +212,36 @@ impl ReadingStore for PgReadingStore {
         .rows_affected())
     }
 
+    async fn deleted_tenants(&self) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT tenant_id FROM ingest.deleted_tenant ORDER BY tenant_id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     async fn record_result(&self, result: &StoredResult) -> Result<bool, StoreError> {
+        // Shares the tenant's lock with deletion (see `tenant_data`): a
+        // result is stored before the tenant's data is deleted, or not at all.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!(
+            "SELECT pg_advisory_xact_lock_shared({})",
+            super::tenant_data::PG_TENANT_LOCK
+        ))
+        .bind(&result.tenant_id)
+        .execute(&mut *tx)
+        .await?;
+        let deleted: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM ingest.deleted_tenant WHERE tenant_id = $1)",
+        )
+        .bind(&result.tenant_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if deleted {
+            return Err(StoreError::TenantDeleted {
+                tenant_id: result.tenant_id.clone(),
+            });
+        }
         let changed = sqlx::query(
             "INSERT INTO ingest.window_result (tenant_id, device_id, metric, window_start, window_seconds,
                                               statistics, anomaly_score, anomalous, model_version)
@@ -228,9 +262,10 @@ impl ReadingStore for PgReadingStore {
         .bind(result.anomaly_score)
         .bind(result.anomalous)
         .bind(&result.model_version)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
+        tx.commit().await?;
         Ok(changed == 1)
     }
 

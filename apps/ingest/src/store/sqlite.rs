@@ -45,13 +45,18 @@ pub fn migrator() -> sqlx::migrate::Migrator {
             "ingest tenant keys",
             include_str!("../../migrations/sqlite/200002_tenant_keys.sql"),
         ),
+        (
+            200_003,
+            "ingest deleted tenants",
+            include_str!("../../migrations/sqlite/200003_deleted_tenants.sql"),
+        ),
     ])
 }
 
 /// A [`ReadingStore`] on an SQLite pool.
 #[derive(Debug, Clone)]
 pub struct SqliteReadingStore {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
 }
 
 impl SqliteReadingStore {
@@ -141,7 +146,28 @@ impl ReadingStore for SqliteReadingStore {
         .rows_affected())
     }
 
+    async fn deleted_tenants(&self) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT tenant_id FROM ingest_deleted_tenant ORDER BY tenant_id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     async fn record_result(&self, result: &StoredResult) -> Result<bool, StoreError> {
+        // One writer at a time: a deletion commits before or after this.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let deleted: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM ingest_deleted_tenant WHERE tenant_id = ?1)",
+        )
+        .bind(&result.tenant_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if deleted {
+            return Err(StoreError::TenantDeleted {
+                tenant_id: result.tenant_id.clone(),
+            });
+        }
         let changed = sqlx::query(
             "INSERT INTO ingest_window_result (tenant_id, device_id, metric, window_start, window_seconds,
                                               statistics, anomaly_score, anomalous, model_version, computed_at)
@@ -163,9 +189,10 @@ impl ReadingStore for SqliteReadingStore {
         .bind(result.anomalous)
         .bind(&result.model_version)
         .bind(Utc::now().timestamp_micros())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
+        tx.commit().await?;
         Ok(changed == 1)
     }
 

@@ -279,6 +279,49 @@ pub fn signing_keys(key: &[u8], endpoint: &Endpoint, now: DateTime<Utc>) -> Vec<
     keys
 }
 
+/// The worker's tenant data for `platform.tenancy.v1`: webhook endpoints
+/// and their deliveries. (Jobs are work in flight, not tenant data: a
+/// tenant's queued jobs find its data gone and end without storing any.)
+#[derive(Debug, Clone)]
+pub struct WorkerTenantData<S>(pub S);
+
+impl<S: WebhookStore + Clone> service_runtime::tenant_data::TenantData for WorkerTenantData<S> {
+    async fn export(
+        &self,
+        tenant: &str,
+        out: tokio::sync::mpsc::Sender<service_runtime::tenant_data::TenantRecord>,
+    ) -> Result<(), service_runtime::tenant_data::TenantDataError> {
+        self.0
+            .export_tenant(tenant, out)
+            .await
+            .map_err(crate::error::tenant_data_error)
+    }
+
+    async fn delete(
+        &self,
+        tenant: &str,
+    ) -> Result<
+        Vec<service_runtime::tenant_data::CollectionCount>,
+        service_runtime::tenant_data::TenantDataError,
+    > {
+        let (endpoints, deliveries) = self
+            .0
+            .delete_tenant(tenant)
+            .await
+            .map_err(crate::error::tenant_data_error)?;
+        Ok(vec![
+            service_runtime::tenant_data::CollectionCount {
+                collection: "webhook_endpoints".to_owned(),
+                rows: endpoints,
+            },
+            service_runtime::tenant_data::CollectionCount {
+                collection: "webhook_deliveries".to_owned(),
+                rows: deliveries,
+            },
+        ])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,9 @@ use chrono::{DateTime, Utc};
 use jobs::{JobsError, NewJob, PgStore, SqliteStore};
 use sqlx::Row as _;
 
+use futures_util::TryStreamExt as _;
+use service_runtime::tenant_data::TenantRecord;
+
 use super::{Delivery, DeliveryState, Endpoint};
 
 /// What the webhooks need from the worker's database.
@@ -98,7 +101,59 @@ pub trait WebhookStore: jobs::JobStore {
         &self,
         before: DateTime<Utc>,
     ) -> impl Future<Output = Result<u64, JobsError>> + Send;
+
+    /// Sends the tenant's endpoints, then its deliveries, as JSON records
+    /// (`webhook_endpoints`, `webhook_deliveries`) to `out`, in one read
+    /// transaction; stops early when `out` is closed.
+    fn export_tenant(
+        &self,
+        tenant: &str,
+        out: tokio::sync::mpsc::Sender<TenantRecord>,
+    ) -> impl Future<Output = Result<(), JobsError>> + Send;
+
+    /// Deletes the tenant's endpoints and deliveries in one transaction:
+    /// (endpoints, deliveries) deleted. Queued `webhook.deliver` jobs then
+    /// find no delivery and are dropped.
+    fn delete_tenant(
+        &self,
+        tenant: &str,
+    ) -> impl Future<Output = Result<(u64, u64), JobsError>> + Send;
 }
+
+/// What the worker exports, in order: (collection, PostgreSQL query with
+/// the tenant as `$1`, SQLite query with it as `?1`), one JSON object per
+/// row. Secrets are derived, never stored, so none can be exported.
+const EXPORTS: [(&str, &str, &str); 2] = [
+    (
+        "webhook_endpoints",
+        "SELECT json_build_object('endpoint_id', endpoint_id, 'url', url, 'description', description,
+                'events', events::json, 'enabled', enabled, 'disabled_reason', disabled_reason,
+                'max_in_flight', max_in_flight, 'secret_generation', secret_generation,
+                'failing_since', failing_since, 'created_at', created_at)::text
+         FROM worker.webhook_endpoint WHERE tenant_id = $1 ORDER BY created_at, endpoint_id",
+        "SELECT json_object('endpoint_id', endpoint_id, 'url', url, 'description', description,
+                'events', json(events), 'enabled', json(iif(enabled, 'true', 'false')),
+                'disabled_reason', disabled_reason, 'max_in_flight', max_in_flight,
+                'secret_generation', secret_generation,
+                'failing_since', strftime('%Y-%m-%dT%H:%M:%f+00:00', failing_since / 1e6, 'unixepoch'),
+                'created_at', strftime('%Y-%m-%dT%H:%M:%f+00:00', created_at / 1e6, 'unixepoch'))
+         FROM worker_webhook_endpoint WHERE tenant_id = ?1 ORDER BY created_at, endpoint_id",
+    ),
+    (
+        "webhook_deliveries",
+        "SELECT json_build_object('delivery_id', delivery_id, 'endpoint_id', endpoint_id,
+                'event', event, 'payload', payload::json, 'state', state, 'attempts', attempts,
+                'last_status', last_status, 'last_error', last_error,
+                'created_at', created_at, 'updated_at', updated_at)::text
+         FROM worker.webhook_delivery WHERE tenant_id = $1 ORDER BY created_at, delivery_id",
+        "SELECT json_object('delivery_id', delivery_id, 'endpoint_id', endpoint_id,
+                'event', event, 'payload', json(payload), 'state', state, 'attempts', attempts,
+                'last_status', last_status, 'last_error', last_error,
+                'created_at', strftime('%Y-%m-%dT%H:%M:%f+00:00', created_at / 1e6, 'unixepoch'),
+                'updated_at', strftime('%Y-%m-%dT%H:%M:%f+00:00', updated_at / 1e6, 'unixepoch'))
+         FROM worker_webhook_delivery WHERE tenant_id = ?1 ORDER BY created_at, delivery_id",
+    ),
+];
 
 fn events_json(events: &[String]) -> String {
     serde_json::to_string(events).unwrap_or_else(|_| "[]".into())
@@ -404,6 +459,48 @@ impl WebhookStore for PgStore {
                 .rows_affected(),
         )
     }
+
+    async fn export_tenant(
+        &self,
+        tenant: &str,
+        out: tokio::sync::mpsc::Sender<TenantRecord>,
+    ) -> Result<(), JobsError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SET LOCAL TimeZone = 'UTC'")
+            .execute(&mut *tx)
+            .await?;
+        for (collection, query, _) in EXPORTS {
+            let mut rows = sqlx::query_scalar::<_, String>(query)
+                .bind(tenant)
+                .fetch(&mut *tx);
+            while let Some(json) = rows.try_next().await? {
+                let record = service_runtime::tenant_data::record(collection, json);
+                if out.send(record).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_tenant(&self, tenant: &str) -> Result<(u64, u64), JobsError> {
+        let mut tx = self.pool().begin().await?;
+        let deliveries = sqlx::query("DELETE FROM worker.webhook_delivery WHERE tenant_id = $1")
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let endpoints = sqlx::query("DELETE FROM worker.webhook_endpoint WHERE tenant_id = $1")
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok((endpoints, deliveries))
+    }
 }
 
 // -------------------------------------------------------------------- SQLite
@@ -706,5 +803,42 @@ impl WebhookStore for SqliteStore {
                 .await?
                 .rows_affected(),
         )
+    }
+
+    async fn export_tenant(
+        &self,
+        tenant: &str,
+        out: tokio::sync::mpsc::Sender<TenantRecord>,
+    ) -> Result<(), JobsError> {
+        // A read transaction: one snapshot (WAL) for both collections.
+        let mut tx = self.pool().begin().await?;
+        for (collection, _, query) in EXPORTS {
+            let mut rows = sqlx::query_scalar::<_, String>(query)
+                .bind(tenant)
+                .fetch(&mut *tx);
+            while let Some(json) = rows.try_next().await? {
+                let record = service_runtime::tenant_data::record(collection, json);
+                if out.send(record).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_tenant(&self, tenant: &str) -> Result<(u64, u64), JobsError> {
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let deliveries = sqlx::query("DELETE FROM worker_webhook_delivery WHERE tenant_id = ?1")
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let endpoints = sqlx::query("DELETE FROM worker_webhook_endpoint WHERE tenant_id = ?1")
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok((endpoints, deliveries))
     }
 }
