@@ -323,7 +323,10 @@ async fn publish_direct(
         let mut ingest = ingest.clone();
         async move {
             let ack = ingest
-                .publish_readings(pb::PublishReadingsRequest { readings })
+                .publish_readings(pb::PublishReadingsRequest {
+                    readings,
+                    ..Default::default()
+                })
                 .await
                 .map_err(|s| s.to_string())?
                 .into_inner()

@@ -48,6 +48,12 @@ pub struct Config {
     /// `GATEWAY_READINGS_PER_DAY`: readings a tenant may publish per UTC
     /// day unless it has its own quota (`gateway tenants quota`).
     pub readings_per_day: u64,
+    /// `GATEWAY_SERIES_PER_TENANT`: distinct (device, metric) series a
+    /// tenant may have unless it has its own quota; 0 for no limit.
+    pub series_per_tenant: u64,
+    /// `GATEWAY_RETENTION_SWEEP_EVERY`: how often tenants' own retention
+    /// (`gateway tenants quota --retention-days`) is applied; 0s never.
+    pub retention_sweep_every: Duration,
     /// `GATEWAY_CORS_ORIGINS`: origins (`https://app.example`, comma
     /// separated) whose browser pages may call the API; none by default.
     pub cors_origins: Vec<String>,
@@ -71,6 +77,8 @@ impl Config {
             limits: limits(env),
             cors_origins: cors_origins(env),
             readings_per_day: env.get_or("READINGS_PER_DAY", 10_000_000),
+            series_per_tenant: env.get_or("SERIES_PER_TENANT", 10_000),
+            retention_sweep_every: env.get_or("RETENTION_SWEEP_EVERY", Duration::from_secs(3_600)),
             key_cache_ttl: key_cache_ttl(env),
             migrate_database_url: env.migrate_database_url(&database_url),
             database_url,

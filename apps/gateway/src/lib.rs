@@ -107,6 +107,7 @@ async fn serve<S: storage::GatewayStore>(config: Config, store: S) -> Result<Run
     let state = routes::AppState {
         worker,
         readings_per_day: config.readings_per_day,
+        series_per_tenant: config.series_per_tenant,
         backends,
         status_timeout: config.status_timeout,
         ingest,
@@ -114,6 +115,11 @@ async fn serve<S: storage::GatewayStore>(config: Config, store: S) -> Result<Run
         cors: cors::AllowedOrigins::new(config.cors_origins.clone()),
         tls: headers::ServedOverTls(config.http.tls.is_some()),
     };
+    let retention = (
+        store.clone(),
+        state.ingest.clone(),
+        config.retention_sweep_every,
+    );
     let admin = routes::admin_router(state.clone());
     let router = routes::router(state);
     let ping = store.clone();
@@ -131,6 +137,10 @@ async fn serve<S: storage::GatewayStore>(config: Config, store: S) -> Result<Run
                     () = tokio::time::sleep(std::time::Duration::from_secs(60)) => idle.forget_idle(),
                 }
             }
+        })
+        .background("tenant retention", move |stop| {
+            let (store, ingest, every) = retention;
+            lifecycle::retention_until(store, ingest, every, stop)
         })
         .background("key usage", move |stop| async move {
             loop {

@@ -5,13 +5,18 @@
 //! export|delete`). Deletion is resumable: the tenant is marked first (its
 //! keys refused at once), each app deletes in its own transaction and
 //! idempotently, and the gateway's own rows go last; a run interrupted
-//! anywhere is finished by running it again.
+//! anywhere is finished by running it again. Tenants' own retention is
+//! applied here too: a background sweep prunes each tenant's old data
+//! through ingest, acting for that tenant.
 
 use std::{io::Write, time::Duration};
 
 use chrono::Utc;
-use contracts::tenancy::v1::{
-    self as pb, CollectionCount, tenant_data_service_client::TenantDataServiceClient,
+use contracts::{
+    ingest::v1::{self as ingest_pb, ingest_service_client::IngestServiceClient},
+    tenancy::v1::{
+        self as pb, CollectionCount, tenant_data_service_client::TenantDataServiceClient,
+    },
 };
 use service_runtime::{ChannelError, TracedChannel, traced_channel};
 
@@ -84,6 +89,9 @@ pub enum LifecycleError {
     /// No such tenant.
     #[error("no tenant {0}")]
     NoTenant(TenantId),
+    /// The operator's name cannot be sent as a principal.
+    #[error("operator {0:?}: not a valid principal name")]
+    BadOperator(String),
 }
 
 /// Marks a request as the gateway acting for `operator`.
@@ -91,12 +99,7 @@ fn as_operator<T>(message: T, operator: &str) -> Result<tonic::Request<T>, Lifec
     let mut request = tonic::Request::new(message);
     let principal = format!("operator:{operator}")
         .parse()
-        .map_err(|_| LifecycleError::App {
-            app: "gateway",
-            status: tonic::Status::invalid_argument(format!(
-                "operator: {operator:?} is not a valid principal name"
-            )),
-        })?;
+        .map_err(|_| LifecycleError::BadOperator(operator.to_owned()))?;
     request
         .metadata_mut()
         .insert(security::policy::PRINCIPAL_METADATA, principal);
@@ -242,4 +245,108 @@ pub async fn export_tenant(
     }
     out.flush()?;
     Ok(counts)
+}
+
+/// Most prune calls per tenant in one sweep (each deletes up to the batch
+/// ingest allows); what is left is pruned at the next sweep.
+const PRUNE_CALLS_PER_SWEEP: usize = 100;
+
+/// What one retention sweep deleted, per tenant: (readings, results).
+pub type RetentionReport = Vec<(TenantId, u64, u64)>;
+
+/// Applies every tenant's own retention once: for each tenant that has
+/// one (and is not deleted), deletes its readings observed, and its window
+/// results starting, more than `retention_days` before `now`, through
+/// ingest acting for the tenant. A failing tenant is logged and skipped.
+pub async fn apply_retention(
+    store: &impl GatewayStore,
+    ingest: &IngestServiceClient<TracedChannel>,
+    now: chrono::DateTime<Utc>,
+) -> Result<RetentionReport, LifecycleError> {
+    let mut report = Vec::new();
+    for tenant in store.list_tenants().await? {
+        let (Some(days), TenantState::Active | TenantState::Suspended) =
+            (tenant.retention_days, tenant.state)
+        else {
+            continue;
+        };
+        let days = i64::try_from(days).unwrap_or(i64::MAX).min(365_000);
+        let older_than = now - chrono::Duration::days(days);
+        match prune_tenant(ingest, &tenant.id, older_than).await {
+            Ok((readings, results)) => report.push((tenant.id, readings, results)),
+            Err(error) => tracing::warn!(
+                tenant = %tenant.id, %error,
+                "could not apply the tenant's retention; trying again at the next sweep"
+            ),
+        }
+    }
+    Ok(report)
+}
+
+/// Prunes one tenant's data older than `older_than`, batch by batch.
+async fn prune_tenant(
+    ingest: &IngestServiceClient<TracedChannel>,
+    tenant: &TenantId,
+    older_than: chrono::DateTime<Utc>,
+) -> Result<(u64, u64), LifecycleError> {
+    let (mut readings, mut results) = (0, 0);
+    for _ in 0..PRUNE_CALLS_PER_SWEEP {
+        let mut request = tonic::Request::new(ingest_pb::PruneReadingsRequest {
+            older_than: Some(prost_types::Timestamp {
+                seconds: older_than.timestamp(),
+                nanos: 0,
+            }),
+            batch_size: 0,
+            tenant_id: tenant.to_string(),
+        });
+        let principal = format!("tenant:{tenant}")
+            .parse()
+            .map_err(|_| LifecycleError::BadOperator(tenant.to_string()))?;
+        request
+            .metadata_mut()
+            .insert(security::policy::PRINCIPAL_METADATA, principal);
+        let pruned = ingest
+            .clone()
+            .prune_readings(request)
+            .await
+            .map_err(|status| LifecycleError::App {
+                app: "ingest",
+                status,
+            })?
+            .into_inner();
+        readings += pruned.deleted;
+        results += pruned.results_deleted;
+        if pruned.deleted == 0 && pruned.results_deleted == 0 {
+            break;
+        }
+    }
+    Ok((readings, results))
+}
+
+/// Sweeps every `every` until `stop` (the gateway's background task).
+pub async fn retention_until(
+    store: impl GatewayStore,
+    ingest: IngestServiceClient<TracedChannel>,
+    every: Duration,
+    stop: service_runtime::CancellationToken,
+) {
+    if every.is_zero() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        match apply_retention(&store, &ingest, Utc::now()).await {
+            Ok(report) => {
+                for (tenant, readings, results) in report {
+                    if readings + results > 0 {
+                        tracing::info!(%tenant, readings, results, "applied the tenant's retention");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "the retention sweep failed; trying again later"),
+        }
+    }
 }

@@ -123,7 +123,7 @@ fn to_readings(tenant: &str, body: PublishIn) -> Result<Vec<pb::Reading>, ApiErr
     tag = "readings",
     request_body(content = PublishIn, content_type = "application/json"),
     responses(
-        (status = 200, description = "Every reading is accepted, a duplicate of one already stored, or rejected with the field at fault", body = PublishOut),
+        (status = 200, description = "Every reading is accepted, a duplicate of one already stored, or rejected with the field at fault (a reading that would start a series beyond the tenant's series quota is rejected with field device_id)", body = PublishOut),
         (status = 413, description = "The body is larger than 8 MiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The body is invalid; every bad field is listed", body = Problem, content_type = "application/problem+json"),
@@ -149,6 +149,7 @@ pub async fn publish<S: GatewayStore>(
     let count = readings.len() as u64;
     let day = Utc::now().date_naive();
     let store = &state.auth.store;
+    let mut max_series = state.series_per_tenant;
     if count > 0 {
         let reservation = store
             .reserve_readings(&caller.tenant, day, count, state.readings_per_day)
@@ -163,8 +164,13 @@ pub async fn publish<S: GatewayStore>(
                 used: reservation.used,
             });
         }
+        max_series = reservation.max_series.unwrap_or(max_series);
     }
-    let mut request = tonic::Request::new(pb::PublishReadingsRequest { readings });
+    // Ingest holds the series quota: only it knows which series exist.
+    let mut request = tonic::Request::new(pb::PublishReadingsRequest {
+        readings,
+        max_series: u32::try_from(max_series).unwrap_or(u32::MAX),
+    });
     act_for_tenant(&mut request, caller)?;
     let ack = state
         .ingest

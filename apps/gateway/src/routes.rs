@@ -36,6 +36,8 @@ pub(crate) struct AppState<S> {
     pub(crate) worker: TracedChannel,
     /// Readings a tenant may publish per UTC day unless it has its own quota.
     pub(crate) readings_per_day: u64,
+    /// Series a tenant may have unless it has its own quota (0: no limit).
+    pub(crate) series_per_tenant: u64,
     pub(crate) auth: AuthState<S>,
     /// Whether the public listener serves TLS.
     pub(crate) tls: crate::headers::ServedOverTls,

@@ -38,6 +38,7 @@ const MAX_PRUNE: u32 = 100_000;
 #[derive(Debug, Clone)]
 pub(crate) struct IngestApi<S> {
     store: S,
+    series: Arc<crate::series::SeriesQuota>,
     admission: Admission,
     pipelines: Pipelines,
     max_batch_readings: usize,
@@ -51,6 +52,7 @@ pub(crate) fn server<S: ReadingStore>(
 ) -> IngestServiceServer<IngestApi<S>> {
     IngestServiceServer::new(IngestApi {
         store,
+        series: Arc::default(),
         admission,
         pipelines,
         max_batch_readings,
@@ -71,11 +73,13 @@ impl<S: ReadingStore> IngestApi<S> {
         Ok(())
     }
 
-    /// Queues one batch; the receiver answers when it is durable.
+    /// Queues one batch, refusing readings that would pass `max_series`
+    /// (0: no quota); the receiver answers when it is durable.
     async fn publish(
         &self,
         sequence: u64,
         readings: Vec<pb::Reading>,
+        max_series: u32,
         when_full: WhenFull,
     ) -> Result<tokio::sync::oneshot::Receiver<Outcome>, ApiError> {
         let (ticket, answer) = Ticket::new(sequence, readings.len());
@@ -83,9 +87,13 @@ impl<S: ReadingStore> IngestApi<S> {
             pipeline::Acknowledger::ack(&*ticket, &[], &[]);
             return Ok(answer);
         }
+        let refused = self
+            .series
+            .check(&self.store, &readings, max_series)
+            .await?;
         let trace = Arc::new(telemetry::current_trace_carrier());
         self.admission
-            .admit(readings, &ticket, Some(trace), when_full)
+            .admit(readings, refused, &ticket, Some(trace), when_full)
             .await?;
         Ok(answer)
     }
@@ -297,7 +305,12 @@ impl<S: ReadingStore> StreamSession<S> {
             Ok(()) => {
                 self.last_sequence = Some(batch.sequence);
                 self.api
-                    .publish(batch.sequence, batch.readings, WhenFull::Wait)
+                    .publish(
+                        batch.sequence,
+                        batch.readings,
+                        batch.max_series,
+                        WhenFull::Wait,
+                    )
                     .await
             }
             Err(error) => Err(error),
@@ -322,10 +335,15 @@ impl<S: ReadingStore> IngestService for IngestApi<S> {
         request: Request<pb::PublishReadingsRequest>,
     ) -> Result<Response<pb::PublishReadingsResponse>, Status> {
         let tenant = scoped_tenant(&request);
-        let mut readings = request.into_inner().readings;
+        let pb::PublishReadingsRequest {
+            mut readings,
+            max_series,
+        } = request.into_inner();
         hold_readings_to_tenant(tenant.as_deref(), &mut readings)?;
         self.check_size(readings.len())?;
-        let answer = self.publish(0, readings, WhenFull::Reject).await?;
+        let answer = self
+            .publish(0, readings, max_series, WhenFull::Reject)
+            .await?;
         let ack = answer.await.map_err(|_| ApiError::ShuttingDown)?;
         // A unary caller resends the whole request on UNAVAILABLE; only
         // streams carry the failure inside the acknowledgement.
@@ -568,20 +586,30 @@ impl<S: ReadingStore> IngestService for IngestApi<S> {
         request: Request<pb::PruneReadingsRequest>,
     ) -> Result<Response<pb::PruneReadingsResponse>, Status> {
         let actor = security::audit::peer_actor(&request);
-        let request = request.into_inner();
+        let scope = scoped_tenant(&request);
+        let mut request = request.into_inner();
+        hold_to_tenant(scope.as_deref(), "tenant_id", &mut request.tenant_id)?;
         let older_than = timestamp("older_than", request.older_than)?;
         let batch = match request.batch_size {
             0 => DEFAULT_PRUNE,
             n => n.min(MAX_PRUNE),
         };
-        let pruned = self.store.prune(older_than, batch).await;
+        let tenant = Some(request.tenant_id.as_str()).filter(|t| !t.is_empty());
+        let pruned = self.store.prune(older_than, batch, tenant).await;
+        let whose = tenant.map_or_else(String::new, |t| format!(" of tenant {t}"));
         security::audit::record(&security::audit::AuditEvent {
             actor: &actor,
             action: "readings.prune",
-            target: &format!("readings observed before {}", older_than.to_rfc3339()),
+            target: &format!(
+                "readings{whose} observed before {}",
+                older_than.to_rfc3339()
+            ),
             outcome: security::audit::AuditOutcome::of(&pruned),
         });
-        let deleted = pruned?;
-        Ok(Response::new(pb::PruneReadingsResponse { deleted }))
+        let (deleted, results_deleted) = pruned?;
+        Ok(Response::new(pb::PruneReadingsResponse {
+            deleted,
+            results_deleted,
+        }))
     }
 }

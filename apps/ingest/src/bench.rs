@@ -281,6 +281,7 @@ pub async fn grpc(args: &BenchArgs) -> Result<(), BenchError> {
         .map(|(i, chunk)| pb::StreamReadingsRequest {
             sequence: i as u64 + 1,
             readings: chunk.to_vec(),
+            ..Default::default()
         })
         .collect();
     let expected = batches.len();

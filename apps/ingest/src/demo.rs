@@ -80,7 +80,10 @@ pub async fn publish(args: &PublishArgs) -> Result<(), String> {
             })
             .collect();
         let ack = client
-            .publish_readings(pb::PublishReadingsRequest { readings })
+            .publish_readings(pb::PublishReadingsRequest {
+                readings,
+                ..Default::default()
+            })
             .await
             .map_err(|status| format!("publish: {} ({:?})", status.message(), status.code()))?
             .into_inner()

@@ -66,6 +66,9 @@ pub struct Envelope {
     /// A payload that was not a reading at all: the decoder's error and the
     /// raw bytes, kept for the dead-letter store.
     pub undecodable: Option<(String, Vec<u8>)>,
+    /// Refused before the pipeline (the tenant's series quota): reported
+    /// as a rejection, and not dead-lettered (it is not malformed).
+    pub refused: Option<Rejection>,
 }
 
 /// A valid reading bound for a batch.
@@ -178,6 +181,9 @@ impl<S: ReadingStore> Handler for ReadingsHandler<S> {
         }
         let reading = bind_tenant(&input.reading, &input.tenant)?;
         let parsed = Reading::parse(reading, Utc::now(), &self.limits).and_then(|reading| {
+            if let Some(refused) = &input.refused {
+                return Err(refused.clone());
+            }
             if self.deleted.contains(&reading.tenant_id) {
                 return Err(Rejection {
                     field: "tenant_id",
@@ -232,7 +238,9 @@ impl<S: ReadingStore> Handler for ReadingsHandler<S> {
         let mut dropped = 0;
         let letters: Vec<DeadLetter> = failed
             .iter()
-            .filter(|(_, failure)| failure.kind == FailureKind::Invalid)
+            .filter(|(envelope, failure)| {
+                failure.kind == FailureKind::Invalid && envelope.refused.is_none()
+            })
             .filter_map(|(envelope, failure)| {
                 let (field, reason) = field_and_reason(failure);
                 let tenant_id = match &envelope.tenant {

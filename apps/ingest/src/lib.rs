@@ -14,6 +14,7 @@ pub mod demo;
 pub mod error;
 pub mod handler;
 pub mod reading;
+pub mod series;
 pub mod sink;
 pub mod source;
 mod stats;

@@ -97,6 +97,7 @@ async fn each_app_runs_as_its_own_role_and_nothing_more() {
     let ack = client
         .publish_readings(pb::PublishReadingsRequest {
             readings: readings(window),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -4,7 +4,7 @@
 
 use gateway::{
     keys::{Pepper, TenantId},
-    storage::{GatewayStore as _, TenantState, sqlite::SqliteGatewayStore},
+    storage::{GatewayStore as _, TenantLimit, TenantState, sqlite::SqliteGatewayStore},
     tenancy::{self, Peppers},
 };
 use service_runtime::testing::{TestResponse, http_request};
@@ -397,6 +397,27 @@ async fn the_key_decides_the_tenant_and_the_scope_decides_the_route() {
     );
     store.set_readings_quota(&acme, None).await.unwrap();
 
+    // The series quota: acme has one series (boiler-1); with a quota of
+    // one, a reading of a new series is rejected naming device_id, and
+    // readings of the existing series still go in.
+    store
+        .set_limit(&acme, TenantLimit::Series, Some(1))
+        .await
+        .unwrap();
+    let mut new_series = reading("s2", None, &now);
+    new_series["device_id"] = "boiler-2".into();
+    let limited = post(
+        addr,
+        Some(&writer),
+        &batch(vec![reading("s1", None, &now), new_series]),
+    )
+    .await;
+    assert_eq!(limited.status, 200, "{}", limited.body);
+    let limited: serde_json::Value = serde_json::from_str(&limited.body).unwrap();
+    assert_eq!(limited["accepted"], 1, "{limited}");
+    assert_eq!(limited["rejected"][0]["event_id"], "s2", "{limited}");
+    assert_eq!(limited["rejected"][0]["field"], "device_id", "{limited}");
+
     // Suspension refuses the tenant's keys at once.
     store
         .set_tenant_state(&acme, TenantState::Suspended)
@@ -413,6 +434,6 @@ async fn the_key_decides_the_tenant_and_the_scope_decides_the_route() {
             .fetch_all(&jobs::sqlite::connect(&ingest_db.url()).await.unwrap())
             .await
             .unwrap();
-    assert_eq!(stored, vec![("acme".to_owned(), 6)]);
+    assert_eq!(stored, vec![("acme".to_owned(), 7)]);
     tokio::join!(gateway.shutdown(), ingest.shutdown());
 }

@@ -234,7 +234,12 @@ fn a_planted_rpc_without_a_policy_entry_fails_the_walk() {
 /// field, an empty tenant becomes the principal's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_principal_reaches_only_its_own_tenant() {
-    use contracts::ingest::v1::{self as pb, ingest_service_client::IngestServiceClient};
+    use contracts::{
+        ingest::v1::{self as pb, ingest_service_client::IngestServiceClient},
+        tenancy::v1::{
+            DeleteTenantDataRequest, tenant_data_service_client::TenantDataServiceClient,
+        },
+    };
 
     let pki = scratch_pki("tenant", &IDENTITIES.map(identity_name));
     let backends = Backends::start_with(|app| Transport::mutual_tls_in(&pki, app)).await;
@@ -264,6 +269,7 @@ async fn a_tenant_principal_reaches_only_its_own_tenant() {
     let refused = ingest
         .publish_readings(as_acme(pb::PublishReadingsRequest {
             readings: vec![reading("acme", "e1"), reading("globex", "e2")],
+            ..Default::default()
         }))
         .await
         .unwrap_err();
@@ -276,6 +282,7 @@ async fn a_tenant_principal_reaches_only_its_own_tenant() {
     let accepted = ingest
         .publish_readings(as_acme(pb::PublishReadingsRequest {
             readings: vec![reading("", "e3")],
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -295,6 +302,40 @@ async fn a_tenant_principal_reaches_only_its_own_tenant() {
         .list_window_results(as_acme(pb::ListWindowResultsRequest::default()))
         .await;
     assert!(own.is_ok(), "an empty tenant is the principal's: {own:?}");
+
+    // A tenant's retention: the gateway prunes acting for the tenant, and
+    // only that tenant's data (an empty tenant id is the principal's).
+    let older_than = Some(prost_types::Timestamp {
+        seconds: chrono::Utc::now().timestamp() - 86_400,
+        nanos: 0,
+    });
+    let other = ingest
+        .prune_readings(as_acme(pb::PruneReadingsRequest {
+            older_than,
+            tenant_id: "globex".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), tonic::Code::PermissionDenied, "{other:?}");
+    let own = ingest
+        .prune_readings(as_acme(pb::PruneReadingsRequest {
+            older_than,
+            ..Default::default()
+        }))
+        .await;
+    assert!(own.is_ok(), "{own:?}");
+
+    // Only an operator exports or deletes a tenant's data.
+    let mut tenant_data =
+        TenantDataServiceClient::new(channel_to(&url_of(&backends.ingest), &gateway, "ingest"));
+    let refused = tenant_data
+        .delete_tenant_data(as_acme(DeleteTenantDataRequest {
+            tenant_id: "acme".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
 
     backends.shutdown().await;
     let _ = std::fs::remove_dir_all(pki);

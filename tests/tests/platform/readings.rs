@@ -197,6 +197,7 @@ async fn story(database_url: String, jobs_table: &str) {
     let ack = client
         .publish_readings(pb::PublishReadingsRequest {
             readings: readings(window),
+            ..Default::default()
         })
         .instrument(publisher)
         .await
@@ -415,6 +416,7 @@ async fn with_numerics_down_aggregation_fails_fast_for_a_later_retry_without_blo
     client
         .publish_readings(pb::PublishReadingsRequest {
             readings: readings(window),
+            ..Default::default()
         })
         .await
         .unwrap();

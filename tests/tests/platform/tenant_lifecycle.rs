@@ -14,7 +14,8 @@ use gateway::{
     keys::TenantId,
     lifecycle::{self, TenantDataApps},
     storage::{
-        GatewayStore, StoreError, TenantState, postgres::PgGatewayStore, sqlite::SqliteGatewayStore,
+        GatewayStore, StoreError, TenantLimit, TenantState, postgres::PgGatewayStore,
+        sqlite::SqliteGatewayStore,
     },
     tenancy,
 };
@@ -281,6 +282,7 @@ async fn lifecycle_on(database_url: &str, store: impl GatewayStore) {
                 observed_at: Some(stamp(hour)),
                 attributes: Default::default(),
             }],
+            max_series: 0,
         })
         .await
         .unwrap()
@@ -336,6 +338,144 @@ async fn a_deleted_tenant_is_gone_from_every_app_and_its_export_held_everything(
         let store = PgGatewayStore::new(postgres.pool.clone());
         store.migrate().await.unwrap();
         lifecycle_on(&postgres.url, store).await;
+        postgres.drop_database().await;
+    }
+}
+
+/// A tenant's own retention, applied by the gateway's sweep through
+/// ingest acting for the tenant: its readings and window results older
+/// than its retention go; its newer ones, and every other tenant's, stay.
+async fn retention_on(database_url: &str, store: impl GatewayStore) {
+    let ingest = ingest::start(ingest::Config::for_tests(database_url))
+        .await
+        .unwrap();
+    let timeout = Duration::from_secs(10);
+    let mut client = IngestServiceClient::new(
+        traced_channel(
+            &url_of(&ingest),
+            &Transport::Plaintext,
+            "ingest",
+            timeout,
+            timeout,
+        )
+        .unwrap(),
+    );
+    let (acme, globex) = (
+        TenantId::parse("acme").unwrap(),
+        TenantId::parse("globex").unwrap(),
+    );
+    for tenant in [&acme, &globex] {
+        store.create_tenant(tenant, "").await.unwrap();
+    }
+    store
+        .set_limit(&acme, TenantLimit::RetentionDays, Some(1))
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let hour = |at: DateTime<Utc>| {
+        DateTime::from_timestamp(at.timestamp() - at.timestamp().rem_euclid(3_600), 0).unwrap()
+    };
+    let (old, recent) = (
+        hour(now - chrono::Duration::days(3)),
+        hour(now) - chrono::Duration::hours(1),
+    );
+    let wire = |id: &str, tenant: &str, at: DateTime<Utc>| pb::Reading {
+        event_id: id.into(),
+        tenant_id: tenant.into(),
+        device_id: "boiler-1".into(),
+        metric: "temperature_c".into(),
+        value: 1.0,
+        observed_at: Some(stamp(at)),
+        attributes: Default::default(),
+    };
+    let ack = client
+        .publish_readings(pb::PublishReadingsRequest {
+            readings: vec![
+                wire("a-old-1", "acme", old),
+                wire("a-old-2", "acme", old + chrono::Duration::seconds(1)),
+                wire("a-new", "acme", recent),
+                wire("g-old", "globex", old),
+            ],
+            max_series: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ack
+        .unwrap();
+    assert_eq!(ack.accepted, 4, "{ack:?}");
+    for (tenant, at) in [("acme", old), ("acme", recent), ("globex", old)] {
+        client
+            .record_window_result(result_for(tenant, at))
+            .await
+            .unwrap();
+    }
+
+    let report = lifecycle::apply_retention(&store, &client, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        report,
+        vec![(acme.clone(), 2, 1)],
+        "only acme has a retention"
+    );
+
+    let read = |tenant: &'static str, at: DateTime<Utc>| {
+        let mut client = client.clone();
+        async move {
+            client
+                .read_window(pb::ReadWindowRequest {
+                    window: Some(window_key(tenant, at)),
+                    page_size: 100,
+                    page_token: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .readings
+                .len()
+        }
+    };
+    assert_eq!(read("acme", old).await, 0, "older than a day: gone");
+    assert_eq!(read("acme", recent).await, 1, "newer: kept");
+    assert_eq!(read("globex", old).await, 1, "another tenant's: kept");
+    let results = |tenant: &'static str| {
+        let mut client = client.clone();
+        async move {
+            client
+                .list_window_results(pb::ListWindowResultsRequest {
+                    tenant_id: tenant.into(),
+                    since: Some(stamp(old - chrono::Duration::days(1))),
+                    page_size: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .results
+                .len()
+        }
+    };
+    assert_eq!(results("acme").await, 1);
+    assert_eq!(results("globex").await, 1);
+    let again = lifecycle::apply_retention(&store, &client, now)
+        .await
+        .unwrap();
+    assert_eq!(again, vec![(acme, 0, 0)], "nothing left to prune");
+    ingest.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_own_retention_prunes_only_its_old_data() {
+    let sqlite = jobs::testing::ScratchSqlite::create("platform_retention").await;
+    let store = SqliteGatewayStore::connect(&sqlite.url).await.unwrap();
+    store.migrate().await.unwrap();
+    retention_on(&sqlite.url, store).await;
+    sqlite.remove().await;
+    if let Some(postgres) = jobs::testing::ScratchPostgres::create("platform_retention").await {
+        let store = PgGatewayStore::new(postgres.pool.clone());
+        store.migrate().await.unwrap();
+        retention_on(&postgres.url, store).await;
         postgres.drop_database().await;
     }
 }

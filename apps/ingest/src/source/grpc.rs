@@ -185,6 +185,7 @@ impl Admission {
     pub async fn admit(
         &self,
         readings: Vec<pb::Reading>,
+        mut refused: Vec<Option<Rejection>>,
         ticket: &Arc<Ticket>,
         trace: Option<TraceCarrier>,
         when_full: WhenFull,
@@ -221,6 +222,7 @@ impl Admission {
                     tenant: TenantBinding::FromBody,
                     tally: Some((tally.clone(), index as u32)),
                     undecodable: None,
+                    refused: refused.get_mut(index).and_then(Option::take),
                 },
                 ack: AckRef::new(acker.clone(), index as u64),
                 bytes,

@@ -287,6 +287,7 @@ impl NatsProducer {
                 tenant,
                 tally: None,
                 undecodable: None,
+                refused: None,
             },
             Err(error) => Envelope {
                 reading: pb::Reading::default(),
@@ -294,6 +295,7 @@ impl NatsProducer {
                 tenant,
                 tally: None,
                 undecodable: Some((error.to_string(), message.payload.to_vec())),
+                refused: None,
             },
         };
         Incoming {

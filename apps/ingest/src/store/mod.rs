@@ -146,12 +146,22 @@ pub trait ReadingStore: service_runtime::tenant_data::TenantData {
         query: &WindowQuery,
     ) -> impl Future<Output = Result<Vec<StoredReading>, StoreError>> + Send;
 
-    /// Deletes up to `batch` readings observed before `older_than`.
+    /// Deletes up to `batch` readings observed before `older_than`: every
+    /// tenant's, or with `tenant` that tenant's, and then up to `batch` of
+    /// its window results starting before it too (its own retention).
+    /// Returns (readings, window results) deleted.
     fn prune(
         &self,
         older_than: DateTime<Utc>,
         batch: u32,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+        tenant: Option<&str>,
+    ) -> impl Future<Output = Result<(u64, u64), StoreError>> + Send;
+
+    /// The (device, metric) series the tenant has (the series quota).
+    fn series_of(
+        &self,
+        tenant: &str,
+    ) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
 
     /// Tenants whose data was deleted: their readings and results are
     /// refused from then on.

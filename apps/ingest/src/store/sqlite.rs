@@ -133,17 +133,50 @@ impl ReadingStore for SqliteReadingStore {
             .collect()
     }
 
-    async fn prune(&self, older_than: DateTime<Utc>, batch: u32) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
+    async fn prune(
+        &self,
+        older_than: DateTime<Utc>,
+        batch: u32,
+        tenant: Option<&str>,
+    ) -> Result<(u64, u64), StoreError> {
+        let readings = sqlx::query(
             "DELETE FROM ingest_reading WHERE (tenant_id, event_id) IN (
-                    SELECT tenant_id, event_id FROM ingest_reading WHERE observed_at < ?1
+                    SELECT tenant_id, event_id FROM ingest_reading
+                    WHERE observed_at < ?1 AND (?3 IS NULL OR tenant_id = ?3)
                     ORDER BY observed_at LIMIT ?2)",
         )
         .bind(older_than.timestamp_micros())
         .bind(i64::from(batch))
+        .bind(tenant)
         .execute(&self.pool)
         .await?
-        .rows_affected())
+        .rows_affected();
+        let Some(tenant) = tenant else {
+            return Ok((readings, 0));
+        };
+        let results = sqlx::query(
+            "DELETE FROM ingest_window_result
+             WHERE (tenant_id, device_id, metric, window_start, window_seconds) IN (
+                    SELECT tenant_id, device_id, metric, window_start, window_seconds
+                    FROM ingest_window_result WHERE tenant_id = ?3 AND window_start < ?1
+                    ORDER BY window_start LIMIT ?2)",
+        )
+        .bind(older_than.timestamp_micros())
+        .bind(i64::from(batch))
+        .bind(tenant)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok((readings, results))
+    }
+
+    async fn series_of(&self, tenant: &str) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT device_id, metric FROM ingest_series_watermark WHERE tenant_id = ?1",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn deleted_tenants(&self) -> Result<Vec<String>, StoreError> {

@@ -106,6 +106,7 @@ async fn exercise(url: &str, write: impl std::future::Future<Output = ()>) {
         .prune_readings(pb::PruneReadingsRequest {
             older_than: Some(stamp(at(5))),
             batch_size: 3,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -115,6 +116,7 @@ async fn exercise(url: &str, write: impl std::future::Future<Output = ()>) {
         .prune_readings(pb::PruneReadingsRequest {
             older_than: Some(stamp(at(5))),
             batch_size: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -251,6 +253,92 @@ async fn window_reads_page_in_event_time_and_pruning_is_bounded() {
                 .unwrap();
         })
         .await;
+        postgres.drop_database().await;
+    }
+}
+
+/// The series quota the gateway passes: new series past it are rejected
+/// naming `device_id` (and not dead-lettered), readings of series that
+/// exist always pass, and a larger quota lets the next one in.
+async fn series_quota_on(url: &str, store: impl ingest::store::ReadingStore) {
+    let running = ingest::start(ingest::Config::for_tests(url)).await.unwrap();
+    let timeout = Duration::from_secs(10);
+    let client = IngestServiceClient::new(
+        traced_channel(
+            &ServiceUrl::local(running.grpc_addr.unwrap().port()),
+            &service_runtime::Transport::Plaintext,
+            "ingest",
+            timeout,
+            timeout,
+        )
+        .unwrap(),
+    );
+    let wire = |id: &str, device: &str| pb::Reading {
+        event_id: id.into(),
+        tenant_id: "acme".into(),
+        device_id: device.into(),
+        metric: "temperature_c".into(),
+        value: 1.0,
+        observed_at: Some(stamp(at(0))),
+        attributes: Default::default(),
+    };
+    let publish = |readings: Vec<pb::Reading>, max_series: u32| {
+        let mut client = client.clone();
+        async move {
+            client
+                .publish_readings(pb::PublishReadingsRequest {
+                    readings,
+                    max_series,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .ack
+                .unwrap()
+        }
+    };
+    let ack = publish(
+        vec![
+            wire("a", "d1"),
+            wire("b", "d2"),
+            wire("c", "d3"),
+            wire("d", "d1"),
+        ],
+        2,
+    )
+    .await;
+    assert_eq!(ack.accepted, 3, "two series, one of them twice");
+    assert_eq!(ack.rejected.len(), 1);
+    let rejected = &ack.rejected[0];
+    assert_eq!((rejected.index, rejected.field.as_str()), (2, "device_id"));
+    assert!(
+        rejected.reason.contains("quota of 2 series"),
+        "{}",
+        rejected.reason
+    );
+    let ack = publish(vec![wire("e", "d2"), wire("f", "d4")], 2).await;
+    assert_eq!((ack.accepted, ack.rejected.len()), (1, 1));
+    let ack = publish(vec![wire("g", "d3")], 3).await;
+    assert_eq!((ack.accepted, ack.rejected.len()), (1, 0), "a larger quota");
+    let ack = publish(vec![wire("h", "d5")], 0).await;
+    assert_eq!(ack.accepted, 1, "0: no quota");
+    assert_eq!(
+        store.dead_letters(100).await.unwrap(),
+        [],
+        "a quota refusal is not stored as a dead letter"
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_series_past_the_tenants_quota_are_rejected_naming_the_device() {
+    let sqlite = jobs::testing::ScratchSqlite::create("ingest_series").await;
+    let store = ingest::store::SqliteReadingStore::new(sqlite.pool.clone());
+    series_quota_on(&sqlite.url, store).await;
+    sqlite.remove().await;
+    if let Some(postgres) = jobs::testing::ScratchPostgres::create("ingest_series").await {
+        let store = ingest::store::PgReadingStore::new(postgres.pool.clone());
+        series_quota_on(&postgres.url, store).await;
         postgres.drop_database().await;
     }
 }

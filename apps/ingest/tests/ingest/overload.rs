@@ -104,7 +104,10 @@ async fn ten_times_the_sink_rate_for_30_s_stays_under_the_memory_ceiling_and_los
         publishes.push(tokio::spawn(async move {
             let ids: Vec<String> = readings.iter().map(|r| r.event_id.clone()).collect();
             match client
-                .publish_readings(pb::PublishReadingsRequest { readings })
+                .publish_readings(pb::PublishReadingsRequest {
+                    readings,
+                    ..Default::default()
+                })
                 .await
             {
                 Ok(response) => {

@@ -99,6 +99,7 @@ async fn a_unary_publish_is_answered_once_durable_with_duplicates_and_rejections
         let ack = client
             .publish_readings(pb::PublishReadingsRequest {
                 readings: readings.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -124,7 +125,10 @@ async fn a_unary_publish_is_answered_once_durable_with_duplicates_and_rejections
         );
 
         let again = client
-            .publish_readings(pb::PublishReadingsRequest { readings })
+            .publish_readings(pb::PublishReadingsRequest {
+                readings,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner()
@@ -154,6 +158,7 @@ async fn a_unary_publish_is_answered_once_durable_with_duplicates_and_rejections
                 readings: (0..10_001)
                     .map(|i| now_reading(&format!("x{i}"), "d1", 1, 1.0))
                     .collect(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -222,6 +227,7 @@ async fn a_stream_gets_one_ack_per_batch_and_a_bad_sequence_is_named() {
                 readings: (0..100)
                     .map(|i| now_reading(&format!("s{sequence}-{i}"), "d2", 60, 1.0))
                     .collect(),
+                ..Default::default()
             })
             .collect();
         let mut acks = client
@@ -245,10 +251,12 @@ async fn a_stream_gets_one_ack_per_batch_and_a_bad_sequence_is_named() {
             pb::StreamReadingsRequest {
                 sequence: 5,
                 readings: vec![now_reading("b1", "d2", 1, 1.0)],
+                ..Default::default()
             },
             pb::StreamReadingsRequest {
                 sequence: 5,
                 readings: vec![now_reading("b2", "d2", 1, 1.0)],
+                ..Default::default()
             },
         ];
         let mut acks = client
@@ -289,6 +297,7 @@ async fn a_full_queue_answers_resource_exhausted_with_a_retry_hint_and_loses_not
             readings: (0..10)
                 .map(|i| now_reading(&format!("{name}{i}"), "d3", 5, 1.0))
                 .collect(),
+            ..Default::default()
         };
         let publish = |request: pb::PublishReadingsRequest| {
             let mut client = client.clone();
@@ -382,6 +391,7 @@ async fn concurrent_streams_resending_every_batch_get_no_errors_and_store_each_r
                         [2 * batch + 1, 2 * batch + 2].map(|sequence| pb::StreamReadingsRequest {
                             sequence: sequence as u64,
                             readings: readings.clone(),
+                            ..Default::default()
                         })
                     })
                     .collect();
@@ -473,6 +483,7 @@ async fn a_batch_the_database_fails_is_acknowledged_with_its_error_and_the_strea
             readings: (0..5)
                 .map(|i| now_reading(&format!("{prefix}-{i}"), "d9", 30, 1.0))
                 .collect(),
+            ..Default::default()
         };
         // One batch at a time, so the failure touches that batch only.
         let mut send = async |request| {

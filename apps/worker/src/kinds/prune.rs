@@ -57,6 +57,7 @@ impl Worker for PruneReadings {
                         nanos: 0,
                     }),
                     batch_size: BATCH,
+                    ..Default::default()
                 })
                 .await
                 .map_err(|status| {
