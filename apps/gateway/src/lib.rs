@@ -24,6 +24,7 @@ mod results;
 mod routes;
 mod status;
 pub mod storage;
+mod stream;
 pub mod tenancy;
 mod timestamps;
 mod webhooks;

@@ -31,6 +31,7 @@ Errors are RFC 9457 problem documents.",
     paths(
         routes::status,
         readings::publish,
+        crate::stream::publish_stream,
         readings::series,
         results::list,
         webhooks::create,

@@ -67,6 +67,49 @@ pub struct PublishOut {
     rejected: Vec<RejectedOut>,
 }
 
+/// What to tell a client whose `observed_at` does not parse.
+const OBSERVED_AT_PROBLEM: &str = "must be an RFC 3339 time, e.g. 2026-11-29T10:00:00Z";
+
+/// `reading` as the contract's, for `tenant`.
+fn wire(tenant: &str, reading: ReadingIn, observed_at: Option<DateTime<Utc>>) -> pb::Reading {
+    pb::Reading {
+        event_id: reading.event_id,
+        tenant_id: tenant.to_owned(),
+        device_id: reading.device_id,
+        metric: reading.metric,
+        value: reading.value,
+        observed_at: observed_at.map(timestamp),
+        attributes: reading.attributes,
+    }
+}
+
+/// One streamed reading as `tenant`'s, or why not: (event id, field,
+/// reason). Ingest checks the rest, as for a batch.
+pub(crate) fn to_reading(
+    tenant: &str,
+    reading: ReadingIn,
+) -> Result<pb::Reading, (String, String, String)> {
+    if reading
+        .tenant_id
+        .as_deref()
+        .is_some_and(|named| named != tenant)
+    {
+        return Err((
+            reading.event_id,
+            "tenant_id".into(),
+            "names another tenant than the key's".into(),
+        ));
+    }
+    match DateTime::parse_from_rfc3339(&reading.observed_at) {
+        Ok(at) => Ok(wire(tenant, reading, Some(at.with_timezone(&Utc)))),
+        Err(_) => Err((
+            reading.event_id,
+            "observed_at".into(),
+            OBSERVED_AT_PROBLEM.into(),
+        )),
+    }
+}
+
 /// The body as readings of `tenant`, or every field at fault.
 fn to_readings(tenant: &str, body: PublishIn) -> Result<Vec<pb::Reading>, ApiError> {
     if body.readings.len() > MAX_READINGS {
@@ -93,20 +136,12 @@ fn to_readings(tenant: &str, body: PublishIn) -> Result<Vec<pb::Reading>, ApiErr
             Err(_) => {
                 errors.push(FieldError {
                     field: format!("readings[{i}].observed_at"),
-                    problem: "must be an RFC 3339 time, e.g. 2026-11-29T10:00:00Z".into(),
+                    problem: OBSERVED_AT_PROBLEM.into(),
                 });
                 None
             }
         };
-        readings.push(pb::Reading {
-            event_id: reading.event_id,
-            tenant_id: tenant.to_owned(),
-            device_id: reading.device_id,
-            metric: reading.metric,
-            value: reading.value,
-            observed_at: observed_at.map(timestamp),
-            attributes: reading.attributes,
-        });
+        readings.push(wire(tenant, reading, observed_at));
     }
     if errors.is_empty() {
         Ok(readings)

@@ -55,6 +55,11 @@ pub(crate) fn router<S: GatewayStore>(state: AppState<S>) -> Router {
             .layer(DefaultBodyLimit::max(readings::MAX_BODY_BYTES))
             .get(readings::series::<S>),
     );
+    // The streaming form reads its body itself, bounded by its own limit.
+    let authenticated = route::<crate::stream::__path_publish_stream, _>(
+        authenticated,
+        post(crate::stream::publish_stream::<S>).layer(DefaultBodyLimit::disable()),
+    );
     let authenticated = route::<results::__path_list, _>(authenticated, get(results::list::<S>));
     let authenticated = route::<webhooks::__path_create, _>(
         authenticated,

@@ -14,6 +14,7 @@
 mod database_roles;
 mod features;
 mod gateway_api;
+mod gateway_stream;
 mod gateway_webhooks;
 mod policy;
 mod readings;
