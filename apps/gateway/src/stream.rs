@@ -5,13 +5,18 @@
 //! them over one `StreamReadings` call to ingest, acting for the key's
 //! tenant, while reading ingest's acknowledgements; memory stays bounded
 //! by the batches in flight, not by the body. The answer comes once every
-//! accepted reading is durable: totals, and each refused line with its
-//! line number, field and reason. A line that is not a reading is refused
-//! alone; the rest of the body still goes in.
+//! accepted reading is durable: totals, and each refused reading with its
+//! line number, field and reason (what ingest refuses, a batch past the
+//! daily quota). A line that is not a reading at all (not JSON, another
+//! shape, a time that does not parse, another tenant) is the producer's
+//! bug, as in Elasticsearch's bulk API: reading stops there and the answer
+//! is `422` (`403` for another tenant) naming the line, after the lines
+//! before it were stored.
 //!
-//! Failure is all or nothing for the client: if ingest could not store a
-//! batch (or went away), the answer is `503` and the client resends the
-//! whole body; the readings already stored come back as duplicates.
+//! So a client never needs to know how far a failed request got: on `503`
+//! (ingest could not store a batch, or went away) or a `4xx` it resends
+//! the whole body, fixed; the readings already stored come back as
+//! duplicates.
 
 use std::{
     collections::HashMap,
@@ -57,7 +62,8 @@ pub struct RejectedLine {
     line: u64,
     /// The reading's event id, when the line had one.
     event_id: String,
-    /// The field at fault (`line` when the line is not a reading at all).
+    /// The field at fault, as ingest names it (`readings` for a batch past
+    /// the daily quota).
     field: String,
     reason: String,
 }
@@ -108,11 +114,12 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, InFlight> {
         description = "One reading per line, each as in POST /v1/readings (at most 64 KiB a line, 256 MiB a request)"
     ),
     responses(
-        (status = 200, description = "Every line is accepted, a duplicate, or refused with its line number and the field at fault", body = StreamOut),
-        (status = 413, description = "The body is larger than 256 MiB; the lines before the limit were processed (resend the rest)", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Every reading is accepted, a duplicate, or refused with its line number and the field at fault", body = StreamOut),
+        (status = 413, description = "The body is larger than 256 MiB; the lines before the limit were stored (resend the whole body: they come back as duplicates)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A line is not a reading (not JSON, another shape, a time that does not parse, longer than 64 KiB), named in errors, the lines before it stored; or the body has no reading", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not application/x-ndjson", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No key, or a key that is refused", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key lacks the route's scope", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks the route's scope, or a line names another tenant", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "A rate limit is reached; see Retry-After", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "A fault on our side (logged)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Ingest could not store part of the stream, or the gateway sheds load: resend the whole body (stored readings come back as duplicates)", body = Problem, content_type = "application/problem+json"),
@@ -155,7 +162,6 @@ pub async fn publish_stream<S: GatewayStore>(
     };
     let producer = produce(&state, caller, body, &shared, batches);
     let (produced, acknowledged) = tokio::join!(producer, acknowledgements);
-    let lines = produced?;
     // A batch never acknowledged (ingest went away) was not stored.
     let unsettled: Vec<(u64, usize, chrono::NaiveDate)> = lock(&shared)
         .batches
@@ -165,6 +171,7 @@ pub async fn publish_stream<S: GatewayStore>(
     for (_, count, day) in &unsettled {
         release(&state, caller, *day, *count as u64).await;
     }
+    let lines = produced?;
     acknowledged?;
     let InFlight { out, .. } = std::mem::take(&mut *lock(&shared));
     if out.failed || !unsettled.is_empty() {
@@ -208,7 +215,7 @@ async fn produce<S: GatewayStore>(
     let mut produced = Produced::default();
     let mut filling = Filling::default();
     let mut pending = Vec::new();
-    let (mut line_no, mut total, mut skipping) = (0u64, 0usize, false);
+    let (mut line_no, mut total) = (0u64, 0usize);
     let mut chunks = body.into_data_stream();
     loop {
         let chunk = chunks.next().await;
@@ -231,56 +238,56 @@ async fn produce<S: GatewayStore>(
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let raw: Vec<u8> = pending.drain(..=end).collect();
             line_no += 1;
-            if std::mem::take(&mut skipping) {
-                continue;
-            }
             let text = raw.trim_ascii();
             if text.is_empty() {
                 continue;
             }
             produced.lines += 1;
-            take_line(tenant, line_no, text, shared, &mut filling);
+            if let Err(error) = take_line(tenant, line_no, text, &mut filling) {
+                // What came before it is sent, and stored, first.
+                send(state, caller, shared, &batches, &mut filling, &mut produced).await?;
+                return Err(error);
+            }
             if filling.readings.len() >= BATCH_READINGS {
                 send(state, caller, shared, &batches, &mut filling, &mut produced).await?;
             }
         }
         if pending.len() > MAX_LINE_BYTES {
-            // Refuse the line now, drop what came of it, skip to its end.
-            refuse(
-                shared,
-                line_no + 1,
-                String::new(),
-                "line",
-                &format!("longer than {MAX_LINE_BYTES} bytes"),
-            );
-            produced.lines += 1;
-            pending.clear();
-            skipping = true;
+            send(state, caller, shared, &batches, &mut filling, &mut produced).await?;
+            return Err(ApiError::invalid(
+                format!("line {}", line_no + 1),
+                format!("longer than {MAX_LINE_BYTES} bytes"),
+            ));
         }
         if last {
             break;
         }
     }
+    if produced.lines == 0 {
+        return Err(ApiError::invalid("body", "is empty: send at least one reading"));
+    }
     send(state, caller, shared, &batches, &mut filling, &mut produced).await?;
     Ok(produced)
 }
 
-/// One line: a reading for the batch, or a refusal.
-fn take_line(tenant: &str, line: u64, text: &[u8], shared: &Shared, filling: &mut Filling) {
-    let parsed: ReadingIn = match serde_json::from_slice(text) {
-        Ok(parsed) => parsed,
-        Err(error) => {
-            let reason = format!("not a reading: {error}");
-            return refuse(shared, line, String::new(), "line", &reason);
+/// One line: a reading for the batch, or the error that ends the request
+/// (the line is not a reading of this tenant).
+fn take_line(tenant: &str, line: u64, text: &[u8], filling: &mut Filling) -> Result<(), ApiError> {
+    let parsed: ReadingIn = serde_json::from_slice(text).map_err(|error| {
+        ApiError::invalid(format!("line {line}"), format!("not a reading: {error}"))
+    })?;
+    let reading = to_reading(tenant, parsed).map_err(|(_, field, reason)| {
+        if field == "tenant_id" {
+            ApiError::OtherTenant {
+                field: format!("line {line}.tenant_id"),
+            }
+        } else {
+            ApiError::invalid(format!("line {line}.{field}"), reason)
         }
-    };
-    match to_reading(tenant, parsed) {
-        Ok(reading) => {
-            filling.readings.push(reading);
-            filling.lines.push(line);
-        }
-        Err((event_id, field, reason)) => refuse(shared, line, event_id, &field, &reason),
-    }
+    })?;
+    filling.readings.push(reading);
+    filling.lines.push(line);
+    Ok(())
 }
 
 fn refuse(shared: &Shared, line: u64, event_id: String, field: &str, reason: &str) {

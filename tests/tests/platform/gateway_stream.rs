@@ -1,7 +1,9 @@
 //! The streaming publish (`POST /v1/readings/stream`, NDJSON) in front of a
 //! real ingest: a body sent in small chunks that cut lines apart is read
-//! line by line, in batches; every refused line comes back with its line
-//! number and field while the rest is stored; the daily quota refuses the
+//! line by line, in batches; every refused reading comes back with its
+//! line number and field while the rest is stored; a line that is not a
+//! reading ends the request with `422` (`403` for another tenant) naming
+//! it, after the lines before it were stored; the daily quota refuses the
 //! batches past it; a body that is not NDJSON is `415`.
 
 use gateway::{
@@ -94,19 +96,11 @@ async fn an_ndjson_stream_is_stored_in_batches_and_each_refused_line_is_named() 
     let bearer = format!("Bearer {}", key.reveal());
     let now = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
 
-    // 2,500 good lines across three batches, with refusals and a
-    // duplicate among them, blank lines and CRLF endings.
+    // 2,500 good lines across three batches, with a reading ingest
+    // refuses and a duplicate among them, blank lines and CRLF endings.
     let mut lines: Vec<String> = (0..2_500)
         .map(|i| line(&format!("e{i}"), &format!("d{}", i % 10), &now))
         .collect();
-    lines.insert(10, "{not json".into()); // line 11
-    lines.insert(20, line("bad-time", "d1", "yesterday")); // line 21
-    lines.insert(30, {
-        let mut other: serde_json::Value =
-            serde_json::from_str(&line("other", "d1", &now)).unwrap();
-        other["tenant_id"] = "globex".into();
-        other.to_string()
-    }); // line 31
     lines.insert(40, line("no-device", "", &now)); // line 41: ingest refuses it
     lines.insert(1_500, line("e5", "d5", &now)); // line 1501: a duplicate of e5
     lines.insert(50, String::new()); // line 51: blank, skipped
@@ -118,51 +112,66 @@ async fn an_ndjson_stream_is_stored_in_batches_and_each_refused_line_is_named() 
     let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(answer["accepted"], 2_500, "{answer}");
     assert_eq!(answer["duplicates"], 1, "{answer}");
-    assert_eq!(answer["lines"], 2_505, "blank lines are not counted");
+    assert_eq!(answer["lines"], 2_502, "blank lines are not counted");
     assert_eq!(answer["batches"], 3, "batches of 1,000");
-    let refused: Vec<(u64, String, String)> = answer["rejected"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["line"].as_u64().unwrap(),
-                r["event_id"].as_str().unwrap().to_owned(),
-                r["field"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let refused = answer["rejected"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{answer}");
     assert_eq!(
-        refused,
-        vec![
-            (11, String::new(), "line".to_owned()),
-            (21, "bad-time".to_owned(), "observed_at".to_owned()),
-            (31, "other".to_owned(), "tenant_id".to_owned()),
-            (41, "no-device".to_owned(), "device_id".to_owned()),
-        ],
+        (
+            &refused[0]["line"],
+            &refused[0]["event_id"],
+            &refused[0]["field"]
+        ),
+        (&41.into(), &"no-device".into(), &"device_id".into()),
         "{answer}"
     );
 
-    // A line longer than 64 KiB is refused alone.
-    let long = format!(
-        "{}\n{}\n{}\n",
-        line("before", "d1", &now),
-        "x".repeat(70 * 1024),
-        line("after", "d1", &now)
-    );
-    let (status, answer) = stream(
-        addr,
-        &bearer,
-        "application/x-ndjson",
-        long.as_bytes(),
-        4_096,
-    )
-    .await;
+    // A line that is not a reading ends the request, naming it; the lines
+    // before it are stored (sent again, they are duplicates).
+    let other_tenant = {
+        let mut other: serde_json::Value = serde_json::from_str(&line("o", "d1", &now)).unwrap();
+        other["tenant_id"] = "globex".into();
+        other.to_string()
+    };
+    for (bad, status, field) in [
+        ("{not json".to_owned(), 422, "line 3"),
+        (
+            line("bad-time", "d1", "yesterday"),
+            422,
+            "line 3.observed_at",
+        ),
+        (other_tenant, 403, "line 3.tenant_id"),
+        ("x".repeat(70 * 1024), 422, "line 3"),
+    ] {
+        let body = format!(
+            "{}\n{}\n{}\n{}\n",
+            line("m1", "d1", &now),
+            line("m2", "d1", &now),
+            bad,
+            line("m3", "d1", &now)
+        );
+        let (got, answer) = stream(
+            addr,
+            &bearer,
+            "application/x-ndjson",
+            body.as_bytes(),
+            4_096,
+        )
+        .await;
+        assert_eq!(got, status, "{answer}");
+        let problem: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(problem["errors"][0]["field"], field, "{answer}");
+    }
+    let again = format!("{}\n{}\n", line("m1", "d1", &now), line("m3", "d1", &now));
+    let (status, answer) =
+        stream(addr, &bearer, "application/x-ndjson", again.as_bytes(), 64).await;
     assert_eq!(status, 200, "{answer}");
     let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
-    assert_eq!(answer["accepted"], 2, "{answer}");
-    assert_eq!(answer["rejected"][0]["line"], 2, "{answer}");
-    assert_eq!(answer["rejected"][0]["field"], "line", "{answer}");
+    assert_eq!(
+        (&answer["accepted"], &answer["duplicates"]),
+        (&1.into(), &1.into()),
+        "the line before the bad one was stored, the one after it was not: {answer}"
+    );
 
     // The daily quota: the batch that would pass it is refused line by
     // line, naming the quota; the one before it is stored.
@@ -197,6 +206,9 @@ async fn an_ndjson_stream_is_stored_in_batches_and_each_refused_line_is_named() 
 
     let (status, answer) = stream(addr, &bearer, "application/json", b"{}", 16).await;
     assert_eq!(status, 415, "{answer}");
+    let (status, answer) = stream(addr, &bearer, "application/x-ndjson", b"\n\r\n", 16).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer.contains(r#""field":"body""#), "{answer}");
     tokio::join!(gateway.shutdown(), ingest.shutdown());
 }
 
