@@ -188,6 +188,24 @@ async fn discard_body(body: axum::body::Body) {
     let _ = tokio::time::timeout(DISCARD_FOR, axum::body::to_bytes(body, DISCARD_BYTES)).await;
 }
 
+/// [`discard_body`] for a body a handler was reading as a stream when it
+/// refused the request (the streaming publish).
+pub(crate) async fn discard_rest(
+    chunks: &mut (impl futures_util::Stream<Item = Result<axum::body::Bytes, axum::Error>> + Unpin),
+) {
+    use futures_util::StreamExt as _;
+    let drain = async {
+        let mut dropped = 0;
+        while let Some(Ok(chunk)) = chunks.next().await {
+            dropped += chunk.len();
+            if dropped > DISCARD_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_FOR, drain).await;
+}
+
 /// The authenticated caller, refused with `403` unless its key has `scope`.
 pub fn with_scope<'a>(
     caller: &'a Authenticated,

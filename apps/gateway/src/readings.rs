@@ -183,16 +183,9 @@ pub async fn publish<S: GatewayStore>(
     // published, and what was not stored is given back after.
     let count = readings.len() as u64;
     let day = Utc::now().date_naive();
-    let store = &state.auth.store;
     let mut max_series = state.series_per_tenant;
     if count > 0 {
-        let reservation = store
-            .reserve_readings(&caller.tenant, day, count, state.readings_per_day)
-            .await
-            .map_err(|error| {
-                tracing::error!(%error, "the quota store failed");
-                ApiError::Unavailable
-            })?;
+        let reservation = reserve(&state, caller, day, count).await?;
         if !reservation.allowed {
             return Err(ApiError::QuotaExceeded {
                 quota: reservation.quota,
@@ -215,15 +208,7 @@ pub async fn publish<S: GatewayStore>(
         .map_err(from_ingest)
         .and_then(|r| r.into_inner().ack.ok_or(ApiError::Internal));
     let stored = ack.as_ref().map_or(0, |ack| u64::from(ack.accepted));
-    if count > stored
-        && let Err(error) = store
-            .release_readings(&caller.tenant, day, count - stored)
-            .await
-    {
-        // Counting too much errs on the tenant's side of the quota only
-        // until midnight; the publish itself is done.
-        tracing::warn!(%error, "could not give back unused quota");
-    }
+    give_back(&state, caller, day, count.saturating_sub(stored)).await;
     let ack = ack?;
     Ok(Json(PublishOut {
         accepted: ack.accepted,
@@ -239,6 +224,47 @@ pub async fn publish<S: GatewayStore>(
             })
             .collect(),
     }))
+}
+
+/// Counts `count` readings of the caller's tenant against its daily quota
+/// for `day`, before they are published (and reads its series quota).
+pub(crate) async fn reserve<S: GatewayStore>(
+    state: &AppState<S>,
+    caller: &Authenticated,
+    day: chrono::NaiveDate,
+    count: u64,
+) -> Result<crate::storage::Reservation, ApiError> {
+    state
+        .auth
+        .store
+        .reserve_readings(&caller.tenant, day, count, state.readings_per_day)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "the quota store failed");
+            ApiError::Unavailable
+        })
+}
+
+/// Gives back quota counted for `n` readings that were not stored
+/// (duplicates, refused, a failed publish). A failure is logged: counting
+/// too much errs on the tenant's side only until midnight.
+pub(crate) async fn give_back<S: GatewayStore>(
+    state: &AppState<S>,
+    caller: &Authenticated,
+    day: chrono::NaiveDate,
+    n: u64,
+) {
+    if n == 0 {
+        return;
+    }
+    if let Err(error) = state
+        .auth
+        .store
+        .release_readings(&caller.tenant, day, n)
+        .await
+    {
+        tracing::warn!(%error, "could not give back unused quota");
+    }
 }
 
 /// Marks a backend call as the gateway acting for the key's tenant, which

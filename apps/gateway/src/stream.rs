@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 use crate::{
     auth::with_scope,
     problem::{ApiError, Problem},
-    readings::{ReadingIn, act_for_tenant, from_ingest, to_reading},
+    readings::{ReadingIn, act_for_tenant, from_ingest, give_back, reserve, to_reading},
     routes::AppState,
     storage::GatewayStore,
     tenancy::Authenticated,
@@ -169,7 +169,7 @@ pub async fn publish_stream<S: GatewayStore>(
         .map(|(sequence, (lines, _, day))| (sequence, lines.len(), day))
         .collect();
     for (_, count, day) in &unsettled {
-        release(&state, caller, *day, *count as u64).await;
+        give_back(&state, caller, *day, *count as u64).await;
     }
     let lines = produced?;
     acknowledged?;
@@ -203,11 +203,29 @@ struct Filling {
 }
 
 /// Reads the body line by line and sends full batches to ingest; returns
-/// once the body ended (and every batch was sent) or failed.
+/// once the body ended (and every batch was sent) or failed. On a failure
+/// the rest of the body is read and dropped (briefly), so the client
+/// reads the answer instead of a reset connection.
 async fn produce<S: GatewayStore>(
     state: &AppState<S>,
     caller: &Authenticated,
     body: Body,
+    shared: &Shared,
+    batches: mpsc::Sender<pb::StreamReadingsRequest>,
+) -> Result<Produced, ApiError> {
+    let mut chunks = body.into_data_stream();
+    let read = read_lines(state, caller, &mut chunks, shared, batches).await;
+    if read.is_err() {
+        crate::auth::discard_rest(&mut chunks).await;
+    }
+    read
+}
+
+/// [`produce`]'s reading, up to the end of the body or the first failure.
+async fn read_lines<S: GatewayStore>(
+    state: &AppState<S>,
+    caller: &Authenticated,
+    chunks: &mut axum::body::BodyDataStream,
     shared: &Shared,
     batches: mpsc::Sender<pb::StreamReadingsRequest>,
 ) -> Result<Produced, ApiError> {
@@ -216,7 +234,6 @@ async fn produce<S: GatewayStore>(
     let mut filling = Filling::default();
     let mut pending = Vec::new();
     let (mut line_no, mut total) = (0u64, 0usize);
-    let mut chunks = body.into_data_stream();
     loop {
         let chunk = chunks.next().await;
         let last = chunk.is_none();
@@ -264,7 +281,10 @@ async fn produce<S: GatewayStore>(
         }
     }
     if produced.lines == 0 {
-        return Err(ApiError::invalid("body", "is empty: send at least one reading"));
+        return Err(ApiError::invalid(
+            "body",
+            "is empty: send at least one reading",
+        ));
     }
     send(state, caller, shared, &batches, &mut filling, &mut produced).await?;
     Ok(produced)
@@ -314,20 +334,7 @@ async fn send<S: GatewayStore>(
         return Ok(());
     }
     let day = Utc::now().date_naive();
-    let reservation = state
-        .auth
-        .store
-        .reserve_readings(
-            &caller.tenant,
-            day,
-            readings.len() as u64,
-            state.readings_per_day,
-        )
-        .await
-        .map_err(|error| {
-            tracing::error!(%error, "the quota store failed");
-            ApiError::Unavailable
-        })?;
+    let reservation = reserve(state, caller, day, readings.len() as u64).await?;
     if !reservation.allowed {
         let reason = format!(
             "the tenant's daily quota of {} readings is used up ({} today); retry after midnight UTC",
@@ -390,25 +397,5 @@ async fn settle<S: GatewayStore>(
         };
         (lines.len().saturating_sub(stored), day)
     };
-    release(state, caller, day, count as u64).await;
-}
-
-/// Gives back quota counted for readings that were not stored.
-async fn release<S: GatewayStore>(
-    state: &AppState<S>,
-    caller: &Authenticated,
-    day: chrono::NaiveDate,
-    n: u64,
-) {
-    if n == 0 {
-        return;
-    }
-    if let Err(error) = state
-        .auth
-        .store
-        .release_readings(&caller.tenant, day, n)
-        .await
-    {
-        tracing::warn!(%error, "could not give back unused quota");
-    }
+    give_back(state, caller, day, count as u64).await;
 }

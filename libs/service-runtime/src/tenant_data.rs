@@ -72,6 +72,23 @@ pub fn record(collection: &str, json: String) -> TenantRecord {
     }
 }
 
+/// Sends each JSON row of `rows` to `out` as a record of `collection`:
+/// the loop every store's export runs per collection. `Ok(false)` when
+/// `out` is closed (the client went away: stop exporting).
+pub async fn forward_rows<E>(
+    collection: &str,
+    rows: impl Stream<Item = Result<String, E>>,
+    out: &mpsc::Sender<TenantRecord>,
+) -> Result<bool, E> {
+    let mut rows = std::pin::pin!(rows);
+    while let Some(json) = rows.next().await.transpose()? {
+        if out.send(record(collection, json)).await.is_err() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// The gRPC service over `data`.
 pub fn tenant_data_service<D: TenantData>(data: D) -> TenantDataServiceServer<TenantDataApi<D>> {
     TenantDataServiceServer::new(TenantDataApi { data })

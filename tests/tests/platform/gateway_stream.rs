@@ -31,12 +31,10 @@ async fn stream(
     );
     socket.write_all(head.as_bytes()).await.unwrap();
     for piece in body.chunks(chunk) {
-        socket
-            .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
-            .await
-            .unwrap();
-        socket.write_all(piece).await.unwrap();
-        socket.write_all(b"\r\n").await.unwrap();
+        let mut framed = format!("{:x}\r\n", piece.len()).into_bytes();
+        framed.extend_from_slice(piece);
+        framed.extend_from_slice(b"\r\n");
+        socket.write_all(&framed).await.unwrap();
     }
     socket.write_all(b"0\r\n\r\n").await.unwrap();
     let mut answer = Vec::new();

@@ -3,8 +3,9 @@
 //! the tenant's series and remember the tenant as deleted, in one
 //! transaction. Both stores side by side, as in the rest of this module.
 
-use futures_util::TryStreamExt as _;
-use service_runtime::tenant_data::{CollectionCount, TenantData, TenantDataError, TenantRecord};
+use service_runtime::tenant_data::{
+    CollectionCount, TenantData, TenantDataError, TenantRecord, forward_rows,
+};
 use tokio::sync::mpsc;
 
 use super::{PgReadingStore, SqliteReadingStore, StoreError};
@@ -68,14 +69,14 @@ impl TenantData for PgReadingStore {
                 .map_err(StoreError::from)?;
         }
         for (collection, query) in PG_EXPORTS {
-            let mut rows = sqlx::query_scalar::<_, String>(query)
+            let rows = sqlx::query_scalar::<_, String>(query)
                 .bind(tenant)
                 .fetch(&mut *tx);
-            while let Some(json) = rows.try_next().await.map_err(StoreError::from)? {
-                let record = service_runtime::tenant_data::record(collection, json);
-                if out.send(record).await.is_err() {
-                    return Ok(());
-                }
+            if !forward_rows(collection, rows, &out)
+                .await
+                .map_err(StoreError::from)?
+            {
+                break;
             }
         }
         Ok(())
@@ -176,14 +177,14 @@ impl TenantData for SqliteReadingStore {
         // A read transaction: one snapshot (WAL) for every collection.
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
         for (collection, query) in sqlite_exports() {
-            let mut rows = sqlx::query_scalar::<_, String>(&query)
+            let rows = sqlx::query_scalar::<_, String>(&query)
                 .bind(tenant)
                 .fetch(&mut *tx);
-            while let Some(json) = rows.try_next().await.map_err(StoreError::from)? {
-                let record = service_runtime::tenant_data::record(collection, json);
-                if out.send(record).await.is_err() {
-                    return Ok(());
-                }
+            if !forward_rows(collection, rows, &out)
+                .await
+                .map_err(StoreError::from)?
+            {
+                break;
             }
         }
         Ok(())

@@ -10,7 +10,6 @@ use chrono::{DateTime, Utc};
 use jobs::{JobsError, NewJob, PgStore, SqliteStore};
 use sqlx::Row as _;
 
-use futures_util::TryStreamExt as _;
 use service_runtime::tenant_data::TenantRecord;
 
 use super::{Delivery, DeliveryState, Endpoint};
@@ -473,14 +472,11 @@ impl WebhookStore for PgStore {
             .execute(&mut *tx)
             .await?;
         for (collection, query, _) in EXPORTS {
-            let mut rows = sqlx::query_scalar::<_, String>(query)
+            let rows = sqlx::query_scalar::<_, String>(query)
                 .bind(tenant)
                 .fetch(&mut *tx);
-            while let Some(json) = rows.try_next().await? {
-                let record = service_runtime::tenant_data::record(collection, json);
-                if out.send(record).await.is_err() {
-                    return Ok(());
-                }
+            if !service_runtime::tenant_data::forward_rows(collection, rows, &out).await? {
+                break;
             }
         }
         Ok(())
@@ -813,14 +809,11 @@ impl WebhookStore for SqliteStore {
         // A read transaction: one snapshot (WAL) for both collections.
         let mut tx = self.pool().begin().await?;
         for (collection, _, query) in EXPORTS {
-            let mut rows = sqlx::query_scalar::<_, String>(query)
+            let rows = sqlx::query_scalar::<_, String>(query)
                 .bind(tenant)
                 .fetch(&mut *tx);
-            while let Some(json) = rows.try_next().await? {
-                let record = service_runtime::tenant_data::record(collection, json);
-                if out.send(record).await.is_err() {
-                    return Ok(());
-                }
+            if !service_runtime::tenant_data::forward_rows(collection, rows, &out).await? {
+                break;
             }
         }
         Ok(())
