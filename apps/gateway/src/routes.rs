@@ -72,6 +72,8 @@ pub(crate) fn router<S: GatewayStore>(state: AppState<S>) -> Router {
         post(webhooks::rotate_secret::<S>),
     );
     let authenticated =
+        route::<webhooks::__path_enable, _>(authenticated, post(webhooks::enable::<S>));
+    let authenticated =
         route::<webhooks::__path_send_test, _>(authenticated, post(webhooks::send_test::<S>));
     let authenticated =
         route::<webhooks::__path_deliveries, _>(authenticated, get(webhooks::deliveries::<S>));

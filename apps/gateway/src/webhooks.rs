@@ -390,6 +390,49 @@ pub async fn delete<S: GatewayStore>(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Enables an endpoint again after it was disabled (its receiver failed
+/// for too long and is fixed now); check it first with a test event.
+/// Scope `webhooks:manage`.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{endpoint_id}/enable",
+    tag = "webhooks",
+    params(("endpoint_id" = String, Path, description = "The endpoint's id")),
+    responses(
+        (status = 200, description = "The endpoint, enabled", body = EndpointOut),
+        (status = 404, description = "No such endpoint for this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No key, or a key that is refused", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks webhooks:manage", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "A rate limit is used up", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "A fault on our side (logged)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The worker is unavailable or the gateway sheds load", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The request took longer than the gateway's deadline", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn enable<S: GatewayStore>(
+    State(state): State<AppState<S>>,
+    Extension(caller): Extension<Authenticated>,
+    Path(endpoint_id): Path<String>,
+) -> Result<Json<EndpointOut>, ApiError> {
+    let caller = with_scope(&caller, SCOPE)?;
+    let request = for_tenant(
+        caller,
+        pb::EnableEndpointRequest {
+            tenant_id: caller.tenant.to_string(),
+            endpoint_id,
+        },
+    )?;
+    let endpoint = client(&state)
+        .enable_endpoint(request)
+        .await
+        .map_err(from_worker)?
+        .into_inner()
+        .endpoint
+        .ok_or(ApiError::Internal)?;
+    Ok(Json(endpoint_out(endpoint)))
+}
+
 /// A new signing secret, shown once; both secrets sign deliveries until
 /// the overlap ends. Scope `webhooks:manage`.
 #[utoipa::path(

@@ -152,6 +152,11 @@ async fn a_tenant_manages_its_webhooks_and_no_other_tenant_can_see_them() {
             format!("/v1/webhooks/{endpoint}/rotate-secret"),
             "{}".into(),
         ),
+        (
+            "POST",
+            format!("/v1/webhooks/{endpoint}/enable"),
+            String::new(),
+        ),
     ] {
         let other = call(method, path.clone(), globex.clone(), body.clone()).await;
         let missing = call(
@@ -168,6 +173,21 @@ async fn a_tenant_manages_its_webhooks_and_no_other_tenant_can_see_them() {
             "{method} {path}"
         );
     }
+
+    // Enabling an enabled endpoint changes nothing and shows it.
+    let enabled = call(
+        "POST",
+        format!("/v1/webhooks/{endpoint}/enable"),
+        acme.clone(),
+        String::new(),
+    )
+    .await;
+    assert_eq!(enabled.status, 200, "{}", enabled.body);
+    assert!(
+        enabled.body.contains(r#""enabled":true"#),
+        "{}",
+        enabled.body
+    );
 
     // acme's test event arrives signed with the endpoint's secret.
     let queued = call(

@@ -268,6 +268,28 @@ impl<S: WebhookStore> WebhooksService for WebhooksApi<S> {
         }
     }
 
+    async fn enable_endpoint(
+        &self,
+        request: Request<pb::EnableEndpointRequest>,
+    ) -> Result<Response<pb::EnableEndpointResponse>, Status> {
+        let tenant = tenant_of(&request, &request.get_ref().tenant_id)?;
+        let actor = security::audit::peer_actor(&request);
+        let id = &request.get_ref().endpoint_id;
+        let enabled = self.store.enable_endpoint(&tenant, id).await;
+        security::audit::record(&security::audit::AuditEvent {
+            actor: &actor,
+            action: "webhook.enable",
+            target: &format!("{tenant}/{id}"),
+            outcome: security::audit::AuditOutcome::of(&enabled),
+        });
+        let endpoint = enabled
+            .map_err(unavailable)?
+            .ok_or_else(|| no_endpoint(id))?;
+        Ok(Response::new(pb::EnableEndpointResponse {
+            endpoint: Some(endpoint_to_pb(&endpoint)),
+        }))
+    }
+
     async fn rotate_secret(
         &self,
         request: Request<pb::RotateSecretRequest>,

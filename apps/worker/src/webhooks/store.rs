@@ -42,6 +42,14 @@ pub trait WebhookStore: jobs::JobStore {
         endpoint: &str,
     ) -> impl Future<Output = Result<bool, JobsError>> + Send;
 
+    /// Enables the endpoint again, clearing why it was disabled and when it
+    /// started failing; the endpoint after, if it exists.
+    fn enable_endpoint(
+        &self,
+        tenant: &str,
+        endpoint: &str,
+    ) -> impl Future<Output = Result<Option<Endpoint>, JobsError>> + Send;
+
     /// Moves the endpoint to its next secret generation, the previous one
     /// signing until `previous_until`; the endpoint after, if it exists.
     fn rotate_secret(
@@ -276,6 +284,23 @@ impl WebhookStore for PgStore {
         .rows_affected();
         tx.commit().await?;
         Ok(deleted > 0)
+    }
+
+    async fn enable_endpoint(
+        &self,
+        tenant: &str,
+        endpoint: &str,
+    ) -> Result<Option<Endpoint>, JobsError> {
+        let row = sqlx::query(&format!(
+            "UPDATE worker.webhook_endpoint SET enabled = true, disabled_reason = '', \
+             failing_since = NULL WHERE tenant_id = $1 AND endpoint_id = $2 \
+             RETURNING {PG_ENDPOINT_COLUMNS}"
+        ))
+        .bind(tenant)
+        .bind(endpoint)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.as_ref().map(pg_endpoint).transpose()?)
     }
 
     async fn rotate_secret(
@@ -614,6 +639,23 @@ impl WebhookStore for SqliteStore {
         .rows_affected();
         tx.commit().await?;
         Ok(deleted > 0)
+    }
+
+    async fn enable_endpoint(
+        &self,
+        tenant: &str,
+        endpoint: &str,
+    ) -> Result<Option<Endpoint>, JobsError> {
+        let row = sqlx::query(&format!(
+            "UPDATE worker_webhook_endpoint SET enabled = 1, disabled_reason = '', \
+             failing_since = NULL WHERE tenant_id = ? AND endpoint_id = ? \
+             RETURNING {SQLITE_ENDPOINT_COLUMNS}"
+        ))
+        .bind(tenant)
+        .bind(endpoint)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.as_ref().map(sqlite_endpoint).transpose()?)
     }
 
     async fn rotate_secret(

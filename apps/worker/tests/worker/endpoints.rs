@@ -514,6 +514,31 @@ async fn an_endpoint_failing_too_long_is_disabled_and_its_delivery_can_be_sent_a
         assert_eq!(theirs.code(), tonic::Code::NotFound);
         assert!(!receiver.received.lock().unwrap().is_empty());
 
+        // Once the receiver is fixed, the tenant enables the endpoint again:
+        // no reason, no failure clock. Another tenant cannot, nor learn it
+        // exists.
+        let enabled = client
+            .enable_endpoint(pb::EnableEndpointRequest {
+                tenant_id: "acme".into(),
+                endpoint_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .endpoint
+            .unwrap();
+        assert!(enabled.enabled, "{enabled:?}");
+        assert_eq!(enabled.disabled_reason, "");
+        assert!(enabled.failing_since.is_none());
+        let theirs = client
+            .enable_endpoint(pb::EnableEndpointRequest {
+                tenant_id: "globex".into(),
+                endpoint_id: id.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(theirs.code(), tonic::Code::NotFound);
+
         // A receiver refusing for good (400) gets the delivery discarded at
         // once; the tenant can send it again.
         let (refusing_url, refusing) = start_receiver(400, Duration::ZERO).await;
