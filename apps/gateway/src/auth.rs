@@ -184,7 +184,7 @@ const DISCARD_FOR: Duration = Duration::from_secs(5);
 /// lingering close does: an HTTP/1.1 client still sending a large body
 /// when the answer comes would otherwise see the connection reset and
 /// lose the `401` it should read.
-async fn discard_body(body: axum::body::Body) {
+pub(crate) async fn discard_body(body: axum::body::Body) {
     let _ = tokio::time::timeout(DISCARD_FOR, axum::body::to_bytes(body, DISCARD_BYTES)).await;
 }
 

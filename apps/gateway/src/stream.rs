@@ -133,15 +133,20 @@ pub async fn publish_stream<S: GatewayStore>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<StreamOut>, ApiError> {
-    let caller = with_scope(&caller, "readings:write")?;
     let ndjson = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-ndjson"));
-    if !ndjson {
-        return Err(ApiError::UnsupportedMediaType);
-    }
+    let caller = match with_scope(&caller, "readings:write") {
+        Ok(caller) if ndjson => caller,
+        refused => {
+            // Read and drop the body first (lingering close), so the
+            // client reads this answer rather than a reset connection.
+            crate::auth::discard_body(body).await;
+            return Err(refused.err().unwrap_or(ApiError::UnsupportedMediaType));
+        }
+    };
     let shared = Shared::default();
     let (batches, outgoing) = mpsc::channel::<pb::StreamReadingsRequest>(BATCHES_IN_FLIGHT);
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
