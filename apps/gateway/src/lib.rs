@@ -14,6 +14,7 @@ pub mod cli;
 mod config;
 mod cors;
 mod headers;
+mod json_object;
 pub mod keys;
 pub mod lifecycle;
 pub mod limits;

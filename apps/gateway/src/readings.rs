@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     auth::with_scope,
+    json_object::Object,
     problem::{ApiError, FieldError, Problem},
     routes::AppState,
     storage::GatewayStore,
@@ -47,6 +48,7 @@ pub struct ReadingIn {
 pub struct PublishIn {
     /// At most 10,000.
     #[schema(max_items = 10_000)]
+    #[serde(deserialize_with = "crate::json_object::objects")]
     readings: Vec<ReadingIn>,
 }
 
@@ -174,10 +176,10 @@ fn to_readings(tenant: &str, body: PublishIn) -> Result<Vec<pb::Reading>, ApiErr
 pub async fn publish<S: GatewayStore>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Authenticated>,
-    body: Result<Json<PublishIn>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<Object<PublishIn>>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<PublishOut>, ApiError> {
     let caller = with_scope(&caller, "readings:write")?;
-    let Json(body) = body.map_err(|rejection| ApiError::from_json(&rejection))?;
+    let Json(Object(body)) = body.map_err(|rejection| ApiError::from_json(&rejection))?;
     let readings = to_readings(caller.tenant.as_str(), body)?;
     // The batch is counted against the tenant's daily quota before it is
     // published, and what was not stored is given back after.

@@ -37,6 +37,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     auth::with_scope,
+    json_object::Object,
     problem::{ApiError, Problem},
     readings::{ReadingIn, act_for_tenant, from_ingest, give_back, reserve, to_reading},
     routes::AppState,
@@ -298,7 +299,7 @@ async fn read_lines<S: GatewayStore>(
 /// One line: a reading for the batch, or the error that ends the request
 /// (the line is not a reading of this tenant).
 fn take_line(tenant: &str, line: u64, text: &[u8], filling: &mut Filling) -> Result<(), ApiError> {
-    let parsed: ReadingIn = serde_json::from_slice(text).map_err(|error| {
+    let Object(parsed): Object<ReadingIn> = serde_json::from_slice(text).map_err(|error| {
         ApiError::invalid(format!("line {line}"), format!("not a reading: {error}"))
     })?;
     let reading = to_reading(tenant, parsed).map_err(|(_, field, reason)| {

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     auth::with_scope,
+    json_object::Object,
     problem::{ApiError, Problem},
     readings::act_for_tenant,
     routes::AppState,
@@ -281,10 +282,10 @@ fn client<S>(
 pub async fn create<S: GatewayStore>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Authenticated>,
-    body: Result<Json<EndpointIn>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<Object<EndpointIn>>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedOut>), ApiError> {
     let caller = with_scope(&caller, SCOPE)?;
-    let Json(body) = body.map_err(|rejection| ApiError::from_json(&rejection))?;
+    let Json(Object(body)) = body.map_err(|rejection| ApiError::from_json(&rejection))?;
     if body.max_in_flight.is_some_and(|n| !(1..=16).contains(&n)) {
         return Err(ApiError::invalid("max_in_flight", "must be 1 to 16"));
     }
@@ -460,10 +461,10 @@ pub async fn rotate_secret<S: GatewayStore>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Authenticated>,
     Path(endpoint_id): Path<String>,
-    body: Result<Json<RotateIn>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<Object<RotateIn>>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<SecretOut>, ApiError> {
     let caller = with_scope(&caller, SCOPE)?;
-    let Json(body) = body.map_err(|rejection| ApiError::from_json(&rejection))?;
+    let Json(Object(body)) = body.map_err(|rejection| ApiError::from_json(&rejection))?;
     let overlap = body.overlap_seconds.unwrap_or(86_400);
     if overlap > 604_800 {
         return Err(ApiError::invalid(

@@ -162,6 +162,18 @@ async fn the_key_decides_the_tenant_and_the_scope_decides_the_route() {
     }
 
     // The wrong scope: 403.
+    // A body is an object, readings are objects: serde would otherwise
+    // take a struct written as an array of its fields (schemathesis found
+    // `[[]]` answered 200).
+    for (body, field) in [
+        ("[[]]", "body"),
+        (r#"{"readings": [["e1"]]}"#, "readings[0]"),
+    ] {
+        let refused = post(addr, Some(&writer), body).await;
+        assert_eq!(refused.status, 422, "{body}: {}", refused.body);
+        let problem: serde_json::Value = serde_json::from_str(&refused.body).unwrap();
+        assert_eq!(problem["errors"][0]["field"], field, "{}", refused.body);
+    }
     let scope = post(addr, Some(&reader), &batch(vec![reading("e0", None, &now)])).await;
     assert_eq!(scope.status, 403, "{}", scope.body);
     assert!(scope.body.contains("missing-scope"), "{}", scope.body);
