@@ -99,7 +99,7 @@ impl UsageLog {
 /// [`Authenticated`] in the request's extensions. A refused request's body
 /// is read and discarded before the answer (see [`discard_body`]).
 pub async fn require_key<S: GatewayStore>(
-    State(state): State<AuthState<S>>,
+    State(state): State<Arc<AuthState<S>>>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -109,8 +109,9 @@ pub async fn require_key<S: GatewayStore>(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|v| v.trim().to_owned());
-    match authenticate(&state, client, presented.as_deref()).await {
+        .map(str::trim);
+    let authenticated = authenticate(&state, client, presented).await;
+    match authenticated {
         Ok((caller, decision)) => {
             request.extensions_mut().insert(caller);
             with_key_headers(next.run(request).await, &state.limits, decision)

@@ -143,7 +143,7 @@ async fn edge(stacked: SocketAddr, bare: SocketAddr) -> Result<(), String> {
     let keyed = Router::new()
         .route("/bench", get(|| async { FIXED }))
         .route_layer(axum::middleware::from_fn_with_state(
-            auth,
+            Arc::new(auth),
             crate::auth::require_key::<SqliteGatewayStore>,
         ));
     let router = crate::routes::edge_layers(

@@ -79,7 +79,11 @@ pub(crate) fn router<S: GatewayStore>(state: AppState<S>) -> Router {
         route::<webhooks::__path_deliveries, _>(authenticated, get(webhooks::deliveries::<S>));
     let authenticated =
         route::<webhooks::__path_retry, _>(authenticated, post(webhooks::retry::<S>)).route_layer(
-            axum::middleware::from_fn_with_state(state.auth.clone(), auth::require_key::<S>),
+            // Shared: the state is cloned per request.
+            axum::middleware::from_fn_with_state(
+                std::sync::Arc::new(state.auth.clone()),
+                auth::require_key::<S>,
+            ),
         );
     let api = route::<__path_status, _>(Router::new(), get(status::<S>))
         .merge(authenticated)

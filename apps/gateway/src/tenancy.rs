@@ -172,16 +172,20 @@ pub async fn authenticate_cached(
     let found = match cache.get(&key.tenant, &key.id) {
         Some(found) => Some(found),
         None => {
-            let found = store.find_key(&key.tenant, &key.id).await?;
+            let found = store
+                .find_key(&key.tenant, &key.id)
+                .await?
+                .map(std::sync::Arc::new);
             if let Some(found) = &found {
-                cache.put(found.clone());
+                cache.put(std::sync::Arc::clone(found));
             }
             found
         }
     };
-    let Some((stored, state)) = found else {
+    let Some(found) = found else {
         return Ok(Err(Refusal::Unknown));
     };
+    let (stored, state) = &*found;
     let Some(pepper) = peppers.by_id(&stored.pepper_id) else {
         return Ok(Err(Refusal::RetiredPepper));
     };
@@ -191,7 +195,7 @@ pub async fn authenticate_cached(
         Some(Refusal::Revoked)
     } else if stored.expires_at.is_some_and(|at| at <= now) {
         Some(Refusal::Expired)
-    } else if state != TenantState::Active {
+    } else if *state != TenantState::Active {
         Some(Refusal::Suspended)
     } else {
         None
@@ -199,9 +203,9 @@ pub async fn authenticate_cached(
     Ok(match refusal {
         Some(refusal) => Err(refusal),
         None => Ok(Authenticated {
-            tenant: stored.tenant,
-            key: stored.id,
-            scopes: stored.scopes,
+            tenant: stored.tenant.clone(),
+            key: stored.id.clone(),
+            scopes: stored.scopes.clone(),
         }),
     })
 }
@@ -214,8 +218,13 @@ pub struct KeyCache {
     keys: std::sync::Arc<std::sync::Mutex<CachedKeys>>,
 }
 
-type CachedKeys =
-    std::collections::HashMap<(TenantId, KeyId), (std::time::Instant, (StoredKey, TenantState))>;
+/// A stored key with its tenant's state, as the store found it; shared,
+/// so a cache hit costs a reference count, not a copy.
+pub type FoundKey = std::sync::Arc<(StoredKey, TenantState)>;
+
+/// By key id (random, so unique in practice; the tenant is checked on
+/// every hit): a lookup needs no owned key.
+type CachedKeys = std::collections::HashMap<KeyId, (std::time::Instant, FoundKey)>;
 
 /// The most keys held; past it the cache starts over (a flood of distinct
 /// valid keys cannot grow memory without bound).
@@ -235,17 +244,12 @@ impl KeyCache {
         Self::new(std::time::Duration::ZERO)
     }
 
-    fn get(&self, tenant: &TenantId, id: &KeyId) -> Option<(StoredKey, TenantState)> {
+    fn get(&self, tenant: &TenantId, id: &KeyId) -> Option<FoundKey> {
         self.get_at(tenant, id, std::time::Instant::now())
     }
 
     /// What the cache holds for the key at `now`.
-    fn get_at(
-        &self,
-        tenant: &TenantId,
-        id: &KeyId,
-        now: std::time::Instant,
-    ) -> Option<(StoredKey, TenantState)> {
+    fn get_at(&self, tenant: &TenantId, id: &KeyId, now: std::time::Instant) -> Option<FoundKey> {
         if self.ttl.is_zero() {
             return None;
         }
@@ -253,12 +257,14 @@ impl KeyCache {
             .keys
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        keys.get(&(tenant.clone(), id.clone()))
-            .filter(|(at, _)| now.saturating_duration_since(*at) < self.ttl)
-            .map(|(_, found)| found.clone())
+        keys.get(id)
+            .filter(|(at, found)| {
+                now.saturating_duration_since(*at) < self.ttl && found.0.tenant == *tenant
+            })
+            .map(|(_, found)| std::sync::Arc::clone(found))
     }
 
-    fn put(&self, found: (StoredKey, TenantState)) {
+    fn put(&self, found: FoundKey) {
         if self.ttl.is_zero() {
             return;
         }
@@ -269,10 +275,7 @@ impl KeyCache {
         if keys.len() >= MAX_CACHED_KEYS {
             keys.clear();
         }
-        keys.insert(
-            (found.0.tenant.clone(), found.0.id.clone()),
-            (std::time::Instant::now(), found),
-        );
+        keys.insert(found.0.id.clone(), (std::time::Instant::now(), found));
     }
 }
 
@@ -304,8 +307,8 @@ mod tests {
         let found = stored("acme");
         let (tenant, id) = (found.0.tenant.clone(), found.0.id.clone());
         assert!(cache.get(&tenant, &id).is_none());
-        cache.put(found.clone());
-        assert_eq!(cache.get(&tenant, &id), Some(found));
+        cache.put(std::sync::Arc::new(found.clone()));
+        assert_eq!(cache.get(&tenant, &id).as_deref(), Some(&found));
         assert!(
             cache
                 .get(&TenantId::parse("globex").unwrap(), &id)
@@ -314,7 +317,7 @@ mod tests {
         let later = std::time::Instant::now() + std::time::Duration::from_millis(250);
         assert!(cache.get_at(&tenant, &id, later).is_none(), "expired");
         let off = KeyCache::disabled();
-        off.put(stored("acme"));
+        off.put(std::sync::Arc::new(stored("acme")));
         assert!(off.get(&tenant, &id).is_none());
     }
 }
