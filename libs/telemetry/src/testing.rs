@@ -25,6 +25,10 @@ pub struct CapturedSpan {
     pub kind: String,
     /// Hex trace ids of the span's links.
     pub linked_trace_ids: Vec<String>,
+    /// The span's attributes, values as text.
+    pub attributes: Vec<(String, String)>,
+    /// Whether the span ended with an error status.
+    pub error: bool,
 }
 
 /// Handle on the process-wide in-memory exporter.
@@ -78,6 +82,12 @@ impl SpanCapture {
                     .iter()
                     .map(|link| link.span_context.trace_id().to_string())
                     .collect(),
+                attributes: span
+                    .attributes
+                    .iter()
+                    .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+                    .collect(),
+                error: matches!(span.status, opentelemetry::trace::Status::Error { .. }),
             })
             .collect()
     }

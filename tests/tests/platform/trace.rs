@@ -119,6 +119,20 @@ async fn one_trace_spans_the_gateway_request_and_every_grpc_call_it_makes() {
         gateway_span.parent_span_id, CALLER_SPAN,
         "the caller's traceparent is the parent"
     );
+    for (key, value) in [
+        ("http.request.method", "GET"),
+        ("http.route", "/v1/status"),
+        ("http.response.status_code", "200"),
+    ] {
+        assert!(
+            gateway_span
+                .attributes
+                .iter()
+                .any(|(k, v)| k == key && v == value),
+            "{key}={value} on the server span: {gateway_span:?}"
+        );
+    }
+    assert!(!gateway_span.error, "a 200 is no error");
 
     let clients: Vec<_> = spans.iter().filter(|s| s.kind == "Client").collect();
     let servers: Vec<_> = spans
