@@ -258,10 +258,13 @@ async fn read_lines<S: GatewayStore>(
             }
             None => pending.push(b'\n'),
         }
-        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            let raw: Vec<u8> = pending.drain(..=end).collect();
+        // Lines are read in place; what is consumed is dropped once per
+        // chunk, not copied out line by line.
+        let mut start = 0;
+        while let Some(end) = pending[start..].iter().position(|b| *b == b'\n') {
+            let text = pending[start..start + end].trim_ascii();
+            start += end + 1;
             line_no += 1;
-            let text = raw.trim_ascii();
             if text.is_empty() {
                 continue;
             }
@@ -275,6 +278,7 @@ async fn read_lines<S: GatewayStore>(
                 send(state, caller, shared, &batches, &mut filling, &mut produced).await?;
             }
         }
+        pending.drain(..start);
         if pending.len() > MAX_LINE_BYTES {
             send(state, caller, shared, &batches, &mut filling, &mut produced).await?;
             return Err(ApiError::invalid(
