@@ -39,8 +39,12 @@ fn git_revision() -> Option<String> {
     if !output.status.success() || revision.is_empty() {
         return None;
     }
+    // GIT_OPTIONAL_LOCKS=0: `git status` would otherwise refresh
+    // .git/index, which this script watches, so every build after a commit
+    // re-ran it and rebuilt service-runtime and everything above it.
     let dirty = Command::new("git")
         .args(["status", "--porcelain", "--untracked-files=no"])
+        .env("GIT_OPTIONAL_LOCKS", "0")
         .output()
         .is_ok_and(|o| !o.stdout.is_empty());
     Some(if dirty {

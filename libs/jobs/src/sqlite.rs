@@ -87,7 +87,15 @@ impl SetupLock {
     /// Takes the lock, polling (so no thread blocks) for up to
     /// [`SETUP_LOCK_PATIENCE`]; no lock for an in-memory database.
     async fn acquire(database: &std::path::Path) -> Result<Self, JobsError> {
-        if database.as_os_str().is_empty() || database.to_str() == Some(":memory:") {
+        // sqlx names an in-memory database (`sqlite::memory:`) by a
+        // `file:sqlx-in-memory-N` URI, not a path: no file, no lock (a
+        // lock file named after it was left in the working directory).
+        if database.as_os_str().is_empty()
+            || database.to_str() == Some(":memory:")
+            || database
+                .to_str()
+                .is_some_and(|name| name.starts_with("file:"))
+        {
             return Ok(Self(None));
         }
         let mut path = database.as_os_str().to_owned();

@@ -121,6 +121,8 @@ pub fn command_telemetry<C>(
     telemetry::init(telemetry::TelemetryConfig {
         service_name: app.info.name,
         service_version: app.info.version,
+        git_revision: app.info.git_revision,
+        build_time: app.info.build_time,
         instance_id: instance_id().to_owned(),
         log_format: (app.common)(config).log_format,
     })
@@ -133,6 +135,8 @@ async fn serve_until_signal<C: Send + 'static>(app: AppMain<C>, config: C) -> Ex
     let telemetry = match telemetry::init(telemetry::TelemetryConfig {
         service_name: name,
         service_version: app.info.version,
+        git_revision: app.info.git_revision,
+        build_time: app.info.build_time,
         instance_id: instance_id().to_owned(),
         log_format: (app.common)(&config).log_format,
     }) {
@@ -142,6 +146,15 @@ async fn serve_until_signal<C: Send + 'static>(app: AppMain<C>, config: C) -> Ex
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // The first line of every log says which build is starting, before
+    // anything can fail: an on-call person reading a crash loop sees it.
+    tracing::info!(
+        version = app.info.version,
+        revision = app.info.git_revision,
+        build_time = app.info.build_time,
+        instance = instance_id(),
+        "{name} starting"
+    );
     let code = match (app.start)(config).await {
         Ok(running) => {
             tracing::info!(

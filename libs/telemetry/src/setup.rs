@@ -42,6 +42,11 @@ pub struct TelemetryConfig {
     pub service_name: &'static str,
     /// `service.version`.
     pub service_version: &'static str,
+    /// `vcs.ref.head.revision`: the git revision the binary was built from.
+    pub git_revision: &'static str,
+    /// `build.time` (RFC 3339): when the binary was built, so a release's
+    /// artefacts can be told apart from a developer's build.
+    pub build_time: &'static str,
     /// `service.instance.id`: unique per boot.
     pub instance_id: String,
     /// Log line format.
@@ -172,6 +177,24 @@ fn otlp_tls() -> Result<Option<tonic::transport::ClientTlsConfig>, TelemetryErro
     Ok(Some(tls))
 }
 
+/// The `build_info` gauge, always 1, labelled with the build: dashboards
+/// show which release each replica runs and alerts can join on it, the
+/// Prometheus convention (`go_build_info`, `prometheus_build_info`).
+fn record_build_info(config: &TelemetryConfig) {
+    let attributes = [
+        KeyValue::new("version", config.service_version),
+        KeyValue::new("revision", config.git_revision),
+        KeyValue::new("build_time", config.build_time),
+    ];
+    // The callback stays registered with the meter provider for the
+    // process's life; the instrument handle itself need not be kept.
+    let _gauge = crate::meter()
+        .u64_observable_gauge("build_info")
+        .with_description("The running build: version, git revision and build time (always 1)")
+        .with_callback(move |observer| observer.observe(1, &attributes))
+        .build();
+}
+
 /// Installs the global subscriber, tracer and meter providers and the W3C
 /// propagator. Call once, from a binary's `main`, before serving.
 pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
@@ -180,6 +203,8 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         .with_attributes([
             KeyValue::new("service.version", config.service_version),
             KeyValue::new("service.instance.id", config.instance_id.clone()),
+            KeyValue::new("vcs.ref.head.revision", config.git_revision),
+            KeyValue::new("build.time", config.build_time),
         ])
         .build();
     let exporting = env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some_and(|v| !v.is_empty())
@@ -261,6 +286,7 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     global::set_text_map_propagator(TraceContextPropagator::new());
     global::set_tracer_provider(tracer_provider.clone());
     global::set_meter_provider(meter_provider.clone());
+    record_build_info(&config);
     Ok(Telemetry {
         tracer_provider,
         meter_provider,

@@ -11,6 +11,7 @@
 )]
 
 mod api;
+mod build_stamp;
 mod otlp;
 mod reload;
 mod serving;

@@ -4,7 +4,7 @@
 //! from the platform CA; without the CA variable it refuses to start,
 //! naming it.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
@@ -20,8 +20,8 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 /// Hang guard, not a timing claim.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Reports the `service.name` of every batch of spans it receives.
-struct Collector(mpsc::Sender<String>);
+/// Reports the resource attributes of every batch of spans it receives.
+struct Collector(mpsc::Sender<HashMap<String, String>>);
 
 #[tonic::async_trait]
 impl TraceService for Collector {
@@ -30,19 +30,20 @@ impl TraceService for Collector {
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         for spans in request.into_inner().resource_spans {
-            let name = spans
+            let resource = spans
                 .resource
                 .into_iter()
                 .flat_map(|r| r.attributes)
-                .find(|a| a.key == "service.name")
-                .and_then(|a| a.value?.value)
-                .map(|v| match v {
-                    Value::StringValue(s) => s,
-                    other => format!("{other:?}"),
+                .filter_map(|a| {
+                    let value = match a.value?.value? {
+                        Value::StringValue(s) => s,
+                        other => format!("{other:?}"),
+                    };
+                    Some((a.key, value))
                 })
-                .unwrap_or_default();
+                .collect();
             // Full (nobody reads any more): the test has what it needs.
-            let _ = self.0.try_send(name);
+            let _ = self.0.try_send(resource);
         }
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
@@ -123,11 +124,24 @@ async fn spans_reach_a_tls_collector_that_verifies_the_client() {
         .check(tonic_health::pb::HealthCheckRequest::default())
         .await
         .unwrap();
-    let name = tokio::time::timeout(PATIENCE, received.recv())
+    let resource = tokio::time::timeout(PATIENCE, received.recv())
         .await
         .expect("no spans reached the collector")
         .unwrap();
-    assert_eq!(name, "numerics");
+    assert_eq!(resource["service.name"], "numerics", "{resource:?}");
+    // The resource names the build, as `--version` does.
+    let version = std::process::Command::new(env!("CARGO_BIN_EXE_numerics"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8(version.stdout).unwrap();
+    for key in ["vcs.ref.head.revision", "build.time"] {
+        assert!(
+            !resource[key].is_empty() && version.contains(&resource[key]),
+            "{key} = {:?} is not in {version:?}",
+            resource[key]
+        );
+    }
     drop(numerics);
     let _ = std::fs::remove_file(log);
     let _ = std::fs::remove_dir_all(pki);
