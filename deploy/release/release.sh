@@ -37,10 +37,12 @@ die() { echo "release: $*" >&2; exit 1; }
 say() { echo "release: $*" >&2; }
 
 install_tools() {
-  if ! cargo auditable --version 2>/dev/null | grep -q "$AUDITABLE_VERSION"; then
+  local installed
+  installed=$(cargo install --list)
+  if ! grep -q "^cargo-auditable v$AUDITABLE_VERSION:" <<< "$installed"; then
     cargo install --locked cargo-auditable --version "$AUDITABLE_VERSION"
   fi
-  if ! cargo cyclonedx --version 2>/dev/null | grep -q "$CYCLONEDX_VERSION"; then
+  if ! grep -q "^cargo-cyclonedx v$CYCLONEDX_VERSION:" <<< "$installed"; then
     cargo install --locked cargo-cyclonedx --version "$CYCLONEDX_VERSION"
   fi
   if [ ! -x "$TOOLS/venv/bin/python" ] \
@@ -98,6 +100,9 @@ build_tree() {
   fi
   # The SBOMs of libraries and test crates are not artefacts.
   find "$src/apps" "$src/libs" "$src/tests" -name '*.cdx.json' -delete 2>/dev/null || true
+  # Workspace crates are named by their path (`path+file:///…/libs/jobs`):
+  # remap it as the binaries' paths are.
+  sed -i "s|path+file://$src|path+file:///src|g" "$out"/sbom/*.cdx.json
   "$TOOLS/venv/bin/python" "$REPO/deploy/release/check_sboms.py" "$out"
   (cd "$out" && sha256sum bin/* sbom/* > SHA256SUMS)
 }
@@ -183,7 +188,7 @@ cmd_verify() {
 
 - Commit: \`$commit\`, SOURCE_DATE_EPOCH $(git -C "$REPO" log -1 --format=%ct "$commit") ($(git -C "$REPO" log -1 --format=%cI "$commit"))
 - What: $([ "$canary" = 1 ] && echo "the canary (deploy/release/canary)" || echo "every app binary") built twice from clean clones at \`$a\` and \`$b\`, each with its own target directory
-- Toolchain: $(rustc --version), $(cargo auditable --version 2>/dev/null | head -n1), $(cargo cyclonedx --version 2>/dev/null | head -n1)
+- Toolchain: $(rustc --version), cargo-auditable $AUDITABLE_VERSION, cargo-cyclonedx $CYCLONEDX_VERSION
 - Machine: $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(nproc) cores
 - Build time: ${took_a} s and ${took_b} s
 - SBOMs: valid CycloneDX 1.5 (strict schema), and every crate embedded by cargo-auditable is listed
