@@ -34,6 +34,11 @@ pub struct Cli {
 pub enum Command {
     /// Apply the gateway's migrations, then exit.
     Migrate,
+    /// Ask this app's admin port whether it is ready (`/readyz`), with the
+    /// server's configuration: exit 0 when it is. The container image's
+    /// health check (distroless images have no curl).
+    HealthCheck,
+
     /// Create, suspend, resume or list tenants.
     #[command(subcommand)]
     Tenants(TenantCommand),
@@ -191,6 +196,9 @@ pub fn run(command: Command) -> ExitCode {
     if matches!(command, Command::Openapi) {
         return print_openapi();
     }
+    if matches!(command, Command::HealthCheck) {
+        return service_runtime::run_health_check(&app());
+    }
     let config = match load_config(&app()) {
         Ok(config) => config,
         Err(error) => {
@@ -233,7 +241,11 @@ pub fn run(command: Command) -> ExitCode {
                     let store =
                         PgGatewayStore::connect(config.database_url.as_str(), config.database_pool)
                             .await?;
-                    store.migrate().await?;
+                    // Under a migrations Job the login may not migrate:
+                    // operator commands use the schema the Job applied.
+                    if config.migrate_at_start || matches!(command, Command::Migrate) {
+                        store.migrate().await?;
+                    }
                     store
                 }
             };
@@ -320,7 +332,7 @@ async fn execute(
     command: Command,
 ) -> Result<(), CommandError> {
     match command {
-        Command::Migrate | Command::Openapi | Command::Bench(_) => Ok(()),
+        Command::Migrate | Command::HealthCheck | Command::Openapi | Command::Bench(_) => Ok(()),
         Command::Tenants(TenantCommand::Delete {
             tenant: id,
             yes,

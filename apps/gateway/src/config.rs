@@ -30,6 +30,10 @@ pub struct Config {
     /// `GATEWAY_MIGRATE_DATABASE_URL`: the migrator credential (see
     /// `EnvReader::migrate_database_url`).
     pub migrate_database_url: Option<DatabaseUrl>,
+    /// `GATEWAY_MIGRATE_AT_START` (default true): false when a migrations
+    /// Job migrates (see `EnvReader::migrate_at_start`); the app then waits
+    /// for its schema instead.
+    pub migrate_at_start: bool,
     /// `GATEWAY_DATABASE_POOL`: connections to the database.
     pub database_pool: u32,
     /// `GATEWAY_KEY_PEPPER` with `GATEWAY_KEY_PEPPER_ID`, and the previous
@@ -81,6 +85,7 @@ impl Config {
             retention_sweep_every: env.get_or("RETENTION_SWEEP_EVERY", Duration::from_secs(3_600)),
             key_cache_ttl: key_cache_ttl(env),
             migrate_database_url: env.migrate_database_url(&database_url),
+            migrate_at_start: env.migrate_at_start(&database_url),
             database_url,
             database_pool: env.get_or("DATABASE_POOL", 10),
             peppers: peppers(env),

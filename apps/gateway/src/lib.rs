@@ -51,6 +51,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             Some(migrator) => {
                 storage::postgres::provision(migrator.as_str(), url, config.database_pool).await
             }
+            None if !config.migrate_at_start => {
+                storage::postgres::PgGatewayStore::connect_when_migrated(url, config.database_pool)
+                    .await
+            }
             None => {
                 match storage::postgres::PgGatewayStore::connect(url, config.database_pool).await {
                     Ok(store) => store.migrate().await.map(|()| store),

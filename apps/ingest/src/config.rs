@@ -20,6 +20,10 @@ pub struct Config {
     /// app itself then connects with `INGEST_DATABASE_URL`, as a member of
     /// that role only. Unset: one credential does both (development).
     pub migrate_database_url: Option<DatabaseUrl>,
+    /// `INGEST_MIGRATE_AT_START` (default true): false when a migrations
+    /// Job migrates (see `EnvReader::migrate_at_start`); the app then waits
+    /// for its schema instead.
+    pub migrate_at_start: bool,
     /// `INGEST_DATABASE_POOL`: connections to the database.
     pub database_pool: u32,
     /// `INGEST_WINDOW` and `INGEST_ALLOWED_LATENESS`: aggregation windows.
@@ -182,6 +186,7 @@ impl Config {
         Self {
             grpc_addr: env.get_or("GRPC_ADDR", SocketAddr::from(([127, 0, 0, 1], 50051))),
             migrate_database_url: env.migrate_database_url(&database_url),
+            migrate_at_start: env.migrate_at_start(&database_url),
             database_url,
             database_pool: env.get_or("DATABASE_POOL", 10),
             windowing,

@@ -45,6 +45,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             Some(migrator) => {
                 store::PgReadingStore::provision(migrator.as_str(), url, config.database_pool).await
             }
+            None if !config.migrate_at_start => {
+                store::PgReadingStore::connect_when_migrated(url, config.database_pool).await
+            }
             None => store::PgReadingStore::connect(url, config.database_pool).await,
         };
         Box::pin(serve(config, store.map_err(dependency("database"))?)).await
@@ -52,6 +55,32 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let store = store::SqliteReadingStore::connect(url).await;
         Box::pin(serve(config, store.map_err(dependency("database"))?)).await
     }
+}
+
+/// `ingest migrate`: applies the jobs engine's and ingest's migrations and,
+/// with `INGEST_MIGRATE_DATABASE_URL`, creates and grants the login's role,
+/// then returns; what a deployment's migrations Job runs.
+pub async fn migrate(config: &Config) -> Result<(), store::StoreError> {
+    let url = config.database_url.as_str();
+    if config.database_url.is_postgres() {
+        match &config.migrate_database_url {
+            Some(migrator) => {
+                store::PgReadingStore::provision(migrator.as_str(), url, 1).await?;
+            }
+            None => {
+                store::PgReadingStore::connect(url, 1)
+                    .await?
+                    .migrate()
+                    .await?
+            }
+        }
+    } else {
+        store::SqliteReadingStore::connect(url)
+            .await?
+            .migrate()
+            .await?;
+    }
+    Ok(())
 }
 
 /// A start-up error naming the dependency `what` that failed.

@@ -1,5 +1,7 @@
-//! The `ingest` binary: serves by default; `bench` measures the pipeline on
-//! this machine, `publish` sends synthetic readings to a running ingest.
+//! The `ingest` binary: serves by default; `migrate` applies its migrations,
+//! `health-check` asks the running server whether it is ready, `bench`
+//! measures the pipeline on this machine, `publish` sends synthetic readings
+//! to a running ingest.
 
 use std::process::ExitCode;
 
@@ -23,6 +25,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Apply the jobs engine's and ingest's migrations (and, with
+    /// INGEST_MIGRATE_DATABASE_URL, grant the login's role), then exit.
+    Migrate,
+    /// Ask this app's admin port whether it is ready (`/readyz`), with the
+    /// server's configuration: exit 0 when it is. The container image's
+    /// health check (distroless images have no curl).
+    HealthCheck,
     /// Publish synthetic readings to a running ingest (try the platform
     /// locally: `--spike` makes one window per device anomalous).
     Publish(ingest::demo::PublishArgs),
@@ -36,6 +45,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         None => service_runtime::run_with_args(ingest::app(), &cli.standard),
+        Some(Command::HealthCheck) => service_runtime::run_health_check(&ingest::app()),
+        Some(Command::Migrate) => report("migrate", migrate()),
         Some(Command::Bench(args)) => report("bench", ingest::bench::run(&args)),
         Some(Command::Publish(args)) => report(
             "publish",
@@ -46,6 +57,17 @@ fn main() -> ExitCode {
                 .and_then(|runtime| runtime.block_on(ingest::demo::publish(&args))),
         ),
     }
+}
+
+/// `ingest migrate` with the server's configuration.
+fn migrate() -> Result<(), String> {
+    let config = service_runtime::load_config(&ingest::app()).map_err(|e| e.to_string())?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(ingest::migrate(&config))
+        .map_err(|e| e.to_string())
 }
 
 /// Exit status and message of a one-shot command.

@@ -23,6 +23,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Ask this app's admin port whether it is ready (`/readyz`), with the
+    /// server's configuration: exit 0 when it is. The container image's
+    /// health check (distroless images have no curl).
+    HealthCheck,
     /// Train the anomaly model on generated windows and write its weights
     /// (safetensors) with a version.
     Train(numerics::training::TrainArgs),
@@ -34,6 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         None => service_runtime::run_with_args(numerics::app(), &cli.standard),
+        Some(Command::HealthCheck) => service_runtime::run_health_check(&numerics::app()),
         Some(Command::Train(args)) => match numerics::training::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

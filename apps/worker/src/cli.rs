@@ -28,6 +28,11 @@ pub struct Cli {
 pub enum Command {
     /// Apply the jobs engine's and the worker's migrations, then exit.
     Migrate,
+    /// Ask this app's admin port whether it is ready (`/readyz`), with the
+    /// server's configuration: exit 0 when it is. The container image's
+    /// health check (distroless images have no curl).
+    HealthCheck,
+
     /// Insert jobs.
     Enqueue {
         /// Job kind, e.g. noop, record_run, webhook.deliver.
@@ -65,6 +70,9 @@ pub enum Command {
     reason = "command-line output"
 )]
 pub fn run(command: Command) -> ExitCode {
+    if matches!(command, Command::HealthCheck) {
+        return service_runtime::run_health_check(&app());
+    }
     let config = match load_config(&app()) {
         Ok(config) => config,
         Err(error) => {
@@ -95,7 +103,11 @@ pub fn run(command: Command) -> ExitCode {
                 }
                 None => {
                     let store = storage::postgres::connect(url, config.database_pool).await?;
-                    store.migrate_all().await?;
+                    // Under a migrations Job the login may not migrate:
+                    // operator commands use the schema the Job applied.
+                    if config.migrate_at_start || matches!(command, Command::Migrate) {
+                        store.migrate_all().await?;
+                    }
                     store
                 }
             };
@@ -119,6 +131,8 @@ pub fn run(command: Command) -> ExitCode {
 async fn execute<S: JobStore>(store: S, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Migrate => println!("migrations applied"),
+        // Answered by `run` before any database work.
+        Command::HealthCheck => {}
         Command::Enqueue {
             kind,
             args,

@@ -18,6 +18,10 @@ pub struct Config {
     /// app itself then connects with `WORKER_DATABASE_URL`, as a member of
     /// that role only. Unset: one credential does both (development).
     pub migrate_database_url: Option<DatabaseUrl>,
+    /// `WORKER_MIGRATE_AT_START` (default true): false when a migrations
+    /// Job migrates (see `EnvReader::migrate_at_start`); the app then waits
+    /// for its schema instead.
+    pub migrate_at_start: bool,
     /// `WORKER_DATABASE_POOL`: connections to the database.
     pub database_pool: u32,
     /// `WORKER_QUEUES`: `name=local[/global],...`, e.g. `default=10,webhooks=20/50`.
@@ -142,6 +146,7 @@ impl Config {
         Self {
             grpc_addr: env.get_or("GRPC_ADDR", SocketAddr::from(([127, 0, 0, 1], 50052))),
             migrate_database_url: env.migrate_database_url(&database_url),
+            migrate_at_start: env.migrate_at_start(&database_url),
             database_url,
             database_pool: env.get_or("DATABASE_POOL", 10),
             queues: env.get_or("QUEUES", default_queues),

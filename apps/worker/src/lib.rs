@@ -51,6 +51,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                     .await
                     .map_err(dependency("database"))?
             }
+            None if !config.migrate_at_start => {
+                storage::postgres::connect_when_migrated(url, config.database_pool)
+                    .await
+                    .map_err(dependency("database"))?
+            }
             None => {
                 let store = storage::postgres::connect(url, config.database_pool).await;
                 migrated(store.map_err(dependency("database"))?).await?

@@ -79,6 +79,76 @@ pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1").execute(pool).await.map(drop)
 }
 
+/// The versions of `migrators` not yet applied to the database, oldest
+/// first: empty when the schema an app needs is all there. A newer release
+/// may have applied more (expand/contract keeps them compatible).
+pub async fn pending_migrations(
+    pool: &PgPool,
+    migrators: &[Migrator],
+) -> Result<Vec<i64>, sqlx::Error> {
+    let table: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations')::text")
+            .fetch_one(pool)
+            .await?;
+    let applied: std::collections::HashSet<i64> = if table.is_some() {
+        sqlx::query_scalar("SELECT version FROM public._sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect()
+    } else {
+        std::collections::HashSet::new()
+    };
+    let mut pending: Vec<i64> = migrators
+        .iter()
+        .flat_map(|migrator| migrator.iter())
+        .filter(|migration| migration.migration_type.is_up_migration())
+        .map(|migration| migration.version)
+        .filter(|version| !applied.contains(version))
+        .collect();
+    pending.sort_unstable();
+    Ok(pending)
+}
+
+/// How often an app that does not migrate looks for its schema again.
+const SCHEMA_POLL: Duration = Duration::from_secs(2);
+/// How often it says it is still waiting.
+const SCHEMA_WAIT_LOG: Duration = Duration::from_secs(30);
+
+/// Waits until every migration of `migrators` is applied: an app started
+/// with migrations off (`<APP>_MIGRATE_AT_START=false`) does this before
+/// it serves, so it is not ready until the release's migrations Job has
+/// run. Waits as long as it takes (the orchestrator's start-up probe
+/// bounds it), saying what it waits for every 30 s.
+pub async fn wait_for_migrations(pool: &PgPool, migrators: &[Migrator], app: &str) {
+    let mut said = None::<tokio::time::Instant>;
+    loop {
+        let due = said.is_none_or(|at| at.elapsed() >= SCHEMA_WAIT_LOG);
+        match pending_migrations(pool, migrators).await {
+            Ok(pending) if pending.is_empty() => {
+                if said.is_some() {
+                    tracing::info!(app, "schema present: starting");
+                }
+                return;
+            }
+            Ok(pending) if due => {
+                tracing::info!(
+                    app,
+                    ?pending,
+                    "waiting for migrations: run `{app} migrate` with the migrator credential (the release's migrations Job)"
+                );
+                said = Some(tokio::time::Instant::now());
+            }
+            Err(error) if due => {
+                tracing::warn!(app, %error, "cannot read which migrations ran; trying again");
+                said = Some(tokio::time::Instant::now());
+            }
+            Ok(_) | Err(_) => {}
+        }
+        tokio::time::sleep(SCHEMA_POLL).await;
+    }
+}
+
 /// Replaces the database name in a PostgreSQL URL, keeping its query.
 pub fn with_database(url: &str, database: &str) -> String {
     let (base, query) = url

@@ -83,6 +83,11 @@ pub async fn provision_app_role(
         "GRANT CONNECT ON DATABASE {} TO {quoted}",
         quote(&database)
     ));
+    // The app reads which migrations ran, to wait for its schema when a
+    // migrations Job applies it (`postgres::wait_for_migrations`).
+    statements.push(format!(
+        "GRANT SELECT ON public._sqlx_migrations TO {quoted}"
+    ));
     if let Some(schema) = schema {
         let schema = quote(schema);
         statements.extend([

@@ -282,6 +282,32 @@ impl EnvReader {
         url
     }
 
+    /// `<PREFIX>MIGRATE_AT_START` (default `true`): `false` when a
+    /// deployment migrates with a separate Job (`<app> migrate` with the
+    /// migrator credential): the app then waits, not ready, until the
+    /// schema it needs is there, and never holds the migrator credential.
+    /// PostgreSQL only: the embedded SQLite default migrates itself.
+    pub fn migrate_at_start(&mut self, database: &DatabaseUrl) -> bool {
+        let at_start = self.get_or("MIGRATE_AT_START", true);
+        if !at_start {
+            if !database.is_postgres() {
+                let problem = format!(
+                    "false needs a postgres:// {}DATABASE_URL (SQLite has no migrations Job)",
+                    self.prefix
+                );
+                self.reject("MIGRATE_AT_START", problem);
+            }
+            let migrator = format!("{}MIGRATE_DATABASE_URL", self.prefix);
+            if self.vars.contains_key(&migrator) {
+                let problem = format!(
+                    "false with {migrator} set: the migrator credential belongs to the migrations Job, not the app"
+                );
+                self.reject("MIGRATE_AT_START", problem);
+            }
+        }
+        at_start
+    }
+
     /// Records a problem that spans settings (e.g. two ports that clash).
     pub fn reject(&mut self, name: &str, problem: impl Into<String>) {
         self.problems.push(ConfigProblem {
@@ -722,6 +748,41 @@ mod tests {
         let postgres = DatabaseUrl::parse_env("postgres://worker@db/platform").unwrap();
         assert!(env.migrate_database_url(&postgres).is_some());
         env.finish().unwrap();
+    }
+
+    #[test]
+    fn migrations_off_at_start_needs_postgres_and_no_migrator_credential() {
+        let postgres = DatabaseUrl::parse_env("postgres://worker@db/platform").unwrap();
+        let mut env = EnvReader::from_vars("WORKER_", [("WORKER_MIGRATE_AT_START", "false")]);
+        assert!(!env.migrate_at_start(&postgres));
+        env.finish().unwrap();
+
+        let mut env = EnvReader::from_vars("WORKER_", [("WORKER_MIGRATE_AT_START", "false")]);
+        env.migrate_at_start(&DatabaseUrl::embedded_default());
+        let problem = env.finish().expect_err("sqlite has no Job").to_string();
+        assert!(
+            problem
+                .contains("WORKER_MIGRATE_AT_START: false needs a postgres:// WORKER_DATABASE_URL"),
+            "{problem}"
+        );
+
+        let mut env = EnvReader::from_vars(
+            "WORKER_",
+            [
+                ("WORKER_MIGRATE_AT_START", "false"),
+                (
+                    "WORKER_MIGRATE_DATABASE_URL",
+                    "postgres://migrator@db/platform",
+                ),
+            ],
+        );
+        env.migrate_database_url(&postgres);
+        env.migrate_at_start(&postgres);
+        let problem = env.finish().expect_err("the Job's credential").to_string();
+        assert!(
+            problem.contains("WORKER_MIGRATE_AT_START: false with WORKER_MIGRATE_DATABASE_URL set"),
+            "{problem}"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod build_info;
 mod client;
 mod config;
 mod handshake;
+mod health_check;
 mod http_listener;
 mod info;
 mod main_loop;
@@ -33,6 +34,7 @@ pub use config::{
     CommonConfig, ConfigError, ConfigProblem, DatabaseUrl, EnvReader, EnvValue, Environment,
     GrpcLimits, InvalidValue, ServiceUrl,
 };
+pub use health_check::run_health_check;
 pub use http_listener::{PublicHttp, PublicTlsFiles};
 pub use main_loop::{
     AppMain, CommandTelemetry, StandardArgs, StartFuture, command_telemetry, load_config,

@@ -49,6 +49,15 @@ impl PgGatewayStore {
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
     }
+
+    /// Connects as the login of a deployment whose migrations Job migrates
+    /// (`GATEWAY_MIGRATE_AT_START=false`): waits until every migration
+    /// this build knows is applied.
+    pub async fn connect_when_migrated(url: &str, pool_size: u32) -> Result<Self, StoreError> {
+        let store = Self::connect(url, pool_size).await?;
+        jobs::postgres::wait_for_migrations(&store.pool, &[migrator()], "gateway").await;
+        Ok(store)
+    }
 }
 
 impl PgGatewayStore {

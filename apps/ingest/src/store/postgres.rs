@@ -82,6 +82,21 @@ impl PgReadingStore {
         }
     }
 
+    /// Connects as the login of a deployment whose migrations Job migrates
+    /// (`INGEST_MIGRATE_AT_START=false`): waits until every migration this
+    /// build knows is applied, then runs none itself.
+    pub async fn connect_when_migrated(url: &str, pool_size: u32) -> Result<Self, StoreError> {
+        let mut store = Self::connect(url, pool_size).await?;
+        jobs::postgres::wait_for_migrations(
+            &store.pool,
+            &[jobs::postgres::migrator(), migrator()],
+            "ingest",
+        )
+        .await;
+        store.migrates = false;
+        Ok(store)
+    }
+
     /// Least privilege: with the migrator credential at `migrator_url`,
     /// applies the migrations and gives the user of `app_url` the role
     /// `<database>_ingest` (its own schema, and enqueueing through

@@ -13,6 +13,7 @@
 
 mod api;
 mod corrupt;
+mod migrate;
 mod nats;
 mod overload;
 mod publish;

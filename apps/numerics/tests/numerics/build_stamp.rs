@@ -60,3 +60,35 @@ async fn version_first_log_line_and_build_info_name_the_same_build() {
         assert!(build_info.contains(&label), "{build_info} lacks {label}");
     }
 }
+
+/// `numerics health-check` (the image's health check) with the server's
+/// environment: 0 while it is ready, 1 naming the address once it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_check_command_reports_the_running_servers_readiness() {
+    let binary = env!("CARGO_BIN_EXE_numerics");
+    let numerics = AppProcess::start(binary, "NUMERICS_", Vec::new());
+    numerics.ready().await;
+    let (grpc, admin) = (numerics.grpc_addr, numerics.admin_addr);
+    let check = || {
+        Command::new(binary)
+            .arg("health-check")
+            .env_clear()
+            .env("NUMERICS_GRPC_PLAINTEXT", "true")
+            .env("NUMERICS_GRPC_ADDR", grpc.to_string())
+            .env("NUMERICS_ADMIN_ADDR", admin.to_string())
+            .output()
+            .unwrap()
+    };
+    let ready = check();
+    let stderr = String::from_utf8_lossy(&ready.stderr);
+    assert!(ready.status.success(), "{stderr}");
+
+    drop(numerics);
+    let gone = check();
+    let stderr = String::from_utf8_lossy(&gone.stderr);
+    assert_eq!(gone.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("http://{admin}/readyz")),
+        "{stderr}"
+    );
+}

@@ -11,6 +11,26 @@ pub async fn connect(url: &str, pool_size: u32) -> Result<PgStore, JobsError> {
     Ok(PgStore::new(pool))
 }
 
+/// Connects as the login of a deployment whose migrations Job migrates
+/// (`WORKER_MIGRATE_AT_START=false`): waits until every migration this
+/// build knows is applied.
+pub async fn connect_when_migrated(url: &str, pool_size: u32) -> Result<PgStore, JobsError> {
+    let store = connect(url, pool_size).await?;
+    jobs::postgres::wait_for_migrations(
+        store.pool(),
+        &[jobs::postgres::migrator(), worker_migrator(MIGRATIONS)],
+        "worker",
+    )
+    .await;
+    Ok(store)
+}
+
+/// The worker's own migrations (versions 300000+).
+const MIGRATIONS: [&str; 2] = [
+    include_str!("../../migrations/postgres/300001_worker.sql"),
+    include_str!("../../migrations/postgres/300002_webhooks.sql"),
+];
+
 /// Least privilege: with the migrator credential at `migrator_url`,
 /// applies every migration and gives the user of `app_url` the role
 /// `<database>_worker` (its own schema and the jobs tables; nothing of
@@ -44,12 +64,7 @@ pub async fn provision(
 impl WorkerStore for PgStore {
     async fn migrate_all(&self) -> Result<(), JobsError> {
         self.migrate().await?;
-        worker_migrator([
-            include_str!("../../migrations/postgres/300001_worker.sql"),
-            include_str!("../../migrations/postgres/300002_webhooks.sql"),
-        ])
-        .run(self.pool())
-        .await?;
+        worker_migrator(MIGRATIONS).run(self.pool()).await?;
         Ok(())
     }
 
