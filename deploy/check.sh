@@ -120,6 +120,32 @@ expect_failure "memory_limiter not first (collector check)" \
   "$PYTHON" deploy/check_config_files.py collector "$WORK/collector.yaml"
 SKIPPED+=("otelcol validate: no collector binary installs from crates.io, PyPI, npm or Debian (the structural check above stands in)")
 
+section "Prometheus: rules, their unit tests, runbook links"
+# promtool from Debian's prometheus package, unpacked (no server installed).
+PROMETHEUS_DEB=2.42.0+ds-5+deb12u1
+PROMTOOL="$TOOLS/prometheus-$PROMETHEUS_DEB/usr/bin/promtool"
+if [ ! -x "$PROMTOOL" ]; then
+  (cd "$WORK" && apt-get download "prometheus=$PROMETHEUS_DEB" > /dev/null 2>&1)
+  dpkg -x "$WORK"/prometheus_*.deb "$TOOLS/prometheus-$PROMETHEUS_DEB"
+fi
+"$PROMTOOL" --version | head -n1
+"$PROMTOOL" check rules deploy/prometheus/alerts.yaml
+"$PROMTOOL" test rules deploy/prometheus/tests/alerts_test.yaml
+"$PYTHON" deploy/check_alerts.py deploy/prometheus/alerts.yaml deploy/prometheus/tests/alerts_test.yaml
+mkdir -p "$WORK/prom/tests"
+cp deploy/prometheus/tests/alerts_test.yaml "$WORK/prom/tests/"
+"$PYTHON" - "$WORK/prom/alerts.yaml" <<'PLANT'
+import sys, yaml
+rules = yaml.safe_load(open("deploy/prometheus/alerts.yaml"))
+del rules["groups"][0]["rules"][0]["annotations"]["runbook_url"]
+yaml.safe_dump(rules, open(sys.argv[1], "w"))
+PLANT
+expect_failure "an alert without a runbook link (alert check)" \
+  "$PYTHON" deploy/check_alerts.py "$WORK/prom/alerts.yaml" "$WORK/prom/tests/alerts_test.yaml"
+sed 's/\* 600 > 10$/* 600 > 1000/' deploy/prometheus/alerts.yaml > "$WORK/prom/alerts.yaml"
+expect_failure "an alert whose threshold no longer fires on its test (promtool test rules)" \
+  "$PROMTOOL" test rules "$WORK/prom/tests/alerts_test.yaml"
+
 section "skipped, and why"
 if [ ${#SKIPPED[@]} -eq 0 ]; then echo "nothing"; fi
 for reason in "${SKIPPED[@]}"; do echo "- $reason"; done

@@ -781,8 +781,9 @@ impl JobStore for PgStore {
     async fn queue_counts(&self) -> Result<Vec<QueueCounts>, JobsError> {
         let rows = sqlx::query(
             "SELECT coalesce(c.queue, q.name) AS queue, coalesce(q.paused, false) AS paused,
-                    c.state, coalesce(c.n, 0) AS n
-             FROM (SELECT queue, state::text AS state, count(*) AS n FROM jobs.job GROUP BY queue, state) c
+                    c.state, coalesce(c.n, 0) AS n, c.oldest
+             FROM (SELECT queue, state::text AS state, count(*) AS n, min(scheduled_at) AS oldest
+                   FROM jobs.job GROUP BY queue, state) c
              FULL JOIN jobs.queue q ON q.name = c.queue
              ORDER BY 1",
         )
@@ -796,6 +797,7 @@ impl JobStore for PgStore {
                     queue,
                     paused: row.try_get("paused")?,
                     counts: [0; 7],
+                    oldest_available: None,
                 });
             }
             if let (Some(state), Some(counts)) =
@@ -804,6 +806,9 @@ impl JobStore for PgStore {
                 let state: JobState = state.parse().map_err(JobsError::Corrupt)?;
                 counts.counts[state as usize] =
                     u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0);
+                if state == JobState::Available {
+                    counts.oldest_available = row.try_get("oldest")?;
+                }
             }
         }
         Ok(out)

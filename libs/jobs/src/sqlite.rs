@@ -641,8 +641,9 @@ impl JobStore for SqliteStore {
 
     async fn queue_counts(&self) -> Result<Vec<QueueCounts>, JobsError> {
         let rows = sqlx::query(
-            "SELECT queue, state, count(*) AS n FROM jobs_job GROUP BY queue, state
-             UNION ALL SELECT name, NULL, 0 FROM jobs_queue
+            "SELECT queue, state, count(*) AS n, min(scheduled_at) AS oldest
+             FROM jobs_job GROUP BY queue, state
+             UNION ALL SELECT name, NULL, 0, NULL FROM jobs_queue
              ORDER BY 1",
         )
         .fetch_all(&self.pool)
@@ -659,6 +660,7 @@ impl JobStore for SqliteStore {
                     queue,
                     paused: is_paused,
                     counts: [0; 7],
+                    oldest_available: None,
                 });
             }
             if let (Some(state), Some(counts)) =
@@ -667,6 +669,12 @@ impl JobStore for SqliteStore {
                 let state: JobState = state.parse().map_err(JobsError::Corrupt)?;
                 counts.counts[state as usize] =
                     u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0);
+                if state == JobState::Available {
+                    counts.oldest_available = row
+                        .try_get::<Option<i64>, _>("oldest")?
+                        .map(from_micros)
+                        .transpose()?;
+                }
             }
         }
         Ok(out)

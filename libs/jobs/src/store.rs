@@ -79,6 +79,10 @@ pub struct QueueCounts {
     pub paused: bool,
     /// Count per state, in [`JobState::ALL`] order.
     pub counts: [u64; 7],
+    /// When the longest-waiting available job became runnable: how far
+    /// behind the queue is (`jobs.queue.oldest_available_age`), which a
+    /// depth alone does not say.
+    pub oldest_available: Option<DateTime<Utc>>,
 }
 
 impl QueueCounts {

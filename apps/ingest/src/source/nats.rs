@@ -151,6 +151,16 @@ pub async fn connect(
             prefixes,
             acker: acker.clone(),
             next_id: AtomicU64::new(0),
+            lag: opentelemetry::global::meter("platform.ingest")
+                .u64_gauge("ingest.nats.pending")
+                .with_description(
+                    "Messages in the stream the durable consumer has not delivered yet (its lag)",
+                )
+                .build(),
+            lag_attributes: [
+                opentelemetry::KeyValue::new("stream", config.stream.clone()),
+                opentelemetry::KeyValue::new("consumer", config.consumer.clone()),
+            ],
         },
         acker: AckSender { pending },
     })
@@ -245,6 +255,10 @@ pub struct NatsProducer {
     prefixes: Vec<String>,
     acker: Arc<NatsAcker>,
     next_id: AtomicU64,
+    /// `ingest.nats.pending`: messages the consumer has yet to deliver, as
+    /// the last delivered message reports it (the consumer's lag).
+    lag: opentelemetry::metrics::Gauge<u64>,
+    lag_attributes: [opentelemetry::KeyValue; 2],
 }
 
 /// The tenant a subject names: the token right after the first configured
@@ -265,7 +279,10 @@ pub fn subject_tenant(prefixes: &[String], subject: &str) -> TenantBinding {
 }
 
 impl NatsProducer {
-    fn wrap(&self, message: jetstream::Message) -> Incoming<Envelope> {
+    /// Wraps a delivered message; also returns how many the consumer has
+    /// left to deliver after it, from the message's own metadata.
+    fn wrap(&self, message: jetstream::Message) -> (Incoming<Envelope>, Option<u64>) {
+        let pending = message.info().ok().map(|info| info.pending);
         let (message, acker) = message.split();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.acker.pending.waiting().insert(id, acker);
@@ -298,13 +315,14 @@ impl NatsProducer {
                 refused: None,
             },
         };
-        Incoming {
+        let incoming = Incoming {
             data: envelope,
             ack: AckRef::new(self.acker.clone(), id),
             bytes,
             partition: 0,
             trace,
-        }
+        };
+        (incoming, pending)
     }
 }
 
@@ -313,12 +331,13 @@ impl Producer for NatsProducer {
 
     async fn pull(&mut self, demand: usize) -> Option<Vec<Incoming<Envelope>>> {
         let mut pulled = Vec::with_capacity(demand.min(1_024));
-        loop {
+        let mut lag = loop {
             match self.messages.next().await {
                 None => return None,
                 Some(Ok(message)) => {
-                    pulled.push(self.wrap(message));
-                    break;
+                    let (incoming, pending) = self.wrap(message);
+                    pulled.push(incoming);
+                    break pending;
                 }
                 Some(Err(error)) => {
                     // Missed heartbeats and similar: the client re-issues
@@ -327,12 +346,20 @@ impl Producer for NatsProducer {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
-        }
+        };
         while pulled.len() < demand {
             match self.messages.next().now_or_never() {
-                Some(Some(Ok(message))) => pulled.push(self.wrap(message)),
+                Some(Some(Ok(message))) => {
+                    let (incoming, pending) = self.wrap(message);
+                    pulled.push(incoming);
+                    lag = pending.or(lag);
+                }
                 _ => break,
             }
+        }
+        // Once per pull, not per message: the last one's count is current.
+        if let Some(lag) = lag {
+            self.lag.record(lag, &self.lag_attributes);
         }
         Some(pulled)
     }

@@ -289,6 +289,20 @@ async fn kill_9_mid_stream_stores_every_reading_once_and_enqueues_every_closed_w
         at_kill < (DEVICES * PER_DEVICE) as i64,
         "the kill came mid-stream"
     );
+    // The consumer's lag, as an alert reads it: present, and nothing left
+    // once everything is stored (the last delivery reports 0 pending).
+    let metrics = service_runtime::testing::http_get(second.admin_addr, "/metrics", &[])
+        .await
+        .unwrap();
+    let lag = metrics
+        .body
+        .lines()
+        .find(|line| line.starts_with("ingest_nats_pending{"))
+        .unwrap_or_else(|| panic!("no ingest_nats_pending:\n{}", metrics.body));
+    assert!(
+        lag.contains(&format!("consumer=\"{}\"", names.consumer)) && lag.ends_with(" 0"),
+        "{lag}"
+    );
 
     // Every window closed by the final watermark is aggregated, and no job
     // args appear twice. A window's job is on time when its readings came

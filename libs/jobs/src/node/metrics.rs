@@ -20,6 +20,7 @@ pub(super) struct Metrics {
     /// leader (so only one node reports depth and sums stay right).
     pub(super) depth: Arc<Mutex<Vec<crate::QueueCounts>>>,
     _depth_gauge: opentelemetry::metrics::ObservableGauge<u64>,
+    _age_gauge: opentelemetry::metrics::ObservableGauge<f64>,
 }
 
 impl Metrics {
@@ -42,9 +43,27 @@ impl Metrics {
                 }
             })
             .build();
+        let observed = depth.clone();
+        let age_gauge = meter
+            .f64_observable_gauge("jobs.queue.oldest_available_age")
+            .with_unit("s")
+            .with_description(
+                "How long the longest-waiting available job has waited, per queue (0 when none waits)",
+            )
+            .with_callback(move |observer| {
+                let now = chrono::Utc::now();
+                for queue in lock(&observed).iter() {
+                    let age = queue.oldest_available.map_or(0.0, |since| {
+                        (now - since).num_milliseconds().max(0) as f64 / 1000.0
+                    });
+                    observer.observe(age, &[KeyValue::new("queue", queue.queue.clone())]);
+                }
+            })
+            .build();
         Self {
             depth,
             _depth_gauge: depth_gauge,
+            _age_gauge: age_gauge,
             attempts: meter
                 .u64_counter("jobs.attempts")
                 .with_description(

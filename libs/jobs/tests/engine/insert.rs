@@ -45,6 +45,11 @@ mod body {
             2_500,
             "nothing of the bad batch was written"
         );
+        // The oldest available job is the queue's lag: the first one
+        // inserted (all were runnable at once).
+        let first = inserted.iter().map(|row| row.job.scheduled_at).min();
+        assert_eq!(counts[0].oldest_available, first);
+        assert!(first.is_some());
     }
 
     pub async fn claims_follow_priority_then_schedule_and_respect_the_limit<S: JobStore>(store: S) {
