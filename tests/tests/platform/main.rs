@@ -11,6 +11,7 @@
     reason = "a test reads as one scenario, start to finish"
 )]
 
+mod backup;
 mod database_roles;
 mod features;
 mod gateway_api;
