@@ -93,7 +93,8 @@ build_tree() {
       package=${entry%%:*} binary=${entry##*:}
       cp "$release_dir/$binary" "$out/bin/"
       local sbom
-      sbom=$(find "$src/apps/$package" -maxdepth 1 -name "${package}_bin*.cdx.json" | head -n1)
+      # cargo-cyclonedx names the file after the binary, beside its manifest.
+      sbom=$(find "$src/apps/$package" -maxdepth 1 -name "${binary}_bin*.cdx.json" | head -n1)
       [ -n "$sbom" ] || die "cargo cyclonedx wrote no SBOM for $package"
       mv "$sbom" "$out/sbom/$binary.cdx.json"
     done
