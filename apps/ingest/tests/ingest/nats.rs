@@ -483,3 +483,80 @@ async fn a_tls_url_consumes_over_mutual_tls() {
     drop(server);
     let _ = std::fs::remove_dir_all(pki);
 }
+
+/// Two replicas of ingest, as a Deployment scaled to two, share one
+/// durable consumer: JetStream spreads the stream over both, one is killed
+/// with SIGKILL mid-stream, and every reading is still stored exactly once
+/// (what the killed one held unacknowledged is redelivered to the other).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_the_durable_consumer_and_a_killed_one_loses_nothing() {
+    const READINGS: usize = 20_000;
+    let Some(url) = nats_url() else { return };
+    let Some(postgres) = jobs::testing::ScratchPostgres::create("ingest_replicas").await else {
+        return;
+    };
+    let names = Names::unique("ingest_replicas");
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = jetstream::new(client);
+    let victim = start_ingest(&postgres.url, names.env(&url));
+    let survivor = start_ingest(&postgres.url, names.env(&url));
+    victim.ready().await;
+    survivor.ready().await;
+
+    let payloads: Vec<Vec<u8>> = (0..READINGS)
+        .map(|i| {
+            now_reading(&format!("rep{i}"), &format!("dev{}", i % 8), 120, i as f64).encode_to_vec()
+        })
+        .collect();
+    let subject = format!("{}.acme", names.subject);
+    let publisher = {
+        let js = js.clone();
+        tokio::spawn(async move { publish_all(&js, &subject, payloads).await })
+    };
+    // Both replicas take messages before one dies.
+    wait_until("both replicas to store readings", PATIENCE, || async {
+        (victim.metric("ingest_readings_total").await > 0.0
+            && survivor.metric("ingest_readings_total").await > 0.0)
+            .then_some(())
+    })
+    .await;
+    let victim_stored = victim.metric("ingest_readings_total").await;
+    victim.kill_9();
+    publisher.await.unwrap();
+
+    let pool = postgres.pool.clone();
+    let stored = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM ingest.reading WHERE event_id LIKE 'rep%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    wait_until(
+        "every reading stored and the consumer settled",
+        PATIENCE,
+        || async {
+            (stored().await == READINGS as i64 && settled(&js, &names).await).then_some(())
+        },
+    )
+    .await;
+    let distinct: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT event_id) FROM ingest.reading WHERE event_id LIKE 'rep%'",
+    )
+    .fetch_one(&postgres.pool)
+    .await
+    .unwrap();
+    assert_eq!(distinct, READINGS as i64, "each reading stored once");
+    let survivor_stored = survivor.metric("ingest_readings_total").await;
+    assert!(
+        survivor_stored > 0.0 && victim_stored > 0.0,
+        "both replicas consumed: victim {victim_stored}, survivor {survivor_stored}"
+    );
+    eprintln!(
+        "two replicas: the killed one counted {victim_stored} readings before the kill, the survivor {survivor_stored} (stored, duplicate or rejected)"
+    );
+    drop(survivor);
+    js.delete_stream(&names.stream).await.unwrap();
+    postgres.drop_database().await;
+}

@@ -15,6 +15,7 @@
 mod api;
 mod crash;
 mod endpoints;
+mod scale_out;
 mod storage;
 mod support;
 mod webhooks;
