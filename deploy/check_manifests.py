@@ -238,6 +238,15 @@ def check_selectors(report, objects, workloads):
                 report.fail(f"HorizontalPodAutoscaler {name}", f"targets {ref['kind']} {ref['name']}, which does not exist")
 
 
+def check_headless(report, objects):
+    """gRPC apps' Services resolve to every pod: the callers balance."""
+    for obj in objects:
+        name = obj["metadata"]["name"]
+        if obj["kind"] == "Service" and name in APPS and APPS[name][0] == "grpc":
+            if obj["spec"].get("clusterIP") != "None":
+                report.fail(f"Service {name}", "must be headless (clusterIP: None) so its callers balance over every pod")
+
+
 def check_coverage(report, objects):
     pdbs = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
     policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
@@ -421,6 +430,7 @@ def check(documents, overlay, binaries=None):
         report.fail(f"Deployment {app}", "is missing")
     check_selectors(report, objects, workloads)
     check_coverage(report, objects)
+    check_headless(report, objects)
     check_rpc_policy(report, objects)
     check_images(report, overlay, workloads)
     if binaries is not None:

@@ -76,6 +76,11 @@ def secret_file_not_mounted(objects):
     return "WORKER_WEBHOOK_SECRET_FILE names the file WEBHOOK"
 
 
+def numerics_behind_a_virtual_ip(objects):
+    del find(objects, "Service", "numerics")["spec"]["clusterIP"]
+    return "Service numerics: must be headless"
+
+
 FAULTS = [
     no_readiness_probe,
     probe_on_grpc_port,
@@ -87,6 +92,7 @@ FAULTS = [
     missing_required_secret,
     no_default_deny,
     secret_file_not_mounted,
+    numerics_behind_a_virtual_ip,
 ]
 
 

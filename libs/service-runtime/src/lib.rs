@@ -14,6 +14,7 @@
 //! optional TLS ([`PublicHttp`]).
 
 mod admin;
+pub mod balance;
 mod build_info;
 mod client;
 mod config;
@@ -29,7 +30,9 @@ pub mod testing;
 mod transport;
 
 pub use build_info::{BuildInfo, instance_id, uptime};
-pub use client::{CONNECT_TIMEOUT, ChannelError, TracedChannel, traced_channel};
+pub use client::{
+    CONNECT_TIMEOUT, ChannelError, TracedChannel, traced_channel, traced_channel_with_resolver,
+};
 pub use config::{
     CommonConfig, ConfigError, ConfigProblem, DatabaseUrl, EnvReader, EnvValue, Environment,
     GrpcLimits, InvalidValue, ServiceUrl,

@@ -169,6 +169,34 @@ impl AppProcess {
         env: Vec<(String, String)>,
         stderr: impl Into<std::process::Stdio>,
     ) -> Self {
+        Self::start_command(binary, &[], env_prefix, env, stderr.into())
+    }
+
+    /// [`Self::start`] with arguments: an app served by another binary,
+    /// e.g. `platform serve numerics`.
+    pub fn start_with_args(
+        binary: &str,
+        args: &[&str],
+        env_prefix: &str,
+        env: Vec<(String, String)>,
+    ) -> Self {
+        Self::start_command(
+            binary,
+            args,
+            env_prefix,
+            env,
+            std::process::Stdio::inherit(),
+        )
+    }
+
+    #[allow(clippy::expect_used, reason = "test support: a panic is the report")]
+    fn start_command(
+        binary: &str,
+        args: &[&str],
+        env_prefix: &str,
+        env: Vec<(String, String)>,
+        stderr: std::process::Stdio,
+    ) -> Self {
         let free = || free_local_addr().expect("a free local port");
         let (grpc_addr, admin_addr) = (free(), free());
         let tls_dir = format!("{env_prefix}TLS_DIR");
@@ -178,6 +206,7 @@ impl AppProcess {
             Some((format!("{env_prefix}GRPC_PLAINTEXT"), "true"))
         };
         let child = std::process::Command::new(binary)
+            .args(args)
             .env_clear()
             .envs(plaintext)
             .env(format!("{env_prefix}GRPC_ADDR"), grpc_addr.to_string())
@@ -279,4 +308,15 @@ impl Drop for AppProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Makes every balanced channel in this process resolve `host` to
+/// `addresses` instead of asking DNS (see [`crate::balance`]): several
+/// replicas on 127.0.0.2, 127.0.0.3, ... behind the one name an app's
+/// configuration names. Other names still go to DNS.
+pub fn resolve_name_to(host: &str, addresses: Vec<std::net::SocketAddr>) {
+    crate::balance::TEST_NAMES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(host.to_owned(), addresses);
 }

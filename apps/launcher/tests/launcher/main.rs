@@ -12,6 +12,8 @@
     reason = "a test reads as one scenario, start to finish"
 )]
 
+mod scale_out;
+
 use std::{
     io::{BufRead as _, BufReader},
     net::SocketAddr,

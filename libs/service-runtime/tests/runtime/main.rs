@@ -12,6 +12,7 @@
 )]
 
 mod admin;
+mod balance;
 mod limits;
 mod public_http;
 mod shutdown;
