@@ -91,6 +91,8 @@ pub struct Workspace {
     /// The text of every Rust file a Markdown file links a test in
     /// (`` `path.rs::test_name` ``), by path.
     pub linked_sources: std::collections::BTreeMap<String, String>,
+    /// Every SQL migration (`*/migrations/**/*.sql`).
+    pub migrations: Vec<SourceFile>,
 }
 
 /// A job kind declared in the contracts.
@@ -218,6 +220,14 @@ pub enum Violation {
         /// What it lacks.
         missing: &'static str,
     },
+    /// A migration removes or renames something without saying, in a
+    /// `-- contract:` line, why no running release still uses it.
+    DestructiveMigration {
+        /// The migration, relative to the workspace root.
+        path: String,
+        /// The statement, as written.
+        statement: String,
+    },
     /// A member outside `apps/` and `libs/` that is not a composer.
     UnknownRole {
         /// The crate.
@@ -301,6 +311,10 @@ impl fmt::Display for Violation {
                 f,
                 "docs/architecture.md section `{section}` lacks {missing}"
             ),
+            Self::DestructiveMigration { path, statement } => write!(
+                f,
+                "`{path}` removes or renames (`{statement}`) with no `-- contract:` line: migrations expand in one release and contract in a later one, once no release still running reads what goes (the previous release runs on the new schema during a rollout); add the line naming that release"
+            ),
             Self::UnknownRole { crate_name, dir } => write!(
                 f,
                 "`{crate_name}` ({dir}) is neither under apps/ or libs/ nor declared a composer"
@@ -367,6 +381,7 @@ pub fn check(workspace: &Workspace) -> Vec<Violation> {
     violations.extend(missing_paths(workspace));
     violations.extend(missing_tests(workspace));
     violations.extend(undocumented_job_kinds(workspace));
+    violations.extend(destructive_migrations(workspace));
     for dir in std::iter::once("proto").chain(workspace.members.iter().map(|m| m.dir.as_str())) {
         let Some(section) = section(&workspace.architecture, dir) else {
             continue; // NoArchitectureSection already says so.
@@ -767,12 +782,55 @@ fn repository_paths(
     Ok(())
 }
 
-/// Every path of the repository, its Markdown files, and the text of the
-/// Rust files those link tests in.
+/// Migrations written before releases were rolling upgrades, kept as they
+/// were applied (sqlx checks each one's checksum, so they cannot gain the
+/// `-- contract:` line now).
+const MIGRATIONS_BEFORE_EXPAND_CONTRACT: [&str; 2] = [
+    "apps/ingest/migrations/postgres/200002_tenant_keys.sql",
+    "apps/ingest/migrations/sqlite/200002_tenant_keys.sql",
+];
+
+/// Statements that remove or rename what a running release may read:
+/// each needs a `-- contract:` line in its migration.
+fn destructive_migrations(workspace: &Workspace) -> Vec<Violation> {
+    const DESTRUCTIVE: [&str; 5] = [
+        "DROP ",
+        "RENAME ",
+        "SET NOT NULL",
+        "TRUNCATE ",
+        "ALTER COLUMN",
+    ];
+    let mut violations = Vec::new();
+    for migration in &workspace.migrations {
+        if MIGRATIONS_BEFORE_EXPAND_CONTRACT.contains(&migration.path.as_str())
+            || migration
+                .text
+                .lines()
+                .any(|l| l.trim_start().starts_with("-- contract:"))
+        {
+            continue;
+        }
+        for line in migration.text.lines() {
+            let code = line.split("--").next().unwrap_or_default();
+            let upper = code.to_ascii_uppercase();
+            if DESTRUCTIVE.iter().any(|word| upper.contains(word)) {
+                violations.push(Violation::DestructiveMigration {
+                    path: migration.path.clone(),
+                    statement: code.trim().to_owned(),
+                });
+            }
+        }
+    }
+    violations
+}
+
+/// Every path of the repository, its Markdown files, the text of the
+/// Rust files those link tests in, and its SQL migrations.
 type RepositoryFiles = (
     std::collections::BTreeSet<String>,
     Vec<SourceFile>,
     std::collections::BTreeMap<String, String>,
+    Vec<SourceFile>,
 );
 
 fn repository_files(root: &Path) -> Result<RepositoryFiles, LoadError> {
@@ -801,7 +859,17 @@ fn repository_files(root: &Path) -> Result<RepositoryFiles, LoadError> {
             linked_sources.insert(path, text);
         }
     }
-    Ok((paths, markdown, linked_sources))
+    let migrations: Vec<SourceFile> = paths
+        .iter()
+        .filter(|p| p.ends_with(".sql") && p.contains("/migrations/"))
+        .map(|p| {
+            Ok(SourceFile {
+                path: p.clone(),
+                text: read(root.join(p))?,
+            })
+        })
+        .collect::<Result<_, LoadError>>()?;
+    Ok((paths, markdown, linked_sources, migrations))
 }
 
 /// One workspace member as the rules see it, from its metadata and files.
@@ -979,7 +1047,7 @@ pub fn load(manifest_dir: &Path, job_kinds: &[(&str, &str)]) -> Result<Workspace
             })
         })
         .collect::<Result<_, LoadError>>()?;
-    let (paths, markdown, linked_sources) = repository_files(&root)?;
+    let (paths, markdown, linked_sources, migrations) = repository_files(&root)?;
     Ok(Workspace {
         members: result,
         codeowners: read(root.join("CODEOWNERS"))?,
@@ -995,6 +1063,7 @@ pub fn load(manifest_dir: &Path, job_kinds: &[(&str, &str)]) -> Result<Workspace
         markdown,
         paths,
         linked_sources,
+        migrations,
     })
 }
 
@@ -1039,6 +1108,7 @@ mod tests {
             markdown: Vec::new(),
             linked_sources: std::collections::BTreeMap::new(),
             paths: Default::default(),
+            migrations: Vec::new(),
         }
     }
 
@@ -1334,5 +1404,31 @@ mod tests {
         assert!(!has_owner("/apps/worker/", "apps/worker"));
         assert!(!has_owner("# /apps/worker/ @x", "apps/worker"));
         assert!(!has_owner("/apps/worker-extra/ @x", "apps/worker"));
+    }
+
+    #[test]
+    fn a_migration_that_removes_must_say_why_no_release_reads_it() {
+        let mut ws = platform(&[]);
+        ws.migrations = vec![
+            SourceFile {
+                path: "apps/ingest/migrations/postgres/200009_slim.sql".into(),
+                text: "ALTER TABLE ingest.reading ADD COLUMN unit text;\nALTER TABLE ingest.reading DROP COLUMN attributes;\n".into(),
+            },
+            SourceFile {
+                path: "apps/ingest/migrations/postgres/200010_contract.sql".into(),
+                text: "-- contract: 0.3.0 stopped reading `legacy`; 0.4.0 removes it.\nDROP TABLE ingest.legacy;\n".into(),
+            },
+        ];
+        let messages: Vec<String> = check(&ws)
+            .iter()
+            .map(ToString::to_string)
+            .filter(|m| m.contains("migrations"))
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                "`apps/ingest/migrations/postgres/200009_slim.sql` removes or renames (`ALTER TABLE ingest.reading DROP COLUMN attributes;`) with no `-- contract:` line: migrations expand in one release and contract in a later one, once no release still running reads what goes (the previous release runs on the new schema during a rollout); add the line naming that release"
+            ]
+        );
     }
 }
