@@ -5,7 +5,7 @@
 
 use std::{
     collections::HashSet,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -13,51 +13,18 @@ use jobs::{JobStore as _, NewJob, PgStore};
 use rustix::process::{Pid, Signal, kill_process};
 use sqlx::PgPool;
 
-use crate::support::Scratch;
+use crate::support::{Scratch, WorkerProcess};
 
 const JOBS: usize = 10_000;
 /// Hang guard, not a timing claim.
 const PATIENCE: Duration = Duration::from_secs(180);
 
-struct WorkerProcess(Child);
-
-impl WorkerProcess {
-    fn start(database_url: &str) -> Self {
-        let free = || {
-            service_runtime::testing::free_local_addr()
-                .unwrap()
-                .to_string()
-        };
-        let child = Command::new(env!("CARGO_BIN_EXE_worker"))
-            .env_clear()
-            .env("WORKER_DATABASE_URL", database_url)
-            .env("WORKER_GRPC_PLAINTEXT", "true")
-            .env("WORKER_GRPC_ADDR", free())
-            .env("WORKER_ADMIN_ADDR", free())
-            .env("WORKER_QUEUES", "default=50")
-            .env("WORKER_LEASE", "3s")
-            .env("WORKER_POLL_INTERVAL", "200ms")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Self(child)
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        if let Some(pid) = Pid::from_raw(self.0.id() as i32) {
-            let _ = kill_process(pid, Signal::TERM);
-        }
-        let _ = self.0.wait();
-    }
-}
+/// The settings of the crash tests' workers: short leases, fast polls.
+const CRASH_SETTINGS: [(&str, &str); 3] = [
+    ("WORKER_QUEUES", "default=50"),
+    ("WORKER_LEASE", "3s"),
+    ("WORKER_POLL_INTERVAL", "200ms"),
+];
 
 async fn count(pool: &PgPool, sql: &str) -> i64 {
     // The database may be restarting: treat errors as "not yet".
@@ -131,8 +98,8 @@ async fn kill_9_of_one_worker_loses_no_job() {
         return;
     };
     let pool = prepare(&scratch).await;
-    let victim = WorkerProcess::start(&scratch.url());
-    let survivor = WorkerProcess::start(&scratch.url());
+    let victim = WorkerProcess::start(&scratch.url(), &CRASH_SETTINGS);
+    let survivor = WorkerProcess::start(&scratch.url(), &CRASH_SETTINGS);
     wait_until(
         &pool,
         "SELECT count(*) FROM worker.job_runs",
@@ -190,8 +157,8 @@ async fn a_postgres_restart_mid_run_loses_no_job() {
         return;
     };
     let pool = prepare(&scratch).await;
-    let a = WorkerProcess::start(&scratch.url());
-    let b = WorkerProcess::start(&scratch.url());
+    let a = WorkerProcess::start(&scratch.url(), &CRASH_SETTINGS);
+    let b = WorkerProcess::start(&scratch.url(), &CRASH_SETTINGS);
     wait_until(
         &pool,
         "SELECT count(*) FROM worker.job_runs",

@@ -3,14 +3,14 @@
 //! holds across both, both take work, and every job completes once.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use jobs::{JobStore as _, NewJob, PgStore};
 use sqlx::PgPool;
 
-use crate::support::Scratch;
+use crate::support::{Scratch, WorkerProcess};
 
 const JOBS: i64 = 40;
 /// Each node may run 4 at once; together they may run only 3.
@@ -18,39 +18,6 @@ const QUEUES: &str = "default=4/3";
 const GLOBAL: i64 = 3;
 /// Hang guard, not a timing claim.
 const PATIENCE: Duration = Duration::from_secs(120);
-
-struct Replica(Child);
-
-impl Replica {
-    fn start(database_url: &str) -> Self {
-        let free = || {
-            service_runtime::testing::free_local_addr()
-                .unwrap()
-                .to_string()
-        };
-        let child = Command::new(env!("CARGO_BIN_EXE_worker"))
-            .env_clear()
-            .env("WORKER_DATABASE_URL", database_url)
-            .env("WORKER_GRPC_PLAINTEXT", "true")
-            .env("WORKER_GRPC_ADDR", free())
-            .env("WORKER_ADMIN_ADDR", free())
-            .env("WORKER_QUEUES", QUEUES)
-            .env("WORKER_POLL_INTERVAL", "100ms")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Self(child)
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
@@ -77,9 +44,10 @@ async fn a_global_queue_limit_holds_across_two_worker_processes() {
         .await
         .unwrap();
 
+    let settings = [("WORKER_QUEUES", QUEUES), ("WORKER_POLL_INTERVAL", "100ms")];
     let replicas = [
-        Replica::start(&scratch.url()),
-        Replica::start(&scratch.url()),
+        WorkerProcess::start(&scratch.url(), &settings),
+        WorkerProcess::start(&scratch.url(), &settings),
     ];
     let executing =
         "SELECT count(*) FROM jobs.job WHERE kind = 'record_run' AND state = 'executing'";

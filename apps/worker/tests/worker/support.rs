@@ -107,3 +107,44 @@ pub async fn wait_for_job(
     )
     .await
 }
+
+/// The `worker` binary as a real process on `database_url` (plaintext on
+/// loopback, free ports, `RUST_LOG=warn`) with `settings` on top; stopped
+/// with SIGTERM when dropped.
+pub struct WorkerProcess(std::process::Child);
+
+impl WorkerProcess {
+    pub fn start(database_url: &str, settings: &[(&str, &str)]) -> Self {
+        let free = || {
+            service_runtime::testing::free_local_addr()
+                .unwrap()
+                .to_string()
+        };
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+            .env_clear()
+            .env("WORKER_DATABASE_URL", database_url)
+            .env("WORKER_GRPC_PLAINTEXT", "true")
+            .env("WORKER_GRPC_ADDR", free())
+            .env("WORKER_ADMIN_ADDR", free())
+            .env("RUST_LOG", "warn")
+            .envs(settings.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let _ = self.0.wait();
+    }
+}
