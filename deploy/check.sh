@@ -99,6 +99,13 @@ printf 'FROM gcr.io/distroless/cc-debian12:nonroot\nCOPY bin/x /x\n' > "$WORK/Do
 expect_failure "an unpinned base image (project Dockerfile check)" \
   "$PYTHON" deploy/check_config_files.py dockerfile "$WORK/Dockerfile.unpinned"
 "$PYTHON" deploy/check_config_files.py dockerfile deploy/docker/Dockerfile
+# What a release writes: the base pinned to a digest, still lint-clean.
+bash deploy/release/release.sh dockerfile --out "$WORK/release" \
+  --base-image-digest "sha256:$(printf 'distroless' | sha256sum | cut -d' ' -f1)"
+"$PYTHON" deploy/check_config_files.py dockerfile "$WORK/release/Dockerfile"
+hadolint --failure-threshold warning "$WORK/release/Dockerfile"
+expect_failure "a base image digest of the wrong form (release.sh dockerfile)" \
+  bash deploy/release/release.sh dockerfile --out "$WORK/bad" --base-image-digest sha256:abc
 
 section "the project's manifest policy"
 CONFIG_ARGS=()

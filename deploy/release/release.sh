@@ -3,6 +3,7 @@
 #
 #   deploy/release/release.sh build  [--out DIR] [--base-image-digest sha256:<64 hex>] [--allow-dirty]
 #   deploy/release/release.sh verify [--canary] [--report FILE]
+#   deploy/release/release.sh dockerfile --base-image-digest sha256:<64 hex> --out DIR
 #
 # build   builds every app binary of the checked-out commit with
 #         `cargo auditable build --release --locked` (the dependency list is
@@ -11,6 +12,8 @@
 #         and C), then writes one CycloneDX SBOM per binary, validates them
 #         and writes SHA256SUMS. With --base-image-digest it also writes the
 #         Dockerfile with the distroless base pinned to that digest.
+# dockerfile  writes only the Dockerfile with its base pinned (what build
+#         does with a digest; deploy/check.sh runs it and lints the result).
 # verify  clones the commit into two different directories, builds each
 #         there, and compares every artefact byte for byte; writes a report
 #         and exits 1 on any difference. --canary builds only
@@ -207,8 +210,23 @@ EOF
   return "$status"
 }
 
+cmd_dockerfile() {
+  local out="" digest=""
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --out) out=$2; shift 2 ;;
+      --base-image-digest) digest=$2; shift 2 ;;
+      *) die "dockerfile: unknown argument $1" ;;
+    esac
+  done
+  [ -n "$out" ] || die "dockerfile: --out DIR is required"
+  mkdir -p "$out"
+  write_dockerfile "$out" "$digest"
+}
+
 case ${1:-} in
   build) shift; cmd_build "$@" ;;
+  dockerfile) shift; cmd_dockerfile "$@" ;;
   verify) shift; cmd_verify "$@" ;;
-  *) die "usage: $0 build [--out DIR] [--base-image-digest sha256:HEX] [--allow-dirty] | verify [--canary] [--report FILE]" ;;
+  *) die "usage: $0 build [--out DIR] [--base-image-digest sha256:HEX] [--allow-dirty] | verify [--canary] [--report FILE] | dockerfile --base-image-digest sha256:HEX --out DIR" ;;
 esac
