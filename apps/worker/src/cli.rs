@@ -154,12 +154,17 @@ async fn execute<S: JobStore>(store: S, command: Command) -> anyhow::Result<()> 
             job.validate()?;
             let mut inserted = 0usize;
             let mut remaining = count as usize;
+            let started = std::time::Instant::now();
             while remaining > 0 {
                 let batch = remaining.min(10_000);
                 inserted += store.insert_many(&vec![job.clone(); batch]).await?.len();
                 remaining -= batch;
             }
-            println!("enqueued {inserted} job(s)");
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "enqueued {inserted} job(s) in {seconds:.3} s ({:.0} jobs/s)",
+                inserted as f64 / seconds.max(f64::EPSILON)
+            );
         }
         Command::Stats => {
             println!(

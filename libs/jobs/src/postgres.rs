@@ -51,6 +51,11 @@ pub fn migrator() -> Migrator {
             "jobs enqueue functions",
             include_str!("../migrations/postgres/100002_enqueue_functions.sql"),
         ),
+        (
+            100_003,
+            "jobs claim function",
+            include_str!("../migrations/postgres/100003_claim_function.sql"),
+        ),
     ])
 }
 
@@ -182,16 +187,21 @@ impl PgStore {
         &self.pool
     }
 
-    /// The planner's plan for claiming `limit` jobs of `queue` (EXPLAIN,
-    /// not executed), for the runbook and the test that pins the index.
+    /// The planner's plan for choosing `limit` jobs of `queue` to claim
+    /// (EXPLAIN, not executed), as `jobs.claimable_ids` runs it (bitmap
+    /// scans off), for the runbook and the test that pins the index.
     pub async fn explain_claim(&self, queue: &str, limit: i64) -> Result<String, JobsError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL enable_bitmapscan = off")
+            .execute(&mut *tx)
+            .await?;
         let lines: Vec<String> =
-            sqlx::query_scalar(&format!("EXPLAIN (COSTS OFF) {}", claim_sql()))
+            sqlx::query_scalar(&format!("EXPLAIN (COSTS OFF) {CLAIMABLE_IDS_SQL}"))
                 .bind(queue)
                 .bind(limit)
-                .bind("explain")
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *tx)
                 .await?;
+        tx.rollback().await?;
         Ok(lines.join("\n"))
     }
 
@@ -486,22 +496,41 @@ async fn notify_available(conn: &mut PgConnection, inserted: &[Inserted]) -> Res
     Ok(())
 }
 
-/// The claim statement: `$1` queue, `$2` limit, `$3` node.
+/// The body of `jobs.claimable_ids` (migration 100003) with `$1` queue and
+/// `$2` limit: what [`PgStore::explain_claim`] shows. The migration is the
+/// source of truth; a test checks the two agree.
+const CLAIMABLE_IDS_SQL: &str = "SELECT job.id FROM jobs.job
+    WHERE job.queue = $1
+      AND job.state IN ('available', 'scheduled', 'retryable')
+      AND job.scheduled_at <= now()
+      AND NOT EXISTS (SELECT 1 FROM jobs.queue q WHERE q.name = $1 AND q.paused)
+    ORDER BY job.priority, job.scheduled_at, job.id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED";
+
+/// The claim statement: `$1` queue, `$2` limit, `$3` node. One statement,
+/// so a claim outside a transaction is one round trip.
+///
+/// `synchronous_commit` off for this transaction only: if the database
+/// crashes before the claim's WAL is flushed, the claim is lost and the
+/// job is runnable again, exactly as if this node had died and been
+/// rescued. No job is lost and only jobs that were executing at the crash
+/// can run twice, the guarantee that holds anyway. Inserts and
+/// completions stay synchronous. (`set_config(.., true)` lasts until the
+/// statement's transaction commits.)
+///
+/// The chosen ids are an `ARRAY(...)` sub-select, evaluated once (an
+/// init plan): the locked set is fixed before the UPDATE runs, so it
+/// cannot claim more rows than the limit or other rows than it returns
+/// (an inlined `LIMIT ... SKIP LOCKED` sub-query could be re-evaluated),
+/// and `id = ANY(array)` is always primary-key look-ups (a join against
+/// the function's result was planned as a full scan of the table).
 fn claim_sql() -> String {
     format!(
-        "WITH due AS MATERIALIZED (
-            SELECT id FROM jobs.job
-            WHERE queue = $1
-              AND state IN ('available', 'scheduled', 'retryable')
-              AND scheduled_at <= now()
-              AND NOT EXISTS (SELECT 1 FROM jobs.queue q WHERE q.name = $1 AND q.paused)
-            ORDER BY priority, scheduled_at, id
-            LIMIT $2
-            FOR UPDATE SKIP LOCKED
-         )
-         UPDATE jobs.job j
+        "UPDATE jobs.job j
          SET state = 'executing', attempt = j.attempt + 1, attempted_at = now(), attempted_by = $3
-         FROM due WHERE j.id = due.id
+         WHERE j.id = ANY(ARRAY(SELECT jobs.claimable_ids($1, $2)))
+           AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
          RETURNING {}",
         JOB_COLUMNS.replace("id, state::text", "j.id, j.state::text")
     )
@@ -549,6 +578,17 @@ fn job_from_row(row: &PgRow) -> Result<Job, JobsError> {
     })
 }
 
+/// Claimed rows as jobs, in the order the claim chose them (RETURNING
+/// does not keep it).
+fn jobs_in_claim_order(rows: &[PgRow]) -> Result<Vec<Job>, JobsError> {
+    let mut jobs = rows
+        .iter()
+        .map(job_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    jobs.sort_by_key(|j| (j.priority, j.scheduled_at, j.id));
+    Ok(jobs)
+}
+
 fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
@@ -573,54 +613,41 @@ impl JobStore for PgStore {
         node: &str,
         global_limit: Option<u32>,
     ) -> Result<Vec<Job>, JobsError> {
+        let Some(global) = global_limit else {
+            // One statement, one round trip (see `claim_sql`).
+            let rows = sqlx::query(&claim_sql())
+                .bind(queue)
+                .bind(i64::from(limit))
+                .bind(node)
+                .fetch_all(&self.pool)
+                .await?;
+            return jobs_in_claim_order(&rows);
+        };
         let mut tx = self.pool.begin().await?;
-        // A claim need not wait for its WAL flush: if the database crashes
-        // before the flush, the claim is lost and the job is runnable again,
-        // exactly as if this node had died and been rescued. No job is lost
-        // and only jobs that were executing at the crash can run twice, the
-        // guarantee that holds anyway. Inserts and completions stay
-        // synchronous.
-        sqlx::query("SET LOCAL synchronous_commit = off")
+        // Serialise claimers of this queue so two nodes cannot both see
+        // room under the global limit; held only for this transaction.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('jobs.queue.' || $1, 0))")
+            .bind(queue)
             .execute(&mut *tx)
             .await?;
-        let mut limit = i64::from(limit);
-        if let Some(global) = global_limit {
-            // Serialise claimers of this queue so two nodes cannot both see
-            // room under the global limit; held only for this transaction.
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('jobs.queue.' || $1, 0))")
-                .bind(queue)
-                .execute(&mut *tx)
-                .await?;
-            let executing: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM jobs.job WHERE queue = $1 AND state = 'executing'",
-            )
-            .bind(queue)
-            .fetch_one(&mut *tx)
-            .await?;
-            limit = limit.min(i64::from(global) - executing).max(0);
-        }
+        let executing: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs.job WHERE queue = $1 AND state = 'executing'",
+        )
+        .bind(queue)
+        .fetch_one(&mut *tx)
+        .await?;
+        let limit = i64::from(limit).min(i64::from(global) - executing).max(0);
         if limit == 0 {
             return Ok(Vec::new());
         }
-        // MATERIALIZED: the CTE must run exactly once. Inlined into the
-        // UPDATE, the planner may re-evaluate the LIMIT ... SKIP LOCKED
-        // subquery (for instance as the inner side of a join), locking and
-        // claiming more rows than the limit, or different rows than it
-        // returns. Materialising fixes the set of locked ids first.
-        let sql = claim_sql();
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(&claim_sql())
             .bind(queue)
             .bind(limit)
             .bind(node)
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        let mut jobs = rows
-            .iter()
-            .map(job_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        jobs.sort_by_key(|j| (j.priority, j.scheduled_at, j.id));
-        Ok(jobs)
+        jobs_in_claim_order(&rows)
     }
 
     async fn complete_many(&self, completions: &[Completion]) -> Result<u64, JobsError> {
@@ -947,5 +974,30 @@ impl JobStore for PgStore {
 
     async fn listen(&self, stop: tokio_util::sync::CancellationToken) {
         self.listen_until(stop).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CLAIMABLE_IDS_SQL;
+
+    fn words(sql: &str) -> String {
+        sql.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    /// `explain_claim` shows the plan of the query the migration's function
+    /// runs: the two texts agree (parameters aside).
+    #[test]
+    fn the_explained_claim_is_the_migrations_query() {
+        let migration = words(include_str!(
+            "../migrations/postgres/100003_claim_function.sql"
+        ))
+        .replace("claim_queue", "$1")
+        .replace("claim_limit", "$2");
+        let query = words(CLAIMABLE_IDS_SQL);
+        assert!(
+            migration.contains(&format!("RETURN QUERY {query};")),
+            "{query}\n---\n{migration}"
+        );
     }
 }
