@@ -5,7 +5,8 @@
 //! [`Node::run`] starts the node's tasks, each owned by the node and named
 //! in a `jobs.node` span, and at shutdown stops them in order:
 //!
-//! - [`claim`]: one producer per queue claims jobs and spawns them;
+//! - [`claim`]: one producer per queue claims jobs (a short run ahead of
+//!   its free slots when it starts jobs fast) and spawns them;
 //! - [`execute`]: one claimed job under timeout, cancellation and panic
 //!   catching;
 //! - [`record`]: attempt ends written in batches;
@@ -56,7 +57,8 @@ const RECORD_RETRY: crate::Backoff =
 pub struct NodeReport {
     /// Attempts that ended and were recorded.
     pub recorded: u64,
-    /// Jobs released back to available at shutdown.
+    /// Jobs released back to available at shutdown: claimed but not yet
+    /// started, or still running when the grace period ended.
     pub released: u64,
 }
 
@@ -175,7 +177,8 @@ struct Tasks {
     /// Stops the background services, after the executions are done.
     background: CancellationToken,
     services: JoinSet<()>,
-    producers: JoinSet<()>,
+    /// Each returns how many held jobs it handed back.
+    producers: JoinSet<u64>,
     executions: Arc<tokio::sync::Mutex<JoinSet<()>>>,
     recorder: JoinHandle<u64>,
 }
@@ -264,8 +267,11 @@ impl Tasks {
         node_id: &str,
     ) -> Result<NodeReport, JobsError> {
         self.claiming.cancel();
-        while self.producers.join_next().await.is_some() {}
-        let released = self.drain_executions(&shared).await;
+        let mut released = 0;
+        while let Some(handed_back) = self.producers.join_next().await {
+            released += handed_back.unwrap_or(0);
+        }
+        released += self.drain_executions(&shared).await;
         // The recorder ends when every sender (held by `Shared`) is gone:
         // stop the services that hold it, then drop the last reference.
         self.background.cancel();

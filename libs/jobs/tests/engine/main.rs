@@ -13,6 +13,7 @@
 
 mod support;
 
+mod claim_ahead;
 mod connect;
 mod cron_properties;
 mod insert;
