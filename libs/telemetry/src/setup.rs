@@ -271,15 +271,23 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    let otel_layer = tracing_opentelemetry::layer()
-        .with_tracer(tracer_provider.tracer(config.service_name))
-        .with_tracked_inactivity(false);
+    // Spans become OpenTelemetry spans only when they are exported: with no
+    // OTLP endpoint the layer would build (and drop) one per request and per
+    // job attempt, about a tenth of the worker's CPU in a no-op burn-down
+    // (docs/profiling.md). Without it, trace context is not propagated
+    // either: there is no trace to continue.
+    let otel_layer = exporting.then(|| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer_provider.tracer(config.service_name))
+            .with_tracked_inactivity(false)
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
     // RUST_LOG filters the log only: spans go to OTLP at info and above
     // whatever the log level, so `RUST_LOG=warn` does not switch tracing
     // off.
     tracing_subscriber::registry()
         .with(log_layer.with_filter(filter))
-        .with(otel_layer.with_filter(tracing_subscriber::filter::LevelFilter::INFO))
+        .with(otel_layer)
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInitialised)?;
 
