@@ -99,10 +99,12 @@ def url_for(base, database):
 class Scratch:
     """A database created for one run and dropped after it."""
 
-    def __init__(self, base_url, name):
+    def __init__(self, base_url, name, tls):
         self.base_url = base_url
         self.name = name
-        self.url = url_for(base_url, name)
+        # The same TLS setting for both engines' connections: node-postgres
+        # (graphile-worker) does not use TLS unless told to, sqlx prefers it.
+        self.url = url_for(base_url, name) + ("?sslmode=require" if tls else "?sslmode=disable")
 
     def __enter__(self):
         with psycopg.connect(self.base_url, autocommit=True) as admin:
@@ -246,6 +248,12 @@ class Ours:
         ).fetchone()[0] >= n
 
 
+def node_postgres_url(url):
+    """node-postgres reads `sslmode=require` as verify-full; the loopback
+    server's certificate is self-signed, so ask for TLS without checks."""
+    return url.replace("sslmode=require", "sslmode=no-verify")
+
+
 class Peer:
     name = "graphile-worker"
 
@@ -267,14 +275,14 @@ class Peer:
 
     def prepare(self, url):
         # add_jobs.mjs with no jobs migrates the schema and adds nothing.
-        self.node(["add_jobs.mjs", url, "0", "1"])
+        self.node(["add_jobs.mjs", node_postgres_url(url), "0", "1"])
 
     def node(self, argv):
         return subprocess.run(["node", *argv], cwd=self.dir, check=True, capture_output=True,
                               text=True).stdout
 
     def bulk_insert(self, url, jobs):
-        added, seconds = self.node(["add_jobs.mjs", url, str(jobs), "10000"]).split()
+        added, seconds = self.node(["add_jobs.mjs", node_postgres_url(url), str(jobs), "10000"]).split()
         return int(added) / float(seconds)
 
     def start(self, url, log):
@@ -282,7 +290,7 @@ class Peer:
         self.procs = []
         for _ in range(self.processes):
             proc = subprocess.Popen(
-                ["node", "worker.mjs", url, str(self.concurrency), str(self.local_queue),
+                ["node", "worker.mjs", node_postgres_url(url), str(self.concurrency), str(self.local_queue),
                  str(self.batch_delay)],
                 cwd=self.dir, stdout=subprocess.PIPE, stderr=log, text=True,
             )
@@ -351,7 +359,7 @@ def stop(procs):
 def run_once(engine, args, index, logdir):
     database = f"side_by_side_{engine.name.replace('-', '_')}_{index}_{os.getpid()}"
     result = {"engine": engine.name}
-    with Scratch(args.database_url, database) as scratch:
+    with Scratch(args.database_url, database, args.postgres_tls) as scratch:
         engine.prepare(scratch.url)
         result["bulk_insert_per_s"] = engine.bulk_insert(scratch.url, args.jobs)
         with psycopg.connect(scratch.url, autocommit=True) as conn:
@@ -449,7 +457,8 @@ def report(results, pairs, args, versions, pg_version):
     lines = [
         "## Jobs: the `worker` binary against graphile-worker",
         "",
-        f"- machine: {machine_name()}; PostgreSQL {pg_version} on loopback, one scratch database per run",
+        f"- machine: {machine_name()}; PostgreSQL {pg_version} on loopback, one scratch database per run, "
+        f"both engines {'with' if args.postgres_tls else 'without'} TLS to it",
         f"- ours: {versions['ours']}, "
         + (f"default configuration except {', '.join(args.ours_env)}, " if args.ours_env
            else "default configuration, ")
@@ -492,6 +501,8 @@ def main():
     parser.add_argument("--peer-batch-delay", type=int, default=0)
     parser.add_argument("--ours-env", action="append", default=[], metavar="WORKER_X=value",
                         help="override one of the worker's settings (tuning runs; the report says so)")
+    parser.add_argument("--postgres-tls", action="store_true",
+                        help="both engines connect with TLS (default: both without)")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--only", choices=["ours", "peer"], help="run one engine (profiling)")
     parser.add_argument("--json", help="write every figure here")

@@ -30,7 +30,7 @@ use crate::{
 /// starts in this long, at the rate it has been starting jobs.
 pub(super) const AHEAD_HORIZON: Duration = Duration::from_millis(50);
 /// The most jobs held ahead, whatever the rate (one completion batch).
-pub(super) const MAX_AHEAD: usize = 1_000;
+pub(super) const MAX_AHEAD: usize = 2_000;
 /// How often the start rate is measured again.
 const RATE_WINDOW: Duration = Duration::from_millis(100);
 
