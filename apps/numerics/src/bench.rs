@@ -202,7 +202,7 @@ fn serving(args: &BenchArgs) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     println!(
-        "  ScoreAnomalies (one 8-feature row per call) over loopback, callers in this process,          {} threads: batching on = max 64 rows or 2 ms, off = batches of 1",
+        "  ScoreAnomalies (one 8-feature row per call) over loopback, callers in this process,          {} threads: batching on = up to 64 rows while the replicas are busy (2 ms at most), off = batches of 1",
         args.threads
     );
     runtime.block_on(in_process(args))?;

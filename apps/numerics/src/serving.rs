@@ -1,7 +1,8 @@
 //! Nx.Serving's job: concurrent score requests are gathered into batches
-//! of up to `max_batch_size` rows or until `max_wait` has passed since the
-//! first, run as one forward pass on one of `replicas` blocking workers,
-//! and answered one by one. The queue is bounded (`RESOURCE_EXHAUSTED` when
+//! of up to `max_batch_size` rows, run as one forward pass on one of
+//! `replicas` blocking workers, and answered one by one. A batch leaves as
+//! soon as a replica is free; it grows only while every replica is busy
+//! (for at most `max_wait`), so batching costs a lone caller nothing. The queue is bounded (`RESOURCE_EXHAUSTED` when
 //! full); a request whose deadline passes while queued is dropped, not run.
 //! The model sits behind an `Arc` swapped on reload, so a batch in flight
 //! finishes on the weights it started with.
@@ -27,7 +28,8 @@ pub const SHIPPED_WEIGHTS: &[u8] = include_bytes!("../model/anomaly.safetensors"
 pub struct ServingConfig {
     /// Most rows in one forward pass (1 turns batching off).
     pub max_batch_size: usize,
-    /// Longest a batch waits for company after its first request.
+    /// Longest a batch keeps growing while every replica is busy (a batch
+    /// never waits while a replica is free).
     pub max_wait: Duration,
     /// Forward passes running at once.
     pub replicas: usize,
@@ -372,32 +374,53 @@ async fn batcher(
                 }
             },
         };
-        let close_at = tokio::time::Instant::now() + config.max_wait;
+        // What is already queued joins at once; then the batch leaves as
+        // soon as a replica is free. It grows (up to `max_batch_size`, for
+        // at most `max_wait`) only while every replica is busy, so
+        // batching never makes a request wait for an idle model: a lone
+        // caller is answered as fast as with batching off.
         let mut rows = first.rows;
         let mut batch = vec![first];
-        while rows < config.max_batch_size {
+        while rows < config.max_batch_size && carried.is_none() {
+            match requests.try_recv() {
+                Ok(p) if rows + p.rows <= config.max_batch_size => {
+                    rows += p.rows;
+                    batch.push(p);
+                }
+                // Too big to join: it opens the next batch.
+                Ok(p) => carried = Some(p),
+                Err(_) => break,
+            }
+        }
+        let close_at = tokio::time::Instant::now() + config.max_wait;
+        let mut gathering = rows < config.max_batch_size && carried.is_none();
+        let permit = loop {
+            if let Ok(permit) = replicas.clone().try_acquire_owned() {
+                break Some(permit);
+            }
             tokio::select! {
-                next = requests.recv() => match next {
+                // A replica first: while all are busy, requests keep
+                // queueing (and the bounded queue pushes back).
+                permit = replicas.clone().acquire_owned() => break permit.ok(),
+                next = requests.recv(), if gathering => match next {
                     Some(p) if rows + p.rows <= config.max_batch_size => {
                         rows += p.rows;
                         batch.push(p);
+                        gathering = rows < config.max_batch_size;
                     }
-                    // Too big to join: it opens the next batch.
-                    Some(p) => { carried = Some(p); break; }
-                    None => break,
+                    Some(p) => { carried = Some(p); gathering = false; }
+                    None => gathering = false,
                 },
-                () = tokio::time::sleep_until(close_at) => break,
+                () = tokio::time::sleep_until(close_at), if gathering => gathering = false,
                 // Shutdown while a batch gathers: close the queue, so the
-                // batch takes what is queued and runs now.
+                // batch takes what is queued and runs as soon as it can.
                 () = stop.cancelled(), if !stopping => {
                     stopping = true;
                     requests.close();
                 }
             }
-        }
-        // A replica first: while all are busy, requests keep queueing (and
-        // the bounded queue pushes back).
-        let Ok(permit) = replicas.clone().acquire_owned().await else {
+        };
+        let Some(permit) = permit else {
             break;
         };
         let now = Instant::now();
@@ -537,6 +560,26 @@ mod tests {
             weights_path: None,
             model_dir: crate::model_dir::DEFAULT_MODEL_DIR.into(),
         }
+    }
+
+    /// A batch leaves as soon as a replica is free: with an hour's
+    /// `max_wait` and room for eight rows, a lone request is still answered
+    /// (batching never waits for company while the model is idle).
+    #[tokio::test]
+    async fn a_lone_request_does_not_wait_for_company() {
+        let server = ModelServer::start(ServingConfig {
+            max_wait: Duration::from_secs(3_600),
+            ..config(16)
+        })
+        .unwrap();
+        for _ in 0..3 {
+            let answer =
+                tokio::time::timeout(Duration::from_secs(10), server.score(vec![0.1; 8], 1, None))
+                    .await
+                    .expect("answered without waiting max_wait (hang guard, not a timing claim)");
+            assert_eq!(answer.unwrap().0.len(), 1);
+        }
+        assert_eq!(server.counts(), (3, 3), "three batches of one row");
     }
 
     #[tokio::test]
