@@ -16,6 +16,8 @@ use numerics_engine::{
 };
 use service_runtime::ServiceUrl;
 
+mod bare;
+
 /// What to measure.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -275,6 +277,19 @@ fn serving(args: &BenchArgs) -> Result<(), String> {
 /// see the same machine state; then the first call on a fresh connection,
 /// which pays for TCP, the HTTP/2 preface and, with TLS, the handshake.
 #[allow(clippy::print_stdout, reason = "the benchmark's report")]
+/// `Compute(add)` of two 2x2 f64 tensors: the tiny call timed between apps.
+fn compute_request() -> Result<pb::ComputeRequest, String> {
+    let operand = crate::wire::encode(
+        &Tensor::f64(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]).map_err(|e| e.to_string())?,
+    );
+    let request = pb::ComputeRequest {
+        op: pb::Op::Add as i32,
+        operands: vec![operand.clone(), operand],
+        attributes: None,
+    };
+    Ok(request)
+}
+
 fn grpc_overhead(args: &BenchArgs) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -285,7 +300,11 @@ fn grpc_overhead(args: &BenchArgs) -> Result<(), String> {
     security::tls::dev_pki::generate(&pki, &["numerics", "operator"]).map_err(|e| e.to_string())?;
     let result = runtime.block_on(async {
         let transports = [
-            ("plaintext", service_runtime::Transport::Plaintext, service_runtime::Transport::Plaintext),
+            (
+                "plaintext",
+                service_runtime::Transport::Plaintext,
+                service_runtime::Transport::Plaintext,
+            ),
             (
                 "mutual TLS",
                 service_runtime::Transport::mutual_tls_in(&pki, "numerics"),
@@ -311,30 +330,43 @@ fn grpc_overhead(args: &BenchArgs) -> Result<(), String> {
             .map(NumericsServiceClient::new)
             .map_err(|e| e.to_string())
         };
-        let operand = crate::wire::encode(
-            &Tensor::f64(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]).map_err(|e| e.to_string())?,
-        );
-        let request = pb::ComputeRequest {
-            op: pb::Op::Add as i32,
-            operands: vec![operand.clone(), operand],
-            attributes: None,
-        };
+        let request = compute_request()?;
         let mut clients = Vec::new();
         for (_, url, client) in &servers {
             let mut client = channel(url, client)?;
             for _ in 0..1_000 {
-                client.compute(request.clone()).await.map_err(|e| e.to_string())?;
+                client
+                    .compute(request.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             clients.push(client);
         }
-        // Interleaved rounds of 100 calls per transport.
+        let mut bare_clients = bare::warm_clients(&pki, &request).await?;
+        // Interleaved rounds of 100 calls per transport, platform then bare.
         let mut latencies = vec![Vec::with_capacity(args.requests); clients.len()];
+        let mut bare_latencies = vec![Vec::with_capacity(args.requests); bare_clients.len()];
         for _ in 0..args.requests.div_ceil(100) {
-            for (client, times) in clients.iter_mut().zip(&mut latencies) {
+            for ((client, times), (bare_client, bare_times)) in clients
+                .iter_mut()
+                .zip(&mut latencies)
+                .zip(bare_clients.iter_mut().zip(&mut bare_latencies))
+            {
                 for _ in 0..100 {
                     let start = Instant::now();
-                    client.compute(request.clone()).await.map_err(|e| e.to_string())?;
+                    client
+                        .compute(request.clone())
+                        .await
+                        .map_err(|e| e.to_string())?;
                     times.push(start.elapsed());
+                }
+                for _ in 0..100 {
+                    let start = Instant::now();
+                    bare_client
+                        .compute(request.clone())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    bare_times.push(start.elapsed());
                 }
             }
         }
@@ -344,39 +376,20 @@ fn grpc_overhead(args: &BenchArgs) -> Result<(), String> {
             for ((_, url, client), times) in servers.iter().zip(&mut first_calls) {
                 let mut fresh = channel(url, client)?;
                 let start = Instant::now();
-                fresh.compute(request.clone()).await.map_err(|e| e.to_string())?;
+                fresh
+                    .compute(request.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 times.push(start.elapsed());
             }
         }
-        let at = |times: &mut Vec<Duration>, q: f64| {
-            times.sort();
-            times[((times.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6
-        };
-        println!(
-            "  gRPC Compute(add, 2x2 f64) on loopback, client and server in this process, {} \
-             sequential calls per transport after 1,000 warm-up, interleaved in rounds of 100:",
-            latencies[0].len()
+        let names: Vec<&str> = transports.iter().map(|(name, ..)| *name).collect();
+        report_overhead(
+            &names,
+            &mut latencies,
+            &mut first_calls,
+            &mut bare_latencies,
         );
-        let mut p50 = Vec::new();
-        for (((name, ..), times), first) in transports.iter().zip(&mut latencies).zip(&mut first_calls) {
-            let (median, tail) = (at(times, 0.5), at(times, 0.99));
-            let (first_median, first_tail) = (at(first, 0.5), at(first, 0.99));
-            println!(
-                "    {name:<10} p50 {median:.0} us, p99 {tail:.0} us; first call on a new connection \
-                 (200): p50 {first_median:.0} us, p99 {first_tail:.0} us"
-            );
-            p50.push((median, tail, first_median));
-        }
-        if let [plain, tls] = p50[..] {
-            println!(
-                "    mutual TLS adds {:.0} us at p50 ({:.2}x), {:.0} us at p99 per call; \
-                 {:.0} us per new connection (handshake, p50 of first calls minus plaintext's)",
-                tls.0 - plain.0,
-                tls.0 / plain.0,
-                tls.1 - plain.1,
-                tls.2 - plain.2
-            );
-        }
         for (running, ..) in servers {
             running.shutdown().await;
         }
@@ -384,6 +397,51 @@ fn grpc_overhead(args: &BenchArgs) -> Result<(), String> {
     });
     let _ = std::fs::remove_dir_all(&pki);
     result
+}
+
+/// Prints the per-call figures of each transport, the bare server's next
+/// to them, and what mutual TLS adds.
+#[allow(clippy::print_stdout, reason = "the benchmark's report")]
+fn report_overhead(
+    names: &[&str],
+    latencies: &mut [Vec<Duration>],
+    first_calls: &mut [Vec<Duration>],
+    bare_latencies: &mut [Vec<Duration>],
+) {
+    let at = |times: &mut Vec<Duration>, q: f64| {
+        times.sort();
+        times[((times.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6
+    };
+    println!(
+        "  gRPC Compute(add, 2x2 f64) on loopback, client and server in this process, {} \
+         sequential calls per transport after 1,000 warm-up, interleaved in rounds of 100:",
+        latencies[0].len()
+    );
+    let mut p50 = Vec::new();
+    for ((name, times), first) in names
+        .iter()
+        .zip(latencies.iter_mut())
+        .zip(first_calls.iter_mut())
+    {
+        let (median, tail) = (at(times, 0.5), at(times, 0.99));
+        let (first_median, first_tail) = (at(first, 0.5), at(first, 0.99));
+        println!(
+            "    {name:<10} p50 {median:.0} us, p99 {tail:.0} us; first call on a new connection \
+             (200): p50 {first_median:.0} us, p99 {first_tail:.0} us"
+        );
+        p50.push((median, tail, first_median));
+    }
+    bare::report(names, bare_latencies, &p50);
+    if let [plain, tls] = p50[..] {
+        println!(
+            "    mutual TLS adds {:.0} us at p50 ({:.2}x), {:.0} us at p99 per call; \
+             {:.0} us per new connection (handshake, p50 of first calls minus plaintext's)",
+            tls.0 - plain.0,
+            tls.0 / plain.0,
+            tls.1 - plain.1,
+            tls.2 - plain.2
+        );
+    }
 }
 
 /// The batcher alone: callers in this process submit straight to the model

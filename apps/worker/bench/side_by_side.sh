@@ -28,6 +28,11 @@ if ! cmp -s "$PEER_SRC/package-lock.json" "$PEER/package-lock.json"; then
 fi
 cp "$PEER_SRC"/*.mjs "$PEER/"
 
-cargo build --release --locked -p worker --quiet
+# WORKER_BIN: an already built binary (CI's smoke run uses the debug build;
+# its figures mean nothing, it only keeps the harness working).
+if [ -z "${WORKER_BIN:-}" ]; then
+  cargo build --release --locked -p worker --quiet
+  WORKER_BIN=target/release/worker
+fi
 exec "$TOOLS/venv/bin/python" apps/worker/bench/side_by_side.py \
-  --worker-bin target/release/worker --peer-dir "$PEER" "$@"
+  --worker-bin "$WORKER_BIN" --peer-dir "$PEER" "$@"
