@@ -136,7 +136,7 @@ pub async fn client(
         endpoint = endpoint
             .tls_config(
                 ClientTlsConfig::new()
-                    .domain_name("numerics")
+                    .domain_name("numerics.platform.internal")
                     .ca_certificate(Certificate::from_pem(read(pki, "ca.pem")?))
                     .identity(Identity::from_pem(
                         read(pki, "operator.pem")?,
@@ -145,7 +145,10 @@ pub async fn client(
             )
             .map_err(|e| e.to_string())?;
     }
-    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("bare client for {addr}: {e:?}"))?;
     Ok(NumericsServiceClient::new(channel))
 }
 
