@@ -24,8 +24,12 @@ struct BareNumerics {
     limits: program::Limits,
 }
 
+/// Methods the benchmark never calls (a request naming one is refused).
 fn not_here() -> Status {
-    Status::unimplemented("the bare benchmark server serves Compute(add) only")
+    crate::error::status(numerics_engine::EngineError::invalid(
+        "method",
+        "the bare benchmark server serves Compute(add) only",
+    ))
 }
 
 #[tonic::async_trait]
@@ -41,10 +45,10 @@ impl NumericsService for BareNumerics {
             .enumerate()
             .map(|(i, t)| crate::wire::decode(&format!("operands[{i}]"), t, &self.limits, true))
             .collect::<Result<Vec<Tensor>, _>>()
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(crate::error::status)?;
         let refs: Vec<&Tensor> = operands.iter().collect();
         let result = program::apply(&program::Op::Binary(Binary::Add), &refs, &self.limits)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(crate::error::status)?;
         Ok(Response::new(pb::ComputeResponse {
             result: Some(crate::wire::encode(&result)),
         }))
