@@ -585,7 +585,7 @@ fn jobs_in_claim_order(rows: &[PgRow]) -> Result<Vec<Job>, JobsError> {
         .iter()
         .map(job_from_row)
         .collect::<Result<Vec<_>, _>>()?;
-    jobs.sort_by_key(|j| (j.priority, j.scheduled_at, j.id));
+    crate::store::sort_in_claim_order(&mut jobs);
     Ok(jobs)
 }
 

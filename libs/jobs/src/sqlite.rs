@@ -495,7 +495,7 @@ impl JobStore for SqliteStore {
             .iter()
             .map(job_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        jobs.sort_by_key(|j| (j.priority, j.scheduled_at, j.id));
+        crate::store::sort_in_claim_order(&mut jobs);
         Ok(jobs)
     }
 

@@ -312,3 +312,9 @@ pub fn embedded_migrations(
         no_tx: false,
     }
 }
+
+/// Puts claimed jobs in the order the claim chose them (priority, due time,
+/// id): both stores' statements return them unordered.
+pub(crate) fn sort_in_claim_order(jobs: &mut [Job]) {
+    jobs.sort_by_key(|j| (j.priority, j.scheduled_at, j.id));
+}
