@@ -19,9 +19,11 @@ fn url_of(running: &service_runtime::Running) -> ServiceUrl {
     ServiceUrl::local(running.grpc_addr.unwrap().port())
 }
 
-/// Hang guard, not a timing claim (a job whose call failed is retried
-/// after the engine's first backoff, about 16 s).
-const PATIENCE: Duration = Duration::from_secs(120);
+/// Hang guard, not a timing claim. A job whose call failed as the replica
+/// went away is retried after the engine's backoff (16, 31, 96 s for the
+/// first three attempts); a job can fail more than once while the worker's
+/// breaker is half open, so the guard covers three retries (143 s).
+const PATIENCE: Duration = Duration::from_secs(240);
 
 /// NumericsService calls a replica has answered, from its own /metrics.
 async fn numerics_calls(replica: SocketAddr) -> f64 {
@@ -77,6 +79,18 @@ async fn aggregation(pool: &sqlx::SqlitePool) -> (i64, i64) {
          FROM jobs_job WHERE kind = 'readings.aggregate_window'",
     )
     .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// The aggregation jobs not completed, with their state, attempt, when
+/// they are due and their errors: what a failure report needs.
+async fn unfinished(pool: &sqlx::SqlitePool) -> Vec<(i64, String, i64, i64, String)> {
+    sqlx::query_as(
+        "SELECT id, state, attempt, scheduled_at, errors FROM jobs_job
+         WHERE kind = 'readings.aggregate_window' AND state <> 'completed' ORDER BY id",
+    )
+    .fetch_all(pool)
     .await
     .unwrap()
 }
@@ -172,11 +186,16 @@ async fn the_worker_spreads_numerics_calls_over_two_replicas_and_survives_losing
     );
     drop(b);
     publish("boiler-2").await;
-    let completed = wait_until("every window aggregated", PATIENCE, || async {
+    let every_window = wait_until("every window aggregated", PATIENCE * 2, || async {
         let (left, done) = aggregation(&pool).await;
         (left == 0 && done >= 24).then_some(done)
-    })
-    .await;
+    });
+    let Ok(completed) = tokio::time::timeout(PATIENCE, every_window).await else {
+        panic!(
+            "not every window aggregated within {PATIENCE:?}; jobs left: {:#?}",
+            unfinished(&pool).await
+        );
+    };
     let a_after = numerics_calls(a.admin_addr).await;
     assert!(
         a_after > a_before,
