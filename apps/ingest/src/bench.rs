@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// NATS server for (c) (default: `NATS_URL`).
     #[arg(long)]
     pub nats_url: Option<String>,
+    /// Readings per JetStream message in (c)'s second round
+    /// (`platform.ingest.v1.ReadingBatch`).
+    #[arg(long, default_value_t = 100)]
+    pub nats_batch: usize,
     /// Run only these parts (a, b, c, d); all by default.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -222,6 +226,32 @@ async fn count_readings(url: &str) -> Result<i64, BenchError> {
         .await?)
 }
 
+/// The physical limit: one binary COPY of `rows` into `ingest.reading`
+/// (same table, same indexes) in the database at `url`, emptied again for
+/// the app's run; prints and returns how long the statement took.
+#[allow(clippy::print_stdout, reason = "the benchmark's report")]
+async fn raw_copy(url: &str, rows: &[pb::Reading]) -> Result<Duration, BenchError> {
+    let encoded = copy_binary(rows);
+    let mut conn = PgConnection::connect(url).await?;
+    let started = Instant::now();
+    let mut copy = conn
+        .copy_in_raw(
+            "COPY ingest.reading (event_id, tenant_id, device_id, metric, value, observed_at, attributes) \
+             FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    copy.send(encoded).await?;
+    let copied = copy.finish().await?;
+    let copy_time = started.elapsed();
+    conn.execute("TRUNCATE ingest.reading").await?;
+    println!(
+        "    raw binary COPY, one statement: {copied} rows in {:.2} s = {:.0} rows/s",
+        copy_time.as_secs_f64(),
+        rate(rows.len(), copy_time)
+    );
+    Ok(copy_time)
+}
+
 /// (b): raw COPY, then the same rows streamed over gRPC through the app.
 #[allow(clippy::print_stdout, reason = "the benchmark's report")]
 pub async fn grpc(args: &BenchArgs) -> Result<(), BenchError> {
@@ -244,26 +274,8 @@ pub async fn grpc(args: &BenchArgs) -> Result<(), BenchError> {
             .unwrap_or_default()
     );
 
-    // The physical limit: one binary COPY of the same rows into the same
-    // table (same indexes), then emptied for the app's run.
-    let encoded = copy_binary(&rows);
+    let copy_time = raw_copy(&scratch.url, &rows).await?;
     let mut conn = PgConnection::connect(&scratch.url).await?;
-    let started = Instant::now();
-    let mut copy = conn
-        .copy_in_raw(
-            "COPY ingest.reading (event_id, tenant_id, device_id, metric, value, observed_at, attributes) \
-             FROM STDIN (FORMAT binary)",
-        )
-        .await?;
-    copy.send(encoded).await?;
-    let copied = copy.finish().await?;
-    let copy_time = started.elapsed();
-    conn.execute("TRUNCATE ingest.reading").await?;
-    println!(
-        "    raw binary COPY, one statement: {copied} rows in {:.2} s = {:.0} rows/s",
-        copy_time.as_secs_f64(),
-        rate(rows.len(), copy_time)
-    );
 
     let port = running.grpc_addr.map(|a| a.port()).unwrap_or_default();
     let channel = service_runtime::traced_channel(
@@ -322,7 +334,10 @@ pub async fn grpc(args: &BenchArgs) -> Result<(), BenchError> {
     scratch.drop().await
 }
 
-/// (c): readings waiting in JetStream, consumed into PostgreSQL.
+/// (c): readings waiting in JetStream, consumed into PostgreSQL, against
+/// a raw COPY of the same rows in the same run: first one reading per
+/// message, then `--nats-batch` readings per message
+/// (`platform.ingest.v1.ReadingBatch`).
 #[allow(clippy::print_stdout, reason = "the benchmark's report")]
 pub async fn nats(args: &BenchArgs) -> Result<(), BenchError> {
     if !args.wants("c") {
@@ -332,10 +347,54 @@ pub async fn nats(args: &BenchArgs) -> Result<(), BenchError> {
         println!("(c) skipped: needs --database-url and --nats-url (or DATABASE_URL, NATS_URL)");
         return Ok(());
     };
-    let scratch = Scratch::create(server, "nats").await?;
-    let id = format!("ingest_bench_{}", std::process::id());
+    let rows = readings(args.readings, "n");
+    println!(
+        "(c) {} readings published to JetStream first (the publish rate is not the figure), \
+         then consumed by ingest's durable pull consumer (acks after commit) into PostgreSQL; \
+         the rate runs from the first delivery to the last ack",
+        rows.len()
+    );
+    let client = async_nats::connect(nats_url.as_str())
+        .await
+        .map_err(|e| other("nats")(e.to_string()))?;
+    let js = jetstream::new(client);
+    let mut copy_rate = None;
+    for per_message in [1, args.nats_batch.max(1)] {
+        let scratch = Scratch::create(server, "nats").await?;
+        if copy_rate.is_none() {
+            // Ingest's migrations create the table the COPY writes.
+            start_ingest(&scratch.url, None).await?.shutdown().await;
+            let copy_time = raw_copy(&scratch.url, &rows).await?;
+            copy_rate = Some(rate(rows.len(), copy_time));
+        }
+        let consumed = consume_from_jetstream(&js, &scratch, nats_url, &rows, per_message).await;
+        scratch.drop().await?;
+        let consume_time = consumed?;
+        let readings_per_second = rate(rows.len(), consume_time);
+        println!(
+            "    {per_message} reading(s) per message: all stored and acked in {:.2} s = {:.0} \
+             readings/s = {:.0}% of raw COPY",
+            consume_time.as_secs_f64(),
+            readings_per_second,
+            100.0 * readings_per_second / copy_rate.unwrap_or(f64::NAN)
+        );
+    }
+    Ok(())
+}
+
+/// Publishes `rows` to a fresh stream `per_message` at a time, starts
+/// ingest on `scratch` consuming it, and returns the time from the first
+/// delivery to the last ack (every row stored is checked at the end).
+async fn consume_from_jetstream(
+    js: &jetstream::Context,
+    scratch: &Scratch,
+    nats_url: &str,
+    rows: &[pb::Reading],
+    per_message: usize,
+) -> Result<Duration, BenchError> {
+    let id = format!("ingest_bench_{}_{per_message}", std::process::id());
     let config = NatsConfig {
-        url: nats_url.clone(),
+        url: nats_url.to_owned(),
         stream: id.to_uppercase(),
         subjects: vec![format!("{id}.>")],
         consumer: format!("{id}_consumer"),
@@ -343,10 +402,6 @@ pub async fn nats(args: &BenchArgs) -> Result<(), BenchError> {
         nak_delay: Duration::from_secs(1),
         tls: None,
     };
-    let client = async_nats::connect(nats_url.as_str())
-        .await
-        .map_err(|e| other("nats")(e.to_string()))?;
-    let js = jetstream::new(client);
     let _ = js.delete_stream(&config.stream).await;
     js.create_stream(jetstream::stream::Config {
         name: config.stream.clone(),
@@ -356,31 +411,37 @@ pub async fn nats(args: &BenchArgs) -> Result<(), BenchError> {
     })
     .await
     .map_err(|e| other("stream")(e.to_string()))?;
-    let rows = readings(args.readings, "n");
-    let started = Instant::now();
     let subject = format!("{id}.bench");
-    for chunk in rows.chunks(5_000) {
+    let messages: Vec<Vec<u8>> = if per_message == 1 {
+        rows.iter().map(prost::Message::encode_to_vec).collect()
+    } else {
+        rows.chunks(per_message)
+            .map(|chunk| {
+                pb::ReadingBatch {
+                    readings: chunk.to_vec(),
+                }
+                .encode_to_vec()
+            })
+            .collect()
+    };
+    let message_count = messages.len() as u64;
+    for chunk in messages.chunks(5_000) {
         let mut pending = Vec::with_capacity(chunk.len());
-        for reading in chunk {
-            pending.push(
-                js.publish(subject.clone(), reading.encode_to_vec().into())
+        for payload in chunk {
+            let publish = if per_message == 1 {
+                js.publish(subject.clone(), payload.clone().into()).await
+            } else {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Content-Type", crate::source::nats::BATCH_CONTENT_TYPE);
+                js.publish_with_headers(subject.clone(), headers, payload.clone().into())
                     .await
-                    .map_err(|e| other("publish")(e.to_string()))?,
-            );
+            };
+            pending.push(publish.map_err(|e| other("publish")(e.to_string()))?);
         }
         for ack in pending {
             ack.await.map_err(|e| other("publish ack")(e.to_string()))?;
         }
     }
-    let publish_time = started.elapsed();
-    println!(
-        "(c) {} readings published to JetStream stream {} first ({:.0} msgs/s, not the \
-         figure), then consumed by ingest's durable pull consumer (explicit acks after commit) \
-         into PostgreSQL",
-        rows.len(),
-        config.stream,
-        rate(rows.len(), publish_time)
-    );
     let started = Instant::now();
     let running = start_ingest(&scratch.url, Some(config.clone())).await?;
     // Progress from the consumer's own counters (cheap, on NATS); the rows
@@ -390,6 +451,7 @@ pub async fn nats(args: &BenchArgs) -> Result<(), BenchError> {
         .get_stream(&config.stream)
         .await
         .map_err(|e| other("stream")(e.to_string()))?;
+    let mut first_delivery = None;
     loop {
         let info = stream
             .get_consumer::<jetstream::consumer::pull::Config>(&config.consumer)
@@ -397,9 +459,12 @@ pub async fn nats(args: &BenchArgs) -> Result<(), BenchError> {
             .map_err(|e| other("consumer")(e.to_string()))?
             .cached_info()
             .clone();
+        if first_delivery.is_none() && info.delivered.stream_sequence > 0 {
+            first_delivery = Some(Instant::now());
+        }
         if info.num_ack_pending == 0
             && info.num_pending == 0
-            && info.delivered.stream_sequence >= rows.len() as u64
+            && info.delivered.stream_sequence >= message_count
         {
             break;
         }
@@ -410,7 +475,9 @@ pub async fn nats(args: &BenchArgs) -> Result<(), BenchError> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let consume_time = started.elapsed();
+    let consume_time = first_delivery.map_or(started.elapsed(), |at| at.elapsed());
+    running.shutdown().await;
+    let _ = js.delete_stream(&config.stream).await;
     let stored = count_readings(&scratch.url).await?;
     if stored < rows.len() as i64 {
         return Err(BenchError::Other(format!(
@@ -418,15 +485,7 @@ pub async fn nats(args: &BenchArgs) -> Result<(), BenchError> {
             rows.len()
         )));
     }
-    println!(
-        "    all stored and acked (consumer: 0 pending, 0 awaiting ack) {:.2} s after ingest \
-         started (connect and migrations included) = {:.0} readings/s",
-        consume_time.as_secs_f64(),
-        rate(rows.len(), consume_time)
-    );
-    running.shutdown().await;
-    let _ = js.delete_stream(&config.stream).await;
-    scratch.drop().await
+    Ok(consume_time)
 }
 
 /// (d): `--readings` readings in batches of `--batch` through

@@ -63,8 +63,9 @@ pub struct Envelope {
     /// Who wants to hear about rejections and duplicates, and the reading's
     /// position there.
     pub tally: Option<(Arc<dyn Tally>, u32)>,
-    /// A payload that was not a reading at all: the decoder's error and the
-    /// raw bytes, kept for the dead-letter store.
+    /// A payload that was not a reading at all: what is wrong with it (the
+    /// dead letter's reason, after `payload: `) and the raw bytes, kept for
+    /// the dead-letter store.
     pub undecodable: Option<(String, Vec<u8>)>,
     /// Refused before the pipeline (the tenant's series quota): reported
     /// as a rejection, and not dead-lettered (it is not malformed).
@@ -175,9 +176,7 @@ impl<S: ReadingStore> Handler for ReadingsHandler<S> {
 
     fn process(&self, input: &Envelope) -> Result<Processed<Accepted>, Failure> {
         if let Some((error, _)) = &input.undecodable {
-            return Err(Failure::invalid(format!(
-                "payload: is not a protobuf platform.ingest.v1.Reading ({error})"
-            )));
+            return Err(Failure::invalid(format!("payload: {error}")));
         }
         let reading = bind_tenant(&input.reading, &input.tenant)?;
         let parsed = Reading::parse(reading, Utc::now(), &self.limits).and_then(|reading| {

@@ -5,8 +5,13 @@
 //! `max_ack_pending` is the pipeline's in-flight bound plus one pull's
 //! prefetch, so the server never sends more than the pipeline can hold.
 //!
-//! Messages carry one `platform.ingest.v1.Reading` in protobuf; a W3C
-//! `traceparent` header, if present, joins the reading to its trace.
+//! A message carries one `platform.ingest.v1.Reading` in protobuf, or,
+//! with the header `Content-Type:` [`BATCH_CONTENT_TYPE`], a
+//! `platform.ingest.v1.ReadingBatch` of several: one message and one ack
+//! for many readings (a message and an ack per reading kept nats-server
+//! busier than ingest itself). A batch message is acked once every reading
+//! in it has a fate, and nak'd whole if any must be retried. A W3C
+//! `traceparent` header, if present, joins the readings to their trace.
 //!
 //! Subjects are bound to tenants: with `INGEST_NATS_SUBJECTS=readings.>`, a
 //! message on `readings.acme.…` belongs to tenant `acme` (a body naming no
@@ -15,7 +20,7 @@
 //! what lets a publisher write that tenant's readings.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
@@ -148,6 +153,7 @@ pub async fn connect(
         client,
         producer: NatsProducer {
             messages,
+            leftover: VecDeque::new(),
             prefixes,
             acker: acker.clone(),
             next_id: AtomicU64::new(0),
@@ -166,17 +172,81 @@ pub async fn connect(
     })
 }
 
-/// Each pulled message's acker until its fate is known, and the acks that
-/// are due to be sent.
+/// The `Content-Type` header of a message carrying a
+/// `platform.ingest.v1.ReadingBatch`.
+pub const BATCH_CONTENT_TYPE: &str =
+    "application/x-protobuf; proto=platform.ingest.v1.ReadingBatch";
+/// The `Content-Type` header of a message carrying one
+/// `platform.ingest.v1.Reading` (the same as no header).
+pub const READING_CONTENT_TYPE: &str = "application/x-protobuf; proto=platform.ingest.v1.Reading";
+
+/// A pulled message until every reading it carried has a fate.
+struct Delivery {
+    acker: Acker,
+    fate: Fate,
+}
+
+/// What a message's readings came to so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fate {
+    /// Readings of the message not yet stored or dead-lettered.
+    left: usize,
+    /// One of them must be retried: the whole message is nak'd.
+    retry: bool,
+    /// One of them was stored (otherwise all were dead-lettered: term).
+    stored: bool,
+}
+
+impl Fate {
+    fn new(readings: usize) -> Self {
+        Self {
+            left: readings,
+            retry: false,
+            stored: false,
+        }
+    }
+
+    /// Records one reading's outcome (`None`: stored); returns what to tell
+    /// the server once it was the last one left.
+    fn settle(&mut self, failure: Option<FailureKind>, nak_delay: Duration) -> Option<AckKind> {
+        self.left = self.left.saturating_sub(1);
+        match failure {
+            None => self.stored = true,
+            // In the dead-letter store already (handle_failed ran first).
+            Some(FailureKind::Invalid) => {}
+            Some(FailureKind::Retryable) => self.retry = true,
+        }
+        if self.left > 0 {
+            None
+        } else if self.retry {
+            Some(AckKind::Nak(Some(nak_delay)))
+        } else if self.stored {
+            Some(AckKind::Ack)
+        } else {
+            // Every reading is in the dead-letter store: never redeliver.
+            Some(AckKind::Term)
+        }
+    }
+}
+
+/// Pulled messages until their fate is known: which message each reading
+/// came from, and the acks that are due to be sent.
 #[derive(Default)]
 struct Pending {
-    waiting: Mutex<HashMap<u64, Acker>>,
+    waiting: Mutex<Waiting>,
     due: Mutex<Vec<(Acker, AckKind)>>,
     wake: Notify,
 }
 
+/// The readings in flight (pipeline id → delivery id) and their messages.
+#[derive(Default)]
+struct Waiting {
+    readings: HashMap<u64, u64>,
+    deliveries: HashMap<u64, Delivery>,
+}
+
 impl Pending {
-    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Acker>> {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -191,27 +261,37 @@ struct NatsAcker {
     nak_delay: Duration,
 }
 
+impl NatsAcker {
+    /// Records one reading's fate; returns its message's ack once it was
+    /// the last reading of the message waiting.
+    fn settle(
+        &self,
+        waiting: &mut Waiting,
+        id: u64,
+        fate: Option<FailureKind>,
+    ) -> Option<(Acker, AckKind)> {
+        let delivery_id = waiting.readings.remove(&id)?;
+        let delivery = waiting.deliveries.get_mut(&delivery_id)?;
+        let kind = delivery.fate.settle(fate, self.nak_delay)?;
+        let delivery = waiting.deliveries.remove(&delivery_id)?;
+        Some((delivery.acker, kind))
+    }
+}
+
 impl Acknowledger for NatsAcker {
     fn ack(&self, succeeded: &[u64], failed: &[(u64, Failure)]) {
-        let mut due = Vec::with_capacity(succeeded.len() + failed.len());
+        let mut due = Vec::new();
         {
             let mut waiting = self.pending.waiting();
             for id in succeeded {
-                if let Some(acker) = waiting.remove(id) {
-                    due.push((acker, AckKind::Ack));
-                }
+                due.extend(self.settle(&mut waiting, *id, None));
             }
             for (id, failure) in failed {
-                if let Some(acker) = waiting.remove(id) {
-                    let kind = match failure.kind {
-                        // In the dead-letter store already (handle_failed
-                        // ran first): never redeliver.
-                        FailureKind::Invalid => AckKind::Term,
-                        FailureKind::Retryable => AckKind::Nak(Some(self.nak_delay)),
-                    };
-                    due.push((acker, kind));
-                }
+                due.extend(self.settle(&mut waiting, *id, Some(failure.kind)));
             }
+        }
+        if due.is_empty() {
+            return;
         }
         self.pending.due().extend(due);
         self.pending.wake.notify_one();
@@ -250,6 +330,8 @@ impl AckSender {
 /// Pulls JetStream messages by demand.
 pub struct NatsProducer {
     messages: pull::Stream,
+    /// Readings of a batch message beyond what the last pull asked for.
+    leftover: VecDeque<Incoming<Envelope>>,
     /// The configured subjects without their `.>`: the token after one is
     /// the tenant.
     prefixes: Vec<String>,
@@ -278,14 +360,53 @@ pub fn subject_tenant(prefixes: &[String], subject: &str) -> TenantBinding {
         )
 }
 
+/// What a message's body holds, by its `Content-Type` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// One `platform.ingest.v1.Reading` (no header, or
+    /// [`READING_CONTENT_TYPE`]).
+    Reading,
+    /// A `platform.ingest.v1.ReadingBatch` ([`BATCH_CONTENT_TYPE`]).
+    Batch,
+}
+
+impl Body {
+    /// The body a `Content-Type` header announces; an unknown type is an
+    /// error naming it.
+    pub fn from_content_type(content_type: Option<&str>) -> Result<Self, String> {
+        match content_type.map(str::trim) {
+            None | Some("") | Some(READING_CONTENT_TYPE) => Ok(Self::Reading),
+            Some(BATCH_CONTENT_TYPE) => Ok(Self::Batch),
+            Some(other) => Err(format!(
+                "has Content-Type `{other}`; ingest reads `{READING_CONTENT_TYPE}` (or no \
+                 header) and `{BATCH_CONTENT_TYPE}`"
+            )),
+        }
+    }
+}
+
+/// The readings a message's body holds, or why it holds none.
+pub fn decode(body: Body, payload: &[u8]) -> Result<Vec<pb::Reading>, String> {
+    match body {
+        Body::Reading => pb::Reading::decode(payload)
+            .map(|reading| vec![reading])
+            .map_err(|error| format!("is not a protobuf platform.ingest.v1.Reading ({error})")),
+        Body::Batch => pb::ReadingBatch::decode(payload)
+            .map(|batch| batch.readings)
+            .map_err(|error| {
+                format!("is not a protobuf platform.ingest.v1.ReadingBatch ({error})")
+            }),
+    }
+}
+
 impl NatsProducer {
-    /// Wraps a delivered message; also returns how many the consumer has
-    /// left to deliver after it, from the message's own metadata.
-    fn wrap(&self, message: jetstream::Message) -> (Incoming<Envelope>, Option<u64>) {
+    /// Turns a delivered message into its readings, each one pipeline
+    /// message sharing the JetStream message's acker; also returns how
+    /// many the consumer has left to deliver after it, from the message's
+    /// own metadata.
+    fn wrap(&self, message: jetstream::Message) -> (Vec<Incoming<Envelope>>, Option<u64>) {
         let pending = message.info().ok().map(|info| info.pending);
         let (message, acker) = message.split();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.acker.pending.waiting().insert(id, acker);
         let trace: Option<TraceCarrier> = message.headers.as_ref().and_then(|headers| {
             let parent = headers.get("traceparent")?;
             let mut carrier = HashMap::new();
@@ -295,34 +416,88 @@ impl NatsProducer {
             }
             Some(Arc::new(carrier))
         });
-        let bytes = (message.payload.len() + IN_MEMORY_OVERHEAD).min(u32::MAX as usize) as u32;
         let tenant = subject_tenant(&self.prefixes, message.subject.as_str());
-        let envelope = match pb::Reading::decode(message.payload.as_ref()) {
-            Ok(reading) => Envelope {
-                reading,
-                source: "nats",
-                tenant,
-                tally: None,
-                undecodable: None,
-                refused: None,
-            },
-            Err(error) => Envelope {
+        let content_type = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get("Content-Type"))
+            .map(|value| value.as_str());
+        let decoded = Body::from_content_type(content_type)
+            .and_then(|body| decode(body, message.payload.as_ref()));
+        let envelopes: Vec<Envelope> = match decoded {
+            Ok(readings) => readings
+                .into_iter()
+                .map(|reading| Envelope {
+                    reading,
+                    source: "nats",
+                    tenant: tenant.clone(),
+                    tally: None,
+                    undecodable: None,
+                    refused: None,
+                })
+                .collect(),
+            Err(reason) => vec![Envelope {
                 reading: pb::Reading::default(),
                 source: "nats",
                 tenant,
                 tally: None,
-                undecodable: Some((error.to_string(), message.payload.to_vec())),
+                undecodable: Some((reason, message.payload.to_vec())),
                 refused: None,
-            },
+            }],
         };
-        let incoming = Incoming {
-            data: envelope,
-            ack: AckRef::new(self.acker.clone(), id),
-            bytes,
-            partition: 0,
-            trace,
-        };
+        let n = envelopes.len();
+        if n == 0 {
+            // An empty batch: nothing to store, nothing to redeliver.
+            self.acker.pending.due().push((acker, AckKind::Ack));
+            self.acker.pending.wake.notify_one();
+            return (Vec::new(), pending);
+        }
+        let first = self.next_id.fetch_add(n as u64, Ordering::Relaxed);
+        {
+            let mut waiting = self.acker.pending.waiting();
+            waiting.deliveries.insert(
+                first,
+                Delivery {
+                    acker,
+                    fate: Fate::new(n),
+                },
+            );
+            waiting
+                .readings
+                .extend((first..first + n as u64).map(|id| (id, first)));
+        }
+        let bytes = (message.payload.len() / n + IN_MEMORY_OVERHEAD).min(u32::MAX as usize) as u32;
+        let incoming = envelopes
+            .into_iter()
+            .zip(first..)
+            .map(|(envelope, id)| Incoming {
+                data: envelope,
+                ack: AckRef::new(self.acker.clone(), id),
+                bytes,
+                partition: 0,
+                trace: trace.clone(),
+            })
+            .collect();
         (incoming, pending)
+    }
+
+    /// Moves up to `demand` readings from what is left over into `pulled`.
+    fn take_leftover(&mut self, pulled: &mut Vec<Incoming<Envelope>>, demand: usize) {
+        let n = demand.saturating_sub(pulled.len()).min(self.leftover.len());
+        pulled.extend(self.leftover.drain(..n));
+    }
+
+    /// Adds a message's readings to `pulled`, keeping what exceeds
+    /// `demand` for the next pull (the pipeline drops what it did not ask
+    /// for).
+    fn add(
+        &mut self,
+        pulled: &mut Vec<Incoming<Envelope>>,
+        demand: usize,
+        readings: Vec<Incoming<Envelope>>,
+    ) {
+        self.leftover.extend(readings);
+        self.take_leftover(pulled, demand);
     }
 }
 
@@ -331,13 +506,15 @@ impl Producer for NatsProducer {
 
     async fn pull(&mut self, demand: usize) -> Option<Vec<Incoming<Envelope>>> {
         let mut pulled = Vec::with_capacity(demand.min(1_024));
-        let mut lag = loop {
+        self.take_leftover(&mut pulled, demand);
+        let mut lag = None;
+        while pulled.is_empty() {
             match self.messages.next().await {
                 None => return None,
                 Some(Ok(message)) => {
-                    let (incoming, pending) = self.wrap(message);
-                    pulled.push(incoming);
-                    break pending;
+                    let (readings, pending) = self.wrap(message);
+                    self.add(&mut pulled, demand, readings);
+                    lag = pending;
                 }
                 Some(Err(error)) => {
                     // Missed heartbeats and similar: the client re-issues
@@ -346,12 +523,12 @@ impl Producer for NatsProducer {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
-        };
+        }
         while pulled.len() < demand {
             match self.messages.next().now_or_never() {
                 Some(Some(Ok(message))) => {
-                    let (incoming, pending) = self.wrap(message);
-                    pulled.push(incoming);
+                    let (readings, pending) = self.wrap(message);
+                    self.add(&mut pulled, demand, readings);
                     lag = pending.or(lag);
                 }
                 _ => break,
@@ -368,6 +545,72 @@ impl Producer for NatsProducer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_is_settled_once_its_last_reading_is_and_by_its_worst_outcome() {
+        // AckKind has no PartialEq: compare by name.
+        let name = |kind: Option<AckKind>| match kind {
+            None => "waiting",
+            Some(AckKind::Ack) => "ack",
+            Some(AckKind::Nak(Some(_))) => "nak later",
+            Some(AckKind::Term) => "term",
+            Some(_) => "other",
+        };
+        let delay = Duration::from_secs(1);
+        let mut fate = Fate::new(3);
+        assert_eq!(name(fate.settle(None, delay)), "waiting");
+        assert_eq!(
+            name(fate.settle(Some(FailureKind::Invalid), delay)),
+            "waiting"
+        );
+        assert_eq!(name(fate.settle(None, delay)), "ack");
+
+        let mut fate = Fate::new(3);
+        fate.settle(None, delay);
+        fate.settle(Some(FailureKind::Retryable), delay);
+        assert_eq!(
+            name(fate.settle(Some(FailureKind::Invalid), delay)),
+            "nak later",
+            "one reading to retry: the whole message comes back"
+        );
+
+        let mut fate = Fate::new(2);
+        fate.settle(Some(FailureKind::Invalid), delay);
+        assert_eq!(
+            name(fate.settle(Some(FailureKind::Invalid), delay)),
+            "term",
+            "all dead-lettered: never redelivered"
+        );
+    }
+
+    #[test]
+    fn the_content_type_says_what_the_body_holds() {
+        assert_eq!(Body::from_content_type(None), Ok(Body::Reading));
+        assert_eq!(
+            Body::from_content_type(Some(READING_CONTENT_TYPE)),
+            Ok(Body::Reading)
+        );
+        assert_eq!(
+            Body::from_content_type(Some(BATCH_CONTENT_TYPE)),
+            Ok(Body::Batch)
+        );
+        let error = Body::from_content_type(Some("text/csv")).unwrap_err();
+        assert!(error.contains("`text/csv`"), "{error}");
+        let readings = vec![pb::Reading {
+            event_id: "e".into(),
+            ..Default::default()
+        }];
+        let body = pb::ReadingBatch {
+            readings: readings.clone(),
+        }
+        .encode_to_vec();
+        assert_eq!(decode(Body::Batch, &body), Ok(readings));
+        assert!(
+            decode(Body::Batch, b"\xff\xff")
+                .unwrap_err()
+                .contains("ReadingBatch")
+        );
+    }
 
     #[test]
     fn the_token_after_the_prefix_is_the_tenant() {

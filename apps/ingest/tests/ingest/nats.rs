@@ -205,6 +205,147 @@ async fn a_subject_binds_its_readings_to_its_tenant() {
     sqlite.remove().await;
 }
 
+/// Publishes `payload` with a `Content-Type` header.
+async fn publish_typed(js: &Context, subject: &str, content_type: &str, payload: Vec<u8>) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Content-Type", content_type);
+    js.publish_with_headers(subject.to_owned(), headers, payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// Several readings per message (`platform.ingest.v1.ReadingBatch`): each
+/// stored once, bad ones dead-lettered one by one while their good
+/// neighbours are stored, a batch larger than one pull's demand carried
+/// across pulls, and every message settled (acked, or termed when nothing
+/// in it could be stored); an unknown `Content-Type` is dead-lettered
+/// naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_messages_store_each_reading_and_settle_once_every_reading_has_a_fate() {
+    let Some(url) = nats_url() else { return };
+    let names = Names::unique("ingest_nats_batch");
+    let sqlite = jobs::testing::ScratchSqlite::create("ingest_nats_batch").await;
+    let mut config = ingest::Config::for_tests(&sqlite.url);
+    config.nats = Some(names.config(&url));
+    let running = ingest::start(config).await.unwrap();
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+    let subject = format!("{}.acme", names.subject);
+    let batch = |readings: Vec<pb::Reading>| pb::ReadingBatch { readings }.encode_to_vec();
+    let typed = ingest::source::nats::BATCH_CONTENT_TYPE;
+
+    // 20 messages of 100; the last 50 of each repeat the next message's
+    // first 50 event ids (stored once).
+    for m in 0..20 {
+        let readings = (0..100)
+            .map(|i| now_reading(&format!("b{}", m * 50 + i), "batch-1", 120, 1.0))
+            .collect();
+        publish_typed(&js, &subject, typed, batch(readings)).await;
+    }
+    // One bad reading among good ones; then a message of bad ones only.
+    let mut mixed: Vec<pb::Reading> = (0..10)
+        .map(|i| now_reading(&format!("mixed{i}"), "batch-1", 120, 1.0))
+        .collect();
+    mixed[3].value = f64::NAN;
+    publish_typed(&js, &subject, typed, batch(mixed)).await;
+    let all_bad = (0..3)
+        .map(|i| now_reading(&format!("bad{i}"), "batch-1", 120, f64::INFINITY))
+        .collect();
+    publish_typed(&js, &subject, typed, batch(all_bad)).await;
+    // Larger than one pull's demand (2,000).
+    let large = (0..5_000)
+        .map(|i| now_reading(&format!("large{i}"), "batch-2", 120, 1.0))
+        .collect();
+    publish_typed(&js, &subject, typed, batch(large)).await;
+    // An empty batch, a batch that does not decode, an unknown type, and
+    // a single reading with its explicit type.
+    publish_typed(&js, &subject, typed, batch(Vec::new())).await;
+    publish_typed(&js, &subject, typed, b"\xff\xff not protobuf".to_vec()).await;
+    publish_typed(
+        &js,
+        &subject,
+        "application/json",
+        now_reading("json", "batch-1", 120, 1.0).encode_to_vec(),
+    )
+    .await;
+    publish_typed(
+        &js,
+        &subject,
+        ingest::source::nats::READING_CONTENT_TYPE,
+        now_reading("single", "batch-1", 120, 1.0).encode_to_vec(),
+    )
+    .await;
+
+    wait_until("the consumer to settle", PATIENCE, || async {
+        settled(&js, &names).await.then_some(())
+    })
+    .await;
+    let count = |sql: &'static str| {
+        let pool = sqlite.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM ingest_reading WHERE event_id LIKE 'b%'").await,
+        1_050,
+        "20 x 100 readings, 950 of them repeats: each stored once"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM ingest_reading WHERE event_id LIKE 'mixed%'").await,
+        9
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM ingest_reading WHERE device_id = 'batch-2'").await,
+        5_000
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM ingest_reading WHERE event_id IN ('single', 'json')").await,
+        1
+    );
+    let letters: Vec<(Option<String>, String, String)> =
+        sqlx::query_as("SELECT event_id, field, reason FROM ingest_dead_letter ORDER BY id")
+            .fetch_all(&sqlite.pool)
+            .await
+            .unwrap();
+    assert_eq!(letters.len(), 6, "{letters:#?}");
+    let bad_values = letters
+        .iter()
+        .filter(|(event, field, _)| {
+            field == "value"
+                && event
+                    .as_deref()
+                    .is_some_and(|e| e == "mixed3" || e.starts_with("bad"))
+        })
+        .count();
+    assert_eq!(bad_values, 4, "{letters:#?}");
+    let payloads: Vec<&str> = letters
+        .iter()
+        .filter(|(_, field, _)| field == "payload")
+        .map(|(_, _, reason)| reason.as_str())
+        .collect();
+    assert_eq!(payloads.len(), 2, "{letters:#?}");
+    assert!(
+        payloads
+            .iter()
+            .any(|r| r.contains("is not a protobuf platform.ingest.v1.ReadingBatch")),
+        "{payloads:?}"
+    );
+    assert!(
+        payloads
+            .iter()
+            .any(|r| r.contains("Content-Type `application/json`")),
+        "{payloads:?}"
+    );
+    running.shutdown().await;
+    js.delete_stream(&names.stream).await.unwrap();
+    sqlite.remove().await;
+}
+
 const DEVICES: usize = 10;
 const PER_DEVICE: usize = 10_000;
 /// Readings are 0.6 s apart in event time: 100 one-minute windows each.
