@@ -195,6 +195,27 @@ fn record_build_info(config: &TelemetryConfig) {
         .build();
 }
 
+/// tokio-console's layer, when built with the `tokio-console` feature (and
+/// `--cfg tokio_unstable`): serves the console on `TOKIO_CONSOLE_BIND`
+/// (default 127.0.0.1:6669) from a thread of its own.
+#[cfg(feature = "tokio-console")]
+fn console_layer<S>() -> Option<impl tracing_subscriber::Layer<S>>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    Some(
+        console_subscriber::ConsoleLayer::builder()
+            .with_default_env()
+            .spawn(),
+    )
+}
+
+/// Without the `tokio-console` feature: no layer.
+#[cfg(not(feature = "tokio-console"))]
+fn console_layer() -> Option<tracing_subscriber::layer::Identity> {
+    None
+}
+
 /// Installs the global subscriber, tracer and meter providers and the W3C
 /// propagator. Call once, from a binary's `main`, before serving.
 pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
@@ -286,6 +307,7 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     // whatever the log level, so `RUST_LOG=warn` does not switch tracing
     // off.
     tracing_subscriber::registry()
+        .with(console_layer())
         .with(log_layer.with_filter(filter))
         .with(otel_layer)
         .try_init()
