@@ -25,6 +25,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 wants() { [[ ",$ONLY," == *",$1,"* ]]; }
+# A finished section is kept at once: a later section failing does not
+# lose it.
+keep() { mkdir -p "$SECTIONS"; cp "$WORK/$1.md" "$SECTIONS/$1.md"; }
 
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
@@ -39,7 +42,9 @@ cargo build --release --locked -p worker -p ingest -p numerics --quiet
 if wants gateway; then cargo build --release --locked -p gateway -p launcher --quiet; fi
 # The same binary side_by_side.sh would build, without a second build of
 # the worker alone (a different feature set rebuilds its dependencies).
-export WORKER_BIN=target/release/worker
+# Given to that script only: an exported WORKER_BIN would reach the apps
+# the gateway benchmark starts, which refuse unknown WORKER_ settings.
+WORKER_BIN=target/release/worker
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 simd=$(grep -m1 '^flags' /proc/cpuinfo | grep -q avx512f && echo AVX-512 || (grep -m1 '^flags' /proc/cpuinfo | grep -q avx2 && echo AVX2 || echo "no AVX2"))
@@ -51,9 +56,10 @@ provenance() {
 }
 
 if wants jobs; then
-  bash apps/worker/bench/side_by_side.sh --pairs 3 --json "$WORK/jobs.json" > "$WORK/jobs.out" 2> "$WORK/jobs.err" \
+  WORKER_BIN="$WORKER_BIN" bash apps/worker/bench/side_by_side.sh --pairs 3 --json "$WORK/jobs.json" > "$WORK/jobs.out" 2> "$WORK/jobs.err" \
     || { cat "$WORK/jobs.err" >&2; exit 1; }
   { head -n 2 "$WORK/jobs.out"; provenance; tail -n +3 "$WORK/jobs.out"; } > "$WORK/jobs.md"
+  keep jobs
 fi
 
 if wants ingest; then
@@ -67,6 +73,7 @@ if wants ingest; then
     target/release/ingest bench --database-url "$DATABASE_URL" --nats-url "$NATS_URL"
     echo '```'
   } > "$WORK/ingest.md"
+  keep ingest
 fi
 
 if wants numerics; then
@@ -92,6 +99,7 @@ if wants numerics; then
     env -u OPENBLAS_CORETYPE target/release/numerics bench --python "$TOOLS/venv/bin/python"
     echo '```'
   } > "$WORK/numerics.md"
+  keep numerics
 fi
 
 if wants gateway; then
@@ -105,11 +113,9 @@ if wants gateway; then
     bash apps/gateway/bench/run.sh 2> "$WORK/gateway.err" || { cat "$WORK/gateway.err" >&2; exit 1; }
     echo '```'
   } > "$WORK/gateway.md"
+  keep gateway
 fi
 
-for part in jobs ingest numerics gateway; do
-  if [ -f "$WORK/$part.md" ]; then cp "$WORK/$part.md" "$SECTIONS/$part.md"; fi
-done
 {
   echo "# Benchmarks"
   echo

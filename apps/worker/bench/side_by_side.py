@@ -440,6 +440,14 @@ FIGURES = [
 ]
 
 
+def figure(value):
+    """One decimal, or three significant digits below 1 (transactions per
+    job are a few hundredths)."""
+    if value != 0 and abs(value) < 1:
+        return f"{value:.3g}"
+    return f"{value:,.1f}"
+
+
 def machine_name():
     model = "unknown CPU"
     flags = set()
@@ -479,7 +487,7 @@ def report(results, pairs, args, versions, pg_version):
         med = statistics.median(ratios)
         summary[key] = {"ours": ours, "peer": peer, "ratios": ratios, "median_ratio": med}
         lines.append(
-            f"| {label} | {statistics.median(ours):,.1f} | {statistics.median(peer):,.1f} | "
+            f"| {label} | {figure(statistics.median(ours))} | {figure(statistics.median(peer))} | "
             f"{med:.2f}× | {ratios[0]:.2f}–{ratios[-1]:.2f} | {better} |"
         )
     return "\n".join(lines), summary
