@@ -20,7 +20,7 @@
 //! what lets a publisher write that tenant's readings.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
@@ -183,6 +183,9 @@ pub const READING_CONTENT_TYPE: &str = "application/x-protobuf; proto=platform.i
 /// A pulled message until every reading it carried has a fate.
 struct Delivery {
     acker: Acker,
+    /// Its readings' pipeline ids are `first..first + readings` (the key
+    /// it is stored under is `first`).
+    readings: u64,
     fate: Fate,
 }
 
@@ -233,20 +236,15 @@ impl Fate {
 /// came from, and the acks that are due to be sent.
 #[derive(Default)]
 struct Pending {
-    waiting: Mutex<Waiting>,
+    /// Messages in flight by the pipeline id of their first reading: a
+    /// reading's message is the last one starting at or before its id.
+    waiting: Mutex<BTreeMap<u64, Delivery>>,
     due: Mutex<Vec<(Acker, AckKind)>>,
     wake: Notify,
 }
 
-/// The readings in flight (pipeline id → delivery id) and their messages.
-#[derive(Default)]
-struct Waiting {
-    readings: HashMap<u64, u64>,
-    deliveries: HashMap<u64, Delivery>,
-}
-
 impl Pending {
-    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Delivery>> {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -266,14 +264,17 @@ impl NatsAcker {
     /// the last reading of the message waiting.
     fn settle(
         &self,
-        waiting: &mut Waiting,
+        waiting: &mut BTreeMap<u64, Delivery>,
         id: u64,
         fate: Option<FailureKind>,
     ) -> Option<(Acker, AckKind)> {
-        let delivery_id = waiting.readings.remove(&id)?;
-        let delivery = waiting.deliveries.get_mut(&delivery_id)?;
+        let (&first, delivery) = waiting.range_mut(..=id).next_back()?;
+        if id - first >= delivery.readings {
+            // Not one of its readings (its own message was settled).
+            return None;
+        }
         let kind = delivery.fate.settle(fate, self.nak_delay)?;
-        let delivery = waiting.deliveries.remove(&delivery_id)?;
+        let delivery = waiting.remove(&first)?;
         Some((delivery.acker, kind))
     }
 }
@@ -453,19 +454,14 @@ impl NatsProducer {
             return (Vec::new(), pending);
         }
         let first = self.next_id.fetch_add(n as u64, Ordering::Relaxed);
-        {
-            let mut waiting = self.acker.pending.waiting();
-            waiting.deliveries.insert(
-                first,
-                Delivery {
-                    acker,
-                    fate: Fate::new(n),
-                },
-            );
-            waiting
-                .readings
-                .extend((first..first + n as u64).map(|id| (id, first)));
-        }
+        self.acker.pending.waiting().insert(
+            first,
+            Delivery {
+                acker,
+                readings: n as u64,
+                fate: Fate::new(n),
+            },
+        );
         let bytes = (message.payload.len() / n + IN_MEMORY_OVERHEAD).min(u32::MAX as usize) as u32;
         let incoming = envelopes
             .into_iter()
