@@ -186,6 +186,8 @@ async fn the_worker_spreads_numerics_calls_over_two_replicas_and_survives_losing
     );
     drop(b);
     publish("boiler-2").await;
+    // The outer timeout fires first so the failure can list the jobs left
+    // (wait_until's own guard only names what it waited for).
     let every_window = wait_until("every window aggregated", PATIENCE * 2, || async {
         let (left, done) = aggregation(&pool).await;
         (left == 0 && done >= 24).then_some(done)
