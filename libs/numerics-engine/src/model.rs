@@ -222,6 +222,12 @@ impl AnomalyModel {
     /// compiled per instruction set and picked at run time (AVX2/FMA where
     /// the CPU has them).
     fn forward_fixed(&self, x: &[f32]) -> Vec<f32> {
+        self.forward_fixed_on(pulp::Arch::new(), x)
+    }
+
+    /// [`Self::forward_fixed`] compiled for `arch`: tests force every
+    /// instruction set the CPU has, so each compiled copy is checked.
+    fn forward_fixed_on(&self, arch: pulp::Arch, x: &[f32]) -> Vec<f32> {
         let mut w1 = [[0.0f32; HIDDEN]; FEATURES];
         for (k, row) in w1.iter_mut().enumerate() {
             row.copy_from_slice(&self.w1[k * HIDDEN..(k + 1) * HIDDEN]);
@@ -231,7 +237,7 @@ impl AnomalyModel {
         let mut w2 = [0.0f32; HIDDEN];
         w2.copy_from_slice(&self.w2);
         let b2 = self.b2;
-        pulp::Arch::new().dispatch(move || {
+        arch.dispatch(move || {
             let mut out = Vec::with_capacity(x.len() / FEATURES);
             for row in x.chunks_exact(FEATURES) {
                 let mut hidden = b1;
@@ -282,6 +288,67 @@ fn exp(x: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::{AnomalyModel, FEATURES, HIDDEN};
+
+    /// The model in f64 with the library's exp: what every compiled copy
+    /// of the fixed-shape kernel must agree with.
+    fn reference(model: &AnomalyModel, x: &[f32]) -> Vec<f64> {
+        x.chunks_exact(FEATURES)
+            .map(|row| {
+                let logit = (0..HIDDEN).fold(f64::from(model.b2), |acc, j| {
+                    let hidden = (0..FEATURES).fold(f64::from(model.b1[j]), |h, k| {
+                        h + f64::from(row[k]) * f64::from(model.w1[k * HIDDEN + j])
+                    });
+                    acc + hidden.max(0.0) * f64::from(model.w2[j])
+                });
+                1.0 / (1.0 + (-logit).exp())
+            })
+            .collect()
+    }
+
+    /// Every instruction set this build can dispatch to and this CPU runs:
+    /// scalar always, AVX2/FMA (x86-64-v3) where present. Named so a
+    /// failure says which copy was wrong.
+    fn instruction_sets() -> Vec<(&'static str, pulp::Arch)> {
+        let mut sets = vec![("scalar", pulp::Arch::Scalar)];
+        #[cfg(target_arch = "x86_64")]
+        if let Some(v3) = pulp::x86::V3::try_new() {
+            sets.push(("x86-64-v3 (AVX2, FMA)", pulp::Arch::V3(v3)));
+        }
+        sets
+    }
+
+    #[test]
+    fn every_compiled_copy_of_the_fixed_kernel_agrees_with_the_reference() {
+        // Deterministic weights and inputs of mixed sign and scale, so some
+        // hidden units are cut by the ReLU and scores span (0, 1).
+        let wave = |i: usize, scale: f32| ((i as f32 * 0.618_034).fract() - 0.5) * scale;
+        let model = AnomalyModel::new(
+            (0..FEATURES * HIDDEN).map(|i| wave(i, 1.5)).collect(),
+            (0..HIDDEN).map(|i| wave(i + 7, 0.4)).collect(),
+            (0..HIDDEN).map(|i| wave(i + 11, 2.0)).collect(),
+            0.1,
+            "test".to_owned(),
+        );
+        let rows = 257; // not a multiple of any vector width
+        let x: Vec<f32> = (0..rows * FEATURES).map(|i| wave(i + 3, 8.0)).collect();
+        let expected = reference(&model, &x);
+        let sets = instruction_sets();
+        for (name, arch) in &sets {
+            let got = model.forward_fixed_on(*arch, &x);
+            assert_eq!(got.len(), rows, "{name}: one score per row");
+            for (row, (&g, &e)) in got.iter().zip(&expected).enumerate() {
+                assert!(
+                    (f64::from(g) - e).abs() <= 1e-5,
+                    "{name}, row {row}: {g} against the reference {e}"
+                );
+            }
+        }
+        // Say which copies this machine could check, in the test output.
+        let names: Vec<&str> = sets.iter().map(|(name, _)| *name).collect();
+        eprintln!("fixed kernel checked on: {}", names.join(", "));
+    }
+
     #[test]
     fn the_fast_exp_is_within_a_few_ulps_of_the_library_one() {
         let mut x = -87.0f32;
