@@ -45,6 +45,9 @@ pub enum Command {
     /// Create, list, revoke or rotate a tenant's API keys.
     #[command(subcommand)]
     Keys(KeyCommand),
+    /// Create or list the ops console's operators (the first admin).
+    #[command(subcommand)]
+    Operators(OperatorCommand),
     /// Benchmark halves that need the gateway's code (see bench/run.sh).
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
@@ -52,6 +55,23 @@ pub enum Command {
     /// serves), without configuration or a database: for client
     /// generators.
     Openapi,
+}
+
+/// `gateway operators ...`
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// A new operator; the password is read from standard input (one
+    /// line), so it appears in no process list or shell history.
+    Create {
+        /// 1 to 64 of a-z, 0-9, '.', '_' and '-'.
+        username: String,
+        /// viewer, operator or admin (admins enrol a second factor at
+        /// their first login).
+        #[arg(long, default_value = "viewer")]
+        role: String,
+    },
+    /// Every operator with its role and state.
+    List,
 }
 
 /// `gateway tenants ...`
@@ -187,6 +207,8 @@ enum CommandError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Lifecycle(#[from] crate::lifecycle::LifecycleError),
+    #[error(transparent)]
+    Operator(#[from] crate::console::CreateOperatorError),
 }
 
 /// Runs a one-shot command; exit code 0 on success, 78 on a bad
@@ -346,6 +368,57 @@ async fn execute(
         }
         Command::Tenants(command) => tenants(store, command).await,
         Command::Keys(command) => keys(store, &config.peppers, command).await,
+        Command::Operators(command) => operators(store, command).await,
+    }
+}
+
+#[allow(clippy::print_stdout, reason = "command-line output")]
+async fn operators(
+    store: &impl GatewayStore,
+    command: OperatorCommand,
+) -> Result<(), CommandError> {
+    match command {
+        OperatorCommand::Create { username, role } => {
+            let role = role
+                .parse()
+                .map_err(|e| CommandError::Invalid(format!("--role: {e}")))?;
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password).map_err(|e| {
+                CommandError::Invalid(format!("password: cannot read standard input: {e}"))
+            })?;
+            let password = zeroize::Zeroizing::new(password);
+            let password = password.trim_end_matches(['\r', '\n']);
+            let result =
+                crate::console::create_operator(store, &username, password, role, &actor()).await;
+            audit("operator.create", &username, &result);
+            let operator = result?;
+            println!("created operator {} ({})", operator.username, operator.role);
+            Ok(())
+        }
+        OperatorCommand::List => {
+            println!(
+                "{:<24} {:<9} {:<13} {:<9}",
+                "username", "role", "second factor", "state"
+            );
+            for o in store.operators().await? {
+                println!(
+                    "{:<24} {:<9} {:<13} {:<9}",
+                    o.username,
+                    o.role,
+                    if o.totp_secret.is_some() {
+                        "enrolled"
+                    } else {
+                        "none"
+                    },
+                    if o.disabled_at.is_some() {
+                        "disabled"
+                    } else {
+                        "active"
+                    }
+                );
+            }
+            Ok(())
+        }
     }
 }
 

@@ -61,6 +61,9 @@ pub struct Config {
     /// `GATEWAY_CORS_ORIGINS`: origins (`https://app.example`, comma
     /// separated) whose browser pages may call the API; none by default.
     pub cors_origins: Vec<String>,
+    /// `GATEWAY_CONSOLE_IDLE_TIMEOUT` (30m) and
+    /// `GATEWAY_CONSOLE_SESSION_LIFETIME` (12h): when console sessions end.
+    pub console: crate::console::ConsoleSettings,
     /// Admin port, shutdown and logging settings.
     pub common: CommonConfig,
 }
@@ -80,6 +83,7 @@ impl Config {
             http: PublicHttp::from_env(env, 8080),
             limits: limits(env),
             cors_origins: cors_origins(env),
+            console: console(env),
             readings_per_day: env.get_or("READINGS_PER_DAY", 10_000_000),
             series_per_tenant: env.get_or("SERIES_PER_TENANT", 10_000),
             retention_sweep_every: env.get_or("RETENTION_SWEEP_EVERY", Duration::from_secs(3_600)),
@@ -118,6 +122,27 @@ impl Config {
         // it; the cache has its own tests.
         config.key_cache_ttl = Duration::ZERO;
         config
+    }
+}
+
+/// The console's session lifetimes (each at least a minute; the idle
+/// timeout no longer than the lifetime).
+fn console(env: &mut EnvReader) -> crate::console::ConsoleSettings {
+    let defaults = crate::console::ConsoleSettings::default();
+    let idle_timeout = env.get_or("CONSOLE_IDLE_TIMEOUT", defaults.idle_timeout);
+    let session_lifetime = env.get_or("CONSOLE_SESSION_LIFETIME", defaults.session_lifetime);
+    if idle_timeout < Duration::from_secs(60) {
+        env.reject("CONSOLE_IDLE_TIMEOUT", "must be at least 1m");
+    }
+    if session_lifetime < idle_timeout {
+        env.reject(
+            "CONSOLE_SESSION_LIFETIME",
+            "must be at least GATEWAY_CONSOLE_IDLE_TIMEOUT",
+        );
+    }
+    crate::console::ConsoleSettings {
+        idle_timeout,
+        session_lifetime,
     }
 }
 

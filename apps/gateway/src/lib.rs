@@ -12,6 +12,7 @@ mod backends;
 pub mod bench;
 pub mod cli;
 mod config;
+pub mod console;
 mod cors;
 mod headers;
 mod json_object;
@@ -127,7 +128,13 @@ async fn serve<S: storage::GatewayStore>(config: Config, store: S) -> Result<Run
         config.retention_sweep_every,
     );
     let admin = routes::admin_router(state.clone());
-    let router = routes::router(state);
+    let console = console_state(&config, &store, &state.backends)?;
+    let admin = match &console {
+        Some(console) => admin.merge(console::admin_routes(console.csp_reports.clone())),
+        None => admin,
+    };
+    let sweep = console.clone();
+    let router = routes::router(state, console);
     let ping = store.clone();
     ServiceBuilder::new(INFO, config.common)
         .http(config.http.clone(), router)
@@ -141,6 +148,15 @@ async fn serve<S: storage::GatewayStore>(config: Config, store: S) -> Result<Run
                 tokio::select! {
                     () = stop.cancelled() => break,
                     () = tokio::time::sleep(std::time::Duration::from_secs(60)) => idle.forget_idle(),
+                }
+            }
+        })
+        .background("console session sweep", move |stop| async move {
+            let Some(console) = sweep else { return };
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(console::SWEEP_EVERY) => console.sweep().await,
                 }
             }
         })
@@ -159,6 +175,38 @@ async fn serve<S: storage::GatewayStore>(config: Config, store: S) -> Result<Run
         })
         .start()
         .await
+}
+
+/// The console's state when it may be served (see [`console_allowed`]).
+fn console_state<S: storage::GatewayStore>(
+    config: &Config,
+    store: &S,
+    backends: &backends::Backends,
+) -> Result<Option<console::ConsoleState<S>>, StartError> {
+    if !console_allowed(config) {
+        tracing::warn!(
+            addr = %config.http.addr,
+            "the ops console is not served: its Secure cookie needs TLS (GATEWAY_HTTP_TLS_*) or a loopback address"
+        );
+        return Ok(None);
+    }
+    console::ConsoleState::new(
+        store.clone(),
+        config.console,
+        backends.clone(),
+        config.status_timeout,
+    )
+    .map(Some)
+    .map_err(|e| StartError::Dependency {
+        what: "console password hasher",
+        message: e.to_string(),
+    })
+}
+
+/// Whether the console may be served: its `Secure` cookie reaches the
+/// server only over TLS or on a loopback address.
+fn console_allowed(config: &Config) -> bool {
+    config.http.tls.is_some() || config.http.addr.ip().is_loopback()
 }
 
 /// The app as the shared runtime's `main` (and the launcher) runs it.

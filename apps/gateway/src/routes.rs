@@ -46,7 +46,10 @@ pub(crate) struct AppState<S> {
 }
 
 /// The gateway's public API.
-pub(crate) fn router<S: GatewayStore>(state: AppState<S>) -> Router {
+pub(crate) fn router<S: GatewayStore>(
+    state: AppState<S>,
+    console: Option<crate::console::ConsoleState<S>>,
+) -> Router {
     use crate::openapi::route;
     let authenticated = Router::new();
     let authenticated = route::<readings::__path_publish, _>(
@@ -85,9 +88,12 @@ pub(crate) fn router<S: GatewayStore>(state: AppState<S>) -> Router {
                 auth::require_key::<S>,
             ),
         );
-    let api = route::<__path_status, _>(Router::new(), get(status::<S>))
+    let mut api = route::<__path_status, _>(Router::new(), get(status::<S>))
         .merge(authenticated)
         .with_state(state.clone());
+    if let Some(console) = console {
+        api = api.merge(crate::console::router(console));
+    }
     edge_layers(
         api.merge(crate::openapi::docs_router()).fallback(not_found),
         &state.auth.limits,

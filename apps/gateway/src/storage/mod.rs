@@ -3,6 +3,7 @@
 //! implemented in [`postgres`] (schema `gateway`) and [`sqlite`] (tables
 //! `gateway_*` in the shared file), one behaviour suite for both.
 
+pub mod operators;
 pub mod postgres;
 pub mod sqlite;
 
@@ -39,6 +40,12 @@ pub enum StoreError {
     /// but the deletion, and its id is not given again.
     #[error("tenant {0} is deleted or being deleted")]
     TenantDeleted(TenantId),
+    /// The operator name is taken.
+    #[error("operator {0} exists already")]
+    OperatorExists(String),
+    /// No such operator.
+    #[error("no operator {0}")]
+    NoOperator(String),
     /// A stored row does not read back (a fault on our side).
     #[error("corrupt gateway row: {0}")]
     Corrupt(String),
@@ -183,7 +190,7 @@ pub struct StoredKey {
 }
 
 /// What the gateway needs from its database.
-pub trait GatewayStore: Clone + Send + Sync + 'static {
+pub trait GatewayStore: operators::OperatorStore + Clone + Send + Sync + 'static {
     /// Applies the gateway's migrations; idempotent.
     fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 

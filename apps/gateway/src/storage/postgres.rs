@@ -27,6 +27,11 @@ pub fn migrator() -> sqlx::migrate::Migrator {
             "tenant lifecycle",
             include_str!("../../migrations/postgres/400003_tenant_lifecycle.sql"),
         ),
+        (
+            400_004,
+            "console",
+            include_str!("../../migrations/postgres/400004_console.sql"),
+        ),
     ])
 }
 
@@ -61,6 +66,11 @@ impl PgGatewayStore {
 }
 
 impl PgGatewayStore {
+    /// The pool, for the console's half of the store (`operators`).
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Why an update of a tenant touched no row.
     async fn missing_or_deleted(&self, id: &TenantId) -> StoreError {
         match self.get_tenant(id).await {

@@ -28,6 +28,11 @@ pub fn migrator() -> sqlx::migrate::Migrator {
             "tenant lifecycle",
             include_str!("../../migrations/sqlite/400003_tenant_lifecycle.sql"),
         ),
+        (
+            400_004,
+            "console",
+            include_str!("../../migrations/sqlite/400004_console.sql"),
+        ),
     ])
 }
 
@@ -99,6 +104,13 @@ fn tenant_state(row: &SqliteRow) -> Result<TenantState, StoreError> {
         time(row, "delete_requested_at")?,
         time(row, "deleted_at")?,
     )
+}
+
+impl SqliteGatewayStore {
+    /// The pool, for the console's half of the store (`operators`).
+    pub(super) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
 }
 
 impl SqliteGatewayStore {

@@ -149,6 +149,7 @@ fn production_needs_a_strong_pepper_and_a_complete_previous_one() {
     );
 }
 
+mod console;
 mod edge;
 mod process;
 mod storage;

@@ -211,3 +211,161 @@ async fn keys_work_only_as_long_as_they_should_on_both_stores() {
         postgres.drop_database().await;
     }
 }
+
+/// The console's operators, sessions, recovery codes and audit log.
+async fn operators_sessions_and_the_audit_log(store: impl GatewayStore) {
+    use gateway::storage::operators::{AuditEntry, Role};
+    store.migrate().await.unwrap();
+    let ada = store
+        .create_operator("ada", "$argon2id$hash-a", Role::Viewer)
+        .await
+        .unwrap();
+    assert_eq!((ada.username.as_str(), ada.role), ("ada", Role::Viewer));
+    assert!(matches!(
+        store.create_operator("ada", "$argon2id$other", Role::Admin).await,
+        Err(StoreError::OperatorExists(name)) if name == "ada"
+    ));
+    let root = store
+        .create_operator("root", "$argon2id$hash-r", Role::Admin)
+        .await
+        .unwrap();
+    let names: Vec<String> = store
+        .operators()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.username)
+        .collect();
+    assert_eq!(names, ["ada", "root"]);
+
+    let now = Utc::now();
+    let (a1, a2, r1) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+    store
+        .create_session(&a1, ada.id, "csrf-a1", now)
+        .await
+        .unwrap();
+    store
+        .create_session(&a2, ada.id, "csrf-a2", now)
+        .await
+        .unwrap();
+    store
+        .create_session(&r1, root.id, "csrf-r1", now)
+        .await
+        .unwrap();
+    let session = store.session(&a1).await.unwrap().unwrap();
+    assert_eq!(session.operator, ada);
+    assert_eq!(session.csrf_token, "csrf-a1");
+    assert_eq!(session.second_factor_at, None);
+    assert_eq!(store.session(&[9u8; 32]).await.unwrap(), None);
+    let later = now + Duration::seconds(90);
+    store.touch_session(&r1, later, true).await.unwrap();
+    let touched = store.session(&r1).await.unwrap().unwrap();
+    assert_eq!(
+        touched.last_seen_at.timestamp_micros(),
+        later.timestamp_micros()
+    );
+    assert!(touched.second_factor_at.is_some());
+    // A password change ends only that operator's sessions.
+    store
+        .set_password(ada.id, "$argon2id$hash-a2")
+        .await
+        .unwrap();
+    assert_eq!(store.session(&a1).await.unwrap(), None);
+    assert_eq!(store.session(&a2).await.unwrap(), None);
+    assert!(store.session(&r1).await.unwrap().is_some());
+    assert_eq!(
+        store.operator("ada").await.unwrap().unwrap().password_hash,
+        "$argon2id$hash-a2"
+    );
+    // Disabling ends sessions too; a role change alone does not.
+    store
+        .create_session(&a1, ada.id, "csrf", now)
+        .await
+        .unwrap();
+    store.set_role(ada.id, Role::Operator, None).await.unwrap();
+    assert_eq!(
+        store.session(&a1).await.unwrap().unwrap().operator.role,
+        Role::Operator
+    );
+    store
+        .set_role(ada.id, Role::Operator, Some(now))
+        .await
+        .unwrap();
+    assert_eq!(store.session(&a1).await.unwrap(), None);
+    assert!(
+        store
+            .operator("ada")
+            .await
+            .unwrap()
+            .unwrap()
+            .disabled_at
+            .is_some()
+    );
+    assert!(matches!(
+        store.set_role(9_999, Role::Viewer, None).await,
+        Err(StoreError::NoOperator(_))
+    ));
+
+    // Recovery codes: each works once, and a new enrolment replaces them.
+    store
+        .enrol_totp(root.id, &[7u8; 20], &[[10u8; 32], [11u8; 32]])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.operator("root").await.unwrap().unwrap().totp_secret,
+        Some(vec![7u8; 20])
+    );
+    assert!(store.use_recovery_code(root.id, &[10u8; 32]).await.unwrap());
+    assert!(!store.use_recovery_code(root.id, &[10u8; 32]).await.unwrap());
+    assert!(!store.use_recovery_code(ada.id, &[11u8; 32]).await.unwrap());
+    store
+        .enrol_totp(root.id, &[8u8; 20], &[[12u8; 32]])
+        .await
+        .unwrap();
+    assert!(!store.use_recovery_code(root.id, &[11u8; 32]).await.unwrap());
+    assert!(store.use_recovery_code(root.id, &[12u8; 32]).await.unwrap());
+
+    // Sweeping: idle or too old.
+    store
+        .create_session(&a2, root.id, "csrf", now - Duration::hours(13))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .sweep_sessions(now - Duration::minutes(30), now - Duration::hours(12))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.session(&r1).await.unwrap().is_some());
+    assert_eq!(store.end_sessions(root.id).await.unwrap(), 1);
+
+    for (i, action) in ["operator.create", "job.cancel"].iter().enumerate() {
+        store
+            .record(&AuditEntry {
+                at: now + Duration::seconds(i as i64),
+                operator: "root".into(),
+                action: (*action).into(),
+                target: format!("job {i}"),
+                detail: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    let log = store.audit_log(10).await.unwrap();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].action, "job.cancel", "newest first");
+    assert_eq!(store.audit_log(1).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_sessions_and_the_audit_log_on_both_stores() {
+    let sqlite = jobs::testing::ScratchSqlite::create("gateway_operators").await;
+    operators_sessions_and_the_audit_log(SqliteGatewayStore::connect(&sqlite.url).await.unwrap())
+        .await;
+    sqlite.remove().await;
+    if let Some(postgres) = jobs::testing::ScratchPostgres::create("gateway_operators").await {
+        operators_sessions_and_the_audit_log(PgGatewayStore::new(postgres.pool.clone())).await;
+        postgres.drop_database().await;
+    }
+}

@@ -178,3 +178,76 @@ async fn limits_and_deletion_from_the_command_line() {
     std::fs::remove_file(&existing).unwrap();
     sqlite.remove().await;
 }
+
+/// `gateway operators create` with the password on standard input.
+fn create_operator(database: &str, args: &[&str], password: &str) -> (bool, String, String) {
+    use std::io::Write as _;
+    let mut child = gateway(database)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_first_admin_is_created_from_the_command_line() {
+    let sqlite = jobs::testing::ScratchSqlite::create("gateway_operators_cli").await;
+    let db = sqlite.url.clone();
+    let (ok, _, err) = create_operator(
+        &db,
+        &["operators", "create", "root", "--role", "admin"],
+        "qwerty123456",
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("password: is one of the 20,000 most common"),
+        "{err}"
+    );
+    let (ok, _, err) = create_operator(
+        &db,
+        &["operators", "create", "Root"],
+        "a long enough passphrase",
+    );
+    assert!(!ok);
+    assert!(err.contains("username: \"Root\" must be"), "{err}");
+    let (ok, _, err) = create_operator(
+        &db,
+        &["operators", "create", "root", "--role", "god"],
+        "a long enough passphrase",
+    );
+    assert!(!ok);
+    assert!(err.contains("--role: \"god\" is not a role"), "{err}");
+    let (ok, out, err) = create_operator(
+        &db,
+        &["operators", "create", "root", "--role", "admin"],
+        "a long enough passphrase",
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("created operator root (admin)"), "{out}");
+    assert!(
+        err.contains("operator.create"),
+        "the audit log records it: {err}"
+    );
+    let (ok, _, err) = create_operator(
+        &db,
+        &["operators", "create", "root"],
+        "another passphrase here",
+    );
+    assert!(!ok);
+    assert!(err.contains("operator root exists already"), "{err}");
+    let (ok, listed, err) = run(&db, &["operators", "list"]);
+    assert!(ok, "{err}");
+    assert!(listed.contains("root"), "{listed}");
+    assert!(listed.contains("admin"), "{listed}");
+    assert!(!listed.contains("argon2"), "no hash is listed: {listed}");
+    sqlite.remove().await;
+}
