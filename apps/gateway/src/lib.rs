@@ -128,7 +128,7 @@ async fn serve<S: storage::GatewayStore>(config: Config, store: S) -> Result<Run
         config.retention_sweep_every,
     );
     let admin = routes::admin_router(state.clone());
-    let console = console_state(&config, &store, &state.backends)?;
+    let console = console_state(&config, &store, &state)?;
     let admin = match &console {
         Some(console) => admin.merge(console::admin_routes(console.csp_reports.clone())),
         None => admin,
@@ -181,7 +181,7 @@ async fn serve<S: storage::GatewayStore>(config: Config, store: S) -> Result<Run
 fn console_state<S: storage::GatewayStore>(
     config: &Config,
     store: &S,
-    backends: &backends::Backends,
+    api: &routes::AppState<S>,
 ) -> Result<Option<console::ConsoleState<S>>, StartError> {
     if !console_allowed(config) {
         tracing::warn!(
@@ -193,7 +193,9 @@ fn console_state<S: storage::GatewayStore>(
     console::ConsoleState::new(
         store.clone(),
         config.console,
-        backends.clone(),
+        api.backends.clone(),
+        api.worker.clone(),
+        api.auth.peppers.clone(),
         config.status_timeout,
     )
     .map(Some)

@@ -140,6 +140,9 @@ impl<S: JobStore> JobsApi<S> {
                     cancelled: count(jobs::JobState::Cancelled),
                     local_limit: config.map_or(0, |q| q.local_limit),
                     global_limit: config.and_then(|q| q.global_limit).unwrap_or(0),
+                    oldest_available_at: found
+                        .and_then(|c| c.oldest_available)
+                        .map(crate::convert::chrono_to_timestamp),
                     queue: name,
                 }
             })

@@ -12,6 +12,7 @@
 )]
 
 mod backup;
+mod console_jobs;
 mod database_roles;
 mod features;
 mod gateway_api;

@@ -8,6 +8,11 @@
 //! - `guard`: the browser-side security every console answer carries (a
 //!   per-request CSP nonce, no framing, no caching) and the cross-site
 //!   request check with a session-bound CSRF token on every form;
+//! - `jobs`: the jobs pages (queues, the filtered list, a job's detail,
+//!   confirmed actions), through the worker's `platform.jobs.v1` API acting
+//!   for the operator;
+//! - `tenants`: tenants and their API keys (create, revoke, rotate; a new
+//!   secret shown once), on the gateway's own store;
 //! - `pages`: the handlers and their askama templates (escaped by
 //!   default), and the CSP report endpoint.
 //!
@@ -17,9 +22,11 @@
 //! address does not mount the console at all (and says so at start).
 
 mod guard;
+mod jobs;
 mod pages;
 pub mod password;
 mod session;
+mod tenants;
 pub mod totp;
 
 use std::{sync::Arc, time::Duration};
@@ -66,6 +73,10 @@ pub(crate) struct ConsoleState<S> {
     pub(crate) hasher: password::Hasher,
     pub(crate) settings: ConsoleSettings,
     pub(crate) backends: Backends,
+    /// The worker's channel (the jobs pages).
+    pub(crate) worker: service_runtime::TracedChannel,
+    /// The key peppers (creating and rotating tenants' keys).
+    pub(crate) peppers: Arc<crate::tenancy::Peppers>,
     pub(crate) status_timeout: Duration,
     /// Failed logins per account name.
     pub(crate) account_failures: Arc<Limiter<String>>,
@@ -80,6 +91,8 @@ impl<S: GatewayStore> ConsoleState<S> {
         store: S,
         settings: ConsoleSettings,
         backends: Backends,
+        worker: service_runtime::TracedChannel,
+        peppers: Arc<crate::tenancy::Peppers>,
         status_timeout: Duration,
     ) -> Result<Self, password::HashError> {
         let quota = |n| crate::limits::Quota {
@@ -91,6 +104,8 @@ impl<S: GatewayStore> ConsoleState<S> {
             hasher: password::Hasher::new(HASHING_PERMITS)?,
             settings,
             backends,
+            worker,
+            peppers,
             status_timeout,
             account_failures: Arc::new(Limiter::new(quota(LOGIN_FAILURES_PER_ACCOUNT))),
             client_attempts: Arc::new(Limiter::new(quota(LOGIN_ATTEMPTS_PER_CLIENT))),

@@ -57,6 +57,29 @@ pub(super) fn routes<S: GatewayStore>(state: ConsoleState<S>) -> Router {
         )
         .route("/console/operators/role", post(set_role::<S>))
         .route("/console/audit", get(audit_page::<S>))
+        .route("/console/tenants", get(super::tenants::list::<S>))
+        .route(
+            "/console/tenants/{tenant}",
+            get(super::tenants::detail::<S>),
+        )
+        .route(
+            "/console/tenants/{tenant}/keys",
+            post(super::tenants::create_key::<S>),
+        )
+        .route(
+            "/console/tenants/{tenant}/keys/{key}/{action}",
+            get(super::tenants::confirm_key::<S>).post(super::tenants::act_on_key::<S>),
+        )
+        .route("/console/jobs", get(super::jobs::list::<S>))
+        .route("/console/jobs/{id}", get(super::jobs::detail::<S>))
+        .route(
+            "/console/jobs/{id}/{action}",
+            get(super::jobs::confirm_job::<S>).post(super::jobs::act_on_job::<S>),
+        )
+        .route(
+            "/console/queues/{queue}/{action}",
+            get(super::jobs::confirm_queue::<S>).post(super::jobs::act_on_queue::<S>),
+        )
         .route(guard::REPORT_PATH, post(csp_report::<S>))
         .route("/console/static/console.css", get(stylesheet))
         .route("/console/static/refresh.js", get(refresh_script))
@@ -67,7 +90,7 @@ pub(super) fn routes<S: GatewayStore>(state: ConsoleState<S>) -> Router {
 // ---- plumbing -----------------------------------------------------------
 
 /// A template as an HTML answer (a render failure is our fault: 500).
-fn page(template: &impl Template) -> Response {
+pub(super) fn page(template: &impl Template) -> Response {
     match template.render() {
         Ok(html) => Html(html).into_response(),
         Err(error) => {
@@ -82,7 +105,7 @@ fn page(template: &impl Template) -> Response {
 }
 
 /// The answer when the database fails mid-request.
-fn unavailable(error: &dyn std::fmt::Display) -> Response {
+pub(super) fn unavailable(error: &dyn std::fmt::Display) -> Response {
     tracing::error!(%error, "console: database");
     (
         StatusCode::SERVICE_UNAVAILABLE,
@@ -101,7 +124,7 @@ fn forbidden() -> Response {
 
 /// The session, or the answer to give instead: to the login page when
 /// signed out, to the second factor while an admin has not given it.
-async fn signed_in<S: GatewayStore>(
+pub(super) async fn signed_in<S: GatewayStore>(
     state: &ConsoleState<S>,
     headers: &HeaderMap,
     role: Role,
@@ -129,12 +152,12 @@ async fn signed_in<S: GatewayStore>(
 }
 
 /// Whether a form's token is this session's (constant time).
-fn csrf_ok(signed: &SignedIn, token: &str) -> bool {
+pub(super) fn csrf_ok(signed: &SignedIn, token: &str) -> bool {
     use subtle::ConstantTimeEq as _;
     bool::from(signed.csrf_token.as_bytes().ct_eq(token.as_bytes()))
 }
 
-fn bad_csrf() -> Response {
+pub(super) fn bad_csrf() -> Response {
     (
         StatusCode::FORBIDDEN,
         "csrf: the form's token does not match your session; reload the page and try again\n",
@@ -142,7 +165,7 @@ fn bad_csrf() -> Response {
         .into_response()
 }
 
-async fn audit<S: GatewayStore>(
+pub(super) async fn audit<S: GatewayStore>(
     state: &ConsoleState<S>,
     who: &str,
     action: &str,
@@ -163,15 +186,15 @@ async fn audit<S: GatewayStore>(
 }
 
 /// What the navigation shows.
-struct Nav {
-    csrf: String,
-    username: String,
-    role: Role,
-    admin: bool,
+pub(super) struct Nav {
+    pub(super) csrf: String,
+    pub(super) username: String,
+    pub(super) role: Role,
+    pub(super) admin: bool,
 }
 
 impl Nav {
-    fn of(signed: &SignedIn) -> Self {
+    pub(super) fn of(signed: &SignedIn) -> Self {
         Self {
             csrf: signed.csrf_token.clone(),
             username: signed.operator.username.clone(),
@@ -667,7 +690,7 @@ struct OverviewPage {
 }
 
 /// `3d 4h`, `4h 12m`, `12m 5s` or `5s`.
-fn duration_words(seconds: i64) -> String {
+pub(super) fn duration_words(seconds: i64) -> String {
     let (d, h, m, s) = (
         seconds / 86_400,
         seconds % 86_400 / 3600,

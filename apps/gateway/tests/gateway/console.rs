@@ -610,3 +610,180 @@ fn base32_decode(raw: &str) -> Vec<u8> {
     }
     out
 }
+
+#[tokio::test]
+async fn operators_create_revoke_and_rotate_a_tenants_keys_and_viewers_only_look() {
+    use gateway::{
+        keys::TenantId,
+        storage::{GatewayStore as _, operators::OperatorStore as _},
+    };
+    let console = Console::start(|_| {}).await;
+    let acme = TenantId::parse("acme").unwrap();
+    console
+        .store
+        .create_tenant(&acme, "Acme <Corp>")
+        .await
+        .unwrap();
+    console.operator("ops", Role::Operator).await;
+    console.operator("eve", Role::Viewer).await;
+    let (ops, _) = console.login("ops", PASSWORD).await;
+
+    let list = console.get("/console/tenants", Some(&ops)).await;
+    assert_eq!(list.status, 200);
+    assert!(
+        list.body
+            .contains("<a href=\"/console/tenants/acme\">acme</a>"),
+        "{}",
+        list.body
+    );
+    assert!(list.body.contains("Acme &#60;Corp&#62;"), "{}", list.body);
+
+    let page = console.get("/console/tenants/acme", Some(&ops)).await;
+    assert!(page.body.contains("No key yet."));
+    let token = csrf(&page);
+    let none = console
+        .post(
+            "/console/tenants/acme/keys",
+            Some(&ops),
+            &[("csrf", &token), ("name", "ci")],
+        )
+        .await;
+    assert_eq!(none.status, 422);
+    assert!(
+        none.body.contains("scope: at least one scope is needed"),
+        "{}",
+        none.body
+    );
+    let bad_days = console
+        .post(
+            "/console/tenants/acme/keys",
+            Some(&ops),
+            &[
+                ("csrf", &token),
+                ("scope", "results:read"),
+                ("expires_in_days", "soon"),
+            ],
+        )
+        .await;
+    assert!(
+        bad_days
+            .body
+            .contains("expires_in_days: &#34;soon&#34; must be a whole number"),
+        "{}",
+        bad_days.body
+    );
+    let created = console
+        .post(
+            "/console/tenants/acme/keys",
+            Some(&ops),
+            &[
+                ("csrf", &token),
+                ("name", "ci bot"),
+                ("scope", "readings:write"),
+                ("scope", "results:read"),
+                ("expires_in_days", "30"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    let start = created.body.find("value=\"plk.acme.").unwrap() + 7;
+    let secret = created.body[start..].split('"').next().unwrap().to_owned();
+    assert!(created.body.contains("shown only once"));
+    let keys = console.store.list_keys(&acme).await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].scopes, ["readings:write", "results:read"]);
+    assert!(keys[0].expires_at.is_some());
+    let again = console.get("/console/tenants/acme", Some(&ops)).await;
+    assert!(!again.body.contains(&secret), "the secret is shown once");
+    assert!(again.body.contains("readings:write, results:read"));
+    assert!(secret.contains(keys[0].id.as_str()));
+
+    // Rotate: a new key shown once, the old one expiring within a day.
+    let key = keys[0].id.to_string();
+    let confirm = console
+        .get(
+            &format!("/console/tenants/acme/keys/{key}/rotate"),
+            Some(&ops),
+        )
+        .await;
+    assert!(confirm.body.contains("Rotate key"), "{}", confirm.body);
+    let rotated = console
+        .post(
+            &format!("/console/tenants/acme/keys/{key}/rotate"),
+            Some(&ops),
+            &[("csrf", &csrf(&confirm))],
+        )
+        .await;
+    assert_eq!(rotated.status, 200, "{}", rotated.body);
+    assert!(rotated.body.contains("value=\"plk.acme."));
+    let keys = console.store.list_keys(&acme).await.unwrap();
+    assert_eq!(keys.len(), 2);
+    let old = keys.iter().find(|k| k.id.to_string() == key).unwrap();
+    assert!(old.expires_at.unwrap() <= chrono::Utc::now() + chrono::Duration::hours(24));
+
+    // Revoke the new one.
+    let fresh = keys
+        .iter()
+        .find(|k| k.id.to_string() != key)
+        .unwrap()
+        .id
+        .to_string();
+    let confirm = console
+        .get(
+            &format!("/console/tenants/acme/keys/{fresh}/revoke"),
+            Some(&ops),
+        )
+        .await;
+    let revoked = console
+        .post(
+            &format!("/console/tenants/acme/keys/{fresh}/revoke"),
+            Some(&ops),
+            &[("csrf", &csrf(&confirm))],
+        )
+        .await;
+    assert_eq!(revoked.status, 200);
+    assert!(revoked.body.contains(&format!("Key {fresh} revoked.")));
+    let keys = console.store.list_keys(&acme).await.unwrap();
+    assert!(
+        keys.iter()
+            .find(|k| k.id.to_string() == fresh)
+            .unwrap()
+            .revoked_at
+            .is_some()
+    );
+
+    // Viewers see keys (never secrets) but change nothing.
+    let (eve, _) = console.login("eve", PASSWORD).await;
+    let seen = console.get("/console/tenants/acme", Some(&eve)).await;
+    assert_eq!(seen.status, 200);
+    assert!(!seen.body.contains("Create a key"));
+    assert_eq!(
+        console
+            .post(
+                "/console/tenants/acme/keys",
+                Some(&eve),
+                &[("csrf", &csrf(&seen)), ("scope", "results:read")]
+            )
+            .await
+            .status,
+        403
+    );
+    assert_eq!(console.store.list_keys(&acme).await.unwrap().len(), 2);
+    assert_eq!(
+        console
+            .get("/console/tenants/nobody", Some(&eve))
+            .await
+            .status,
+        404
+    );
+
+    let log = console.store.audit_log(50).await.unwrap();
+    for action in ["key.create", "key.rotate", "key.revoke"] {
+        assert!(
+            log.iter()
+                .any(|e| e.action == action && e.operator == "ops"),
+            "{action}"
+        );
+    }
+    console.stop().await;
+}
