@@ -12,6 +12,7 @@
 )]
 
 mod backup;
+mod console_browser;
 mod console_jobs;
 mod database_roles;
 mod features;

@@ -83,6 +83,7 @@ pub(super) fn routes<S: GatewayStore>(state: ConsoleState<S>) -> Router {
         .route(guard::REPORT_PATH, post(csp_report::<S>))
         .route("/console/static/console.css", get(stylesheet))
         .route("/console/static/refresh.js", get(refresh_script))
+        .route("/console/static/favicon.svg", get(favicon))
         .layer(axum::middleware::from_fn(guard::guard))
         .with_state(state)
 }
@@ -211,6 +212,17 @@ async fn stylesheet() -> Response {
             (header::CACHE_CONTROL, "no-cache"),
         ],
         include_str!("static/console.css"),
+    )
+        .into_response()
+}
+
+async fn favicon() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        include_str!("static/favicon.svg"),
     )
         .into_response()
 }

@@ -1,0 +1,168 @@
+//! The ops console in a real browser (`tests/browser/console.mjs`: Debian's
+//! headless Chromium driven by playwright-core, every page checked by
+//! axe-core), against a gateway and a worker started here: log in with the
+//! second factor, the overview, jobs filtered, cancelled, retried and a
+//! queue paused, a key created and revoked, a forged cross-site post
+//! refused, the session id renewed at login, logout, an idle session
+//! expiring, and no CSP violation reported by any page.
+//!
+//! Needs Node.js, `chromium` and the pinned tools of `tests/browser`
+//! installed in the folder `CONSOLE_BROWSER_TOOLS` names (`.ci/run` does
+//! both); without them it skips, saying so, unless `REQUIRE_SERVICES=1`.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use contracts::jobs::v1::{self as pb, jobs_service_client::JobsServiceClient};
+use gateway::{
+    keys::TenantId,
+    storage::{
+        GatewayStore as _,
+        operators::{OperatorStore as _, Role},
+        sqlite::SqliteGatewayStore,
+    },
+};
+
+use crate::support::{ScratchDb, nothing_listening, url_of};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// Where the tools are, or why the test cannot run.
+fn tools() -> Result<(PathBuf, PathBuf), String> {
+    let dir = std::env::var_os("CONSOLE_BROWSER_TOOLS")
+        .map(PathBuf::from)
+        .ok_or("CONSOLE_BROWSER_TOOLS is not set (a folder where `npm ci` ran on tests/browser/package-lock.json)")?;
+    if !dir.join("node_modules/playwright-core").is_dir() {
+        return Err(format!(
+            "{} has no node_modules/playwright-core",
+            dir.display()
+        ));
+    }
+    let chromium = std::env::var_os("CHROMIUM")
+        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    if !chromium.exists() {
+        return Err(format!(
+            "no browser at {} (apt-get install chromium)",
+            chromium.display()
+        ));
+    }
+    Ok((dir, chromium))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_works_in_a_real_browser_accessibly_and_without_csp_violations() {
+    let (tools, chromium) = match tools() {
+        Ok(found) => found,
+        Err(missing) if std::env::var("REQUIRE_SERVICES").as_deref() == Ok("1") => {
+            panic!("the browser tests need their tools: {missing}")
+        }
+        Err(missing) => {
+            eprintln!("skipping the console's browser test: {missing}");
+            return;
+        }
+    };
+    let (worker_db, gateway_db) = (ScratchDb::new(), ScratchDb::new());
+    let worker = worker::start(worker::Config::for_tests(&worker_db.url()))
+        .await
+        .unwrap();
+    let gateway_for = |idle: Option<Duration>| {
+        let mut config = gateway::Config::for_tests(
+            &gateway_db.url(),
+            nothing_listening(),
+            url_of(&worker),
+            nothing_listening(),
+        );
+        if let Some(idle) = idle {
+            config.console.idle_timeout = idle;
+        }
+        gateway::start(config)
+    };
+    let gateway = gateway_for(None).await.unwrap();
+    let idle_gateway = gateway_for(Some(Duration::from_secs(1))).await.unwrap();
+
+    let store = SqliteGatewayStore::connect(&gateway_db.url())
+        .await
+        .unwrap();
+    let root = gateway::console::create_operator(&store, "root", PASSWORD, Role::Admin, "test")
+        .await
+        .unwrap();
+    let secret: [u8; 20] = std::array::from_fn(|i| u8::try_from(i * 7 + 3).unwrap());
+    store.enrol_totp(root.id, &secret, &[]).await.unwrap();
+    store
+        .create_tenant(&TenantId::parse("acme").unwrap(), "Acme")
+        .await
+        .unwrap();
+    let patience = Duration::from_secs(20);
+    let mut jobs = JobsServiceClient::new(
+        service_runtime::traced_channel(
+            &url_of(&worker),
+            &service_runtime::Transport::Plaintext,
+            "worker",
+            patience,
+            patience,
+        )
+        .unwrap(),
+    );
+    // A queue no node runs: the job waits for the browser.
+    let job = jobs
+        .enqueue_job(pb::EnqueueJobRequest {
+            job: Some(pb::JobSpec {
+                kind: "noop".into(),
+                queue: "reports".into(),
+                args: Some(contracts::json::json_to_struct(
+                    &serde_json::json!({"n": 1}),
+                )),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser/console.mjs");
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let mut node = Command::new("node");
+    node.arg(&script)
+        .env(
+            "CONSOLE_URL",
+            format!("http://{}", gateway.http_addr.unwrap()),
+        )
+        .env(
+            "CONSOLE_IDLE_URL",
+            format!("http://{}", idle_gateway.http_addr.unwrap()),
+        )
+        .env("CONSOLE_ADMIN", "root")
+        .env("CONSOLE_PASSWORD", PASSWORD)
+        .env("CONSOLE_TOTP_SECRET_HEX", hex)
+        .env("CONSOLE_JOB_ID", job.id.to_string())
+        .env("CONSOLE_QUEUE", "reports")
+        .env("CONSOLE_TENANT", "acme")
+        .env("CONSOLE_BROWSER_TOOLS", &tools)
+        .env("CHROMIUM", &chromium);
+    let output = tokio::task::spawn_blocking(move || node.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "the browser run failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("ok - an idle session expires"), "{stdout}");
+
+    // No page drew a CSP violation report (the gateways keep them).
+    for running in [&gateway, &idle_gateway] {
+        let reports =
+            service_runtime::testing::http_get(running.admin_addr, "/console/csp-reports", &[])
+                .await
+                .unwrap();
+        assert_eq!(reports.status, 200);
+        assert_eq!(reports.body.trim(), "[]", "CSP violations were reported");
+    }
+    idle_gateway.shutdown().await;
+    gateway.shutdown().await;
+    worker.shutdown().await;
+}
