@@ -168,6 +168,15 @@ try {
   await page.waitForURL(`${base}/console/jobs`);
   check(await page.getByRole("link", { name: `Resume queue ${queue}` }).isVisible(), "the paused queue offers resume");
 
+  // The pipeline and the anomalies.
+  await page.getByRole("link", { name: "Pipeline", exact: true }).click();
+  check(await page.getByRole("heading", { name: "Ingest pipeline" }).isVisible(), "the pipeline page shows");
+  await inspect(page, "pipeline");
+  await page.getByRole("link", { name: "Anomalies", exact: true }).click();
+  check(await page.getByRole("heading", { name: "Anomalous windows" }).isVisible(), "the anomalies page shows");
+  check(await page.getByRole("img", { name: /^30 readings from 20 to 95/ }).isVisible(), "an anomalous window's chart is drawn");
+  await inspect(page, "anomalies");
+
   // Tenants: create a key (shown once) and revoke it.
   await page.getByRole("link", { name: "Tenants", exact: true }).click();
   await inspect(page, "tenants");

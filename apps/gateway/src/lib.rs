@@ -195,6 +195,7 @@ fn console_state<S: storage::GatewayStore>(
         config.console,
         api.backends.clone(),
         api.worker.clone(),
+        api.ingest.clone(),
         api.auth.peppers.clone(),
         config.status_timeout,
     )

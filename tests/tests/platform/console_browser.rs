@@ -22,7 +22,7 @@ use gateway::{
     },
 };
 
-use crate::support::{ScratchDb, nothing_listening, url_of};
+use crate::support::{Backends, ScratchDb, url_of};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -60,16 +60,15 @@ async fn the_console_works_in_a_real_browser_accessibly_and_without_csp_violatio
             return;
         }
     };
-    let (worker_db, gateway_db) = (ScratchDb::new(), ScratchDb::new());
-    let worker = worker::start(worker::Config::for_tests(&worker_db.url()))
-        .await
-        .unwrap();
+    let backends = Backends::start_connected().await;
+    let worker = &backends.worker;
+    let gateway_db = ScratchDb::new();
     let gateway_for = |idle: Option<Duration>| {
         let mut config = gateway::Config::for_tests(
             &gateway_db.url(),
-            nothing_listening(),
-            url_of(&worker),
-            nothing_listening(),
+            url_of(&backends.ingest),
+            url_of(worker),
+            url_of(&backends.numerics),
         );
         if let Some(idle) = idle {
             config.console.idle_timeout = idle;
@@ -94,7 +93,7 @@ async fn the_console_works_in_a_real_browser_accessibly_and_without_csp_violatio
     let patience = Duration::from_secs(20);
     let mut jobs = JobsServiceClient::new(
         service_runtime::traced_channel(
-            &url_of(&worker),
+            &url_of(worker),
             &service_runtime::Transport::Plaintext,
             "worker",
             patience,
@@ -119,6 +118,30 @@ async fn the_console_works_in_a_real_browser_accessibly_and_without_csp_violatio
         .into_inner()
         .job
         .unwrap();
+
+    // An anomalous window of acme's, so the anomalies page has a chart.
+    let mut ingest = contracts::ingest::v1::ingest_service_client::IngestServiceClient::new(
+        service_runtime::traced_channel(
+            &url_of(&backends.ingest),
+            &service_runtime::Transport::Plaintext,
+            "ingest",
+            patience,
+            patience,
+        )
+        .unwrap(),
+    );
+    let now = chrono::Utc::now() - chrono::Duration::minutes(10);
+    let window =
+        chrono::DateTime::from_timestamp(now.timestamp() - now.timestamp().rem_euclid(60), 0)
+            .unwrap();
+    ingest
+        .publish_readings(contracts::ingest::v1::PublishReadingsRequest {
+            readings: crate::readings::readings(window),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    crate::readings::first_window_result(&mut ingest, std::time::Instant::now()).await;
 
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser/console.mjs");
     let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
@@ -164,5 +187,5 @@ async fn the_console_works_in_a_real_browser_accessibly_and_without_csp_violatio
     }
     idle_gateway.shutdown().await;
     gateway.shutdown().await;
-    worker.shutdown().await;
+    backends.shutdown().await;
 }

@@ -35,6 +35,27 @@ impl Backends {
         }
     }
 
+    /// The three apps wired as in production: the worker calls this
+    /// ingest and this numerics (windows close, are aggregated and scored).
+    pub async fn start_connected() -> Self {
+        let worker_db = ScratchDb::new();
+        let ingest = ingest::start(ingest::Config::for_tests(&worker_db.url()))
+            .await
+            .unwrap();
+        let numerics = numerics::start(numerics::Config::for_tests())
+            .await
+            .unwrap();
+        let mut worker = worker::Config::for_tests(&worker_db.url());
+        worker.ingest_url = url_of(&ingest);
+        worker.numerics_url = url_of(&numerics);
+        Self {
+            worker: worker::start(worker).await.unwrap(),
+            ingest,
+            numerics,
+            _worker_db: worker_db,
+        }
+    }
+
     pub async fn shutdown(self) {
         tokio::join!(
             self.ingest.shutdown(),

@@ -21,7 +21,9 @@ use serde::Deserialize;
 use super::{
     ConsoleState,
     guard::Nonce,
-    pages::{Nav, audit, bad_csrf, csrf_ok, page, signed_in, unavailable},
+    pages::{
+        Nav, as_operator, audit, backend_error, bad_csrf, csrf_ok, page, signed_in, unavailable,
+    },
     session::SignedIn,
 };
 use crate::storage::{GatewayStore, operators::Role};
@@ -47,46 +49,15 @@ fn state_name(raw: i32) -> &'static str {
         .map_or("unknown", |(name, _)| *name)
 }
 
-/// A request to the worker acting for `operator`.
-fn as_operator<T>(signed: &SignedIn, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    // Usernames are `a-z 0-9 . _ -`: always a valid header value.
-    if let Ok(value) = format!("operator:{}", signed.operator.username).parse() {
-        request
-            .metadata_mut()
-            .insert(security::policy::PRINCIPAL_METADATA, value);
-    }
-    request
-}
-
 fn client<S>(state: &ConsoleState<S>) -> JobsServiceClient<service_runtime::TracedChannel> {
     JobsServiceClient::new(state.worker.clone())
 }
 
-/// The worker's refusal as the page shows it.
 fn worker_error(status: &tonic::Status) -> Response {
-    let (code, text) = match status.code() {
-        tonic::Code::NotFound => (StatusCode::NOT_FOUND, "no such job or queue".to_owned()),
-        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            status.message().to_owned(),
-        ),
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "worker: unavailable; the page will work again once it is back".to_owned(),
-        ),
-        _ => {
-            tracing::error!(%status, "console: the worker failed a call");
-            (
-                StatusCode::BAD_GATEWAY,
-                "worker: the call failed; see the gateway's log".to_owned(),
-            )
-        }
-    };
-    (code, format!("{text}\n")).into_response()
+    backend_error("worker", status)
 }
 
-fn time(at: Option<&prost_types::Timestamp>) -> String {
+pub(super) fn time(at: Option<&prost_types::Timestamp>) -> String {
     at.and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
         .map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
 }

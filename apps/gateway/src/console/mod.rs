@@ -11,6 +11,10 @@
 //! - `jobs`: the jobs pages (queues, the filtered list, a job's detail,
 //!   confirmed actions), through the worker's `platform.jobs.v1` API acting
 //!   for the operator;
+//! - `pipeline`: ingest's stages (in, out, failed, in flight, rate) and the
+//!   bytes held against the ceiling, as Broadway Dashboard shows them;
+//! - `anomalies`: a tenant's anomalous windows with server-drawn SVG charts
+//!   of their readings;
 //! - `tenants`: tenants and their API keys (create, revoke, rotate; a new
 //!   secret shown once), on the gateway's own store;
 //! - `pages`: the handlers and their askama templates (escaped by
@@ -21,10 +25,12 @@
 //! to a loopback address. A gateway serving plain HTTP on any other
 //! address does not mount the console at all (and says so at start).
 
+mod anomalies;
 mod guard;
 mod jobs;
 mod pages;
 pub mod password;
+mod pipeline;
 mod session;
 mod tenants;
 pub mod totp;
@@ -73,8 +79,12 @@ pub(crate) struct ConsoleState<S> {
     pub(crate) hasher: password::Hasher,
     pub(crate) settings: ConsoleSettings,
     pub(crate) backends: Backends,
-    /// The worker's channel (the jobs pages).
+    /// The worker's channel (the jobs pages, webhooks).
     pub(crate) worker: service_runtime::TracedChannel,
+    /// Ingest (the pipeline and anomalies pages).
+    pub(crate) ingest: contracts::ingest::v1::ingest_service_client::IngestServiceClient<
+        service_runtime::TracedChannel,
+    >,
     /// The key peppers (creating and rotating tenants' keys).
     pub(crate) peppers: Arc<crate::tenancy::Peppers>,
     pub(crate) status_timeout: Duration,
@@ -92,6 +102,9 @@ impl<S: GatewayStore> ConsoleState<S> {
         settings: ConsoleSettings,
         backends: Backends,
         worker: service_runtime::TracedChannel,
+        ingest: contracts::ingest::v1::ingest_service_client::IngestServiceClient<
+            service_runtime::TracedChannel,
+        >,
         peppers: Arc<crate::tenancy::Peppers>,
         status_timeout: Duration,
     ) -> Result<Self, password::HashError> {
@@ -105,6 +118,7 @@ impl<S: GatewayStore> ConsoleState<S> {
             settings,
             backends,
             worker,
+            ingest,
             peppers,
             status_timeout,
             account_failures: Arc::new(Limiter::new(quota(LOGIN_FAILURES_PER_ACCOUNT))),

@@ -57,6 +57,8 @@ pub(super) fn routes<S: GatewayStore>(state: ConsoleState<S>) -> Router {
         )
         .route("/console/operators/role", post(set_role::<S>))
         .route("/console/audit", get(audit_page::<S>))
+        .route("/console/pipeline", get(super::pipeline::show::<S>))
+        .route("/console/anomalies", get(super::anomalies::show::<S>))
         .route("/console/tenants", get(super::tenants::list::<S>))
         .route(
             "/console/tenants/{tenant}",
@@ -150,6 +152,44 @@ pub(super) async fn signed_in<S: GatewayStore>(
         }
         Err(NoSession::Store(error)) => Err(unavailable(&error)),
     }
+}
+
+/// A request to another app acting for the signed-in operator
+/// (`x-platform-principal: operator:<name>`): the app's policy grants the
+/// operator's calls and its audit log names them.
+pub(super) fn as_operator<T>(signed: &SignedIn, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    // Usernames are `a-z 0-9 . _ -`: always a valid header value.
+    if let Ok(value) = format!("operator:{}", signed.operator.username).parse() {
+        request
+            .metadata_mut()
+            .insert(security::policy::PRINCIPAL_METADATA, value);
+    }
+    request
+}
+
+/// Another app's refusal as a page shows it: what the operator can act on
+/// (not found, invalid, unavailable), anything else logged.
+pub(super) fn backend_error(app: &'static str, status: &tonic::Status) -> Response {
+    let (code, text) = match status.code() {
+        tonic::Code::NotFound => (StatusCode::NOT_FOUND, format!("{app}: not found")),
+        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{app}: {}", status.message()),
+        ),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{app}: unavailable; the page will work again once it is back"),
+        ),
+        _ => {
+            tracing::error!(%status, app, "console: a backend call failed");
+            (
+                StatusCode::BAD_GATEWAY,
+                format!("{app}: the call failed; see the gateway's log"),
+            )
+        }
+    };
+    (code, format!("{text}\n")).into_response()
 }
 
 /// Whether a form's token is this session's (constant time).

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::{
     ConsoleState,
-    pages::{Nav, audit, bad_csrf, csrf_ok, page, signed_in, unavailable},
+    pages::{Nav, as_operator, audit, bad_csrf, csrf_ok, page, signed_in, unavailable},
     session::SignedIn,
 };
 use crate::{
@@ -90,6 +90,98 @@ pub(super) async fn list<S: GatewayStore>(
     })
 }
 
+/// One webhook delivery's row.
+struct DeliveryRow {
+    id: String,
+    event: String,
+    state: String,
+    attempts: i32,
+    last_status: String,
+    last_error: String,
+    updated: String,
+}
+
+/// One webhook endpoint with its latest deliveries.
+struct EndpointRow {
+    id: String,
+    url: String,
+    description: String,
+    events: String,
+    enabled: bool,
+    disabled_reason: String,
+    deliveries: Vec<DeliveryRow>,
+}
+
+/// Deliveries shown per endpoint.
+const DELIVERIES: u32 = 10;
+
+/// The tenant's webhook endpoints with their latest deliveries, from the
+/// worker acting for the operator; `Err` names why they could not be read
+/// (the page shows the keys anyway).
+async fn webhooks<S>(
+    state: &ConsoleState<S>,
+    signed: &SignedIn,
+    tenant: &TenantId,
+) -> Result<Vec<EndpointRow>, String> {
+    use contracts::webhooks::v1::{self as hooks, webhooks_service_client::WebhooksServiceClient};
+    let mut client = WebhooksServiceClient::new(state.worker.clone());
+    let unreadable =
+        |status: tonic::Status| format!("webhooks: the worker did not answer ({})", status.code());
+    let endpoints = client
+        .list_endpoints(as_operator(
+            signed,
+            hooks::ListEndpointsRequest {
+                tenant_id: tenant.to_string(),
+            },
+        ))
+        .await
+        .map_err(unreadable)?
+        .into_inner()
+        .endpoints;
+    let mut rows = Vec::with_capacity(endpoints.len());
+    for endpoint in endpoints {
+        let deliveries = client
+            .list_deliveries(as_operator(
+                signed,
+                hooks::ListDeliveriesRequest {
+                    tenant_id: tenant.to_string(),
+                    endpoint_id: endpoint.endpoint_id.clone(),
+                    page_size: DELIVERIES,
+                    page_token: String::new(),
+                },
+            ))
+            .await
+            .map_err(unreadable)?
+            .into_inner()
+            .deliveries;
+        rows.push(EndpointRow {
+            id: endpoint.endpoint_id,
+            url: endpoint.url,
+            description: endpoint.description,
+            events: endpoint.events.join(", "),
+            enabled: endpoint.enabled,
+            disabled_reason: endpoint.disabled_reason,
+            deliveries: deliveries
+                .into_iter()
+                .map(|d| DeliveryRow {
+                    id: d.delivery_id,
+                    event: d.event,
+                    state: d.state,
+                    attempts: d.attempts,
+                    last_status: if d.last_status == 0 {
+                        String::new()
+                    } else {
+                        d.last_status.to_string()
+                    },
+                    last_error: d.last_error,
+                    updated: super::jobs::time(d.updated_at.as_ref()),
+                })
+                .collect(),
+        });
+    }
+    Ok(rows)
+}
+
 /// One key's row.
 struct KeyRow {
     id: String,
@@ -114,6 +206,8 @@ struct TenantPage {
     name: String,
     state: &'static str,
     keys: Vec<KeyRow>,
+    endpoints: Vec<EndpointRow>,
+    webhooks_error: Option<String>,
     scopes: Vec<&'static str>,
     error: Option<String>,
     /// A secret just made: shown on this answer only.
@@ -157,6 +251,10 @@ async fn tenant_page<S: GatewayStore>(
         Ok(keys) => keys,
         Err(error) => return unavailable(&error),
     };
+    let (endpoints, webhooks_error) = match webhooks(state, signed, id).await {
+        Ok(endpoints) => (endpoints, None),
+        Err(error) => (Vec::new(), Some(error)),
+    };
     let now = Utc::now();
     let nav = Nav::of(signed);
     let status = if outcome.error.is_some() {
@@ -186,6 +284,8 @@ async fn tenant_page<S: GatewayStore>(
                 last_used: when(k.last_used_at),
             })
             .collect(),
+        endpoints,
+        webhooks_error,
         scopes: SCOPES.to_vec(),
         error: outcome.error,
         secret: outcome.secret,
