@@ -190,20 +190,12 @@ fn console_state<S: storage::GatewayStore>(
         );
         return Ok(None);
     }
-    console::ConsoleState::new(
-        store.clone(),
-        config.console,
-        api.backends.clone(),
-        api.worker.clone(),
-        api.ingest.clone(),
-        api.auth.peppers.clone(),
-        config.status_timeout,
-    )
-    .map(Some)
-    .map_err(|e| StartError::Dependency {
-        what: "console password hasher",
-        message: e.to_string(),
-    })
+    console::ConsoleState::new(store.clone(), config, api)
+        .map(Some)
+        .map_err(|e| StartError::Dependency {
+            what: "console password hasher",
+            message: e.to_string(),
+        })
 }
 
 /// Whether the console may be served: its `Secure` cookie reaches the

@@ -311,6 +311,23 @@ impl<S: JobStore> JobsService for JobsApi<S> {
         }))
     }
 
+    async fn discard_job(
+        &self,
+        request: Request<pb::DiscardJobRequest>,
+    ) -> Result<Response<pb::DiscardJobResponse>, Status> {
+        let actor = security::audit::peer_actor(&request);
+        let id = request.into_inner().id;
+        let job = audited(
+            &actor,
+            "job.discard",
+            &id.to_string(),
+            self.store.discard(id).await.map_err(status),
+        )?;
+        Ok(Response::new(pb::DiscardJobResponse {
+            job: Some(job_to_pb(job)),
+        }))
+    }
+
     async fn retry_job(
         &self,
         request: Request<pb::RetryJobRequest>,

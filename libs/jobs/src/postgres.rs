@@ -805,6 +805,22 @@ impl JobStore for PgStore {
         Ok(job)
     }
 
+    async fn discard(&self, id: i64) -> Result<Job, JobsError> {
+        let sql = format!(
+            "UPDATE jobs.job SET state = 'discarded', finalized_at = now()
+             WHERE id = $1 AND state IN ('available', 'scheduled', 'retryable')
+             RETURNING {JOB_COLUMNS}"
+        );
+        let Some(row) = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Err(crate::store::unmatched(self, id, crate::store::NOT_WAITING).await);
+        };
+        job_from_row(&row)
+    }
+
     async fn queue_counts(&self) -> Result<Vec<QueueCounts>, JobsError> {
         let rows = sqlx::query(
             "SELECT coalesce(c.queue, q.name) AS queue, coalesce(q.paused, false) AS paused,

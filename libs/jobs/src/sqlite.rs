@@ -639,6 +639,25 @@ impl JobStore for SqliteStore {
         Ok(job)
     }
 
+    async fn discard(&self, id: i64) -> Result<Job, JobsError> {
+        let sql = format!(
+            "UPDATE jobs_job SET state = 'discarded', finalized_at = ?1
+             WHERE id = ?2 AND state IN ('available', 'scheduled', 'retryable')
+             RETURNING {JOB_COLUMNS}"
+        );
+        let mut tx = self.write().await?;
+        let row = sqlx::query(&sql)
+            .bind(micros(Utc::now()))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let Some(row) = row else {
+            return Err(crate::store::unmatched(self, id, crate::store::NOT_WAITING).await);
+        };
+        job_from_row(&row)
+    }
+
     async fn queue_counts(&self) -> Result<Vec<QueueCounts>, JobsError> {
         let rows = sqlx::query(
             "SELECT queue, state, count(*) AS n, min(scheduled_at) AS oldest

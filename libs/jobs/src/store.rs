@@ -149,6 +149,11 @@ pub trait JobStore: Clone + Send + Sync + 'static {
     /// now, granting an attempt if it had none left.
     fn retry(&self, id: i64) -> impl Future<Output = Result<Job, JobsError>> + Send;
 
+    /// Gives up on a job that is waiting (available, scheduled or
+    /// retryable): it becomes `discarded`, keeps its history, and can be
+    /// retried by hand later. An executing job is cancelled instead.
+    fn discard(&self, id: i64) -> impl Future<Output = Result<Job, JobsError>> + Send;
+
     /// Per-queue counts by state.
     fn queue_counts(&self) -> impl Future<Output = Result<Vec<QueueCounts>, JobsError>> + Send;
 
@@ -258,6 +263,9 @@ pub(crate) fn outcome_refunds_attempt(outcome: &Outcome) -> bool {
 
 /// Why cancelling matched no row.
 pub(crate) const ALREADY_FINISHED: &str = "it has already finished";
+/// Why discarding matched no row.
+pub(crate) const NOT_WAITING: &str =
+    "only an available, scheduled or retryable job can be discarded (cancel an executing one)";
 /// Why retrying matched no row.
 pub(crate) const NOT_RETRYABLE: &str =
     "only a discarded, cancelled, retryable or scheduled job can be retried";

@@ -245,6 +245,33 @@ async fn operators_inspect_filter_and_steer_jobs_and_viewers_only_look() {
         after.body
     );
 
+    // Discard the waiting job: it stays, discarded, and can be retried.
+    let discarded = ops
+        .confirm(
+            &format!("/console/jobs/{first}/discard"),
+            &format!("/console/jobs/{first}/discard"),
+        )
+        .await;
+    assert_eq!(discarded.status, 303, "{}", discarded.body);
+    let after = ops.get(&format!("/console/jobs/{first}")).await;
+    assert!(
+        after.body.contains("<dt>State</dt><dd>discarded</dd>"),
+        "{}",
+        after.body
+    );
+    assert!(
+        after.body.contains(&format!("/console/jobs/{first}/retry")),
+        "{}",
+        after.body
+    );
+    assert!(
+        !after
+            .body
+            .contains(&format!("/console/jobs/{first}/discard\"")),
+        "{}",
+        after.body
+    );
+
     // Pause and resume a queue.
     let paused = ops
         .confirm(
@@ -284,7 +311,13 @@ async fn operators_inspect_filter_and_steer_jobs_and_viewers_only_look() {
 
     // Every action is in the gateway's audit log, with who did it.
     let log = store_log(&store).await;
-    for action in ["job.cancel", "job.retry", "queue.pause", "queue.resume"] {
+    for action in [
+        "job.cancel",
+        "job.retry",
+        "job.discard",
+        "queue.pause",
+        "queue.resume",
+    ] {
         assert!(
             log.iter().any(|(who, what)| who == "ops" && what == action),
             "{action} in {log:?}"

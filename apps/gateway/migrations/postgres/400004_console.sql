@@ -23,6 +23,16 @@ CREATE TABLE gateway.operator_recovery_code (
   PRIMARY KEY (operator_id, code_digest)
 );
 
+-- One-time password-reset links an admin makes (by the SHA-256 of the
+-- token in the link's fragment): valid until expires_at, once.
+CREATE TABLE gateway.operator_reset (
+  token_digest bytea PRIMARY KEY CHECK (length(token_digest) = 32),
+  operator_id  bigint NOT NULL REFERENCES gateway.operator ON DELETE CASCADE,
+  created_at   timestamptz NOT NULL DEFAULT now(),
+  expires_at   timestamptz NOT NULL,
+  used_at      timestamptz
+);
+
 CREATE TABLE gateway.operator_session (
   token_digest bytea PRIMARY KEY CHECK (length(token_digest) = 32),
   operator_id  bigint NOT NULL REFERENCES gateway.operator ON DELETE CASCADE,

@@ -19,6 +19,14 @@ CREATE TABLE gateway_operator_recovery_code (
   PRIMARY KEY (operator_id, code_digest)
 );
 
+CREATE TABLE gateway_operator_reset (
+  token_digest BLOB PRIMARY KEY CHECK (length(token_digest) = 32),
+  operator_id  INTEGER NOT NULL REFERENCES gateway_operator (operator_id) ON DELETE CASCADE,
+  created_at   INTEGER NOT NULL,
+  expires_at   INTEGER NOT NULL,
+  used_at      INTEGER
+);
+
 CREATE TABLE gateway_operator_session (
   token_digest BLOB PRIMARY KEY CHECK (length(token_digest) = 32),
   operator_id  INTEGER NOT NULL REFERENCES gateway_operator (operator_id) ON DELETE CASCADE,

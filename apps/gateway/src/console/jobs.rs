@@ -1,7 +1,7 @@
 //! The jobs pages, as Oban Web shows them: every queue's depth by state
 //! with its oldest waiting job, a filterable and paginated job list, a
 //! job's detail with its arguments, attempts and errors, and the actions
-//! (cancel, retry; pause and resume a queue), each confirmed on its own
+//! (cancel, retry, discard; pause and resume a queue), each confirmed on its own
 //! page and recorded in the audit log. Everything goes through the
 //! worker's `platform.jobs.v1` API, acting for the signed-in operator
 //! (`x-platform-principal: operator:<name>`): the worker applies and audits
@@ -297,6 +297,7 @@ struct JobPage {
     errors: Vec<ErrorRow>,
     can_cancel: bool,
     can_retry: bool,
+    can_discard: bool,
     notice: Option<String>,
 }
 
@@ -370,9 +371,11 @@ pub(super) async fn detail<S: GatewayStore>(
             .collect(),
         can_cancel: !matches!(state_now, "completed" | "discarded" | "cancelled"),
         can_retry: matches!(state_now, "discarded" | "cancelled" | "retryable"),
+        can_discard: matches!(state_now, "available" | "scheduled" | "retryable"),
         notice: match notice.done.as_str() {
             "cancel" => Some("Cancelled (an executing job is told to stop).".to_owned()),
             "retry" => Some("Made available again.".to_owned()),
+            "discard" => Some("Discarded (retry it to run it again).".to_owned()),
             _ => None,
         },
         kind: job.kind,
@@ -400,6 +403,7 @@ fn job_action(action: &str) -> Option<(&'static str, &'static str)> {
     match action {
         "cancel" => Some(("Cancel", "cancel")),
         "retry" => Some(("Retry now", "retry")),
+        "discard" => Some(("Discard", "discard")),
         _ => None,
     }
 }
@@ -465,6 +469,10 @@ pub(super) async fn act_on_job<S: GatewayStore>(
             .map(|r| r.into_inner().job),
         "retry" => jobs
             .retry_job(as_operator(&signed, pb::RetryJobRequest { id }))
+            .await
+            .map(|r| r.into_inner().job),
+        "discard" => jobs
+            .discard_job(as_operator(&signed, pb::DiscardJobRequest { id }))
             .await
             .map(|r| r.into_inner().job),
         _ => return (StatusCode::NOT_FOUND, "no such action\n").into_response(),
@@ -605,6 +613,7 @@ mod tests {
     fn only_known_actions_are_offered() {
         assert_eq!(job_action("cancel"), Some(("Cancel", "cancel")));
         assert_eq!(job_action("retry"), Some(("Retry now", "retry")));
+        assert_eq!(job_action("discard"), Some(("Discard", "discard")));
         assert_eq!(job_action("delete"), None);
         assert_eq!(state_name(pb::JobState::Retryable as i32), "retryable");
         assert_eq!(state_name(99), "unknown");

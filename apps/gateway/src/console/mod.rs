@@ -93,20 +93,17 @@ pub(crate) struct ConsoleState<S> {
     /// Login attempts per client address.
     pub(crate) client_attempts: Arc<Limiter<std::net::IpAddr>>,
     pub(crate) csp_reports: CspReports,
+    /// Whether the public listener serves TLS (the scheme of links shown).
+    pub(crate) tls: bool,
 }
 
 impl<S: GatewayStore> ConsoleState<S> {
-    /// The console's state; makes the dummy password hash (one hash's time).
+    /// The console's state from the gateway's settings and the API's
+    /// clients; makes the dummy password hash (one hash's time).
     pub(crate) fn new(
         store: S,
-        settings: ConsoleSettings,
-        backends: Backends,
-        worker: service_runtime::TracedChannel,
-        ingest: contracts::ingest::v1::ingest_service_client::IngestServiceClient<
-            service_runtime::TracedChannel,
-        >,
-        peppers: Arc<crate::tenancy::Peppers>,
-        status_timeout: Duration,
+        config: &crate::Config,
+        api: &crate::routes::AppState<S>,
     ) -> Result<Self, password::HashError> {
         let quota = |n| crate::limits::Quota {
             quota: n,
@@ -115,15 +112,16 @@ impl<S: GatewayStore> ConsoleState<S> {
         Ok(Self {
             store,
             hasher: password::Hasher::new(HASHING_PERMITS)?,
-            settings,
-            backends,
-            worker,
-            ingest,
-            peppers,
-            status_timeout,
+            settings: config.console,
+            backends: api.backends.clone(),
+            worker: api.worker.clone(),
+            ingest: api.ingest.clone(),
+            peppers: api.auth.peppers.clone(),
+            status_timeout: config.status_timeout,
             account_failures: Arc::new(Limiter::new(quota(LOGIN_FAILURES_PER_ACCOUNT))),
             client_attempts: Arc::new(Limiter::new(quota(LOGIN_ATTEMPTS_PER_CLIENT))),
             csp_reports: CspReports::default(),
+            tls: config.http.tls.is_some(),
         })
     }
 }

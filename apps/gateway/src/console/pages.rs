@@ -56,6 +56,9 @@ pub(super) fn routes<S: GatewayStore>(state: ConsoleState<S>) -> Router {
             get(operators_page::<S>).post(create_operator::<S>),
         )
         .route("/console/operators/role", post(set_role::<S>))
+        .route("/console/operators/reset", post(make_reset_link::<S>))
+        .route("/console/reset", get(reset_page).post(reset_password::<S>))
+        .route("/console/static/reset.js", get(reset_script))
         .route("/console/audit", get(audit_page::<S>))
         .route("/console/pipeline", get(super::pipeline::show::<S>))
         .route("/console/anomalies", get(super::anomalies::show::<S>))
@@ -263,6 +266,17 @@ async fn favicon() -> Response {
             (header::CACHE_CONTROL, "max-age=86400"),
         ],
         include_str!("static/favicon.svg"),
+    )
+        .into_response()
+}
+
+async fn reset_script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("static/reset.js"),
     )
         .into_response()
 }
@@ -1192,6 +1206,179 @@ async fn audit_page<S: GatewayStore>(
             })
             .collect(),
     })
+}
+
+// ---- password reset links (admins make them, the operator spends one) -------
+
+/// How long a reset link works.
+const RESET_VALID: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+
+#[derive(Deserialize)]
+struct ResetLinkForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    username: String,
+}
+
+/// Makes a one-time reset link for another operator and shows it once.
+/// The token travels in the link's fragment (`#...`), which browsers never
+/// send to a server or put in a `Referer`: no secret in any URL a server
+/// or proxy logs.
+async fn make_reset_link<S: GatewayStore>(
+    State(state): State<ConsoleState<S>>,
+    headers: HeaderMap,
+    Form(form): Form<ResetLinkForm>,
+) -> Response {
+    let signed = match signed_in(&state, &headers, Role::Admin).await {
+        Ok(signed) => signed,
+        Err(response) => return response,
+    };
+    if !csrf_ok(&signed, &form.csrf) {
+        return bad_csrf();
+    }
+    let target = match state.store.operator(&form.username).await {
+        Ok(Some(target)) => target,
+        Ok(None) => {
+            return operators_form(
+                &state,
+                &signed,
+                Some(format!("username: no operator {:?}", form.username)),
+                None,
+            )
+            .await;
+        }
+        Err(error) => return unavailable(&error),
+    };
+    let token = match session::new_token() {
+        Ok(token) => token,
+        Err(error) => return unavailable(&error),
+    };
+    let expires = Utc::now() + RESET_VALID;
+    if let Err(error) = state
+        .store
+        .create_reset(&session::digest(&token), target.id, expires)
+        .await
+    {
+        return unavailable(&error);
+    }
+    if let Err(response) = audit(
+        &state,
+        &signed.operator.username,
+        "operator.reset_link",
+        format!("operator {}", target.username),
+        format!("valid until {}", expires.format("%Y-%m-%d %H:%M UTC")),
+    )
+    .await
+    {
+        return response;
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("this-console");
+    let scheme = if state.tls { "https" } else { "http" };
+    operators_form(
+        &state,
+        &signed,
+        None,
+        Some(format!(
+            "One-time link for {} (works once, for {} hours; shown only now): {scheme}://{host}/console/reset#{token}",
+            target.username,
+            RESET_VALID.num_hours()
+        )),
+    )
+    .await
+}
+
+#[derive(Template)]
+#[template(path = "console/reset.html")]
+struct ResetPage {
+    nonce: String,
+    error: Option<String>,
+    username: String,
+}
+
+async fn reset_page(Extension(nonce): Extension<Nonce>) -> Response {
+    page(&ResetPage {
+        nonce: nonce.0,
+        error: None,
+        username: String::new(),
+    })
+}
+
+#[derive(Deserialize)]
+struct ResetForm {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    new: String,
+}
+
+async fn reset_password<S: GatewayStore>(
+    State(state): State<ConsoleState<S>>,
+    Extension(nonce): Extension<Nonce>,
+    client: Option<Extension<ClientAddr>>,
+    Form(form): Form<ResetForm>,
+) -> Response {
+    let client = client.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.0);
+    let username = form.username.trim().to_lowercase();
+    let refuse = |error: String, status: StatusCode| {
+        let mut response = page(&ResetPage {
+            nonce: nonce.0.clone(),
+            error: Some(error),
+            username: username.clone(),
+        });
+        *response.status_mut() = status;
+        response
+    };
+    if !state
+        .client_attempts
+        .check(&client, std::time::Instant::now())
+        .allowed
+    {
+        return refuse(
+            "reset: too many attempts from your address; wait a few minutes".into(),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
+    // The policy first, so a weak password does not spend the link.
+    if let Err(weak) = password::check_policy(&form.new, &username) {
+        return refuse(weak.to_string(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    let digest = session::digest(form.code.trim());
+    let operator = match state.store.use_reset(&digest, &username, Utc::now()).await {
+        Ok(Some(operator)) => operator,
+        Ok(None) => {
+            return refuse(
+                "code: not a valid reset link for this username (used, expired, or mistyped); ask an admin for a new one".into(),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            );
+        }
+        Err(error) => return unavailable(&error),
+    };
+    let hash = match state.hasher.hash(&form.new).await {
+        Ok(hash) => hash,
+        Err(error) => return unavailable(&error),
+    };
+    // Ends every session of the account.
+    if let Err(error) = state.store.set_password(operator.id, &hash).await {
+        return unavailable(&error);
+    }
+    if let Err(response) = audit(
+        &state,
+        &operator.username,
+        "operator.password_reset",
+        format!("operator {}", operator.username),
+        format!("from {client}"),
+    )
+    .await
+    {
+        return response;
+    }
+    Redirect::to("/console/login").into_response()
 }
 
 // ---- CSP reports ------------------------------------------------------------

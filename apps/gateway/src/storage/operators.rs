@@ -157,6 +157,25 @@ pub trait OperatorStore: Clone + Send + Sync + 'static {
         digest: &[u8; 32],
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Records a one-time password-reset link for an operator, found by
+    /// `token_digest`, valid until `expires_at`.
+    fn create_reset(
+        &self,
+        token_digest: &[u8; 32],
+        operator_id: i64,
+        expires_at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Spends a reset link at `now`: its operator if the link exists, is
+    /// unused and unexpired, and belongs to `username` (the link is then
+    /// used up); `None` otherwise.
+    fn use_reset(
+        &self,
+        token_digest: &[u8; 32],
+        username: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<OperatorAccount>, StoreError>> + Send;
+
     /// Starts a session found by `token_digest`.
     fn create_session(
         &self,
@@ -251,6 +270,50 @@ mod pg {
 }
 
 impl OperatorStore for PgGatewayStore {
+    async fn create_reset(
+        &self,
+        token_digest: &[u8; 32],
+        operator_id: i64,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO gateway.operator_reset (token_digest, operator_id, expires_at)
+             VALUES ($1, $2, $3)",
+        )
+        .bind(token_digest.as_slice())
+        .bind(operator_id)
+        .bind(expires_at)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn use_reset(
+        &self,
+        token_digest: &[u8; 32],
+        username: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<OperatorAccount>, StoreError> {
+        let sql = format!(
+            "WITH spent AS (
+               UPDATE gateway.operator_reset r SET used_at = $3
+               FROM gateway.operator o
+               WHERE r.token_digest = $1 AND r.operator_id = o.operator_id AND o.username = $2
+                 AND r.used_at IS NULL AND r.expires_at > $3
+               RETURNING r.operator_id)
+             SELECT {OPERATOR_COLUMNS_IN_JOIN} FROM spent JOIN gateway.operator o USING (operator_id)"
+        );
+        sqlx::query(&sql)
+            .bind(token_digest.as_slice())
+            .bind(username)
+            .bind(now)
+            .fetch_optional(self.pool())
+            .await?
+            .as_ref()
+            .map(pg::operator)
+            .transpose()
+    }
+
     async fn create_operator(
         &self,
         username: &str,
@@ -562,6 +625,55 @@ mod lite {
 }
 
 impl OperatorStore for SqliteGatewayStore {
+    async fn create_reset(
+        &self,
+        token_digest: &[u8; 32],
+        operator_id: i64,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO gateway_operator_reset (token_digest, operator_id, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(token_digest.as_slice())
+        .bind(operator_id)
+        .bind(lite::micros(Utc::now()))
+        .bind(lite::micros(expires_at))
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn use_reset(
+        &self,
+        token_digest: &[u8; 32],
+        username: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<OperatorAccount>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let spent: Option<i64> = sqlx::query_scalar(
+            "UPDATE gateway_operator_reset SET used_at = ?3
+             WHERE token_digest = ?1 AND used_at IS NULL AND expires_at > ?3
+               AND operator_id = (SELECT operator_id FROM gateway_operator WHERE username = ?2)
+             RETURNING operator_id",
+        )
+        .bind(token_digest.as_slice())
+        .bind(username)
+        .bind(lite::micros(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(operator_id) = spent else {
+            return Ok(None);
+        };
+        let sql = format!("SELECT {OPERATOR_COLUMNS} FROM gateway_operator WHERE operator_id = ?1");
+        let row = sqlx::query(&sql)
+            .bind(operator_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        lite::operator(&row).map(Some)
+    }
+
     async fn create_operator(
         &self,
         username: &str,

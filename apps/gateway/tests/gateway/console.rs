@@ -787,3 +787,110 @@ async fn operators_create_revoke_and_rotate_a_tenants_keys_and_viewers_only_look
     }
     console.stop().await;
 }
+
+#[tokio::test]
+async fn an_admins_one_time_link_resets_a_password_once_and_ends_the_old_sessions() {
+    use gateway::storage::operators::OperatorStore as _;
+    let owned = Console::start(|_| {}).await;
+    let console = &owned;
+    console.operator("ada", Role::Viewer).await;
+    console.operator("root", Role::Admin).await;
+    let root_id = console.store.operator("root").await.unwrap().unwrap().id;
+    let secret = [9u8; 20];
+    console
+        .store
+        .enrol_totp(root_id, &secret, &[])
+        .await
+        .unwrap();
+    let (ada_session, _) = console.login("ada", PASSWORD).await;
+    let (root, _) = console.login("root", PASSWORD).await;
+    let ask = console.get("/console/second-factor", Some(&root)).await;
+    let code = gateway::console::totp::code(&secret, now());
+    console
+        .post(
+            "/console/second-factor",
+            Some(&root),
+            &[("csrf", &csrf(&ask)), ("code", &code)],
+        )
+        .await;
+    let operators = console.get("/console/operators", Some(&root)).await;
+    assert_eq!(operators.status, 200, "{}", operators.body);
+    let made = console
+        .post(
+            "/console/operators/reset",
+            Some(&root),
+            &[("csrf", &csrf(&operators)), ("username", "ada")],
+        )
+        .await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    let start = made.body.find("/console/reset#").unwrap() + 15;
+    let token: String = made.body[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    assert_eq!(token.len(), 43, "{}", made.body);
+
+    let page = console.get("/console/reset", None).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body
+            .contains("<script src=\"/console/static/reset.js\" nonce=\"")
+    );
+    let reset = |name: &'static str, code: String, new: &'static str| async move {
+        console
+            .post(
+                "/console/reset",
+                None,
+                &[("username", name), ("code", &code), ("new", new)],
+            )
+            .await
+    };
+    let wrong_user = reset("root", token.clone(), "a brand new passphrase").await;
+    assert_eq!(wrong_user.status, 422);
+    assert!(
+        wrong_user
+            .body
+            .contains("code: not a valid reset link for this username")
+    );
+    let weak = reset("ada", token.clone(), "password1234").await;
+    assert_eq!(weak.status, 422);
+    assert!(
+        weak.body
+            .contains("password: is one of the 20,000 most common")
+    );
+    let done = reset("ada", token.clone(), "a brand new passphrase").await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert_eq!(location(&done), "/console/login");
+    let again = reset("ada", token.clone(), "yet another passphrase").await;
+    assert_eq!(again.status, 422, "a link works once");
+
+    assert_eq!(
+        console.get("/console", Some(&ada_session)).await.status,
+        303
+    );
+    let old = console
+        .post(
+            "/console/login",
+            None,
+            &[("username", "ada"), ("password", PASSWORD)],
+        )
+        .await;
+    assert_eq!(old.status, 401);
+    let (_, next) = console.login("ada", "a brand new passphrase").await;
+    assert_eq!(next, "/console");
+    let log = console.store.audit_log(20).await.unwrap();
+    for action in ["operator.reset_link", "operator.password_reset"] {
+        assert!(log.iter().any(|e| e.action == action), "{action}");
+    }
+    // Viewers cannot make links.
+    let (ada, _) = console.login("ada", "a brand new passphrase").await;
+    let refused = console
+        .post(
+            "/console/operators/reset",
+            Some(&ada),
+            &[("csrf", "x"), ("username", "root")],
+        )
+        .await;
+    assert_eq!(refused.status, 403);
+    owned.stop().await;
+}

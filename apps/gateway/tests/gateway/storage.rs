@@ -325,6 +325,41 @@ async fn operators_sessions_and_the_audit_log(store: impl GatewayStore) {
     assert!(!store.use_recovery_code(root.id, &[11u8; 32]).await.unwrap());
     assert!(store.use_recovery_code(root.id, &[12u8; 32]).await.unwrap());
 
+    // Reset links: the right operator, unexpired, once.
+    let (link, stale) = ([20u8; 32], [21u8; 32]);
+    store
+        .create_reset(&link, root.id, now + Duration::hours(24))
+        .await
+        .unwrap();
+    store
+        .create_reset(&stale, root.id, now - Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.use_reset(&link, "ada", now).await.unwrap(),
+        None,
+        "another operator's name"
+    );
+    assert_eq!(
+        store.use_reset(&stale, "root", now).await.unwrap(),
+        None,
+        "expired"
+    );
+    assert_eq!(
+        store
+            .use_reset(&link, "root", now)
+            .await
+            .unwrap()
+            .unwrap()
+            .username,
+        "root"
+    );
+    assert_eq!(
+        store.use_reset(&link, "root", now).await.unwrap(),
+        None,
+        "used"
+    );
+
     // Sweeping: idle or too old.
     store
         .create_session(&a2, root.id, "csrf", now - Duration::hours(13))

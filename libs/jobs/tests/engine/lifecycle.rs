@@ -4,6 +4,7 @@ both_stores!(a_stale_attempt_cannot_overwrite_a_newer_one);
 both_stores!(outcomes_set_state_errors_and_attempts);
 both_stores!(cancel_reaches_every_non_terminal_state);
 both_stores!(a_discarded_or_cancelled_job_can_be_retried_by_hand);
+both_stores!(a_waiting_job_can_be_discarded_by_hand_and_retried_later);
 both_stores!(a_paused_queue_is_not_claimed_until_resumed);
 both_stores!(a_global_limit_holds_across_nodes);
 both_stores!(listing_filters_and_pages_newest_first);
@@ -225,6 +226,51 @@ mod body {
                 "only a discarded, cancelled, retryable or scheduled job can be retried"
             ),
             "{error}"
+        );
+    }
+
+    pub async fn a_waiting_job_can_be_discarded_by_hand_and_retried_later<S: JobStore>(store: S) {
+        let inserted = store
+            .insert_many(&[
+                NewJob::new("noop", json!({"n": 1})),
+                NewJob::new("noop", json!({"n": 2}))
+                    .scheduled_in(std::time::Duration::from_secs(3600)),
+                NewJob::new("noop", json!({"n": 3})),
+            ])
+            .await
+            .unwrap();
+        let (available, scheduled) = (inserted[0].job.id, inserted[1].job.id);
+        for id in [available, scheduled] {
+            let discarded = store.discard(id).await.unwrap();
+            assert_eq!(discarded.state, JobState::Discarded);
+            assert!(discarded.finalized_at.is_some());
+        }
+        // A discarded job is never claimed; the other one is.
+        let claimed = claim_one(&store, "n").await;
+        assert_eq!(claimed.id, inserted[2].job.id);
+        assert!(
+            store
+                .claim("default", 10, "n", None)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // An executing job is cancelled, not discarded; a finished one neither.
+        for id in [claimed.id, available] {
+            let error = store.discard(id).await.unwrap_err().to_string();
+            assert!(
+                error.ends_with("only an available, scheduled or retryable job can be discarded (cancel an executing one)"),
+                "{error}"
+            );
+        }
+        assert_eq!(
+            store.discard(987_654).await.unwrap_err().to_string(),
+            "job 987654 not found"
+        );
+        // Discarding is not the end: it can be retried by hand.
+        assert_eq!(
+            store.retry(available).await.unwrap().state,
+            JobState::Available
         );
     }
 
