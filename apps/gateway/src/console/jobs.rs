@@ -22,7 +22,8 @@ use super::{
     ConsoleState,
     guard::Nonce,
     pages::{
-        Nav, as_operator, audit, backend_error, bad_csrf, csrf_ok, page, signed_in, unavailable,
+        ConfirmPage, Nav, TokenOnly, as_operator, audit, backend_error, bad_csrf, csrf_ok, page,
+        signed_in, unavailable,
     },
     session::SignedIn,
 };
@@ -385,19 +386,6 @@ pub(super) async fn detail<S: GatewayStore>(
 
 // ---- actions, each confirmed --------------------------------------------------
 
-#[derive(Template)]
-#[template(path = "console/confirm.html")]
-struct ConfirmPage {
-    csrf: String,
-    username: String,
-    role: Role,
-    admin: bool,
-    question: String,
-    action: String,
-    button: &'static str,
-    back: String,
-}
-
 /// What an action on a job does, by its path segment.
 fn job_action(action: &str) -> Option<(&'static str, &'static str)> {
     match action {
@@ -440,12 +428,6 @@ pub(super) async fn confirm_job<S: GatewayStore>(
         button,
         back: format!("/console/jobs/{id}"),
     })
-}
-
-#[derive(Deserialize)]
-pub(super) struct TokenOnly {
-    #[serde(default)]
-    csrf: String,
 }
 
 pub(super) async fn act_on_job<S: GatewayStore>(

@@ -248,48 +248,48 @@ impl Nav {
     }
 }
 
-async fn stylesheet() -> Response {
+/// One of the console's own files (compiled in: no file system access).
+fn asset(content_type: &'static str, cache: &'static str, body: &'static str) -> Response {
     (
         [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, cache),
         ],
-        include_str!("static/console.css"),
+        body,
     )
         .into_response()
+}
+
+async fn stylesheet() -> Response {
+    asset(
+        "text/css; charset=utf-8",
+        "no-cache",
+        include_str!("static/console.css"),
+    )
 }
 
 async fn favicon() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "image/svg+xml"),
-            (header::CACHE_CONTROL, "max-age=86400"),
-        ],
+    asset(
+        "image/svg+xml",
+        "max-age=86400",
         include_str!("static/favicon.svg"),
     )
-        .into_response()
 }
 
 async fn reset_script() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
+    asset(
+        "text/javascript; charset=utf-8",
+        "no-cache",
         include_str!("static/reset.js"),
     )
-        .into_response()
 }
 
 async fn refresh_script() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
+    asset(
+        "text/javascript; charset=utf-8",
+        "no-cache",
         include_str!("static/refresh.js"),
     )
-        .into_response()
 }
 
 // ---- login and sessions ---------------------------------------------------
@@ -414,10 +414,27 @@ async fn login<S: GatewayStore>(
     response
 }
 
+/// A form that carries only the session's CSRF token (logout, confirmed
+/// actions).
 #[derive(Deserialize)]
-struct TokenOnly {
+pub(super) struct TokenOnly {
     #[serde(default)]
-    csrf: String,
+    pub(super) csrf: String,
+}
+
+/// The page that confirms an action before it is taken: its question, a
+/// form posting to `action`, and a way back.
+#[derive(Template)]
+#[template(path = "console/confirm.html")]
+pub(super) struct ConfirmPage {
+    pub(super) csrf: String,
+    pub(super) username: String,
+    pub(super) role: Role,
+    pub(super) admin: bool,
+    pub(super) question: String,
+    pub(super) action: String,
+    pub(super) button: &'static str,
+    pub(super) back: String,
 }
 
 async fn logout<S: GatewayStore>(

@@ -12,11 +12,13 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 
 use super::{
     ConsoleState,
-    pages::{Nav, as_operator, audit, bad_csrf, csrf_ok, page, signed_in, unavailable},
+    pages::{
+        ConfirmPage, Nav, TokenOnly, as_operator, audit, bad_csrf, csrf_ok, page, signed_in,
+        unavailable,
+    },
     session::SignedIn,
 };
 use crate::{
@@ -483,19 +485,6 @@ async fn key_error<S: GatewayStore>(
     }
 }
 
-#[derive(Template)]
-#[template(path = "console/confirm.html")]
-struct ConfirmPage {
-    csrf: String,
-    username: String,
-    role: Role,
-    admin: bool,
-    question: String,
-    action: String,
-    button: &'static str,
-    back: String,
-}
-
 fn key_action(action: &str) -> Option<&'static str> {
     match action {
         "revoke" => Some("Revoke"),
@@ -536,12 +525,6 @@ pub(super) async fn confirm_key<S: GatewayStore>(
         button,
         back: format!("/console/tenants/{id}"),
     })
-}
-
-#[derive(Deserialize)]
-pub(super) struct TokenOnly {
-    #[serde(default)]
-    csrf: String,
 }
 
 pub(super) async fn act_on_key<S: GatewayStore>(
