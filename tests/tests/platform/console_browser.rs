@@ -189,3 +189,70 @@ async fn the_console_works_in_a_real_browser_accessibly_and_without_csp_violatio
     gateway.shutdown().await;
     backends.shutdown().await;
 }
+
+/// The MDN HTTP Observatory's tests on the console's login page, served
+/// over TLS as in production (`tests/browser/observatory.mjs`). Nothing
+/// listens for plain HTTP beside it, which the redirection test accepts
+/// ("not needed: no HTTP").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_page_passes_every_mdn_observatory_test_over_tls() {
+    let (tools, _) = match tools() {
+        Ok(found) => found,
+        Err(missing) if std::env::var("REQUIRE_SERVICES").as_deref() == Ok("1") => {
+            panic!("the observatory test needs its tools: {missing}")
+        }
+        Err(missing) => {
+            eprintln!("skipping the console's observatory test: {missing}");
+            return;
+        }
+    };
+    let pki = std::env::temp_dir().join(format!("console-observatory-{}", std::process::id()));
+    security::tls::dev_pki::generate(&pki, &["gateway"]).unwrap();
+    let gateway_db = ScratchDb::new();
+    let mut config = gateway::Config::for_tests(
+        &gateway_db.url(),
+        crate::support::nothing_listening(),
+        crate::support::nothing_listening(),
+        crate::support::nothing_listening(),
+    );
+    config.http.tls = Some(service_runtime::PublicTlsFiles {
+        cert: pki.join("gateway.pem"),
+        key: pki.join("gateway.key"),
+    });
+    let gateway = gateway::start(config).await.unwrap();
+    let https_port = gateway.http_addr.unwrap().port();
+    let http_port = service_runtime::testing::free_local_addr().unwrap().port();
+
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser/observatory.mjs");
+    let mut node = Command::new("node");
+    node.arg(&script)
+        .env("CONSOLE_BROWSER_TOOLS", &tools)
+        .env("OBSERVATORY_HOST", "localhost")
+        .env("OBSERVATORY_PATH", "/console/login")
+        .env("OBSERVATORY_HTTPS_PORT", https_port.to_string())
+        .env("OBSERVATORY_HTTP_PORT", http_port.to_string())
+        .env("NODE_EXTRA_CA_CERTS", pki.join("ca.pem"));
+    let output = tokio::task::spawn_blocking(move || node.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "observatory tests failed:\n{stdout}\n{stderr}"
+    );
+    // Every test ran, and the ones that matter most say what they found.
+    assert_eq!(stdout.lines().count(), 10, "{stdout}");
+    for expected in [
+        "csp-implemented-with-no-unsafe-default-src-none",
+        "hsts-implemented-max-age-at-least-six-months",
+        "x-frame-options-implemented-via-csp",
+        "referrer-policy-private",
+    ] {
+        assert!(stdout.contains(expected), "{expected} in {stdout}");
+    }
+    gateway.shutdown().await;
+    std::fs::remove_dir_all(&pki).ok();
+}
