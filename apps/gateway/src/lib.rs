@@ -1,5 +1,5 @@
-//! The gateway: the platform's public HTTP API and (later) its ops
-//! dashboard. It owns tenants and their API keys ([`storage`], [`keys`],
+//! The gateway: the platform's public HTTP API and its ops console
+//! ([`console`]). It owns tenants and their API keys ([`storage`], [`keys`],
 //! [`tenancy`], managed with the operator commands in [`cli`]) and reaches
 //! the other apps only over gRPC through the contracts; authentication,
 //! rate limits and hardened headers live here as they land.

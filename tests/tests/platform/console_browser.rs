@@ -48,17 +48,25 @@ fn tools() -> Result<(PathBuf, PathBuf), String> {
     Ok((dir, chromium))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_console_works_in_a_real_browser_accessibly_and_without_csp_violations() {
-    let (tools, chromium) = match tools() {
-        Ok(found) => found,
+/// The tools, or `None` after saying why the `test` is skipped; under
+/// `REQUIRE_SERVICES=1` a missing tool fails the test instead.
+fn tools_or_skip(test: &str) -> Option<(PathBuf, PathBuf)> {
+    match tools() {
+        Ok(found) => Some(found),
         Err(missing) if std::env::var("REQUIRE_SERVICES").as_deref() == Ok("1") => {
-            panic!("the browser tests need their tools: {missing}")
+            panic!("the console's {test} test needs its tools: {missing}")
         }
         Err(missing) => {
-            eprintln!("skipping the console's browser test: {missing}");
-            return;
+            eprintln!("skipping the console's {test} test: {missing}");
+            None
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_works_in_a_real_browser_accessibly_and_without_csp_violations() {
+    let Some((tools, chromium)) = tools_or_skip("browser") else {
+        return;
     };
     let backends = Backends::start_connected().await;
     let worker = &backends.worker;
@@ -196,15 +204,8 @@ async fn the_console_works_in_a_real_browser_accessibly_and_without_csp_violatio
 /// ("not needed: no HTTP").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_login_page_passes_every_mdn_observatory_test_over_tls() {
-    let (tools, _) = match tools() {
-        Ok(found) => found,
-        Err(missing) if std::env::var("REQUIRE_SERVICES").as_deref() == Ok("1") => {
-            panic!("the observatory test needs its tools: {missing}")
-        }
-        Err(missing) => {
-            eprintln!("skipping the console's observatory test: {missing}");
-            return;
-        }
+    let Some((tools, _)) = tools_or_skip("observatory") else {
+        return;
     };
     let pki = std::env::temp_dir().join(format!("console-observatory-{}", std::process::id()));
     security::tls::dev_pki::generate(&pki, &["gateway"]).unwrap();

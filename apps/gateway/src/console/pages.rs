@@ -248,38 +248,26 @@ impl Nav {
     }
 }
 
-/// One of the console's own files (compiled in: no file system access).
-fn asset(content_type: &'static str, cache: &'static str, body: &'static str) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, cache),
-        ],
-        body,
-    )
-        .into_response()
+/// One of the console's own files (compiled in: no file system access;
+/// the guard marks it `no-store` like every console answer).
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 async fn stylesheet() -> Response {
     asset(
         "text/css; charset=utf-8",
-        "no-cache",
         include_str!("static/console.css"),
     )
 }
 
 async fn favicon() -> Response {
-    asset(
-        "image/svg+xml",
-        "max-age=86400",
-        include_str!("static/favicon.svg"),
-    )
+    asset("image/svg+xml", include_str!("static/favicon.svg"))
 }
 
 async fn reset_script() -> Response {
     asset(
         "text/javascript; charset=utf-8",
-        "no-cache",
         include_str!("static/reset.js"),
     )
 }
@@ -287,7 +275,6 @@ async fn reset_script() -> Response {
 async fn refresh_script() -> Response {
     asset(
         "text/javascript; charset=utf-8",
-        "no-cache",
         include_str!("static/refresh.js"),
     )
 }
@@ -661,27 +648,6 @@ async fn enrol_page<S: GatewayStore>(
     }
 }
 
-/// Decodes the base32 secret the enrol form carried back.
-fn secret_from_form(raw: &str) -> Option<[u8; 20]> {
-    let mut bits = 0u32;
-    let mut buffer = 0u64;
-    let mut out = Vec::with_capacity(20);
-    for c in raw.trim().chars() {
-        let value = match c {
-            'A'..='Z' => u32::from(c) - u32::from('A'),
-            '2'..='7' => u32::from(c) - u32::from('2') + 26,
-            _ => return None,
-        };
-        buffer = (buffer << 5) | u64::from(value);
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(((buffer >> bits) & 0xff) as u8);
-        }
-    }
-    out.try_into().ok()
-}
-
 async fn enrol<S: GatewayStore>(
     State(state): State<ConsoleState<S>>,
     headers: HeaderMap,
@@ -698,7 +664,7 @@ async fn enrol<S: GatewayStore>(
     if !csrf_ok(&signed, &form.csrf) {
         return bad_csrf();
     }
-    let Some(secret) = secret_from_form(&form.secret) else {
+    let Some(secret) = totp::secret_from_base32(&form.secret) else {
         return (
             StatusCode::UNPROCESSABLE_ENTITY,
             "secret: not the key this page showed; reload the page\n",
@@ -1444,16 +1410,6 @@ async fn csp_report<S: GatewayStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_enrol_form_secret_round_trips_through_base32() {
-        let secret = [
-            7u8, 200, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 255,
-        ];
-        assert_eq!(secret_from_form(&totp::base32(&secret)), Some(secret));
-        assert_eq!(secret_from_form("not base32!"), None);
-        assert_eq!(secret_from_form("MZXW6"), None);
-    }
 
     #[test]
     fn durations_read_in_two_units() {

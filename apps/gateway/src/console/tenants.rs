@@ -325,7 +325,7 @@ pub(super) async fn create_key<S: GatewayStore>(
     State(state): State<ConsoleState<S>>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
     let signed = match signed_in(&state, &headers, Role::Operator).await {
         Ok(signed) => signed,
@@ -334,14 +334,8 @@ pub(super) async fn create_key<S: GatewayStore>(
     let Some(id) = tenant_id(&tenant) else {
         return no_tenant(&tenant);
     };
-    // `scope` repeats: serde_urlencoded reads repeated keys only into a
-    // sequence of pairs, so the form is read as pairs first.
-    let form = match parse_new_key(&body) {
-        Ok(form) => form,
-        Err(error) => {
-            return (StatusCode::UNPROCESSABLE_ENTITY, format!("{error}\n")).into_response();
-        }
-    };
+    // `scope` repeats, one per checked box: read as pairs, then gathered.
+    let form = NewKeyForm::from_pairs(pairs);
     if !csrf_ok(&signed, &form.csrf) {
         return bad_csrf();
     }
@@ -406,55 +400,25 @@ pub(super) async fn create_key<S: GatewayStore>(
     .await
 }
 
-fn parse_new_key(body: &[u8]) -> Result<NewKeyForm, String> {
-    let pairs = form_pairs(body)
-        .ok_or_else(|| "form: not application/x-www-form-urlencoded UTF-8".to_owned())?;
-    let mut form = NewKeyForm {
-        csrf: String::new(),
-        name: String::new(),
-        scope: Vec::new(),
-        expires_in_days: String::new(),
-    };
-    for (key, value) in pairs {
-        match key.as_str() {
-            "csrf" => form.csrf = value,
-            "name" => form.name = value,
-            "scope" => form.scope.push(value),
-            "expires_in_days" => form.expires_in_days = value,
-            _ => {}
-        }
-    }
-    Ok(form)
-}
-
-/// Decodes `a=b&c=d` (`+` as space, `%XX` escapes).
-fn form_pairs(body: &[u8]) -> Option<Vec<(String, String)>> {
-    let decode = |raw: &[u8]| -> Option<String> {
-        let mut out = Vec::with_capacity(raw.len());
-        let mut i = 0;
-        while i < raw.len() {
-            match raw[i] {
-                b'+' => out.push(b' '),
-                b'%' => {
-                    let hex = std::str::from_utf8(raw.get(i + 1..i + 3)?).ok()?;
-                    out.push(u8::from_str_radix(hex, 16).ok()?);
-                    i += 2;
-                }
-                b => out.push(b),
+impl NewKeyForm {
+    fn from_pairs(pairs: Vec<(String, String)>) -> Self {
+        let mut form = Self {
+            csrf: String::new(),
+            name: String::new(),
+            scope: Vec::new(),
+            expires_in_days: String::new(),
+        };
+        for (key, value) in pairs {
+            match key.as_str() {
+                "csrf" => form.csrf = value,
+                "name" => form.name = value,
+                "scope" => form.scope.push(value),
+                "expires_in_days" => form.expires_in_days = value,
+                _ => {}
             }
-            i += 1;
         }
-        String::from_utf8(out).ok()
-    };
-    body.split(|b| *b == b'&')
-        .filter(|part| !part.is_empty())
-        .map(|part| {
-            let mut halves = part.splitn(2, |b| *b == b'=');
-            let key = decode(halves.next()?)?;
-            let value = decode(halves.next().unwrap_or_default())?;
-            Some((key, value))
-        })
-        .collect()
+        form
+    }
 }
 
 async fn key_error<S: GatewayStore>(
@@ -589,14 +553,17 @@ mod tests {
 
     #[test]
     fn repeated_form_fields_are_all_kept() {
-        let form = parse_new_key(
-            b"csrf=t0k&name=ci+bot%21&scope=readings%3Awrite&scope=results%3Aread&expires_in_days=",
-        )
-        .unwrap();
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let form = NewKeyForm::from_pairs(vec![
+            pair("csrf", "t0k"),
+            pair("name", "ci bot"),
+            pair("scope", "readings:write"),
+            pair("scope", "results:read"),
+            pair("other", "ignored"),
+        ]);
         assert_eq!(form.csrf, "t0k");
-        assert_eq!(form.name, "ci bot!");
+        assert_eq!(form.name, "ci bot");
         assert_eq!(form.scope, ["readings:write", "results:read"]);
         assert_eq!(form.expires_in_days, "");
-        assert!(parse_new_key(b"name=%zz").is_err());
     }
 }

@@ -592,20 +592,8 @@ impl OperatorStore for PgGatewayStore {
 
 mod lite {
     use super::*;
+    pub(super) use crate::storage::sqlite::{micros, time};
     use sqlx::sqlite::SqliteRow;
-
-    pub(super) fn micros(at: DateTime<Utc>) -> i64 {
-        at.timestamp_micros()
-    }
-
-    pub(super) fn time(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let raw: Option<i64> = row.try_get(column)?;
-        raw.map(|m| {
-            DateTime::from_timestamp_micros(m)
-                .ok_or_else(|| StoreError::Corrupt(format!("{column} {m} is not a time")))
-        })
-        .transpose()
-    }
 
     pub(super) fn operator(row: &SqliteRow) -> Result<OperatorAccount, StoreError> {
         Ok(OperatorAccount {

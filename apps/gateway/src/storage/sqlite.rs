@@ -51,11 +51,11 @@ impl SqliteGatewayStore {
     }
 }
 
-fn micros(at: DateTime<Utc>) -> i64 {
+pub(super) fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
 
-fn time(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+pub(super) fn time(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
     let raw: Option<i64> = row.try_get(column)?;
     raw.map(|m| {
         DateTime::from_timestamp_micros(m)
