@@ -9,6 +9,8 @@
 //   CONSOLE_BROWSER_TOOLS (the folder with node_modules), CHROMIUM,
 //   CONSOLE_SCREENSHOTS (optional: a folder for one PNG per page).
 //
+// The tenant has a dead letter (event id e2e-bad, value NaN) to correct.
+//
 // Prints one "ok - ..." line per check; exits 1 at the first failure.
 
 import { createHmac } from "node:crypto";
@@ -172,6 +174,22 @@ try {
   await page.getByRole("link", { name: "Pipeline", exact: true }).click();
   check(await page.getByRole("heading", { name: "Ingest pipeline" }).isVisible(), "the pipeline page shows");
   await inspect(page, "pipeline");
+
+  // Dead letters: inspect one, correct it and resubmit it.
+  await page.getByRole("link", { name: "Dead letters", exact: true }).click();
+  await page.getByLabel("Tenant").selectOption(tenant);
+  await page.getByRole("button", { name: "Show" }).click();
+  await inspect(page, "dead-letters");
+  await page.getByRole("row").filter({ hasText: "e2e-bad" }).getByRole("link").click();
+  check(await page.getByRole("heading", { name: new RegExp(`^Dead letter \\d+ of ${tenant}$`) }).isVisible(), "a dead letter shows");
+  check(await page.getByText("must be finite").isVisible(), "the letter says what is wrong");
+  await inspect(page, "dead-letter");
+  await page.getByLabel("Value", { exact: true }).fill("20.5");
+  await page.getByRole("button", { name: "Resubmit corrected reading" }).click();
+  await page.waitForURL((url) => url.pathname === "/console/dead-letters" && url.searchParams.get("done") === "resubmitted");
+  check(await page.getByText("The reading was stored and its dead letter removed.").isVisible(), "the corrected reading is stored");
+  check((await page.getByRole("row").filter({ hasText: "e2e-bad" }).count()) === 0, "its dead letter is gone");
+
   await page.getByRole("link", { name: "Anomalies", exact: true }).click();
   check(await page.getByRole("heading", { name: "Anomalous windows" }).isVisible(), "the anomalies page shows");
   check(await page.getByRole("img", { name: /^30 readings from 20 to 95/ }).isVisible(), "an anomalous window's chart is drawn");
@@ -199,7 +217,7 @@ try {
     await inspect(page, name);
   }
   await page.getByRole("link", { name: "Audit log", exact: true }).click();
-  for (const action of ["job.cancel", "job.retry", "queue.pause", "key.create", "key.revoke"]) {
+  for (const action of ["job.cancel", "job.retry", "queue.pause", "dead_letter.resubmit", "key.create", "key.revoke"]) {
     check(await page.getByRole("cell", { name: action, exact: true }).first().isVisible(), `the audit log records ${action}`);
   }
 

@@ -18,9 +18,13 @@ use tracing::Instrument as _;
 
 use crate::{
     error::ApiError,
+    handler::{self, ReadingsHandler, ResubmitError},
     source::grpc::{Admission, Outcome, Ticket, WhenFull},
     stats::Pipelines,
-    store::{ReadingStore, ResultQuery, Statistics, StoredResult, WindowQuery},
+    store::{
+        DeadLetterQuery, ReadingStore, ResultQuery, Statistics, StoredDeadLetter, StoredResult,
+        WindowQuery,
+    },
 };
 
 /// Most batches of one stream waiting for their acknowledgement; beyond it
@@ -33,6 +37,9 @@ const MAX_PAGE: u32 = 10_000;
 /// Default and largest prune batch.
 const DEFAULT_PRUNE: u32 = 10_000;
 const MAX_PRUNE: u32 = 100_000;
+/// Default and largest page of dead letters.
+const DEFAULT_DEAD_LETTERS: u32 = 50;
+const MAX_DEAD_LETTERS: u32 = 500;
 
 /// The gRPC handler over the pipeline and the store.
 #[derive(Debug, Clone)]
@@ -42,6 +49,7 @@ pub(crate) struct IngestApi<S> {
     admission: Admission,
     pipelines: Pipelines,
     max_batch_readings: usize,
+    handler: Arc<ReadingsHandler<S>>,
 }
 
 pub(crate) fn server<S: ReadingStore>(
@@ -49,8 +57,10 @@ pub(crate) fn server<S: ReadingStore>(
     admission: Admission,
     pipelines: Pipelines,
     max_batch_readings: usize,
+    handler: Arc<ReadingsHandler<S>>,
 ) -> IngestServiceServer<IngestApi<S>> {
     IngestServiceServer::new(IngestApi {
+        handler,
         store,
         series: Arc::default(),
         admission,
@@ -611,5 +621,177 @@ impl<S: ReadingStore> IngestService for IngestApi<S> {
             deleted,
             results_deleted,
         }))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        let request = request.into_inner();
+        let before_id = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                request
+                    .page_token
+                    .parse::<i64>()
+                    .map_err(|_| ApiError::invalid("page_token", "malformed"))?,
+            )
+        };
+        let limit = match request.page_size {
+            0 => DEFAULT_DEAD_LETTERS,
+            n => n.min(MAX_DEAD_LETTERS),
+        };
+        let letters = self
+            .store
+            .list_dead_letters(&DeadLetterQuery {
+                tenant_id: Some(request.tenant_id).filter(|t| !t.is_empty()),
+                before_id,
+                limit,
+            })
+            .await?;
+        let next_page_token = match letters.last() {
+            Some(last) if letters.len() == limit as usize => last.id.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListDeadLettersResponse {
+            dead_letters: letters.into_iter().map(dead_letter_to_wire).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_dead_letter(
+        &self,
+        request: Request<pb::GetDeadLetterRequest>,
+    ) -> Result<Response<pb::GetDeadLetterResponse>, Status> {
+        let request = request.into_inner();
+        let tenant = Some(request.tenant_id.as_str()).filter(|t| !t.is_empty());
+        let letter = self
+            .store
+            .get_dead_letter(tenant, request.id)
+            .await?
+            .ok_or_else(|| no_dead_letter(tenant, request.id))?;
+        Ok(Response::new(pb::GetDeadLetterResponse {
+            dead_letter: Some(dead_letter_to_wire(letter)),
+        }))
+    }
+
+    async fn resubmit_dead_letter(
+        &self,
+        request: Request<pb::ResubmitDeadLetterRequest>,
+    ) -> Result<Response<pb::ResubmitDeadLetterResponse>, Status> {
+        let actor = security::audit::peer_actor(&request);
+        let request = request.into_inner();
+        let tenant = Some(request.tenant_id.as_str()).filter(|t| !t.is_empty());
+        let letter = self
+            .store
+            .get_dead_letter(tenant, request.id)
+            .await?
+            .ok_or_else(|| no_dead_letter(tenant, request.id))?;
+        let (prefix, mut reading) = match request.corrected {
+            Some(corrected) => ("corrected.", corrected),
+            None => {
+                let payload = serde_json::from_str(&letter.letter.payload)
+                    .map_err(|e| crate::store::corrupt("dead_letter.payload", e.to_string()))?;
+                let reading = handler::reading_from_payload(&payload).ok_or_else(|| {
+                    ApiError::invalid(
+                        "corrected",
+                        "is required: this letter holds bytes that did not decode",
+                    )
+                })?;
+                ("reading.", reading)
+            }
+        };
+        // A letter's tenant binds its resubmission, as a subject binds a
+        // NATS message: a reading naming no tenant takes the letter's.
+        if let Some(tenant) = tenant {
+            if reading.tenant_id.is_empty() {
+                tenant.clone_into(&mut reading.tenant_id);
+            } else if reading.tenant_id != tenant {
+                return Err(ApiError::invalid(
+                    format!("{prefix}tenant_id"),
+                    format!("names another tenant than the letter's ({tenant})"),
+                )
+                .into());
+            }
+        }
+        let target = format!(
+            "dead letter {} of {}",
+            request.id,
+            tenant.map_or_else(|| "no known tenant".to_owned(), |t| format!("tenant {t}"))
+        );
+        let outcome = self.handler.resubmit(tenant, request.id, reading).await;
+        security::audit::record(&security::audit::AuditEvent {
+            actor: &actor,
+            action: "dead_letter.resubmit",
+            target: &target,
+            outcome: security::audit::AuditOutcome::of(&outcome),
+        });
+        match outcome {
+            Ok(Some(report)) => Ok(Response::new(pb::ResubmitDeadLetterResponse {
+                stored: report.inserted > 0,
+            })),
+            Ok(None) => Err(no_dead_letter(tenant, request.id).into()),
+            Err(ResubmitError::Invalid(rejection)) => Err(ApiError::invalid(
+                format!("{prefix}{}", rejection.field),
+                format!("{} (the letter is kept)", rejection.reason),
+            )
+            .into()),
+            Err(ResubmitError::Store(error)) => Err(ApiError::Store(error.into()).into()),
+        }
+    }
+
+    async fn discard_dead_letter(
+        &self,
+        request: Request<pb::DiscardDeadLetterRequest>,
+    ) -> Result<Response<pb::DiscardDeadLetterResponse>, Status> {
+        let actor = security::audit::peer_actor(&request);
+        let request = request.into_inner();
+        let tenant = Some(request.tenant_id.as_str()).filter(|t| !t.is_empty());
+        let removed = self.store.discard_dead_letter(tenant, request.id).await;
+        let target = format!(
+            "dead letter {} of {}",
+            request.id,
+            tenant.map_or_else(|| "no known tenant".to_owned(), |t| format!("tenant {t}"))
+        );
+        security::audit::record(&security::audit::AuditEvent {
+            actor: &actor,
+            action: "dead_letter.discard",
+            target: &target,
+            outcome: security::audit::AuditOutcome::of(&removed),
+        });
+        if removed? {
+            Ok(Response::new(pb::DiscardDeadLetterResponse {}))
+        } else {
+            Err(no_dead_letter(tenant, request.id).into())
+        }
+    }
+}
+
+/// Not found, and not told apart from another tenant's letter.
+fn no_dead_letter(tenant: Option<&str>, id: i64) -> ApiError {
+    ApiError::NotFound(match tenant {
+        Some(tenant) => format!("id: no dead letter {id} of tenant {tenant}"),
+        None => format!("id: no dead letter {id} without a known tenant"),
+    })
+}
+
+/// A stored dead letter on the wire, with the reading it holds when its
+/// payload decodes to one.
+fn dead_letter_to_wire(stored: StoredDeadLetter) -> pb::DeadLetter {
+    let letter = stored.letter;
+    let reading = serde_json::from_str(&letter.payload)
+        .ok()
+        .and_then(|payload| handler::reading_from_payload(&payload));
+    pb::DeadLetter {
+        id: stored.id,
+        tenant_id: letter.tenant_id.unwrap_or_default(),
+        source: letter.source,
+        event_id: letter.event_id.unwrap_or_default(),
+        field: letter.field,
+        reason: letter.reason,
+        payload_json: letter.payload,
+        received_at: Some(proto_stamp(stored.received_at)),
+        reading,
     }
 }

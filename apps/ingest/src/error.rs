@@ -41,6 +41,9 @@ pub enum ApiError {
     /// Part of a unary publish was not stored (the acknowledgement's error).
     #[error("{0}")]
     NotStored(String),
+    /// What the request names does not exist (or is another tenant's).
+    #[error("{0}")]
+    NotFound(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -84,6 +87,16 @@ fn transient(error: &sqlx::Error) -> bool {
     }
 }
 
+impl From<crate::sink::SinkError> for StoreError {
+    /// A sink failure as the store's: the database's, or the jobs tables'.
+    fn from(error: crate::sink::SinkError) -> Self {
+        match error {
+            crate::sink::SinkError::Database(error) => error.into(),
+            crate::sink::SinkError::Jobs(error) => Self::Jobs(error),
+        }
+    }
+}
+
 impl From<StoreError> for Status {
     fn from(error: StoreError) -> Self {
         ApiError::Store(error).into()
@@ -95,6 +108,7 @@ impl From<ApiError> for Status {
         match error {
             ApiError::Invalid { .. } => Status::invalid_argument(error.to_string()),
             ApiError::OtherTenant { .. } => Status::permission_denied(error.to_string()),
+            ApiError::NotFound(_) => Status::not_found(error.to_string()),
             ApiError::Full => {
                 let mut status = Status::resource_exhausted(error.to_string());
                 if let Ok(value) = RETRY_PUSHBACK.as_millis().to_string().parse() {

@@ -14,6 +14,7 @@ use pipeline::{Failure, FailureKind, Handler, ItemFailure, Processed};
 
 use crate::{
     reading::{Limits, Reading, Rejection},
+    sink::{SinkError, WriteReport},
     store::{DeadLetter, ReadingStore},
     tenants::DeletedTenants,
     window::Windowing,
@@ -85,6 +86,7 @@ impl Borrow<Reading> for Accepted {
 }
 
 /// Validation, batching into the sink, dead letters.
+#[derive(Debug)]
 pub struct ReadingsHandler<S> {
     store: S,
     windowing: Windowing,
@@ -115,6 +117,102 @@ impl<S: ReadingStore> ReadingsHandler<S> {
                 .add(n as u64, &[KeyValue::new("outcome", outcome)]);
         }
     }
+}
+
+/// Why a resubmitted dead letter was not stored; either way the letter is
+/// left as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum ResubmitError {
+    /// The reading fails validation again.
+    #[error("{0}")]
+    Invalid(Rejection),
+    /// The database failed; nothing was written.
+    #[error("{0}")]
+    Store(#[from] SinkError),
+}
+
+impl<S: ReadingStore> ReadingsHandler<S> {
+    /// Runs a dead letter's reading through the pipeline's validation
+    /// again and, if it passes, stores it in place of the letter (one
+    /// transaction, windows and aggregation jobs as for any batch).
+    /// `Ok(None)`: no such letter of `tenant_id`'s, nothing written.
+    pub async fn resubmit(
+        &self,
+        tenant_id: Option<&str>,
+        id: i64,
+        reading: pb::Reading,
+    ) -> Result<Option<WriteReport>, ResubmitError> {
+        let reading =
+            Reading::parse(reading, Utc::now(), &self.limits).map_err(ResubmitError::Invalid)?;
+        if self.deleted.contains(&reading.tenant_id) {
+            return Err(ResubmitError::Invalid(Rejection {
+                field: "tenant_id",
+                reason: "the tenant was deleted; nothing more is stored for it".to_owned(),
+            }));
+        }
+        let report = self
+            .store
+            .resubmit_dead_letter(tenant_id, id, &reading, &self.windowing)
+            .await?;
+        if let Some(report) = &report {
+            self.count("stored", report.inserted);
+            self.count("duplicate", report.duplicates);
+        }
+        Ok(report)
+    }
+}
+
+/// The reading a dead letter's payload holds, as [`payload`] wrote it;
+/// `None` for undecodable bytes (nothing to resubmit but a correction).
+pub fn reading_from_payload(payload: &serde_json::Value) -> Option<pb::Reading> {
+    let object = payload.as_object()?;
+    if object.contains_key("bytes_hex") {
+        return None;
+    }
+    let text = |key: &str| {
+        object
+            .get(key)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let observed_at = object
+        .get("observed_at")
+        .and_then(serde_json::Value::as_object)
+        .map(|at| prost_types::Timestamp {
+            seconds: at
+                .get("seconds")
+                .and_then(serde_json::Value::as_i64)
+                .unwrap_or_default(),
+            nanos: at
+                .get("nanos")
+                .and_then(serde_json::Value::as_i64)
+                .and_then(|n| i32::try_from(n).ok())
+                .unwrap_or_default(),
+        });
+    let attributes = object
+        .get("attributes")
+        .and_then(serde_json::Value::as_object)
+        .map(|map| {
+            map.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(pb::Reading {
+        event_id: text("event_id"),
+        tenant_id: text("tenant_id"),
+        device_id: text("device_id"),
+        metric: text("metric"),
+        // JSON has no NaN or infinity: a `null` value was one of them, and
+        // stays invalid until corrected.
+        value: object
+            .get("value")
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(f64::NAN),
+        observed_at,
+        attributes,
+    })
 }
 
 /// Splits a rejection's `field: reason` back apart (field names never hold
@@ -277,5 +375,44 @@ impl<S: ReadingStore> Handler for ReadingsHandler<S> {
         self.count("rejected", letters.len());
         self.count("dropped_deleted_tenant", dropped);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letters_payload_gives_back_the_reading_it_was() {
+        let reading = pb::Reading {
+            event_id: "e-1".into(),
+            tenant_id: "acme".into(),
+            device_id: "d-1".into(),
+            metric: "temperature_c".into(),
+            value: 21.5,
+            observed_at: Some(prost_types::Timestamp {
+                seconds: 1_796_000_000,
+                nanos: 250,
+            }),
+            attributes: [("site".to_owned(), "north".to_owned())].into(),
+        };
+        assert_eq!(
+            reading_from_payload(&payload(&reading)),
+            Some(reading.clone())
+        );
+        // JSON keeps no NaN: it comes back as NaN, still invalid.
+        let nan = pb::Reading {
+            value: f64::NAN,
+            observed_at: None,
+            ..reading
+        };
+        let back = reading_from_payload(&payload(&nan)).unwrap();
+        assert!(back.value.is_nan());
+        assert_eq!(back.observed_at, None);
+        // Undecodable bytes hold no reading.
+        assert_eq!(
+            reading_from_payload(&undecodable_payload(b"\xff\x00")),
+            None
+        );
     }
 }

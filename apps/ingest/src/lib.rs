@@ -102,6 +102,7 @@ async fn serve<S: ReadingStore>(config: Config, store: S) -> Result<Running, Sta
         config.limits.clone(),
         deleted.clone(),
     ));
+    let resubmitter = handler.clone();
     let (admission, producer) = source::grpc::queue(config.queue_bytes);
     let grpc_pipeline = pipeline::start(
         "ingest.grpc",
@@ -132,6 +133,7 @@ async fn serve<S: ReadingStore>(config: Config, store: S) -> Result<Running, Sta
             admission,
             pipelines,
             config.max_batch_readings,
+            resubmitter,
         ))
         .readiness_check("database", move || {
             let store = ping.clone();

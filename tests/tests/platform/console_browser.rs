@@ -142,9 +142,18 @@ async fn the_console_works_in_a_real_browser_accessibly_and_without_csp_violatio
     let window =
         chrono::DateTime::from_timestamp(now.timestamp() - now.timestamp().rem_euclid(60), 0)
             .unwrap();
+    // The anomalous window, and one reading validation refuses (a dead
+    // letter for the browser to correct).
+    let mut readings = crate::readings::readings(window);
+    readings.push(contracts::ingest::v1::Reading {
+        event_id: "e2e-bad".into(),
+        device_id: "boiler-9".into(),
+        value: f64::NAN,
+        ..readings[0].clone()
+    });
     ingest
         .publish_readings(contracts::ingest::v1::PublishReadingsRequest {
-            readings: crate::readings::readings(window),
+            readings,
             ..Default::default()
         })
         .await

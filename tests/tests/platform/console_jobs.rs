@@ -4,84 +4,13 @@
 //! on their own pages, a queue paused and resumed, every action in the
 //! gateway's audit log, and a viewer refused every action.
 
+use crate::support::{
+    ScratchDb,
+    console::{Browser, PASSWORD, header},
+    nothing_listening, url_of,
+};
 use contracts::jobs::v1::{self as pb, jobs_service_client::JobsServiceClient};
 use gateway::storage::{operators::Role, sqlite::SqliteGatewayStore};
-use service_runtime::testing::{TestResponse, http_request};
-
-use crate::support::{ScratchDb, nothing_listening, url_of};
-
-const PASSWORD: &str = "correct horse battery staple";
-
-struct Browser {
-    addr: std::net::SocketAddr,
-    cookie: String,
-}
-
-impl Browser {
-    async fn login(addr: std::net::SocketAddr, name: &str) -> Self {
-        let response = http_request(
-            addr,
-            "POST",
-            "/console/login",
-            &[
-                ("Content-Type", "application/x-www-form-urlencoded"),
-                ("Sec-Fetch-Site", "same-origin"),
-            ],
-            &format!("username={name}&password={}", PASSWORD.replace(' ', "+")),
-        )
-        .await
-        .unwrap();
-        assert_eq!(response.status, 303, "{}", response.body);
-        let cookie = header(&response, "set-cookie")
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned();
-        Self { addr, cookie }
-    }
-
-    async fn get(&self, path: &str) -> TestResponse {
-        http_request(self.addr, "GET", path, &[("Cookie", &self.cookie)], "")
-            .await
-            .unwrap()
-    }
-
-    /// Posts the form of the page at `page` (its CSRF token) to `action`.
-    async fn confirm(&self, page: &str, action: &str) -> TestResponse {
-        let confirm = self.get(page).await;
-        assert_eq!(confirm.status, 200, "{}", confirm.body);
-        assert!(
-            confirm
-                .body
-                .contains(&format!("<form method=\"post\" action=\"{action}\">")),
-            "{}",
-            confirm.body
-        );
-        let start = confirm.body.find("name=\"csrf\" value=\"").unwrap() + 19;
-        let csrf = confirm.body[start..].split('"').next().unwrap();
-        http_request(
-            self.addr,
-            "POST",
-            action,
-            &[
-                ("Cookie", &self.cookie),
-                ("Content-Type", "application/x-www-form-urlencoded"),
-                ("Sec-Fetch-Site", "same-origin"),
-            ],
-            &format!("csrf={csrf}"),
-        )
-        .await
-        .unwrap()
-    }
-}
-
-fn header<'a>(response: &'a TestResponse, name: &str) -> &'a str {
-    response
-        .headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map_or("", |(_, v)| v.as_str())
-}
 
 fn spec(kind: &str, queue: &str, tags: &[&str], args: serde_json::Value) -> pb::JobSpec {
     pb::JobSpec {
@@ -169,7 +98,7 @@ async fn operators_inspect_filter_and_steer_jobs_and_viewers_only_look() {
             .body
             .contains(&format!("<a href=\"/console/jobs/{first}\">"))
     );
-    let rows = |page: &TestResponse| {
+    let rows = |page: &service_runtime::testing::TestResponse| {
         page.body
             .matches("<tr><th scope=\"row\"><a href=\"/console/jobs/")
             .count()

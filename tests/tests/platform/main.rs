@@ -13,6 +13,7 @@
 
 mod backup;
 mod console_browser;
+mod console_dead_letters;
 mod console_insight;
 mod console_jobs;
 mod database_roles;

@@ -108,3 +108,96 @@ pub async fn start_gateway(
     config.status_timeout = Duration::from_secs(2);
     gateway::start(config).await.unwrap()
 }
+
+/// The console as a browser without JavaScript sees it: a session cookie
+/// and forms with their CSRF token.
+pub mod console {
+    use service_runtime::testing::{TestResponse, http_request};
+
+    /// Every test operator's password (meets the policy).
+    pub const PASSWORD: &str = "correct horse battery staple";
+
+    /// A signed-in console session over plain HTTP requests.
+    pub struct Browser {
+        addr: std::net::SocketAddr,
+        cookie: String,
+    }
+
+    impl Browser {
+        /// Logs `name` in with [`PASSWORD`].
+        pub async fn login(addr: std::net::SocketAddr, name: &str) -> Self {
+            let response = http_request(
+                addr,
+                "POST",
+                "/console/login",
+                &[
+                    ("Content-Type", "application/x-www-form-urlencoded"),
+                    ("Sec-Fetch-Site", "same-origin"),
+                ],
+                &format!("username={name}&password={}", PASSWORD.replace(' ', "+")),
+            )
+            .await
+            .unwrap();
+            assert_eq!(response.status, 303, "{}", response.body);
+            let cookie = header(&response, "set-cookie")
+                .split(';')
+                .next()
+                .unwrap()
+                .to_owned();
+            Self { addr, cookie }
+        }
+
+        /// GETs `path` with the session.
+        pub async fn get(&self, path: &str) -> TestResponse {
+            http_request(self.addr, "GET", path, &[("Cookie", &self.cookie)], "")
+                .await
+                .unwrap()
+        }
+
+        /// Posts the form of the page at `page` (its CSRF token) to `action`,
+        /// checking the page holds a form posting there.
+        pub async fn confirm(&self, page: &str, action: &str) -> TestResponse {
+            self.post_form(page, action, "").await
+        }
+
+        /// Posts `form` (URL-encoded fields, without the token) with the
+        /// CSRF token of the page at `page` to `action`, checking the page
+        /// holds a form posting there.
+        pub async fn post_form(&self, page: &str, action: &str, form: &str) -> TestResponse {
+            let shown = self.get(page).await;
+            assert_eq!(shown.status, 200, "{}", shown.body);
+            let html_action = action.replace('&', "&amp;");
+            assert!(
+                shown
+                    .body
+                    .contains(&format!("<form method=\"post\" action=\"{html_action}\">")),
+                "{}",
+                shown.body
+            );
+            let start = shown.body.find("name=\"csrf\" value=\"").unwrap() + 19;
+            let csrf = shown.body[start..].split('"').next().unwrap();
+            http_request(
+                self.addr,
+                "POST",
+                action,
+                &[
+                    ("Cookie", &self.cookie),
+                    ("Content-Type", "application/x-www-form-urlencoded"),
+                    ("Sec-Fetch-Site", "same-origin"),
+                ],
+                &format!("csrf={csrf}&{form}"),
+            )
+            .await
+            .unwrap()
+        }
+    }
+
+    /// The first value of header `name`, or empty.
+    pub fn header<'a>(response: &'a TestResponse, name: &str) -> &'a str {
+        response
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("", |(_, v)| v.as_str())
+    }
+}

@@ -26,6 +26,7 @@
 //! address does not mount the console at all (and says so at start).
 
 mod anomalies;
+mod dead_letters;
 mod guard;
 mod jobs;
 mod pages;

@@ -62,6 +62,19 @@ pub(super) fn routes<S: GatewayStore>(state: ConsoleState<S>) -> Router {
         .route("/console/audit", get(audit_page::<S>))
         .route("/console/pipeline", get(super::pipeline::show::<S>))
         .route("/console/anomalies", get(super::anomalies::show::<S>))
+        .route("/console/dead-letters", get(super::dead_letters::list::<S>))
+        .route(
+            "/console/dead-letters/{id}",
+            get(super::dead_letters::detail::<S>),
+        )
+        .route(
+            "/console/dead-letters/{id}/discard",
+            get(super::dead_letters::confirm_discard::<S>).post(super::dead_letters::discard::<S>),
+        )
+        .route(
+            "/console/dead-letters/{id}/{action}",
+            post(super::dead_letters::resubmit::<S>),
+        )
         .route("/console/tenants", get(super::tenants::list::<S>))
         .route(
             "/console/tenants/{tenant}",

@@ -192,6 +192,98 @@ pub trait ReadingStore: service_runtime::tenant_data::TenantData {
         &self,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<DeadLetterRow>, StoreError>> + Send;
+
+    /// One tenant's dead letters (`None`: those whose tenant is unknown),
+    /// newest first, keyset-paged by id.
+    fn list_dead_letters(
+        &self,
+        query: &DeadLetterQuery,
+    ) -> impl Future<Output = Result<Vec<StoredDeadLetter>, StoreError>> + Send;
+
+    /// One dead letter, if it exists and is `tenant_id`'s.
+    fn get_dead_letter(
+        &self,
+        tenant_id: Option<&str>,
+        id: i64,
+    ) -> impl Future<Output = Result<Option<StoredDeadLetter>, StoreError>> + Send;
+
+    /// Removes one dead letter of `tenant_id`; false when there was none.
+    fn discard_dead_letter(
+        &self,
+        tenant_id: Option<&str>,
+        id: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Stores `reading` (validated by the caller) and removes the dead
+    /// letter it replaces, in one transaction; `None` (and nothing
+    /// written) when the letter is not there or not `tenant_id`'s.
+    fn resubmit_dead_letter(
+        &self,
+        tenant_id: Option<&str>,
+        id: i64,
+        reading: &Reading,
+        windowing: &Windowing,
+    ) -> impl Future<Output = Result<Option<WriteReport>, SinkError>> + Send;
+}
+
+/// Which dead letters to list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterQuery {
+    /// Whose; `None` for the letters whose tenant is unknown.
+    pub tenant_id: Option<String>,
+    /// Only letters with a smaller id (the previous page's last).
+    pub before_id: Option<i64>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// A dead letter as the dead-letter RPCs read it: with its id and arrival.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDeadLetter {
+    /// Its id, unique across tenants.
+    pub id: i64,
+    /// When it was stored.
+    pub received_at: DateTime<Utc>,
+    /// The letter.
+    pub letter: DeadLetterRow,
+}
+
+/// A stored dead letter's columns: id, arrival in microseconds, then
+/// [`DeadLetterTuple`]'s.
+pub(crate) type StoredDeadLetterTuple = (
+    i64,
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    String,
+);
+
+/// Folds stored dead-letter rows, arrival times read back or a corrupt-row
+/// error.
+pub(crate) fn stored_dead_letters_from_rows(
+    rows: Vec<StoredDeadLetterTuple>,
+) -> Result<Vec<StoredDeadLetter>, StoreError> {
+    rows.into_iter()
+        .map(
+            |(id, received_at, source, tenant_id, event_id, field, reason, payload)| {
+                Ok(StoredDeadLetter {
+                    id,
+                    received_at: time_from_micros("dead_letter.received_at", received_at)?,
+                    letter: DeadLetterRow {
+                        source,
+                        tenant_id,
+                        event_id,
+                        field,
+                        reason,
+                        payload,
+                    },
+                })
+            },
+        )
+        .collect()
 }
 
 /// A result row as both databases return it: window start in microseconds

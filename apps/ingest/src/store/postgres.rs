@@ -14,9 +14,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
 use super::{
-    DeadLetter, DeadLetterRow, DeadLetterTuple, ReadingStore, ResultQuery, ResultRow, StoreError,
-    StoredReading, StoredResult, WindowQuery, dead_letters_from_rows, results_from_rows,
-    statistics_json,
+    DeadLetter, DeadLetterQuery, DeadLetterRow, DeadLetterTuple, ReadingStore, ResultQuery,
+    ResultRow, StoreError, StoredDeadLetter, StoredDeadLetterTuple, StoredReading, StoredResult,
+    WindowQuery, dead_letters_from_rows, results_from_rows, statistics_json,
+    stored_dead_letters_from_rows,
 };
 use crate::{
     reading::Reading,
@@ -391,6 +392,99 @@ impl ReadingStore for PgReadingStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(dead_letters_from_rows(rows))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        query: &DeadLetterQuery,
+    ) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        let sql = format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM ingest.dead_letter
+             WHERE {} AND id < $2 ORDER BY id DESC LIMIT $3",
+            letter_of(query.tenant_id.as_deref())
+        );
+        let rows: Vec<StoredDeadLetterTuple> = sqlx::query_as(&sql)
+            .bind(query.tenant_id.as_deref())
+            .bind(query.before_id.unwrap_or(i64::MAX))
+            .bind(i64::from(query.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        stored_dead_letters_from_rows(rows)
+    }
+
+    async fn get_dead_letter(
+        &self,
+        tenant_id: Option<&str>,
+        id: i64,
+    ) -> Result<Option<StoredDeadLetter>, StoreError> {
+        let sql = format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM ingest.dead_letter WHERE {} AND id = $2",
+            letter_of(tenant_id)
+        );
+        let rows: Vec<StoredDeadLetterTuple> = sqlx::query_as(&sql)
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(stored_dead_letters_from_rows(rows)?.pop())
+    }
+
+    async fn discard_dead_letter(
+        &self,
+        tenant_id: Option<&str>,
+        id: i64,
+    ) -> Result<bool, StoreError> {
+        let sql = format!(
+            "DELETE FROM ingest.dead_letter WHERE {} AND id = $2",
+            letter_of(tenant_id)
+        );
+        let removed = sqlx::query(&sql)
+            .bind(tenant_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(removed > 0)
+    }
+
+    async fn resubmit_dead_letter(
+        &self,
+        tenant_id: Option<&str>,
+        id: i64,
+        reading: &Reading,
+        windowing: &Windowing,
+    ) -> Result<Option<WriteReport>, SinkError> {
+        let mut tx = self.pool.begin().await?;
+        let sql = format!(
+            "DELETE FROM ingest.dead_letter WHERE {} AND id = $2",
+            letter_of(tenant_id)
+        );
+        let removed = sqlx::query(&sql)
+            .bind(tenant_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if removed == 0 {
+            return Ok(None);
+        }
+        let report = write_in(&mut tx, std::slice::from_ref(reading), windowing).await?;
+        tx.commit().await?;
+        Ok(Some(report))
+    }
+}
+
+/// A stored dead letter's columns, as [`StoredDeadLetterTuple`] reads them.
+const DEAD_LETTER_COLUMNS: &str = "id, (extract(epoch FROM received_at) * 1000000)::int8, \
+     source, tenant_id, event_id, field, reason, payload::text";
+
+/// The predicate holding a dead-letter statement to one tenant (`$1`), or
+/// to the letters whose tenant is unknown; either way the `(tenant_id, id)`
+/// index answers it.
+fn letter_of(tenant_id: Option<&str>) -> &'static str {
+    match tenant_id {
+        Some(_) => "tenant_id = $1",
+        None => "tenant_id IS NULL AND $1::text IS NULL",
     }
 }
 

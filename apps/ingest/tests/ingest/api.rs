@@ -346,3 +346,222 @@ async fn new_series_past_the_tenants_quota_are_rejected_naming_the_device() {
         postgres.drop_database().await;
     }
 }
+
+/// Dead letters through the RPCs: listed per tenant newest first and
+/// paged, never another tenant's; a replay that fails again names the field
+/// and keeps the letter; a correction for another tenant is refused; a
+/// good one is stored (window read) and removes the letter; a letter whose
+/// event id is already stored is removed without storing twice; discard.
+async fn dead_letters_on(url: &str) {
+    let running = ingest::start(ingest::Config::for_tests(url)).await.unwrap();
+    let timeout = Duration::from_secs(10);
+    let client = IngestServiceClient::new(
+        traced_channel(
+            &ServiceUrl::local(running.grpc_addr.unwrap().port()),
+            &service_runtime::Transport::Plaintext,
+            "ingest",
+            timeout,
+            timeout,
+        )
+        .unwrap(),
+    );
+    let wire = |tenant: &str, id: &str, value: f64| pb::Reading {
+        event_id: id.into(),
+        tenant_id: tenant.into(),
+        device_id: "d1".into(),
+        metric: "temperature_c".into(),
+        value,
+        observed_at: Some(stamp(at(5))),
+        attributes: [("site".to_owned(), "north".to_owned())].into(),
+    };
+    let ack = client
+        .clone()
+        .publish_readings(pb::PublishReadingsRequest {
+            readings: vec![
+                wire("acme", "a", f64::NAN),
+                wire("acme", "b", f64::INFINITY),
+                wire("globex", "c", f64::NAN),
+                wire("acme", "d", 1.0),
+                wire("acme", "d", f64::NAN),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ack
+        .unwrap();
+    assert_eq!((ack.accepted, ack.rejected.len()), (1, 4), "{ack:?}");
+
+    let list = |tenant: &str, page_size: u32, page_token: String| {
+        let mut client = client.clone();
+        let tenant = tenant.to_owned();
+        async move {
+            client
+                .clone()
+                .list_dead_letters(pb::ListDeadLettersRequest {
+                    tenant_id: tenant,
+                    page_size,
+                    page_token,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let first = list("acme", 2, String::new()).await;
+    let second = list("acme", 2, first.next_page_token.clone()).await;
+    let events: Vec<&str> = first
+        .dead_letters
+        .iter()
+        .chain(&second.dead_letters)
+        .map(|l| l.event_id.as_str())
+        .collect();
+    assert_eq!(events, ["d", "b", "a"], "acme's, newest first, paged");
+    assert!(second.next_page_token.is_empty());
+    let letter_a = second.dead_letters[0].clone();
+    assert_eq!(
+        (letter_a.field.as_str(), letter_a.source.as_str()),
+        ("value", "grpc")
+    );
+    let reading = letter_a.reading.clone().unwrap();
+    assert!(reading.value.is_nan(), "NaN comes back as NaN (JSON null)");
+    assert_eq!(reading.attributes["site"], "north");
+    let globex = list("globex", 0, String::new()).await;
+    assert_eq!(globex.dead_letters.len(), 1);
+    let letter_c = globex.dead_letters[0].id;
+    assert!(
+        list("nobody", 0, String::new())
+            .await
+            .dead_letters
+            .is_empty()
+    );
+    let malformed = client
+        .clone()
+        .list_dead_letters(pb::ListDeadLettersRequest {
+            tenant_id: "acme".into(),
+            page_token: "yesterday".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(malformed.code(), Code::InvalidArgument);
+    assert!(
+        malformed.message().starts_with("page_token:"),
+        "{malformed}"
+    );
+
+    // Another tenant's letter is not found, for reading and for acting.
+    for tenant in ["acme", ""] {
+        let crossed = client
+            .clone()
+            .get_dead_letter(pb::GetDeadLetterRequest {
+                tenant_id: tenant.into(),
+                id: letter_c,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(crossed.code(), Code::NotFound, "{crossed}");
+    }
+    let crossed = client
+        .clone()
+        .discard_dead_letter(pb::DiscardDeadLetterRequest {
+            tenant_id: "acme".into(),
+            id: letter_c,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(crossed.code(), Code::NotFound);
+
+    // A replay of the NaN as received fails again; the letter stays.
+    let resubmit = |id: i64, corrected: Option<pb::Reading>| {
+        let mut client = client.clone();
+        async move {
+            client
+                .resubmit_dead_letter(pb::ResubmitDeadLetterRequest {
+                    tenant_id: "acme".into(),
+                    id,
+                    corrected,
+                })
+                .await
+        }
+    };
+    let again = resubmit(letter_a.id, None).await.unwrap_err();
+    assert_eq!(again.code(), Code::InvalidArgument);
+    assert!(again.message().starts_with("reading.value: "), "{again}");
+    let stolen = resubmit(letter_a.id, Some(wire("globex", "a", 2.0)))
+        .await
+        .unwrap_err();
+    assert_eq!(stolen.code(), Code::InvalidArgument);
+    assert!(
+        stolen.message().starts_with("corrected.tenant_id: "),
+        "{stolen}"
+    );
+    let too_old = pb::Reading {
+        observed_at: Some(stamp(Utc::now() - chrono::Duration::days(400))),
+        ..wire("acme", "a", 2.0)
+    };
+    let old = resubmit(letter_a.id, Some(too_old)).await.unwrap_err();
+    assert!(
+        old.message().starts_with("corrected.observed_at: "),
+        "{old}"
+    );
+    assert_eq!(list("acme", 0, String::new()).await.dead_letters.len(), 3);
+
+    // Corrected (naming no tenant: it takes the letter's), stored, gone.
+    let corrected = pb::Reading {
+        tenant_id: String::new(),
+        ..wire("acme", "a", 21.5)
+    };
+    let stored = resubmit(letter_a.id, Some(corrected)).await.unwrap();
+    assert!(stored.into_inner().stored);
+    let gone = resubmit(letter_a.id, None).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound, "{gone}");
+    let window = client
+        .clone()
+        .read_window(pb::ReadWindowRequest {
+            window: Some(window(0, 60)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let values: Vec<(&str, f64)> = window
+        .readings
+        .iter()
+        .map(|r| (r.event_id.as_str(), r.value))
+        .collect();
+    assert_eq!(values, [("a", 21.5), ("d", 1.0)]);
+
+    // `d` was stored before its NaN twin was refused: correcting the twin
+    // stores nothing twice, and the letter goes.
+    let letter_d = first.dead_letters[0].id;
+    let twin = resubmit(letter_d, Some(wire("acme", "d", 3.0)))
+        .await
+        .unwrap();
+    assert!(!twin.into_inner().stored);
+
+    let letter_b = first.dead_letters[1].id;
+    client
+        .clone()
+        .discard_dead_letter(pb::DiscardDeadLetterRequest {
+            tenant_id: "acme".into(),
+            id: letter_b,
+        })
+        .await
+        .unwrap();
+    assert!(list("acme", 0, String::new()).await.dead_letters.is_empty());
+    assert_eq!(list("globex", 0, String::new()).await.dead_letters.len(), 1);
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_corrected_and_discarded_within_their_tenant() {
+    let sqlite = jobs::testing::ScratchSqlite::create("ingest_dead_letters").await;
+    dead_letters_on(&sqlite.url).await;
+    sqlite.remove().await;
+    if let Some(postgres) = jobs::testing::ScratchPostgres::create("ingest_dead_letters").await {
+        dead_letters_on(&postgres.url).await;
+        postgres.drop_database().await;
+    }
+}
