@@ -136,6 +136,7 @@ impl<S: JobStore> JobsApi<S> {
                     executing: count(jobs::JobState::Executing),
                     retryable: count(jobs::JobState::Retryable),
                     completed: count(jobs::JobState::Completed),
+                    completed_estimated: found.is_some_and(|c| c.completed_estimated),
                     discarded: count(jobs::JobState::Discarded),
                     cancelled: count(jobs::JobState::Cancelled),
                     local_limit: config.map_or(0, |q| q.local_limit),
@@ -283,14 +284,13 @@ impl<S: JobStore> JobsService for JobsApi<S> {
             before_id,
             limit,
         };
-        let jobs = self.store.list(&filter).await.map_err(status)?;
-        let next_page_token = match jobs.last() {
-            Some(last) if jobs.len() == limit as usize => last.id.to_string(),
-            _ => String::new(),
-        };
+        let page = self.store.list_page(&filter).await.map_err(status)?;
         Ok(Response::new(pb::ListJobsResponse {
-            jobs: jobs.into_iter().map(job_to_pb).collect(),
-            next_page_token,
+            jobs: page.jobs.into_iter().map(job_to_pb).collect(),
+            next_page_token: page
+                .next_before
+                .map_or_else(String::new, |before| before.to_string()),
+            searched_from_id: page.searched_from.unwrap_or(0),
         }))
     }
 

@@ -38,8 +38,8 @@ pub use node::{Node, NodeConfig, NodeReport, QueueConfig, new_node_id};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use store::{
-    Completion, JobStore, ListFilter, MAX_LIST, Outcome, QueueCounts, Rescued, Signal,
-    embedded_migrations, embedded_migrator,
+    Completion, JobPage, JobStore, LIST_WINDOW, ListFilter, MAX_LIST, Outcome, QueueCounts,
+    Rescued, Signal, embedded_migrations, embedded_migrator,
 };
 pub use unique::{UniqueOpts, unique_key};
 pub use worker::{ArgsError, Done, JobContext, JobError, Registry, Worker};

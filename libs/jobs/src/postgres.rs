@@ -1,6 +1,9 @@
 //! The production store: PostgreSQL, schema `jobs`.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use sqlx::{
@@ -13,8 +16,8 @@ use tokio::sync::broadcast;
 use crate::{
     AttemptError, Inserted, Job, JobState, JobsError, NewJob,
     store::{
-        Completion, JobStore, ListFilter, MAX_LIST, QueueCounts, Rescued, Signal, outcome_error,
-        outcome_next_run, outcome_refunds_attempt, outcome_state,
+        Completion, JobPage, JobStore, LIST_WINDOW, ListFilter, MAX_LIST, QueueCounts, Rescued,
+        Signal, outcome_error, outcome_next_run, outcome_refunds_attempt, outcome_state,
     },
     unique::unique_key,
 };
@@ -55,6 +58,11 @@ pub fn migrator() -> Migrator {
             100_003,
             "jobs claim function",
             include_str!("../migrations/postgres/100003_claim_function.sql"),
+        ),
+        (
+            100_004,
+            "jobs console indexes",
+            include_str!("../migrations/postgres/100004_console_indexes.sql"),
         ),
     ])
 }
@@ -202,6 +210,62 @@ impl PgStore {
                 .fetch_all(&mut *tx)
                 .await?;
         tx.rollback().await?;
+        Ok(lines.join("\n"))
+    }
+
+    /// Jobs matching `filter` below its cursor and, when given, from
+    /// `floor` up.
+    async fn list_from(
+        &self,
+        filter: &ListFilter,
+        floor: Option<i64>,
+    ) -> Result<Vec<Job>, JobsError> {
+        let rows = list_statement("", filter, floor)
+            .build()
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// Where a page of `filter` starts searching when it is windowed (see
+    /// [`LIST_WINDOW`]); `None` when an index of its own bounds it.
+    async fn list_floor(&self, filter: &ListFilter) -> Result<Option<i64>, JobsError> {
+        if !crate::store::list_needs_window(filter) {
+            return Ok(None);
+        }
+        let top = match filter.before_id {
+            Some(before) => before,
+            None => {
+                sqlx::query_scalar::<_, Option<i64>>("SELECT max(id) FROM jobs.job")
+                    .fetch_one(&self.pool)
+                    .await?
+                    .unwrap_or(0)
+                    + 1
+            }
+        };
+        Ok(Some(top - LIST_WINDOW))
+    }
+
+    /// The planner's plan for one page of the job list with `filter`
+    /// (EXPLAIN, not executed), for the runbook and the tests that pin each
+    /// filter to an index.
+    pub async fn explain_list(&self, filter: &ListFilter) -> Result<String, JobsError> {
+        let floor = self.list_floor(filter).await?;
+        let lines: Vec<String> = list_statement("EXPLAIN (COSTS OFF) ", filter, floor)
+            .build_query_scalar()
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(lines.join("\n"))
+    }
+
+    /// The planner's plan for the per-state counts of jobs in any state but
+    /// completed (EXPLAIN, not executed), for the test that pins them to
+    /// the partial indexes.
+    pub async fn explain_counts(&self) -> Result<String, JobsError> {
+        let lines: Vec<String> =
+            sqlx::query_scalar(&format!("EXPLAIN (COSTS OFF) {UNFINISHED_COUNTS_SQL}"))
+                .fetch_all(&self.pool)
+                .await?;
         Ok(lines.join("\n"))
     }
 
@@ -496,6 +560,79 @@ async fn notify_available(conn: &mut PgConnection, inserted: &[Inserted]) -> Res
     Ok(())
 }
 
+/// The job list's statement for `filter` after `prefix` (`EXPLAIN`): only
+/// the conditions the filter uses, with the states written out (a fixed
+/// set of names, never input), so the planner can match the partial
+/// indexes (`job_claim`, `job_executing`, `job_failed`, `job_tags`)
+/// whatever plan it caches; ids below the cursor and, when windowed, from
+/// `floor` up.
+fn list_statement<'a>(
+    prefix: &str,
+    filter: &'a ListFilter,
+    floor: Option<i64>,
+) -> sqlx::QueryBuilder<'a, sqlx::Postgres> {
+    let mut sql = sqlx::QueryBuilder::new(format!(
+        "{prefix}SELECT {JOB_COLUMNS} FROM jobs.job WHERE id < "
+    ));
+    sql.push_bind(filter.before_id.unwrap_or(i64::MAX));
+    if let Some(floor) = floor {
+        sql.push(" AND id >= ").push_bind(floor);
+    }
+    if !filter.states.is_empty() {
+        let names: Vec<String> = filter
+            .states
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        sql.push(format!(" AND state IN ({})", names.join(", ")));
+    }
+    if let Some(queue) = &filter.queue {
+        sql.push(" AND queue = ").push_bind(queue);
+    }
+    if let Some(kind) = &filter.kind {
+        sql.push(" AND kind = ").push_bind(kind);
+    }
+    if let Some(tag) = &filter.tag {
+        // `tags <> '{}'` follows from the tag, and tells the planner so: it
+        // is the predicate of `job_tags`.
+        sql.push(" AND tags <> '{}' AND tags @> ARRAY[")
+            .push_bind(tag)
+            .push("]");
+    }
+    sql.push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(filter.limit.clamp(1, MAX_LIST)));
+    sql
+}
+
+/// Counts by queue and state of every state but completed, each part
+/// matching one partial index's predicate (`job_claim`, `job_executing`,
+/// `job_failed`), so none reads the completed rows that fill a busy table.
+/// The oldest available job rides along.
+const UNFINISHED_COUNTS_SQL: &str = "\
+SELECT queue, state::text AS state, count(*) AS n,
+       min(scheduled_at) FILTER (WHERE state = 'available') AS oldest
+  FROM jobs.job WHERE state IN ('available', 'scheduled', 'retryable') GROUP BY queue, state
+UNION ALL
+SELECT queue, 'executing', count(*), NULL FROM jobs.job WHERE state = 'executing' GROUP BY queue
+UNION ALL
+SELECT queue, state::text, count(*), NULL
+  FROM jobs.job WHERE state IN ('discarded', 'cancelled') GROUP BY queue, state";
+
+/// The counts of `queue` in `by_queue`, zero until set.
+fn counts_of(by_queue: &mut BTreeMap<String, QueueCounts>, queue: String) -> &mut QueueCounts {
+    by_queue
+        .entry(queue.clone())
+        .or_insert_with(|| QueueCounts {
+            queue,
+            ..QueueCounts::default()
+        })
+}
+
+/// Above this many rows (the planner's count), completed jobs are
+/// estimated per queue rather than counted: counting a million takes
+/// longer than a page or a metrics scrape should.
+const EXACT_COMPLETED_UP_TO: f32 = 100_000.0;
+
 /// The body of `jobs.claimable_ids` (migration 100003) with `$1` queue and
 /// `$2` limit: what [`PgStore::explain_claim`] shows. The migration is the
 /// source of truth; a test checks the two agree.
@@ -722,26 +859,13 @@ impl JobStore for PgStore {
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<Job>, JobsError> {
-        let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
-        let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs.job
-             WHERE (cardinality($1::text[]) = 0 OR state::text = ANY($1))
-               AND ($2::text IS NULL OR queue = $2)
-               AND ($3::text IS NULL OR kind = $3)
-               AND ($4::text IS NULL OR $4 = ANY(tags))
-               AND ($5::bigint IS NULL OR id < $5)
-             ORDER BY id DESC LIMIT $6"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(&states)
-            .bind(&filter.queue)
-            .bind(&filter.kind)
-            .bind(&filter.tag)
-            .bind(filter.before_id)
-            .bind(i64::from(filter.limit.clamp(1, MAX_LIST)))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(job_from_row).collect()
+        self.list_from(filter, None).await
+    }
+
+    async fn list_page(&self, filter: &ListFilter) -> Result<JobPage, JobsError> {
+        let floor = self.list_floor(filter).await?;
+        let jobs = self.list_from(filter, floor).await?;
+        Ok(JobPage::new(jobs, filter.limit.clamp(1, MAX_LIST), floor))
     }
 
     async fn cancel(&self, id: i64) -> Result<Job, JobsError> {
@@ -822,39 +946,59 @@ impl JobStore for PgStore {
     }
 
     async fn queue_counts(&self) -> Result<Vec<QueueCounts>, JobsError> {
-        let rows = sqlx::query(
-            "SELECT coalesce(c.queue, q.name) AS queue, coalesce(q.paused, false) AS paused,
-                    c.state, coalesce(c.n, 0) AS n, c.oldest
-             FROM (SELECT queue, state::text AS state, count(*) AS n, min(scheduled_at) AS oldest
-                   FROM jobs.job GROUP BY queue, state) c
-             FULL JOIN jobs.queue q ON q.name = c.queue
-             ORDER BY 1",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out: Vec<QueueCounts> = Vec::new();
-        for row in rows {
-            let queue: String = row.try_get("queue")?;
-            if out.last().is_none_or(|q| q.queue != queue) {
-                out.push(QueueCounts {
-                    queue,
-                    paused: row.try_get("paused")?,
-                    counts: [0; 7],
-                    oldest_available: None,
-                });
-            }
-            if let (Some(state), Some(counts)) =
-                (row.try_get::<Option<String>, _>("state")?, out.last_mut())
-            {
-                let state: JobState = state.parse().map_err(JobsError::Corrupt)?;
-                counts.counts[state as usize] =
-                    u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0);
-                if state == JobState::Available {
-                    counts.oldest_available = row.try_get("oldest")?;
-                }
+        let mut by_queue = BTreeMap::new();
+        for row in sqlx::query("SELECT name, paused FROM jobs.queue")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            counts_of(&mut by_queue, row.try_get("name")?).paused = row.try_get("paused")?;
+        }
+        for row in sqlx::query(UNFINISHED_COUNTS_SQL)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let state: String = row.try_get("state")?;
+            let state: JobState = state.parse().map_err(JobsError::Corrupt)?;
+            let counts = counts_of(&mut by_queue, row.try_get("queue")?);
+            counts.counts[state as usize] = u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0);
+            if state == JobState::Available {
+                counts.oldest_available = row.try_get("oldest")?;
             }
         }
-        Ok(out)
+        // Completed jobs: counted while the table is small, estimated per
+        // known queue once it is big (`jobs.estimated_completed`).
+        let rows: f32 =
+            sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE oid = 'jobs.job'::regclass")
+                .fetch_one(&self.pool)
+                .await?;
+        let estimated = rows >= EXACT_COMPLETED_UP_TO;
+        let completed: Vec<(String, i64)> = if estimated {
+            // The queues known so far, and the most common ones in the
+            // statistics (a queue whose jobs have all completed).
+            let queues: Vec<&str> = by_queue.keys().map(String::as_str).collect();
+            sqlx::query_as(
+                "SELECT q, coalesce(jobs.estimated_completed(q), 0)
+                   FROM (SELECT unnest($1::text[])
+                         UNION
+                         SELECT unnest(most_common_vals::text::text[]) FROM pg_stats
+                          WHERE schemaname = 'jobs' AND tablename = 'job' AND attname = 'queue') AS known(q)",
+            )
+            .bind(&queues)
+            .fetch_all(&self.pool)
+            .await?
+        } else {
+            sqlx::query_as(
+                "SELECT queue, count(*) FROM jobs.job WHERE state = 'completed' GROUP BY queue",
+            )
+            .fetch_all(&self.pool)
+            .await?
+        };
+        for (queue, n) in completed {
+            let counts = counts_of(&mut by_queue, queue);
+            counts.counts[JobState::Completed as usize] = u64::try_from(n).unwrap_or(0);
+            counts.completed_estimated = estimated;
+        }
+        Ok(by_queue.into_values().collect())
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), JobsError> {

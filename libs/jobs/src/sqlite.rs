@@ -20,8 +20,8 @@ use tokio::sync::broadcast;
 use crate::{
     AttemptError, Inserted, Job, JobState, JobsError, NewJob,
     store::{
-        Completion, JobStore, ListFilter, MAX_LIST, QueueCounts, Rescued, Signal, outcome_error,
-        outcome_next_run, outcome_refunds_attempt, outcome_state,
+        Completion, JobPage, JobStore, LIST_WINDOW, ListFilter, MAX_LIST, QueueCounts, Rescued,
+        Signal, outcome_error, outcome_next_run, outcome_refunds_attempt, outcome_state,
     },
     unique::unique_key,
 };
@@ -184,6 +184,39 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// Jobs matching `filter` below its cursor and, when given, from
+    /// `floor` up, newest first.
+    async fn list_from(
+        &self,
+        filter: &ListFilter,
+        floor: Option<i64>,
+    ) -> Result<Vec<Job>, JobsError> {
+        let states =
+            serde_json::Value::from(filter.states.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+                .to_string();
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs_job
+             WHERE (json_array_length(?1) = 0 OR state IN (SELECT value FROM json_each(?1)))
+               AND (?2 IS NULL OR queue = ?2)
+               AND (?3 IS NULL OR kind = ?3)
+               AND (?4 IS NULL OR EXISTS (SELECT 1 FROM json_each(tags) WHERE value = ?4))
+               AND (?5 IS NULL OR id < ?5)
+               AND (?7 IS NULL OR id >= ?7)
+             ORDER BY id DESC LIMIT ?6"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(states)
+            .bind(&filter.queue)
+            .bind(&filter.kind)
+            .bind(&filter.tag)
+            .bind(filter.before_id)
+            .bind(i64::from(filter.limit.clamp(1, MAX_LIST)))
+            .bind(floor)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
     /// Wraps a pool (see [`connect`]).
     pub fn new(pool: SqlitePool) -> Self {
         let (signals, _) = broadcast::channel(1024);
@@ -551,28 +584,27 @@ impl JobStore for SqliteStore {
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<Job>, JobsError> {
-        let states =
-            serde_json::Value::from(filter.states.iter().map(|s| s.as_str()).collect::<Vec<_>>())
-                .to_string();
-        let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs_job
-             WHERE (json_array_length(?1) = 0 OR state IN (SELECT value FROM json_each(?1)))
-               AND (?2 IS NULL OR queue = ?2)
-               AND (?3 IS NULL OR kind = ?3)
-               AND (?4 IS NULL OR EXISTS (SELECT 1 FROM json_each(tags) WHERE value = ?4))
-               AND (?5 IS NULL OR id < ?5)
-             ORDER BY id DESC LIMIT ?6"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(states)
-            .bind(&filter.queue)
-            .bind(&filter.kind)
-            .bind(&filter.tag)
-            .bind(filter.before_id)
-            .bind(i64::from(filter.limit.clamp(1, MAX_LIST)))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(job_from_row).collect()
+        self.list_from(filter, None).await
+    }
+
+    async fn list_page(&self, filter: &ListFilter) -> Result<JobPage, JobsError> {
+        let floor = if crate::store::list_needs_window(filter) {
+            let top = match filter.before_id {
+                Some(before) => before,
+                None => {
+                    sqlx::query_scalar::<_, Option<i64>>("SELECT max(id) FROM jobs_job")
+                        .fetch_one(&self.pool)
+                        .await?
+                        .unwrap_or(0)
+                        + 1
+                }
+            };
+            Some(top - LIST_WINDOW)
+        } else {
+            None
+        };
+        let jobs = self.list_from(filter, floor).await?;
+        Ok(JobPage::new(jobs, filter.limit.clamp(1, MAX_LIST), floor))
     }
 
     async fn cancel(&self, id: i64) -> Result<Job, JobsError> {
@@ -678,8 +710,7 @@ impl JobStore for SqliteStore {
                 out.push(QueueCounts {
                     queue,
                     paused: is_paused,
-                    counts: [0; 7],
-                    oldest_available: None,
+                    ..QueueCounts::default()
                 });
             }
             if let (Some(state), Some(counts)) =

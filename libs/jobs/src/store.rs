@@ -70,6 +70,63 @@ pub struct ListFilter {
     pub limit: u32,
 }
 
+/// Jobs one page of the list searches, newest first, when its filter has
+/// no index of its own (a queue or a kind, without a state that has one):
+/// bounds what a page costs however many jobs the table holds; the next
+/// page goes on below.
+pub const LIST_WINDOW: i64 = 50_000;
+
+/// States whose jobs have an index of their own (`job_claim`,
+/// `job_executing`, `job_failed`): a list filtered to these needs no
+/// window. Completed jobs are most of a busy table and have none.
+const INDEXED_STATES: [JobState; 6] = [
+    JobState::Available,
+    JobState::Scheduled,
+    JobState::Retryable,
+    JobState::Executing,
+    JobState::Discarded,
+    JobState::Cancelled,
+];
+
+/// Whether a page of `filter` searches only [`LIST_WINDOW`] jobs: a queue
+/// or kind filter scanned newest first, unless a state or a tag with an
+/// index of its own narrows the rows first.
+pub(crate) fn list_needs_window(filter: &ListFilter) -> bool {
+    let indexed_states =
+        !filter.states.is_empty() && filter.states.iter().all(|s| INDEXED_STATES.contains(s));
+    (filter.queue.is_some() || filter.kind.is_some()) && filter.tag.is_none() && !indexed_states
+}
+
+/// One page of the job list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobPage {
+    /// Matching jobs, newest first.
+    pub jobs: Vec<Job>,
+    /// Where the next page starts (its `before_id`); `None` on the last.
+    pub next_before: Option<i64>,
+    /// Set when this page searched only the jobs from this id up (see
+    /// [`LIST_WINDOW`]): fewer jobs than asked do not mean there are no
+    /// older matches.
+    pub searched_from: Option<i64>,
+}
+
+impl JobPage {
+    /// The page for `jobs` found below `before` by a query for `limit`,
+    /// searching from `floor` up when windowed.
+    pub(crate) fn new(jobs: Vec<Job>, limit: u32, floor: Option<i64>) -> Self {
+        let next_before = match (jobs.last(), floor) {
+            (Some(last), _) if jobs.len() >= limit as usize => Some(last.id),
+            (_, Some(floor)) if floor > 1 => Some(floor),
+            _ => None,
+        };
+        Self {
+            jobs,
+            next_before,
+            searched_from: floor.filter(|f| *f > 1),
+        }
+    }
+}
+
 /// Jobs per state in one queue.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueCounts {
@@ -79,6 +136,10 @@ pub struct QueueCounts {
     pub paused: bool,
     /// Count per state, in [`JobState::ALL`] order.
     pub counts: [u64; 7],
+    /// The completed count is the planner's estimate, not a count: on a
+    /// big table (PostgreSQL) counting them would take longer than a page
+    /// or a metrics scrape should.
+    pub completed_estimated: bool,
     /// When the longest-waiting available job became runnable: how far
     /// behind the queue is (`jobs.queue.oldest_available_age`), which a
     /// depth alone does not say.
@@ -140,6 +201,14 @@ pub trait JobStore: Clone + Send + Sync + 'static {
     /// Jobs matching `filter`, newest first.
     fn list(&self, filter: &ListFilter)
     -> impl Future<Output = Result<Vec<Job>, JobsError>> + Send;
+
+    /// One page of jobs matching `filter`, newest first, at a cost bounded
+    /// whatever the table holds (what a console or API lists with): see
+    /// [`LIST_WINDOW`].
+    fn list_page(
+        &self,
+        filter: &ListFilter,
+    ) -> impl Future<Output = Result<JobPage, JobsError>> + Send;
 
     /// Cancels a job in any non-terminal state; an executing job is only
     /// marked (its node stops the handler and records the cancellation).

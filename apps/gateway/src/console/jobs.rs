@@ -93,7 +93,8 @@ pub(super) struct Filters {
 struct QueueRow {
     name: String,
     paused: bool,
-    counts: Vec<u64>,
+    /// Each state's count as shown: `≈` before an estimate.
+    counts: Vec<String>,
     limit: String,
     oldest: String,
 }
@@ -129,6 +130,10 @@ struct JobsPage {
     next: Option<String>,
     /// Whether this is a later page (the list's start is a link away).
     later_page: bool,
+    /// Set when this page searched only jobs from this id up (a queue or
+    /// kind filter on a big table): say so, since a short page is not the
+    /// end.
+    searched_from: Option<i64>,
     /// The filters' query string without the cursor.
     filtered: String,
 }
@@ -153,6 +158,33 @@ fn escape(raw: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// A queue's row: counts as shown, limits and the oldest wait in words.
+fn queue_row(q: pb::QueueStats, now: DateTime<Utc>) -> QueueRow {
+    QueueRow {
+        counts: vec![
+            q.available.to_string(),
+            q.scheduled.to_string(),
+            q.executing.to_string(),
+            q.retryable.to_string(),
+            if q.completed_estimated {
+                format!("≈{}", q.completed)
+            } else {
+                q.completed.to_string()
+            },
+            q.discarded.to_string(),
+            q.cancelled.to_string(),
+        ],
+        limit: match (q.local_limit, q.global_limit) {
+            (0, _) => "not run here".to_owned(),
+            (local, 0) => local.to_string(),
+            (local, global) => format!("{local}/{global}"),
+        },
+        oldest: age(q.oldest_available_at.as_ref(), now),
+        paused: q.paused,
+        name: q.queue,
+    }
 }
 
 pub(super) async fn list<S: GatewayStore>(
@@ -223,28 +255,7 @@ pub(super) async fn list<S: GatewayStore>(
             .iter()
             .map(|(name, _)| (*name, *name == filters.state))
             .collect(),
-        queues: stats
-            .into_iter()
-            .map(|q| QueueRow {
-                counts: vec![
-                    q.available,
-                    q.scheduled,
-                    q.executing,
-                    q.retryable,
-                    q.completed,
-                    q.discarded,
-                    q.cancelled,
-                ],
-                limit: match (q.local_limit, q.global_limit) {
-                    (0, _) => "not run here".to_owned(),
-                    (local, 0) => local.to_string(),
-                    (local, global) => format!("{local}/{global}"),
-                },
-                oldest: age(q.oldest_available_at.as_ref(), now),
-                paused: q.paused,
-                name: q.queue,
-            })
-            .collect(),
+        queues: stats.into_iter().map(|q| queue_row(q, now)).collect(),
         jobs: listed
             .jobs
             .into_iter()
@@ -264,6 +275,7 @@ pub(super) async fn list<S: GatewayStore>(
         tag: filters.tag,
         next,
         later_page: !filters.after.is_empty(),
+        searched_from: Some(listed.searched_from_id).filter(|id| *id > 0),
         filtered,
     })
 }

@@ -15,6 +15,7 @@ mod support;
 
 mod claim_ahead;
 mod connect;
+mod console;
 mod cron_properties;
 mod insert;
 mod lifecycle;
