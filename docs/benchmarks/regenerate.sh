@@ -4,7 +4,7 @@
 # and method. Absolute figures do not travel between machines; ratios
 # measured in one run do.
 #
-#   bash docs/benchmarks/regenerate.sh [--only jobs,ingest,numerics,gateway]
+#   bash docs/benchmarks/regenerate.sh [--only jobs,ingest,numerics,gateway,console]
 #
 # Each section is written to docs/benchmarks/<section>.md with its own
 # machine line and date; docs/benchmarks.md is the sections put together.
@@ -17,11 +17,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-ONLY=jobs,ingest,numerics,gateway
+ONLY=jobs,ingest,numerics,gateway,console
 while [ $# -gt 0 ]; do
   case $1 in
     --only) ONLY=$2; shift 2 ;;
-    *) echo "usage: $0 [--only jobs,ingest,numerics,gateway]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--only jobs,ingest,numerics,gateway,console]" >&2; exit 2 ;;
   esac
 done
 wants() { [[ ",$ONLY," == *",$1,"* ]]; }
@@ -39,7 +39,7 @@ OUT=docs/benchmarks.md
 SECTIONS=docs/benchmarks
 
 cargo build --release --locked -p worker -p ingest -p numerics --quiet
-if wants gateway; then cargo build --release --locked -p gateway -p launcher --quiet; fi
+if wants gateway || wants console; then cargo build --release --locked -p gateway -p launcher --quiet; fi
 # The same binary side_by_side.sh would build, without a second build of
 # the worker alone (a different feature set rebuilds its dependencies).
 # Given to that script only: an exported WORKER_BIN would reach the apps
@@ -116,6 +116,20 @@ if wants gateway; then
   keep gateway
 fi
 
+if wants console; then
+  {
+    echo "## Console: the jobs pages with a million jobs"
+    echo
+    provenance
+    echo "\`apps/gateway/bench/console_jobs.sh\` (the release \`worker\` and \`gateway\` as processes, a signed-in viewer over HTTP;"
+    echo "the same pages on the empty table first: what a million jobs cost each page):"
+    echo
+    WORKER_BIN="$WORKER_BIN" GATEWAY_BIN=target/release/gateway bash apps/gateway/bench/console_jobs.sh \
+      --rows 1000000 --requests 100 2> "$WORK/console.err" || { cat "$WORK/console.err" >&2; exit 1; }
+  } > "$WORK/console.md"
+  keep console
+fi
+
 {
   echo "# Benchmarks"
   echo
@@ -123,7 +137,7 @@ fi
   echo "section's figures come from one run on the machine it names; compare ratios,"
   echo "not absolute numbers, across machines. How the figures were found and what"
   echo "changed them: docs/profiling.md."
-  for part in jobs ingest numerics gateway; do
+  for part in jobs ingest numerics gateway console; do
     if [ -f "$SECTIONS/$part.md" ]; then echo; cat "$SECTIONS/$part.md"; fi
   done
 } > "$OUT"

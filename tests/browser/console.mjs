@@ -38,10 +38,15 @@ const queue = env("CONSOLE_QUEUE");
 const tenant = env("CONSOLE_TENANT");
 const shots = process.env.CONSOLE_SCREENSHOTS;
 
-/** RFC 6238: the six-digit code for now. */
+/** RFC 6238: the six-digit code for now, or for the next step when now's
+ * was used already (the console takes each step once; one step of drift is
+ * allowed, so the next code works at once, as an authenticator's would). */
+let lastStep = 0;
 function totp() {
+  const step = Math.max(Math.floor(Date.now() / 1000 / 30), lastStep + 1);
+  lastStep = step;
   const counter = Buffer.alloc(8);
-  counter.writeBigUInt64BE(BigInt(Math.floor(Date.now() / 1000 / 30)));
+  counter.writeBigUInt64BE(BigInt(step));
   const digest = createHmac("sha1", secret).update(counter).digest();
   const offset = digest[19] & 0x0f;
   const binary = digest.readUInt32BE(offset) & 0x7fffffff;

@@ -166,54 +166,20 @@ mod tests {
 }
 
 /// Fills a migrated PostgreSQL jobs table with `rows` jobs as a week of a
-/// busy platform leaves them (7-day retention), in one statement: about
-/// 94% completed; the newest 3% a backlog of available jobs (every 60th
-/// executing); 1% scheduled an hour ahead, 0.5% retrying, 1.5% discarded
-/// and 0.5% cancelled, spread over the week; queues from `default` (50%)
-/// down to `audit-export` (0.1%); 20 kinds and a rare `tenant.export`
-/// (0.02%); 10% tagged `nightly`, 1% `tenant:acme`, and `incident-42` on a
-/// few dozen of the oldest. Then `VACUUM ANALYZE`, as autovacuum would.
-/// For the console's plan tests and its benchmark.
+/// busy platform leaves them (`testing/busy_week.sql` says what is in
+/// them), then `VACUUM ANALYZE`, as autovacuum would. For the console's
+/// plan tests; its benchmark runs the same file through psql.
 pub async fn seed_busy_week(pool: &sqlx::PgPool, rows: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO jobs.job (state, queue, kind, args, tags, attempt, attempted_by,
-                              inserted_at, scheduled_at, attempted_at, finalized_at)
-         SELECT s.state::jobs.job_state, q.queue, k.kind,
-                jsonb_build_object('tenant', 'tenant-' || (i % 50), 'n', i),
-                CASE WHEN i % 10 = 0 THEN ARRAY['nightly']
-                     WHEN i % 97 = 0 THEN ARRAY['tenant:acme', 'export']
-                     WHEN i * 200 < $1 AND i % 100 = 1 THEN ARRAY['incident-42']
-                     ELSE '{}' END,
-                CASE WHEN s.state IN ('available', 'scheduled') THEN 0 ELSE 1 END,
-                CASE WHEN s.state IN ('available', 'scheduled') THEN NULL ELSE 'node-1' END,
-                t.at,
-                CASE WHEN s.state = 'scheduled' THEN now() + interval '1 hour' ELSE t.at END,
-                CASE WHEN s.state IN ('available', 'scheduled') THEN NULL ELSE t.at END,
-                CASE WHEN s.state IN ('completed', 'discarded', 'cancelled')
-                     THEN t.at + interval '1 second' END
-         FROM generate_series(1, $1) AS i
-         CROSS JOIN LATERAL (SELECT now() - interval '7 days' * (1 - i::float8 / $1) AS at) t
-         CROSS JOIN LATERAL (SELECT CASE
-             WHEN i * 100 > $1 * 97 THEN CASE WHEN i % 60 = 0 THEN 'executing' ELSE 'available' END
-             WHEN i % 100 = 0 THEN 'scheduled'
-             WHEN i % 200 = 1 THEN 'retryable'
-             WHEN i % 67 = 2 THEN 'discarded'
-             WHEN i % 199 = 3 THEN 'cancelled'
-             ELSE 'completed' END AS state) s
-         CROSS JOIN LATERAL (SELECT CASE
-             WHEN i % 1000 = 7 THEN 'audit-export'
-             WHEN i % 100 < 3 THEN 'mail'
-             WHEN i % 100 < 10 THEN 'reports'
-             WHEN i % 100 < 25 THEN 'aggregation'
-             WHEN i % 100 < 50 THEN 'webhooks'
-             ELSE 'default' END AS queue) q
-         CROSS JOIN LATERAL (SELECT CASE
-             WHEN i % 5000 = 11 THEN 'tenant.export'
-             ELSE 'kind.' || ((i * 7919) % 20) END AS kind) k",
-    )
-    .bind(rows)
-    .execute(pool)
-    .await?;
-    sqlx::query("VACUUM ANALYZE jobs.job").execute(pool).await?;
+    let mut conn = pool.acquire().await?;
+    sqlx::raw_sql(include_str!("../testing/busy_week.sql"))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("SELECT pg_temp.seed_busy_week($1)")
+        .bind(rows)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("VACUUM ANALYZE jobs.job")
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }

@@ -264,6 +264,38 @@ pub(super) async fn show<S: GatewayStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::console::pages::{HOSTILE, assert_escaped};
+
+    #[test]
+    fn hostile_device_ids_metrics_and_tenants_are_escaped() {
+        let h = || HOSTILE.to_owned();
+        assert_escaped(&AnomaliesPage {
+            nonce: "n".into(),
+            csrf: "t".into(),
+            username: h(),
+            role: Role::Viewer,
+            admin: false,
+            tenants: vec![(h(), true)],
+            tenant: h(),
+            device: h(),
+            windows: vec![WindowRow {
+                device: h(),
+                metric: h(),
+                start: h(),
+                length: h(),
+                count: 3,
+                mean: h(),
+                min: h(),
+                max: h(),
+                score: h(),
+                chart: Some(Chart {
+                    points: h(),
+                    mean_y: h(),
+                    summary: h(),
+                }),
+            }],
+        });
+    }
 
     #[test]
     fn a_chart_spans_its_box_and_says_what_it_shows() {

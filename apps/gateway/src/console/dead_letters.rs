@@ -599,6 +599,57 @@ pub(super) async fn discard<S: GatewayStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::console::pages::{HOSTILE, assert_escaped};
+
+    #[test]
+    fn hostile_dead_letter_payloads_and_reasons_are_escaped() {
+        let h = || HOSTILE.to_owned();
+        assert_escaped(&ListPage {
+            nonce: "n".into(),
+            csrf: "t".into(),
+            username: h(),
+            role: Role::Operator,
+            admin: false,
+            tenants: vec![(h(), h(), true)],
+            tenant: h(),
+            tenant_label: h(),
+            notice: Some(h()),
+            letters: vec![LetterRow {
+                id: 1,
+                received: h(),
+                source: h(),
+                event_id: h(),
+                field: h(),
+                reason: h(),
+            }],
+            next: Some(h()),
+        });
+        assert_escaped(&DetailPage {
+            csrf: "t".into(),
+            username: h(),
+            role: Role::Operator,
+            admin: false,
+            operator: true,
+            id: 1,
+            tenant: h(),
+            tenant_label: h(),
+            received: h(),
+            source: h(),
+            field: h(),
+            reason: h(),
+            payload: format!("{{\"device_id\": {HOSTILE:?}}}"),
+            correction: Some(Correction {
+                csrf: String::new(),
+                event_id: h(),
+                device_id: h(),
+                metric: h(),
+                value: h(),
+                observed_at: h(),
+                attributes: h(),
+            }),
+            error: Some(h()),
+        });
+    }
 
     #[test]
     fn a_correction_round_trips_the_letters_reading() {

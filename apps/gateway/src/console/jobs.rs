@@ -589,6 +589,71 @@ pub(super) async fn act_on_queue<S: GatewayStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::console::pages::{HOSTILE, assert_escaped};
+
+    #[test]
+    fn hostile_job_args_kinds_queues_tags_and_errors_are_escaped() {
+        let h = || HOSTILE.to_owned();
+        assert_escaped(&JobPage {
+            csrf: "t".into(),
+            username: h(),
+            role: Role::Operator,
+            admin: false,
+            operator: true,
+            id: 7,
+            kind: h(),
+            queue: h(),
+            state: "discarded",
+            priority: 1,
+            attempts: "1/20".into(),
+            attempted_by: h(),
+            tags: h(),
+            args: format!("{{\"note\": {HOSTILE:?}}}"),
+            times: vec![("Inserted", h())],
+            errors: vec![ErrorRow {
+                attempt: 1,
+                at: h(),
+                error: h(),
+            }],
+            can_cancel: true,
+            can_retry: true,
+            can_discard: true,
+            notice: Some(h()),
+        });
+        assert_escaped(&JobsPage {
+            nonce: "n".into(),
+            csrf: "t".into(),
+            username: h(),
+            role: Role::Operator,
+            admin: false,
+            operator: true,
+            states: vec![("available", true)],
+            queues: vec![QueueRow {
+                name: h(),
+                paused: true,
+                counts: vec![h()],
+                limit: h(),
+                oldest: h(),
+            }],
+            jobs: vec![JobRow {
+                id: 7,
+                kind: h(),
+                queue: h(),
+                state: "available",
+                attempts: h(),
+                inserted: h(),
+                scheduled: h(),
+                tags: h(),
+            }],
+            queue: h(),
+            kind: h(),
+            tag: h(),
+            next: None,
+            later_page: true,
+            searched_from: Some(1),
+            filtered: String::new(),
+        });
+    }
 
     #[test]
     fn filters_survive_the_query_string_escaped() {

@@ -571,7 +571,26 @@ async fn second_factor<S: GatewayStore>(
     let Some(secret) = signed.operator.totp_secret.as_deref() else {
         return Redirect::to("/console/second-factor/enrol").into_response();
     };
-    let by_app = totp::verify(secret, &form.code, unix_now());
+    let step = totp::matching_step(secret, &form.code, unix_now());
+    let by_app = match step {
+        Some(step) => match state
+            .store
+            .use_totp_step(signed.operator.id, step_number(step))
+            .await
+        {
+            Ok(fresh) => fresh,
+            Err(error) => return unavailable(&error),
+        },
+        None => false,
+    };
+    if step.is_some() && !by_app {
+        state.account_failures.check(&name, now);
+        return second_factor_refused(
+            &signed,
+            "code: already used; wait for your authenticator's next code",
+            StatusCode::UNAUTHORIZED,
+        );
+    }
     let by_recovery = !by_app
         && match state
             .store
@@ -609,6 +628,11 @@ async fn second_factor<S: GatewayStore>(
         return response;
     }
     Redirect::to("/console").into_response()
+}
+
+/// A time step as the store keeps it (steps since 1970 fit an `i64`).
+fn step_number(step: u64) -> i64 {
+    i64::try_from(step).unwrap_or(i64::MAX)
 }
 
 fn second_factor_refused(signed: &SignedIn, error: &str, status: StatusCode) -> Response {
@@ -684,7 +708,7 @@ async fn enrol<S: GatewayStore>(
         )
             .into_response();
     };
-    if !totp::verify(&secret, &form.code, unix_now()) {
+    let Some(step) = totp::matching_step(&secret, &form.code, unix_now()) else {
         let mut response = enrol_form(
             &signed,
             &secret,
@@ -692,7 +716,7 @@ async fn enrol<S: GatewayStore>(
         );
         *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
         return response;
-    }
+    };
     let codes = match totp::new_recovery_codes() {
         Ok(codes) => codes,
         Err(error) => return unavailable(&error),
@@ -703,6 +727,14 @@ async fn enrol<S: GatewayStore>(
         .store
         .enrol_totp(signed.operator.id, &secret, &digests)
         .await
+        // The enrolment's code is spent: it cannot sign in afterwards.
+        .and(
+            state
+                .store
+                .use_totp_step(signed.operator.id, step_number(step))
+                .await
+                .map(drop),
+        )
         .and(
             state
                 .store
@@ -1418,6 +1450,28 @@ async fn csp_report<S: GatewayStore>(
     tracing::warn!(report = %text, "CSP violation reported by a browser");
     state.csp_reports.push(text);
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// What a hostile tenant, producer or job enqueuer might put in any text
+/// the console shows: markup, a script, an attribute break-out.
+#[cfg(test)]
+pub(super) const HOSTILE: &str = "\"'><script>alert(1)</script><img src=x onerror=alert(2)>";
+
+/// Renders `template` and checks that [`HOSTILE`] shows only escaped: no
+/// tag or attribute of its own reaches the page.
+#[cfg(test)]
+pub(super) fn assert_escaped(template: &impl Template) {
+    let html = template.render().expect("the template renders");
+    for raw in ["<script>alert", "<img src=x", "'><", "\"><script"] {
+        assert!(
+            !html.contains(raw),
+            "{raw:?} reached the page unescaped:\n{html}"
+        );
+    }
+    assert!(
+        html.contains("&#60;script&#62;alert(1)&#60;/script&#62;"),
+        "the hostile text is shown, escaped:\n{html}"
+    );
 }
 
 #[cfg(test)]

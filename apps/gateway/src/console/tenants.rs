@@ -550,6 +550,69 @@ pub(super) async fn act_on_key<S: GatewayStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::console::pages::{HOSTILE, assert_escaped};
+
+    #[test]
+    fn hostile_tenant_names_keys_and_webhooks_are_escaped() {
+        let h = || HOSTILE.to_owned();
+        assert_escaped(&TenantsPage {
+            csrf: "t".into(),
+            username: h(),
+            role: Role::Admin,
+            admin: true,
+            tenants: vec![TenantRow {
+                id: "acme".into(),
+                name: h(),
+                state: "active",
+                created: h(),
+                readings_per_day: h(),
+                max_series: h(),
+                retention_days: h(),
+            }],
+        });
+        assert_escaped(&TenantPage {
+            csrf: "t".into(),
+            username: h(),
+            role: Role::Admin,
+            admin: true,
+            operator: true,
+            id: "acme".into(),
+            name: h(),
+            state: "active",
+            keys: vec![KeyRow {
+                id: "0123456789abcdef".into(),
+                name: h(),
+                scopes: h(),
+                created: h(),
+                expires: h(),
+                revoked: h(),
+                last_used: h(),
+                live: true,
+            }],
+            endpoints: vec![EndpointRow {
+                id: h(),
+                url: h(),
+                description: h(),
+                events: h(),
+                enabled: false,
+                disabled_reason: h(),
+                deliveries: vec![DeliveryRow {
+                    id: h(),
+                    event: h(),
+                    state: h(),
+                    attempts: 1,
+                    last_status: h(),
+                    last_error: h(),
+                    updated: h(),
+                }],
+            }],
+            webhooks_error: Some(h()),
+            scopes: vec!["readings:write"],
+            error: Some(h()),
+            secret: Some(h()),
+            notice: Some(h()),
+        });
+    }
 
     #[test]
     fn repeated_form_fields_are_all_kept() {

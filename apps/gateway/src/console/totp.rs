@@ -48,18 +48,25 @@ pub fn code(secret: &[u8], unix_seconds: u64) -> String {
 /// Whether `code` (six digits, spaces ignored) is right for `secret` at
 /// `unix_seconds`, allowing one step of drift either way.
 pub fn verify(secret: &[u8], code: &str, unix_seconds: u64) -> bool {
+    matching_step(secret, code, unix_seconds).is_some()
+}
+
+/// The time step `code` is right for at `unix_seconds` (one step of drift
+/// either way), or `None`. Signing in spends the step, so a code works
+/// once ([`crate::storage::operators::OperatorStore::use_totp_step`]).
+pub fn matching_step(secret: &[u8], code: &str, unix_seconds: u64) -> Option<u64> {
     let digits: String = code.chars().filter(|c| !c.is_whitespace()).collect();
     if digits.len() != 6 || !digits.chars().all(|c| c.is_ascii_digit()) {
-        return false;
+        return None;
     }
-    let Ok(wanted) = digits.parse::<u32>() else {
-        return false;
-    };
+    let wanted = digits.parse::<u32>().ok()?;
     let now = unix_seconds / STEP;
-    let mut matched = false;
+    let mut matched = None;
     // Every candidate is computed, so timing does not say which matched.
     for counter in now.saturating_sub(DRIFT)..=now + DRIFT {
-        matched |= code_at(secret, counter) == wanted;
+        if code_at(secret, counter) == wanted {
+            matched = Some(counter);
+        }
     }
     matched
 }

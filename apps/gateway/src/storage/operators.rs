@@ -150,6 +150,15 @@ pub trait OperatorStore: Clone + Send + Sync + 'static {
         recovery_digests: &[[u8; 32]],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Spends the TOTP time step `step`: true if it is later than every
+    /// step the operator used before (a code works once, and never after a
+    /// later one).
+    fn use_totp_step(
+        &self,
+        operator_id: i64,
+        step: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Spends a recovery code: true if it was the operator's and unused.
     fn use_recovery_code(
         &self,
@@ -438,6 +447,18 @@ impl OperatorStore for PgGatewayStore {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn use_totp_step(&self, operator_id: i64, step: i64) -> Result<bool, StoreError> {
+        let used = sqlx::query(
+            "UPDATE gateway.operator SET totp_last_step = $2
+             WHERE operator_id = $1 AND (totp_last_step IS NULL OR totp_last_step < $2)",
+        )
+        .bind(operator_id)
+        .bind(step)
+        .execute(self.pool())
+        .await?;
+        Ok(used.rows_affected() == 1)
     }
 
     async fn use_recovery_code(
@@ -792,6 +813,18 @@ impl OperatorStore for SqliteGatewayStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn use_totp_step(&self, operator_id: i64, step: i64) -> Result<bool, StoreError> {
+        let used = sqlx::query(
+            "UPDATE gateway_operator SET totp_last_step = ?2
+             WHERE operator_id = ?1 AND (totp_last_step IS NULL OR totp_last_step < ?2)",
+        )
+        .bind(operator_id)
+        .bind(step)
+        .execute(self.pool())
+        .await?;
+        Ok(used.rows_affected() == 1)
     }
 
     async fn use_recovery_code(

@@ -32,6 +32,11 @@ pub fn migrator() -> sqlx::migrate::Migrator {
             "console",
             include_str!("../../migrations/postgres/400004_console.sql"),
         ),
+        (
+            400_005,
+            "gateway totp replay",
+            include_str!("../../migrations/postgres/400005_totp_replay.sql"),
+        ),
     ])
 }
 

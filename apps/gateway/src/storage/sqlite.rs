@@ -33,6 +33,11 @@ pub fn migrator() -> sqlx::migrate::Migrator {
             "console",
             include_str!("../../migrations/sqlite/400004_console.sql"),
         ),
+        (
+            400_005,
+            "gateway totp replay",
+            include_str!("../../migrations/sqlite/400005_totp_replay.sql"),
+        ),
     ])
 }
 

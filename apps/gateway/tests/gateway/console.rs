@@ -428,18 +428,42 @@ async fn admins_enrol_a_second_factor_and_recovery_codes_work_once() {
         .await;
     assert_eq!(reused.status, 401);
     assert!(reused.body.contains("code: not recognised"));
+    // The enrolment spent its code: the same code does not sign in
+    // (replay), the authenticator's next one does (one step of drift), and
+    // then not again.
+    let replayed = console
+        .post(
+            "/console/second-factor",
+            Some(&third),
+            &[("csrf", &csrf(&ask)), ("code", &code)],
+        )
+        .await;
+    assert_eq!(replayed.status, 401, "{}", replayed.body);
+    assert!(
+        replayed.body.contains("code: already used"),
+        "{}",
+        replayed.body
+    );
+    let next_code = gateway::console::totp::code(&secret, now() + 30);
     let by_app = console
         .post(
             "/console/second-factor",
             Some(&third),
-            &[
-                ("csrf", &csrf(&ask)),
-                ("code", &gateway::console::totp::code(&secret, now())),
-            ],
+            &[("csrf", &csrf(&ask)), ("code", &next_code)],
         )
         .await;
-    assert_eq!(by_app.status, 303);
+    assert_eq!(by_app.status, 303, "{}", by_app.body);
     assert_eq!(console.get("/console", Some(&third)).await.status, 200);
+    let (fourth, _) = console.login("root", PASSWORD).await;
+    let ask = console.get("/console/second-factor", Some(&fourth)).await;
+    let again = console
+        .post(
+            "/console/second-factor",
+            Some(&fourth),
+            &[("csrf", &csrf(&ask)), ("code", &next_code)],
+        )
+        .await;
+    assert_eq!(again.status, 401, "a code works once: {}", again.body);
     console.stop().await;
 }
 
