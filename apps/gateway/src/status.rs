@@ -25,6 +25,10 @@ pub(crate) struct ServiceStatus {
     pub(crate) git_revision: Option<String>,
     pub(crate) instance_id: Option<String>,
     pub(crate) uptime_seconds: Option<i64>,
+    /// Requests served since the app started, and those that failed on
+    /// its side (the console's overview; not on the status pages).
+    #[serde(skip)]
+    pub(crate) requests: Option<service_runtime::RequestTotals>,
     pub(crate) latency_ms: f64,
     pub(crate) address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -81,6 +85,7 @@ pub(crate) async fn platform_status(backends: &[Backend], timeout: Duration) -> 
         git_revision: Some(INFO.git_revision.to_owned()),
         instance_id: Some(service_runtime::instance_id().to_owned()),
         uptime_seconds: i64::try_from(service_runtime::uptime().as_secs()).ok(),
+        requests: Some(service_runtime::request_totals()),
         latency_ms: 0.0,
         address: None,
         error: None,
@@ -109,6 +114,7 @@ async fn service_status(backend: &Backend, timeout: Duration) -> ServiceStatus {
         git_revision: None,
         instance_id: None,
         uptime_seconds: None,
+        requests: None,
         latency_ms: 0.0,
         address: Some(backend.url.to_string()),
         error: None,
@@ -130,6 +136,10 @@ async fn service_status(backend: &Backend, timeout: Duration) -> ServiceStatus {
                     status.git_revision = Some(info.git_revision);
                     status.instance_id = Some(info.instance_id);
                     status.uptime_seconds = info.uptime.map(|d| d.seconds);
+                    status.requests = Some(service_runtime::RequestTotals {
+                        served: info.requests_served,
+                        failed: info.requests_failed,
+                    });
                 }
                 Err(error) => {
                     status.error = Some(format!("service info failed: {}", error.message()))

@@ -113,7 +113,19 @@ impl Pipelines {
                         .messages_in
                         .saturating_sub(now_figures.messages_out + now_figures.failed),
                     messages_per_second: rate,
+                    ..Default::default()
                 });
+                if stage == "sink"
+                    && let Some(sink) = response.stages.last_mut()
+                {
+                    sink.batches = stats.batches;
+                    sink.mean_batch_size = if stats.batches == 0 {
+                        0.0
+                    } else {
+                        now_figures.messages_in as f64 / stats.batches as f64
+                    };
+                    sink.batch_size_limit = view.monitor.batch_size() as u64;
+                }
             }
             response.in_flight_bytes += stats.in_flight_bytes;
             response.in_flight_bytes_limit += limit_bytes;

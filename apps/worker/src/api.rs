@@ -137,6 +137,7 @@ impl<S: JobStore> JobsApi<S> {
                     retryable: count(jobs::JobState::Retryable),
                     completed: count(jobs::JobState::Completed),
                     completed_estimated: found.is_some_and(|c| c.completed_estimated),
+                    completed_per_second: found.map_or(0.0, |c| c.completed_per_second),
                     discarded: count(jobs::JobState::Discarded),
                     cancelled: count(jobs::JobState::Cancelled),
                     local_limit: config.map_or(0, |q| q.local_limit),

@@ -39,7 +39,7 @@ pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use store::{
     Completion, JobPage, JobStore, LIST_WINDOW, ListFilter, MAX_LIST, Outcome, QueueCounts,
-    Rescued, Signal, embedded_migrations, embedded_migrator,
+    RATE_SAMPLE, Rescued, Signal, embedded_migrations, embedded_migrator,
 };
 pub use unique::{UniqueOpts, unique_key};
 pub use worker::{ArgsError, Done, JobContext, JobError, Registry, Worker};

@@ -16,8 +16,8 @@ use tokio::sync::broadcast;
 use crate::{
     AttemptError, Inserted, Job, JobState, JobsError, NewJob,
     store::{
-        Completion, JobPage, JobStore, LIST_WINDOW, ListFilter, MAX_LIST, QueueCounts, Rescued,
-        Signal, outcome_error, outcome_next_run, outcome_refunds_attempt, outcome_state,
+        Completion, JobPage, JobStore, LIST_WINDOW, ListFilter, MAX_LIST, QueueCounts, RATE_SAMPLE,
+        Rescued, Signal, outcome_error, outcome_next_run, outcome_refunds_attempt, outcome_state,
     },
     unique::unique_key,
 };
@@ -628,6 +628,18 @@ fn counts_of(by_queue: &mut BTreeMap<String, QueueCounts>, queue: String) -> &mu
         })
 }
 
+/// Per queue, how many of the latest `$1` completions of the last minute
+/// are its, how many were sampled, and how long ago the oldest was: read
+/// newest first from `job_finalized`, bounded however fast jobs finish.
+const COMPLETION_RATE_SQL: &str = "\
+WITH recent AS (
+  SELECT queue, finalized_at FROM jobs.job
+   WHERE finalized_at > now() - interval '60 seconds' AND state = 'completed'
+   ORDER BY finalized_at DESC LIMIT $1)
+SELECT queue, count(*) AS n, (SELECT count(*) FROM recent) AS total,
+       extract(epoch FROM now() - (SELECT min(finalized_at) FROM recent))::float8 AS span
+  FROM recent GROUP BY queue";
+
 /// Above this many rows (the planner's count), completed jobs are
 /// estimated per queue rather than counted: counting a million takes
 /// longer than a page or a metrics scrape should.
@@ -997,6 +1009,14 @@ impl JobStore for PgStore {
             let counts = counts_of(&mut by_queue, queue);
             counts.counts[JobState::Completed as usize] = u64::try_from(n).unwrap_or(0);
             counts.completed_estimated = estimated;
+        }
+        let rates: Vec<(String, i64, i64, f64)> = sqlx::query_as(COMPLETION_RATE_SQL)
+            .bind(RATE_SAMPLE)
+            .fetch_all(&self.pool)
+            .await?;
+        for (queue, n, total, span) in rates {
+            counts_of(&mut by_queue, queue).completed_per_second =
+                crate::store::completion_rate(n, total, span);
         }
         Ok(by_queue.into_values().collect())
     }

@@ -20,8 +20,8 @@ use tokio::sync::broadcast;
 use crate::{
     AttemptError, Inserted, Job, JobState, JobsError, NewJob,
     store::{
-        Completion, JobPage, JobStore, LIST_WINDOW, ListFilter, MAX_LIST, QueueCounts, Rescued,
-        Signal, outcome_error, outcome_next_run, outcome_refunds_attempt, outcome_state,
+        Completion, JobPage, JobStore, LIST_WINDOW, ListFilter, MAX_LIST, QueueCounts, RATE_SAMPLE,
+        Rescued, Signal, outcome_error, outcome_next_run, outcome_refunds_attempt, outcome_state,
     },
     unique::unique_key,
 };
@@ -725,6 +725,27 @@ impl JobStore for SqliteStore {
                         .map(from_micros)
                         .transpose()?;
                 }
+            }
+        }
+        let now = Utc::now();
+        let since = micros(now - chrono::Duration::seconds(60));
+        let rates: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+            "WITH recent AS (
+               SELECT queue, finalized_at FROM jobs_job
+                WHERE finalized_at > ?1 AND state = 'completed'
+                ORDER BY finalized_at DESC LIMIT ?2)
+             SELECT queue, count(*), (SELECT count(*) FROM recent),
+                    (SELECT min(finalized_at) FROM recent)
+               FROM recent GROUP BY queue",
+        )
+        .bind(since)
+        .bind(RATE_SAMPLE)
+        .fetch_all(&self.pool)
+        .await?;
+        for (queue, n, total, oldest) in rates {
+            let span = (micros(now) - oldest) as f64 / 1e6;
+            if let Some(counts) = out.iter_mut().find(|c| c.queue == queue) {
+                counts.completed_per_second = crate::store::completion_rate(n, total, span);
             }
         }
         Ok(out)

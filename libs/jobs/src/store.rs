@@ -127,8 +127,26 @@ impl JobPage {
     }
 }
 
+/// How far back the completion rate looks.
+pub(crate) const RATE_WINDOW_SECONDS: f64 = 60.0;
+/// The most completions the rate is computed from: at a higher rate the
+/// window shrinks to the time these took.
+pub const RATE_SAMPLE: i64 = 10_000;
+
+/// A queue's completions per second: `n` of the `total` completions
+/// sampled, the oldest of them `span` seconds ago. A full sample covers
+/// only its span; a partial one covers the whole window.
+pub(crate) fn completion_rate(n: i64, total: i64, span: f64) -> f64 {
+    let window = if total >= RATE_SAMPLE && span > 0.0 {
+        span
+    } else {
+        RATE_WINDOW_SECONDS
+    };
+    n as f64 / window
+}
+
 /// Jobs per state in one queue.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueueCounts {
     /// Queue name.
     pub queue: String,
@@ -140,6 +158,10 @@ pub struct QueueCounts {
     /// big table (PostgreSQL) counting them would take longer than a page
     /// or a metrics scrape should.
     pub completed_estimated: bool,
+    /// Jobs completed per second over the last minute (from at most the
+    /// latest [`RATE_SAMPLE`] completions, so the cost stays bounded
+    /// however fast jobs finish).
+    pub completed_per_second: f64,
     /// When the longest-waiting available job became runnable: how far
     /// behind the queue is (`jobs.queue.oldest_available_age`), which a
     /// depth alone does not say.

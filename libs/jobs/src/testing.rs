@@ -144,6 +144,25 @@ impl ScratchSqlite {
     }
 }
 
+/// Fills a migrated PostgreSQL jobs table with `rows` jobs as a week of a
+/// busy platform leaves them (`testing/busy_week.sql` says what is in
+/// them), then `VACUUM ANALYZE`, as autovacuum would. For the console's
+/// plan tests; its benchmark runs the same file through psql.
+pub async fn seed_busy_week(pool: &sqlx::PgPool, rows: i64) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    sqlx::raw_sql(include_str!("../testing/busy_week.sql"))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("SELECT pg_temp.seed_busy_week($1)")
+        .bind(rows)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("VACUUM ANALYZE jobs.job")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,23 +182,4 @@ mod tests {
             "postgres://u@h/x?sslmode=disable"
         );
     }
-}
-
-/// Fills a migrated PostgreSQL jobs table with `rows` jobs as a week of a
-/// busy platform leaves them (`testing/busy_week.sql` says what is in
-/// them), then `VACUUM ANALYZE`, as autovacuum would. For the console's
-/// plan tests; its benchmark runs the same file through psql.
-pub async fn seed_busy_week(pool: &sqlx::PgPool, rows: i64) -> Result<(), sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    sqlx::raw_sql(include_str!("../testing/busy_week.sql"))
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("SELECT pg_temp.seed_busy_week($1)")
-        .bind(rows)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("VACUUM ANALYZE jobs.job")
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
 }

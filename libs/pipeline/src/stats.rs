@@ -28,6 +28,7 @@ pub(crate) struct Counters {
     pub(crate) in_flight: AtomicU64,
     pub(crate) in_flight_bytes: AtomicU64,
     pub(crate) dead_letters: AtomicU64,
+    pub(crate) batches: AtomicU64,
     pub(crate) batch_size: Histogram<u64>,
     pub(crate) batch_latency: Histogram<f64>,
     pub(crate) name: String,
@@ -44,6 +45,7 @@ impl Counters {
             in_flight: AtomicU64::new(0),
             in_flight_bytes: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
             batch_size: meter
                 .u64_histogram("pipeline.batch.size")
                 .with_description("Messages per handled batch")
@@ -93,6 +95,9 @@ pub struct PipelineStats {
     pub in_flight_bytes: u64,
     /// Messages dead-lettered (failed as invalid).
     pub dead_letters: u64,
+    /// Batches the sink handled: with its messages in, the mean batch
+    /// size (an operator sees batches fill or trickle).
+    pub batches: u64,
 }
 
 impl StageCounters {
@@ -115,6 +120,7 @@ impl Counters {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             in_flight_bytes: self.in_flight_bytes.load(Ordering::Relaxed),
             dead_letters: self.dead_letters.load(Ordering::Relaxed),
+            batches: self.batches.load(Ordering::Relaxed),
         }
     }
 }

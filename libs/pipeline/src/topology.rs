@@ -112,6 +112,7 @@ pub struct PipelineMonitor {
     counters: Arc<Counters>,
     rate: Arc<watch::Sender<Option<RateLimit>>>,
     limits: (u64, u64),
+    batch_size: usize,
 }
 
 impl std::fmt::Debug for PipelineMonitor {
@@ -131,6 +132,11 @@ impl PipelineMonitor {
     /// The in-flight ceilings: (messages, bytes).
     pub fn limits(&self) -> (u64, u64) {
         self.limits
+    }
+
+    /// The most messages a batch holds (`batch_size`).
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
     }
 
     /// Changes (or removes) the producer's rate limit at runtime.
@@ -209,6 +215,7 @@ where
         config.max_in_flight as u64,
         config.max_in_flight_bytes as u64,
     );
+    let config_batch_size = config.batch_size;
     let budget = Arc::new(Budget {
         count: Semaphore::new(config.max_in_flight),
         bytes: Semaphore::new(config.max_in_flight_bytes),
@@ -279,6 +286,7 @@ where
             counters,
             rate: Arc::new(rate),
             limits,
+            batch_size: config_batch_size,
         },
         _observers: observers,
     })
@@ -629,6 +637,7 @@ async fn process_batches<H: Handler>(
         deliver_acks(succeeded, failed);
         budget.release(&counters, n, batch.bytes);
         let attributes = counters.attributes();
+        counters.batches.fetch_add(1, Ordering::Relaxed);
         counters.batch_size.record(n as u64, &attributes);
         counters
             .batch_latency

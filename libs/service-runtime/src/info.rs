@@ -32,6 +32,7 @@ impl ServiceInfoService for ServiceInfo {
         _request: Request<GetServiceInfoRequest>,
     ) -> Result<Response<GetServiceInfoResponse>, Status> {
         let uptime = self.started.elapsed();
+        let totals = telemetry::request_totals();
         Ok(Response::new(GetServiceInfoResponse {
             name: self.info.name.to_owned(),
             version: self.info.version.to_owned(),
@@ -42,6 +43,8 @@ impl ServiceInfoService for ServiceInfo {
                 nanos: i32::try_from(uptime.subsec_nanos()).unwrap_or(0),
             }),
             instance_id: instance_id().to_owned(),
+            requests_served: totals.served,
+            requests_failed: totals.failed,
         }))
     }
 }

@@ -44,5 +44,6 @@ pub use main_loop::{
     load_config_from, run_main, run_with_args, shutdown_signal,
 };
 pub use serve::{CheckError, CheckFuture, Running, ServiceBuilder, ShutdownReport, StartError};
+pub use telemetry::{RequestTotals, request_totals};
 pub use tokio_util::sync::CancellationToken;
 pub use transport::{DEFAULT_CERT_DIR, Transport};

@@ -5,7 +5,10 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll, ready},
     time::Instant,
 };
@@ -86,6 +89,41 @@ impl Target {
                 KeyValue::new("http.route", route.clone()),
             ],
         }
+    }
+}
+
+/// Requests this process has served, and those that failed on its side.
+static SERVED: AtomicU64 = AtomicU64::new(0);
+static FAILED: AtomicU64 = AtomicU64::new(0);
+
+/// Requests served since the process started, as the server layers saw
+/// them end: what an operator's overview turns into a request rate and an
+/// error ratio (two samples apart) without a metrics backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestTotals {
+    /// Every gRPC call and HTTP request that ended.
+    pub served: u64,
+    /// Those that failed on the server's side: gRPC `UNKNOWN`,
+    /// `DEADLINE_EXCEEDED`, `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`,
+    /// `DATA_LOSS`, HTTP 5xx, or a body that broke. A caller's mistake
+    /// (`INVALID_ARGUMENT`, 404) is not a failure of the server.
+    pub failed: u64,
+}
+
+/// This process's [`RequestTotals`] so far.
+pub fn request_totals() -> RequestTotals {
+    RequestTotals {
+        served: SERVED.load(Ordering::Relaxed),
+        failed: FAILED.load(Ordering::Relaxed),
+    }
+}
+
+/// Whether a status (gRPC code, HTTP status or `error`) is the server's
+/// failure.
+fn server_failure(target: &Target, status: &str) -> bool {
+    match target {
+        Target::Grpc { .. } => matches!(status, "2" | "4" | "12" | "13" | "14" | "15" | "error"),
+        Target::Http { .. } => status.starts_with('5') || status == "error",
     }
 }
 
@@ -324,6 +362,10 @@ impl Observation {
             return;
         }
         self.recorded = true;
+        SERVED.fetch_add(1, Ordering::Relaxed);
+        if server_failure(&self.target, status) {
+            FAILED.fetch_add(1, Ordering::Relaxed);
+        }
         let elapsed = self.started.elapsed().as_secs_f64();
         let mut attributes = self.target.attributes();
         match self.target {

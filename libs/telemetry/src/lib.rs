@@ -20,7 +20,10 @@ mod setup;
 pub mod testing;
 
 pub use carrier::{continue_trace, current_trace_carrier, link_trace};
-pub use http_layer::{ClientTraceLayer, ClientTraceService, ServerTraceLayer, ServerTraceService};
+pub use http_layer::{
+    ClientTraceLayer, ClientTraceService, RequestTotals, ServerTraceLayer, ServerTraceService,
+    request_totals,
+};
 pub use prometheus::render_metrics;
 pub use setup::{LogFormat, Telemetry, TelemetryConfig, TelemetryError, init};
 

@@ -155,6 +155,33 @@ async fn anomalies_pipeline_and_webhook_deliveries_are_seen_in_the_console() {
         "{}",
         pipeline.body
     );
+    // The sink's batches: the readings went in at least one, against
+    // ingest's batch size.
+    assert!(
+        pipeline.body.contains(" batches, ") && pipeline.body.contains(" per batch</td>"),
+        "{}",
+        pipeline.body
+    );
+    assert!(
+        !pipeline.body.contains("<td>0 batches, "),
+        "{}",
+        pipeline.body
+    );
+
+    // The overview: each app's request rate and failed share, measured
+    // between two looks a second apart.
+    let first = get("/console").await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let overview = get("/console").await;
+    assert!(
+        overview.body.contains("Requests per second"),
+        "{}",
+        overview.body
+    );
+    let rates = overview.body.matches("/s</td>").count();
+    assert_eq!(rates, 4, "a rate for every app: {}", overview.body);
+    assert!(overview.body.contains("%</td>"), "{}", overview.body);
 
     // The anomaly's delivery shows on the tenant's page once attempted.
     let started = Instant::now();

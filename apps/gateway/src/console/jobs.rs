@@ -95,6 +95,8 @@ struct QueueRow {
     paused: bool,
     /// Each state's count as shown: `≈` before an estimate.
     counts: Vec<String>,
+    /// Completed per second over the last minute.
+    throughput: String,
     limit: String,
     oldest: String,
 }
@@ -182,6 +184,7 @@ fn queue_row(q: pb::QueueStats, now: DateTime<Utc>) -> QueueRow {
             (local, global) => format!("{local}/{global}"),
         },
         oldest: age(q.oldest_available_at.as_ref(), now),
+        throughput: format!("{:.1}", q.completed_per_second),
         paused: q.paused,
         name: q.queue,
     }
@@ -632,6 +635,7 @@ mod tests {
                 name: h(),
                 paused: true,
                 counts: vec![h()],
+                throughput: h(),
                 limit: h(),
                 oldest: h(),
             }],

@@ -96,6 +96,8 @@ pub(crate) struct ConsoleState<S> {
     pub(crate) csp_reports: CspReports,
     /// Whether the public listener serves TLS (the scheme of links shown).
     pub(crate) tls: bool,
+    /// Each app's request totals at the last overview, for its rates.
+    pub(crate) request_samples: pages::RequestSamples,
 }
 
 impl<S: GatewayStore> ConsoleState<S> {
@@ -123,6 +125,7 @@ impl<S: GatewayStore> ConsoleState<S> {
             client_attempts: Arc::new(Limiter::new(quota(LOGIN_ATTEMPTS_PER_CLIENT))),
             csp_reports: CspReports::default(),
             tls: config.http.tls.is_some(),
+            request_samples: pages::RequestSamples::default(),
         })
     }
 }

@@ -3,7 +3,11 @@
 //! CSRF token before it changes anything; every change is recorded in the
 //! audit log with who made it.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use askama::Template;
 use axum::{
@@ -768,7 +772,80 @@ struct AppRow {
     state: &'static str,
     version: String,
     uptime: String,
+    /// Requests per second, and the share that failed on the app's side.
+    rate: String,
+    errors: String,
     latency: String,
+}
+
+/// Each app's request totals when the overview last asked, so the next
+/// overview shows rates over the time between (every 10 s while it is
+/// open) rather than since the app started.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RequestSamples(Arc<Mutex<HashMap<&'static str, RequestSample>>>);
+
+/// An app's instance, when its totals were read, and the totals.
+type RequestSample = (Option<String>, Instant, service_runtime::RequestTotals);
+
+impl RequestSamples {
+    /// Rate and failed share of `app` now, against its previous sample when
+    /// that is of the same instance and at least a second old, else since
+    /// it started; records this sample.
+    fn rates(
+        &self,
+        app: &crate::status::ServiceStatus,
+        now: Instant,
+    ) -> (Option<f64>, Option<f64>) {
+        let Some(totals) = app.requests else {
+            return (None, None);
+        };
+        let mut samples = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let previous = samples
+            .get(app.name)
+            .filter(|(instance, at, _)| {
+                *instance == app.instance_id && now.duration_since(*at) >= Duration::from_secs(1)
+            })
+            .map(|(_, at, totals)| (now.duration_since(*at), *totals));
+        let since_start = app.uptime_seconds.map(|s| {
+            (
+                Duration::from_secs(u64::try_from(s).unwrap_or(0)),
+                service_runtime::RequestTotals::default(),
+            )
+        });
+        // A sample under a second old is kept: views in a burst all
+        // measure against the one before it.
+        let recent = samples.get(app.name).is_some_and(|(instance, at, _)| {
+            *instance == app.instance_id && now.duration_since(*at) < Duration::from_secs(1)
+        });
+        if !recent {
+            samples.insert(app.name, (app.instance_id.clone(), now, totals));
+        }
+        request_rates(previous.or(since_start), totals)
+    }
+}
+
+/// Requests per second and the failed share between `before` (how long
+/// ago, and the totals then) and `now`; `None` where it cannot be said.
+fn request_rates(
+    before: Option<(Duration, service_runtime::RequestTotals)>,
+    now: service_runtime::RequestTotals,
+) -> (Option<f64>, Option<f64>) {
+    let Some((elapsed, then)) = before else {
+        return (None, None);
+    };
+    let served = now.served.checked_sub(then.served);
+    let failed = now.failed.checked_sub(then.failed);
+    let rate = served
+        .filter(|_| !elapsed.is_zero())
+        .map(|n| n as f64 / elapsed.as_secs_f64());
+    let share = match (served, failed) {
+        (Some(n), Some(f)) if n > 0 => Some(f as f64 / n as f64),
+        _ => None,
+    };
+    (rate, share)
 }
 
 #[derive(Template)]
@@ -809,6 +886,7 @@ async fn overview<S: GatewayStore>(
         Err(response) => return response,
     };
     let status = platform_status(&state.backends.all, state.status_timeout).await;
+    let sampled = Instant::now();
     let nav = Nav::of(&signed);
     page(&OverviewPage {
         nonce: nonce.0,
@@ -820,14 +898,20 @@ async fn overview<S: GatewayStore>(
         apps: status
             .services
             .iter()
-            .map(|app| AppRow {
-                name: app.name,
-                state: app.state,
-                version: app.version.clone().unwrap_or_else(|| "unknown".into()),
-                uptime: app
-                    .uptime_seconds
-                    .map_or_else(|| "unknown".into(), duration_words),
-                latency: format!("{:.1} ms", app.latency_ms),
+            .map(|app| {
+                let (rate, errors) = state.request_samples.rates(app, sampled);
+                AppRow {
+                    name: app.name,
+                    state: app.state,
+                    version: app.version.clone().unwrap_or_else(|| "unknown".into()),
+                    uptime: app
+                        .uptime_seconds
+                        .map_or_else(|| "unknown".into(), duration_words),
+                    rate: rate.map_or_else(|| "unknown".into(), |r| format!("{r:.1}/s")),
+                    errors: errors
+                        .map_or_else(|| "none served".into(), |e| format!("{:.2}%", e * 100.0)),
+                    latency: format!("{:.1} ms", app.latency_ms),
+                }
             })
             .collect(),
     })
@@ -1477,6 +1561,31 @@ pub(super) fn assert_escaped(template: &impl Template) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_rates_come_from_two_samples() {
+        let totals = |served, failed| service_runtime::RequestTotals { served, failed };
+        let (rate, share) = request_rates(
+            Some((Duration::from_secs(10), totals(100, 1))),
+            totals(600, 6),
+        );
+        assert_eq!(rate, Some(50.0));
+        assert_eq!(share, Some(0.01));
+        // Nothing served between: a rate of zero, no share to speak of.
+        assert_eq!(
+            request_rates(Some((Duration::from_secs(10), totals(5, 0))), totals(5, 0)),
+            (Some(0.0), None)
+        );
+        // A restarted app (totals went down) or no sample: unknown.
+        assert_eq!(
+            request_rates(
+                Some((Duration::from_secs(10), totals(500, 0))),
+                totals(5, 0)
+            ),
+            (None, None)
+        );
+        assert_eq!(request_rates(None, totals(5, 0)), (None, None));
+    }
 
     #[test]
     fn durations_read_in_two_units() {

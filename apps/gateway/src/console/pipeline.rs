@@ -22,6 +22,8 @@ struct StageRow {
     failed: u64,
     in_flight: u64,
     per_second: String,
+    /// The sink's mean batch against its limit (empty for other stages).
+    batches: String,
 }
 
 #[derive(Template)]
@@ -82,6 +84,14 @@ pub(super) async fn show<S: GatewayStore>(
                 failed: s.messages_failed,
                 in_flight: s.in_flight,
                 per_second: format!("{:.1}", s.messages_per_second),
+                batches: if s.batch_size_limit == 0 {
+                    String::new()
+                } else {
+                    format!(
+                        "{} batches, {:.1} of at most {} per batch",
+                        s.batches, s.mean_batch_size, s.batch_size_limit
+                    )
+                },
             })
             .collect(),
         bytes_share: share(stats.in_flight_bytes, stats.in_flight_bytes_limit),

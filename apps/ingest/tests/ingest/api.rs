@@ -398,7 +398,6 @@ async fn dead_letters_on(url: &str) {
         let tenant = tenant.to_owned();
         async move {
             client
-                .clone()
                 .list_dead_letters(pb::ListDeadLettersRequest {
                     tenant_id: tenant,
                     page_size,

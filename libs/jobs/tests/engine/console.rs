@@ -223,3 +223,38 @@ async fn completed_jobs_are_estimated_on_a_big_table_and_the_rest_counted() {
     assert_eq!(bulk.count(JobState::Available), 12_000 - 120);
     db.drop_database().await;
 }
+
+/// The completion rate counts what finished in the last minute, per
+/// queue: 30 jobs completed just now read as half a job per second.
+async fn completions_per_second_cover_the_last_minute(store: impl JobStore) {
+    insert_bulk(&store, 40).await;
+    store.heartbeat("n1").await.unwrap();
+    let claimed = store.claim("bulk", 30, "n1", None).await.unwrap();
+    assert_eq!(claimed.len(), 30);
+    let ends: Vec<_> = claimed
+        .iter()
+        .map(|job| jobs::Completion {
+            id: job.id,
+            attempt: job.attempt,
+            outcome: jobs::Outcome::Completed,
+        })
+        .collect();
+    store.complete_many(&ends).await.unwrap();
+    let counts = store.queue_counts().await.unwrap();
+    let bulk = counts.iter().find(|c| c.queue == "bulk").unwrap();
+    assert_eq!(bulk.count(JobState::Completed), 30);
+    assert!(
+        (bulk.completed_per_second - 0.5).abs() < 1e-9,
+        "30 in the last minute: {}",
+        bulk.completed_per_second
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_per_second_cover_the_last_minute_on_both_stores() {
+    on_both(
+        completions_per_second_cover_the_last_minute,
+        completions_per_second_cover_the_last_minute,
+    )
+    .await;
+}

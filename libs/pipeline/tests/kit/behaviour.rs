@@ -263,3 +263,21 @@ async fn bad_settings_are_named() {
         "pipeline test: batch_size must be at least 1"
     );
 }
+
+/// The sink's batches are counted, and the monitor says how big one may
+/// be: what the ops console shows as the mean batch against its limit.
+#[tokio::test]
+async fn batches_are_counted_and_their_limit_is_known() {
+    let handler = Arc::new(Evens::default());
+    let (source, pipeline) = test_pipeline(config(), handler.clone()).unwrap();
+    assert_eq!(pipeline.stats().batches, 0);
+    // Each message waits for its acknowledgement: a batch each, flushed
+    // by the timeout.
+    assert_eq!(source.test_message(2).await, Acked::Succeeded);
+    assert_eq!(source.test_message(4).await, Acked::Succeeded);
+    let stats = pipeline.stats();
+    assert_eq!(stats.batches, 2);
+    assert_eq!(stats.batch_processors.messages_in, 2);
+    assert_eq!(pipeline.monitor().batch_size(), 3);
+    pipeline.drain(Duration::from_secs(5)).await;
+}
