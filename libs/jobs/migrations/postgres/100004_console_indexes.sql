@@ -9,6 +9,9 @@
 -- (a week of jobs puts a scheduled or retrying one on nearly every page).
 -- Same key and predicate, so the claim query's plan is unchanged, and no
 -- state change writes to it that did not before.
+-- contract: no release reads an index by name, and the replacement has the
+-- old one's key and predicate under the old name, so the previous release's
+-- claim (running during a rollout) keeps its plan; nothing is taken away.
 CREATE INDEX job_claim_with_state ON jobs.job (queue, priority, scheduled_at, id) INCLUDE (state)
   WHERE state IN ('available', 'scheduled', 'retryable');
 DROP INDEX jobs.job_claim;
