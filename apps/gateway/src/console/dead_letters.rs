@@ -76,6 +76,24 @@ impl Whose {
     }
 }
 
+/// The signed-in operator (at least `role`; with `csrf`, the form's token
+/// checked) and whose letters `tenant` names, or the answer that says why
+/// not.
+async fn signed_for<S: GatewayStore>(
+    state: &ConsoleState<S>,
+    headers: &HeaderMap,
+    role: Role,
+    tenant: &str,
+    csrf: Option<&str>,
+) -> Result<(SignedIn, Whose), Response> {
+    let signed = signed_in(state, headers, role).await?;
+    if csrf.is_some_and(|token| !csrf_ok(&signed, token)) {
+        return Err(bad_csrf());
+    }
+    let whose = Whose::parse(tenant).map_err(refuse)?;
+    Ok((signed, whose))
+}
+
 /// A request naming no valid tenant.
 fn refuse(problem: String) -> Response {
     (StatusCode::UNPROCESSABLE_ENTITY, format!("{problem}\n")).into_response()
@@ -399,14 +417,11 @@ pub(super) async fn detail<S: GatewayStore>(
     Query(scope): Query<Scope>,
     headers: HeaderMap,
 ) -> Response {
-    let signed = match signed_in(&state, &headers, Role::Viewer).await {
-        Ok(signed) => signed,
-        Err(response) => return response,
-    };
-    let whose = match Whose::parse(&scope.tenant) {
-        Ok(whose) => whose,
-        Err(problem) => return refuse(problem),
-    };
+    let (signed, whose) =
+        match signed_for(&state, &headers, Role::Viewer, &scope.tenant, None).await {
+            Ok(both) => both,
+            Err(response) => return response,
+        };
     match fetch(&state, &signed, &whose, id).await {
         Ok(letter) => detail_page(&signed, &whose, letter, None, None),
         Err(response) => response,
@@ -421,16 +436,17 @@ pub(super) async fn resubmit<S: GatewayStore>(
     headers: HeaderMap,
     Form(form): Form<Correction>,
 ) -> Response {
-    let signed = match signed_in(&state, &headers, Role::Operator).await {
-        Ok(signed) => signed,
+    let (signed, whose) = match signed_for(
+        &state,
+        &headers,
+        Role::Operator,
+        &scope.tenant,
+        Some(&form.csrf),
+    )
+    .await
+    {
+        Ok(both) => both,
         Err(response) => return response,
-    };
-    if !csrf_ok(&signed, &form.csrf) {
-        return bad_csrf();
-    }
-    let whose = match Whose::parse(&scope.tenant) {
-        Ok(whose) => whose,
-        Err(problem) => return refuse(problem),
     };
     let letter = match fetch(&state, &signed, &whose, id).await {
         Ok(letter) => letter,
@@ -513,14 +529,11 @@ pub(super) async fn confirm_discard<S: GatewayStore>(
     Query(scope): Query<Scope>,
     headers: HeaderMap,
 ) -> Response {
-    let signed = match signed_in(&state, &headers, Role::Operator).await {
-        Ok(signed) => signed,
-        Err(response) => return response,
-    };
-    let whose = match Whose::parse(&scope.tenant) {
-        Ok(whose) => whose,
-        Err(problem) => return refuse(problem),
-    };
+    let (signed, whose) =
+        match signed_for(&state, &headers, Role::Operator, &scope.tenant, None).await {
+            Ok(both) => both,
+            Err(response) => return response,
+        };
     let letter = match fetch(&state, &signed, &whose, id).await {
         Ok(letter) => letter,
         Err(response) => return response,
@@ -553,16 +566,17 @@ pub(super) async fn discard<S: GatewayStore>(
     headers: HeaderMap,
     Form(form): Form<super::pages::TokenOnly>,
 ) -> Response {
-    let signed = match signed_in(&state, &headers, Role::Operator).await {
-        Ok(signed) => signed,
+    let (signed, whose) = match signed_for(
+        &state,
+        &headers,
+        Role::Operator,
+        &scope.tenant,
+        Some(&form.csrf),
+    )
+    .await
+    {
+        Ok(both) => both,
         Err(response) => return response,
-    };
-    if !csrf_ok(&signed, &form.csrf) {
-        return bad_csrf();
-    }
-    let whose = match Whose::parse(&scope.tenant) {
-        Ok(whose) => whose,
-        Err(problem) => return refuse(problem),
     };
     if let Err(status) = state
         .ingest

@@ -340,17 +340,7 @@ impl ReadingStore for SqliteReadingStore {
         tenant_id: Option<&str>,
         id: i64,
     ) -> Result<bool, StoreError> {
-        let sql = format!(
-            "DELETE FROM ingest_dead_letter WHERE {} AND id = ?2",
-            letter_of(tenant_id)
-        );
-        let removed = sqlx::query(&sql)
-            .bind(tenant_id)
-            .bind(id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(removed > 0)
+        Ok(delete_letter(&self.pool, tenant_id, id).await? > 0)
     }
 
     async fn resubmit_dead_letter(
@@ -361,23 +351,31 @@ impl ReadingStore for SqliteReadingStore {
         windowing: &Windowing,
     ) -> Result<Option<WriteReport>, SinkError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let sql = format!(
-            "DELETE FROM ingest_dead_letter WHERE {} AND id = ?2",
-            letter_of(tenant_id)
-        );
-        let removed = sqlx::query(&sql)
-            .bind(tenant_id)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if removed == 0 {
+        if delete_letter(&mut *tx, tenant_id, id).await? == 0 {
             return Ok(None);
         }
         let report = write_in(&mut tx, std::slice::from_ref(reading), windowing).await?;
         tx.commit().await?;
         Ok(Some(report))
     }
+}
+
+/// Deletes dead letter `id` of `tenant_id`; how many rows went (0 or 1).
+async fn delete_letter<'c>(
+    executor: impl sqlx::Executor<'c, Database = sqlx::Sqlite>,
+    tenant_id: Option<&str>,
+    id: i64,
+) -> Result<u64, sqlx::Error> {
+    let sql = format!(
+        "DELETE FROM ingest_dead_letter WHERE {} AND id = ?2",
+        letter_of(tenant_id)
+    );
+    Ok(sqlx::query(&sql)
+        .bind(tenant_id)
+        .bind(id)
+        .execute(executor)
+        .await?
+        .rows_affected())
 }
 
 /// A stored dead letter's columns, as [`StoredDeadLetterTuple`] reads them.
