@@ -89,7 +89,7 @@ impl Pipelines {
             let now = Instant::now();
             let stats = view.monitor.stats();
             let oldest = view.history().front().copied();
-            let (_, limit_bytes) = view.monitor.limits();
+            let (limit_messages, limit_bytes) = view.monitor.limits();
             let stages: [(&str, StageSnapshot, StagePick); 4] = [
                 ("producer", stats.producer, |s| s.producer),
                 ("processor", stats.processors, |s| s.processors),
@@ -97,13 +97,16 @@ impl Pipelines {
                 ("sink", stats.batch_processors, |s| s.batch_processors),
             ];
             for (stage, now_figures, pick) in stages {
-                let rate = oldest.map_or(0.0, |(at, then)| {
-                    let seconds = now.duration_since(at).as_secs_f64();
-                    if seconds < 0.5 {
-                        return 0.0;
-                    }
-                    (now_figures.messages_out - pick(&then).messages_out) as f64 / seconds
-                });
+                // Per second since the oldest sample of the last minute.
+                let rate = |figure: fn(&StageSnapshot) -> u64| {
+                    oldest.map_or(0.0, |(at, then)| {
+                        let seconds = now.duration_since(at).as_secs_f64();
+                        if seconds < 0.5 {
+                            return 0.0;
+                        }
+                        figure(&now_figures).saturating_sub(figure(&pick(&then))) as f64 / seconds
+                    })
+                };
                 response.stages.push(pb::StageStats {
                     stage: format!("{}.{stage}", view.name),
                     messages_in: now_figures.messages_in,
@@ -112,7 +115,9 @@ impl Pipelines {
                     in_flight: now_figures
                         .messages_in
                         .saturating_sub(now_figures.messages_out + now_figures.failed),
-                    messages_per_second: rate,
+                    messages_per_second: rate(|s| s.messages_out),
+                    in_per_second: rate(|s| s.messages_in),
+                    failed_per_second: rate(|s| s.failed),
                     ..Default::default()
                 });
                 if stage == "sink"
@@ -127,6 +132,8 @@ impl Pipelines {
                     sink.batch_size_limit = view.monitor.batch_size() as u64;
                 }
             }
+            response.in_flight += stats.in_flight;
+            response.in_flight_limit += limit_messages;
             response.in_flight_bytes += stats.in_flight_bytes;
             response.in_flight_bytes_limit += limit_bytes;
             response.dead_letters += stats.dead_letters;

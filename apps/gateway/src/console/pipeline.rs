@@ -21,7 +21,10 @@ struct StageRow {
     messages_out: u64,
     failed: u64,
     in_flight: u64,
+    /// In, out and failed per second over the last minute.
+    in_rate: String,
     per_second: String,
+    failed_rate: String,
     /// The sink's mean batch against its limit (empty for other stages).
     batches: String,
 }
@@ -38,6 +41,9 @@ struct PipelinePage {
     bytes: u64,
     bytes_limit: u64,
     bytes_share: String,
+    messages: u64,
+    messages_limit: u64,
+    messages_share: String,
     dead_letters: u64,
 }
 
@@ -83,7 +89,9 @@ pub(super) async fn show<S: GatewayStore>(
                 messages_out: s.messages_out,
                 failed: s.messages_failed,
                 in_flight: s.in_flight,
+                in_rate: format!("{:.1}", s.in_per_second),
                 per_second: format!("{:.1}", s.messages_per_second),
+                failed_rate: format!("{:.1}", s.failed_per_second),
                 batches: if s.batch_size_limit == 0 {
                     String::new()
                 } else {
@@ -95,6 +103,9 @@ pub(super) async fn show<S: GatewayStore>(
             })
             .collect(),
         bytes_share: share(stats.in_flight_bytes, stats.in_flight_bytes_limit),
+        messages_share: share(stats.in_flight, stats.in_flight_limit),
+        messages: stats.in_flight,
+        messages_limit: stats.in_flight_limit,
         bytes: stats.in_flight_bytes,
         bytes_limit: stats.in_flight_bytes_limit,
         dead_letters: stats.dead_letters,
