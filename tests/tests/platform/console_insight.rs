@@ -167,6 +167,17 @@ async fn anomalies_pipeline_and_webhook_deliveries_are_seen_in_the_console() {
         "{}",
         pipeline.body
     );
+    // Messages in flight against their ceiling, beside the bytes.
+    assert!(
+        pipeline
+            .body
+            .contains("<meter id=\"messages\" min=\"0\" max=\"")
+            && !pipeline
+                .body
+                .contains("<meter id=\"messages\" min=\"0\" max=\"0\""),
+        "{}",
+        pipeline.body
+    );
 
     // The overview: each app's request rate and failed share, measured
     // between two looks a second apart.
