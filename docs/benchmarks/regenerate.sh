@@ -38,8 +38,14 @@ trap 'rm -rf "$WORK"' EXIT
 OUT=docs/benchmarks.md
 SECTIONS=docs/benchmarks
 
-cargo build --release --locked -p worker -p ingest -p numerics --quiet
-if wants gateway || wants console; then cargo build --release --locked -p gateway -p launcher --quiet; fi
+# Only what the chosen sections run.
+packages=()
+if wants jobs || wants console; then packages+=(-p worker); fi
+if wants ingest; then packages+=(-p ingest); fi
+if wants numerics; then packages+=(-p numerics); fi
+if wants gateway; then packages+=(-p gateway -p launcher); fi
+if wants console; then packages+=(-p gateway); fi
+cargo build --release --locked "${packages[@]}" --quiet
 # The same binary side_by_side.sh would build, without a second build of
 # the worker alone (a different feature set rebuilds its dependencies).
 # Given to that script only: an exported WORKER_BIN would reach the apps
