@@ -62,7 +62,7 @@ provenance() {
 }
 
 if wants jobs; then
-  WORKER_BIN="$WORKER_BIN" bash apps/worker/bench/side_by_side.sh --pairs 3 --json "$WORK/jobs.json" > "$WORK/jobs.out" 2> "$WORK/jobs.err" \
+  WORKER_BIN="$WORKER_BIN" bash apps/worker/bench/side_by_side.sh --pairs 5 --json "$WORK/jobs.json" > "$WORK/jobs.out" 2> "$WORK/jobs.err" \
     || { cat "$WORK/jobs.err" >&2; exit 1; }
   { head -n 2 "$WORK/jobs.out"; provenance; tail -n +3 "$WORK/jobs.out"; } > "$WORK/jobs.md"
   keep jobs
