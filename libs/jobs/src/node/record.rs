@@ -32,7 +32,14 @@ pub(super) async fn record_completions<S: JobStore>(
     drop(shared);
     let mut recorded = 0u64;
     let mut writes: JoinSet<u64> = JoinSet::new();
-    while let Some(first) = rx.recv().await {
+    loop {
+        // A write slot first, then the batch: what arrived while both
+        // writes were on their way joins this one, so batches grow with
+        // the load instead of being fixed while they wait for a slot.
+        while writes.len() >= WRITES_IN_FLIGHT {
+            recorded += joined(writes.join_next().await);
+        }
+        let Some(first) = rx.recv().await else { break };
         let mut batch = Vec::with_capacity(batch_size);
         batch.push(first);
         let deadline = tokio::time::Instant::now() + linger;
@@ -47,9 +54,6 @@ pub(super) async fn record_completions<S: JobStore>(
                     }
                 }
             }
-        }
-        while writes.len() >= WRITES_IN_FLIGHT {
-            recorded += joined(writes.join_next().await);
         }
         writes.spawn(write_batch(store.clone(), batch).in_current_span());
         while let Some(done) = writes.try_join_next() {
