@@ -56,7 +56,7 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 simd=$(grep -m1 '^flags' /proc/cpuinfo | grep -q avx512f && echo AVX-512 || (grep -m1 '^flags' /proc/cpuinfo | grep -q avx2 && echo AVX2 || echo "no AVX2"))
 # Every section starts with when, where and at which revision it ran.
 provenance() {
-  echo "- run: $(date -u +%Y-%m-%d) at revision $(git rev-parse --short=12 HEAD)$(git diff --quiet || echo ' (with local changes)')"
+  echo "- run: $(date -u +%Y-%m-%d) at revision $(git rev-parse --short=12 HEAD)$(git diff --quiet -- . ':(exclude)docs/benchmarks.md' ':(exclude)docs/benchmarks/*.md' || echo ' (with local changes)')"
   echo "- machine: $cpu, $(nproc) cores, $simd, $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r); $(rustc --version)"
   echo
 }
